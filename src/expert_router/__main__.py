@@ -1,0 +1,3 @@
+from expert_router.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,132 @@
+"""Saving and loading a Clusterer as plain arrays and JSON.
+
+A routing artifact is shared between machines and gateway replicas, so loading one must never run
+code: no pickle anywhere, `.npy` files read with `allow_pickle=False`, and every file checked against
+the SHA-256 recorded in the manifest so that a truncated or edited artifact is refused, not misused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from expert_router.classify.clusterer import Clusterer, ClustererSettings
+from expert_router.errors import UserError
+
+FORMAT = "expert-router/clusterer"
+FORMAT_VERSION = 1
+MANIFEST = "clusterer.json"
+VOCABULARY = "vocabulary.json"
+ARRAYS = ("idf", "projection", "centroids", "scale_mean", "scale_std")
+
+
+class FileEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    file: str
+    sha256: str
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    format: str
+    format_version: int
+    settings: ClustererSettings
+    n_terms: int
+    train_sizes: list[int] | None = None
+    files: dict[str, FileEntry]
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def save(clusterer: Clusterer, directory: str | Path) -> Path:
+    """Write the artifact into `directory` (created if needed); returns the directory."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    files: dict[str, FileEntry] = {}
+    payloads: dict[str, bytes] = {VOCABULARY: json.dumps(clusterer.vocabulary, ensure_ascii=False).encode()}
+    files["vocabulary"] = FileEntry(file=VOCABULARY, sha256=_sha256(payloads[VOCABULARY]))
+    for name in ARRAYS:
+        array = getattr(clusterer, name)
+        if array is None:
+            continue
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+        payloads[f"{name}.npy"] = buffer.getvalue()
+        files[name] = FileEntry(file=f"{name}.npy", sha256=_sha256(payloads[f"{name}.npy"]))
+    for file, data in payloads.items():
+        (directory / file).write_bytes(data)
+    manifest = Manifest(
+        format=FORMAT,
+        format_version=FORMAT_VERSION,
+        settings=clusterer.settings,
+        n_terms=len(clusterer.vocabulary),
+        train_sizes=clusterer.train_sizes,
+        files=files,
+    )
+    (directory / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
+    return directory
+
+
+def load(directory: str | Path) -> Clusterer:
+    """Read an artifact written by `save`, refusing anything missing, altered or of another version."""
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        raise UserError(f"{directory} is not a saved classifier: {MANIFEST} is missing")
+    try:
+        raw = json.loads(manifest_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{manifest_path} is corrupt: not valid JSON ({exc})") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise UserError(f"{manifest_path} is not an expert-router classifier manifest")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise UserError(
+            f"{directory} was written in classifier format version {raw.get('format_version')}; "
+            f"this expert-router reads version {FORMAT_VERSION}: fit it again with `expert-router cluster fit`"
+        )
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(f"{manifest_path} is corrupt: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
+
+    def read(name: str) -> bytes:
+        entry = manifest.files.get(name)
+        if entry is None:
+            raise UserError(f"{manifest_path} is corrupt: it lists no {name!r} file")
+        path = directory / Path(entry.file).name
+        if not path.is_file():
+            raise UserError(f"{directory} is incomplete: {path.name} is missing")
+        data = path.read_bytes()
+        if _sha256(data) != entry.sha256:
+            raise UserError(f"{directory} is corrupt: {path.name} does not match its checksum in {MANIFEST}")
+        return data
+
+    vocabulary = json.loads(read("vocabulary"))
+    arrays = {}
+    for name in ARRAYS:
+        if name in manifest.files:
+            try:
+                arrays[name] = np.load(io.BytesIO(read(name)), allow_pickle=False)
+            except ValueError as exc:
+                raise UserError(f"{directory} is corrupt: {name}.npy cannot be read ({exc})") from None
+    for name in ("idf", "projection", "centroids"):
+        if name not in arrays:
+            raise UserError(f"{manifest_path} is corrupt: it lists no {name!r} array")
+    settings = manifest.settings
+    shapes_ok = (
+        len(vocabulary) == manifest.n_terms
+        and arrays["idf"].shape == (manifest.n_terms,)
+        and arrays["projection"].shape == (manifest.n_terms, settings.dims)
+        and arrays["centroids"].shape == (settings.k, settings.dims)
+        and (settings.scaling == "l2") == ("scale_mean" not in arrays)
+    )
+    if not shapes_ok:
+        raise UserError(f"{directory} is corrupt: its arrays do not fit together")
+    return Clusterer(settings=settings, vocabulary=vocabulary, train_sizes=manifest.train_sizes, **arrays)

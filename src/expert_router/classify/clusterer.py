@@ -1,0 +1,255 @@
+"""The c-BTM prompt classifier: fit on a corpus, route prompts to the nearest of k centroids.
+
+Fitting uses scikit-learn (TF-IDF, TruncatedSVD, scaling, k-means). Routing does not: a gateway calls
+`route` once per request, and scikit-learn's per-call validation costs more than the arithmetic. The
+fitted pipeline is flattened into a few arrays, and routing a prompt is a regex, dictionary look-ups
+and two small dense products — the same numbers the pipeline computes, without its overhead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import chain, repeat
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from scipy import sparse
+from sklearn.cluster import KMeans
+from sklearn.decomposition import TruncatedSVD
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import Normalizer, StandardScaler
+
+from expert_router.classify.kmeans import BalancedKMeans
+from expert_router.classify.preprocess import (
+    ascii_word_tokens,
+    make_vectorizer,
+    raw_word_tokens,
+)
+from expert_router.errors import UserError
+
+Scaling = Literal["l2", "standard"]
+
+
+class ClustererSettings(BaseModel):
+    """How a clusterer is fitted. Stored in the artifact so a reader knows what produced it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    k: int = Field(8, ge=1, description="number of clusters, one expert each")
+    dims: int = Field(100, ge=1, description="TruncatedSVD dimensions")
+    scaling: Scaling = Field(
+        "l2",
+        description=(
+            "'l2': unit-length rows, what c-BTM's code (and so the paper's deployed router) does; "
+            "'standard': zero mean and unit variance per dimension, as the paper's text describes"
+        ),
+    )
+    balanced: bool = Field(False, description="c-BTM balanced k-means: about N/k documents per cluster")
+    seed: int = 0
+    max_features: int | None = Field(None, ge=1, description="cap on the TF-IDF vocabulary")
+    min_df: int = Field(1, ge=1, description="minimum number of documents a term must appear in")
+
+
+@dataclass(frozen=True)
+class Routes:
+    """Where each text goes: its cluster and its squared distance to every centroid (n x k)."""
+
+    cluster: np.ndarray
+    distance: np.ndarray
+
+    def ranked(self, row: int) -> np.ndarray:
+        """Clusters for text `row`, nearest first: the fail-over order of a gateway."""
+        return np.argsort(self.distance[row], kind="stable")
+
+
+def fit_pipeline(
+    texts: Sequence[str], settings: ClustererSettings, on_stage: Callable[[str], None] | None = None
+) -> Pipeline:
+    """Fit c-BTM's scikit-learn pipeline: TF-IDF -> SVD -> scaling -> k-means.
+
+    `on_stage` is told the name of each stage as it starts, for a progress display.
+    """
+    stage = on_stage or (lambda name: None)
+    if len(texts) < settings.k:
+        raise UserError(f"k={settings.k} is larger than the corpus: only {len(texts)} documents")
+    vectorizer = make_vectorizer(max_features=settings.max_features, min_df=settings.min_df)
+    stage("tf-idf")
+    try:
+        tfidf = vectorizer.fit_transform(texts)
+    except ValueError as exc:  # empty vocabulary: only stop-words and numbers
+        raise UserError(f"the corpus has no usable words after stop-word removal ({exc})") from None
+    n_terms = tfidf.shape[1]
+    if settings.dims >= n_terms:
+        raise UserError(
+            f"SVD to {settings.dims} dimensions needs more distinct terms than that; the corpus has "
+            f"{n_terms}: use a larger corpus or fewer dimensions (--dims)"
+        )
+    stage("svd")
+    svd = TruncatedSVD(n_components=settings.dims, random_state=settings.seed)
+    reduced = svd.fit_transform(tfidf)
+    stage("scaling")
+    scaler = Normalizer() if settings.scaling == "l2" else StandardScaler()
+    scaled = scaler.fit_transform(reduced)
+    stage("k-means")
+    if settings.balanced:
+        kmeans = BalancedKMeans(n_clusters=settings.k, random_state=settings.seed)
+    else:
+        kmeans = KMeans(n_clusters=settings.k, n_init=3, random_state=settings.seed)
+    kmeans.fit(scaled)
+    return Pipeline([("tfidf", vectorizer), ("svd", svd), ("scale", scaler), ("kmeans", kmeans)])
+
+
+class Clusterer:
+    """A fitted classifier as plain arrays; `route` is the hot path.
+
+    Arrays: `vocabulary` (term per column), `idf`, `projection` (terms x dims: SVD components
+    transposed), `scale_mean`/`scale_std` (standard scaling only) and `centroids` (k x dims).
+    """
+
+    def __init__(
+        self,
+        settings: ClustererSettings,
+        vocabulary: Sequence[str],
+        idf: np.ndarray,
+        projection: np.ndarray,
+        centroids: np.ndarray,
+        scale_mean: np.ndarray | None = None,
+        scale_std: np.ndarray | None = None,
+        train_sizes: Sequence[int] | None = None,
+    ):
+        self.settings = settings
+        self.vocabulary = list(vocabulary)
+        self.idf = np.ascontiguousarray(idf, dtype=np.float32)
+        self.projection = np.ascontiguousarray(projection, dtype=np.float32)
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self.scale_mean = None if scale_mean is None else np.asarray(scale_mean, dtype=np.float32)
+        self.scale_std = None if scale_std is None else np.asarray(scale_std, dtype=np.float32)
+        self.train_sizes = list(train_sizes) if train_sizes is not None else None
+        self._index = {term: i for i, term in enumerate(self.vocabulary)}
+        self._ascii_index = {term.encode(): i for term, i in self._index.items() if term.isascii()}
+        # idf folded into the projection: tf @ (idf * P) = (tf * idf) @ P, one product fewer per call.
+        # One extra all-zero row takes every term outside the vocabulary, so no filtering is needed.
+        self._unknown = len(self.vocabulary)
+        self._idf_sq = np.append(self.idf, 0.0).astype(np.float32) ** 2
+        self._weighted_projection = np.vstack(
+            [self.projection * self.idf[:, None], np.zeros((1, self.projection.shape[1]), dtype=np.float32)]
+        )
+        self._centroid_sq = np.einsum("ij,ij->i", self.centroids, self.centroids)
+
+    # -- fitting -------------------------------------------------------------------------------
+    @classmethod
+    def fit(
+        cls,
+        texts: Sequence[str],
+        settings: ClustererSettings | None = None,
+        on_stage: Callable[[str], None] | None = None,
+    ) -> "Clusterer":
+        settings = settings or ClustererSettings()
+        return cls.from_pipeline(fit_pipeline(texts, settings, on_stage), settings)
+
+    @classmethod
+    def from_pipeline(cls, pipeline: Pipeline, settings: ClustererSettings) -> "Clusterer":
+        """Flatten a fitted `fit_pipeline` result into the arrays that routing needs."""
+        vectorizer, svd, scaler, kmeans = (pipeline.named_steps[n] for n in ("tfidf", "svd", "scale", "kmeans"))
+        vocabulary = vectorizer.get_feature_names_out().tolist()
+        standard = isinstance(scaler, StandardScaler)
+        labels = getattr(kmeans, "labels_", None)
+        return cls(
+            settings=settings,
+            vocabulary=vocabulary,
+            idf=vectorizer.idf_,
+            projection=svd.components_.T,
+            centroids=kmeans.cluster_centers_,
+            scale_mean=scaler.mean_ if standard else None,
+            scale_std=scaler.scale_ if standard else None,
+            train_sizes=None if labels is None else np.bincount(labels, minlength=settings.k).tolist(),
+        )
+
+    # -- persistence ---------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write plain arrays and JSON (see `expert_router.classify.artifact`)."""
+        from expert_router.classify import artifact
+
+        return artifact.save(self, directory)
+
+    @staticmethod
+    def load(directory: str | Path) -> "Clusterer":
+        """Read an artifact, refusing one that is corrupt, altered or of another format version."""
+        from expert_router.classify import artifact
+
+        return artifact.load(directory)
+
+    # -- routing -------------------------------------------------------------------------------
+    @property
+    def k(self) -> int:
+        return self.centroids.shape[0]
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """The scaled SVD vector of each text (n x dims): what k-means sees."""
+        if len(texts) == 1:
+            reduced = self._reduce_one(texts[0])[None, :]
+        else:
+            reduced = self._reduce_many(texts)
+        return self._scale(reduced)
+
+    def route(self, texts: str | Sequence[str]) -> Routes:
+        """Nearest centroid of each text, and its squared distance to every centroid."""
+        if isinstance(texts, str):
+            texts = [texts]
+        points = self.embed(texts)
+        distance = (
+            np.einsum("ij,ij->i", points, points)[:, None]
+            - 2.0 * points @ self.centroids.T
+            + self._centroid_sq[None, :]
+        )
+        np.maximum(distance, 0.0, out=distance)
+        return Routes(cluster=np.argmin(distance, axis=1), distance=distance)
+
+    def _term_ids(self, text: str) -> list[int]:
+        # Most prompts are ASCII: bytes.translate + split tokenizes them far faster than a regex.
+        # map(dict.get, keys, defaults) runs the look-ups in C; unknown terms land in column `_unknown`.
+        if text.isascii():
+            return list(map(self._ascii_index.get, ascii_word_tokens(text), repeat(self._unknown)))
+        return list(map(self._index.get, raw_word_tokens(text), repeat(self._unknown)))
+
+    def _reduce_one(self, text: str) -> np.ndarray:
+        terms, counts = np.unique(np.asarray(self._term_ids(text), dtype=np.int64), return_counts=True)
+        weights = counts.astype(np.float32)
+        norm = np.sqrt(np.dot(weights * weights, self._idf_sq[terms]))
+        if norm == 0.0:
+            return np.zeros(self.projection.shape[1], dtype=np.float32)
+        return (weights @ self._weighted_projection[terms]) / norm
+
+    def _reduce_many(self, texts: Sequence[str]) -> np.ndarray:
+        rows = [self._term_ids(text) for text in texts]
+        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum([len(r) for r in rows], out=indptr[1:])
+        indices = np.fromiter(chain.from_iterable(rows), dtype=np.int32, count=int(indptr[-1]))
+        counts = sparse.csr_matrix(
+            (np.ones(indices.size, dtype=np.float32), indices, indptr),
+            shape=(len(rows), self._unknown + 1),
+        )
+        counts.sum_duplicates()
+        norms = np.sqrt(counts.multiply(counts) @ self._idf_sq)
+        norms[norms == 0] = 1.0
+        return np.asarray(counts @ self._weighted_projection) / norms[:, None]
+
+    def _scale(self, reduced: np.ndarray) -> np.ndarray:
+        if self.scale_mean is not None:
+            return (reduced - self.scale_mean) / self.scale_std
+        norms = np.linalg.norm(reduced, axis=1, keepdims=True)
+        norms[norms == 0] = 1.0
+        return reduced / norms
+
+    # -- inspection ----------------------------------------------------------------------------
+    def top_terms(self, n: int = 10) -> list[list[str]]:
+        """The terms that weigh most in each centroid, mapped back to TF-IDF space (as c-BTM shows)."""
+        centroids = self.centroids.astype(np.float64)
+        if self.scale_mean is not None:
+            centroids = centroids * self.scale_std + self.scale_mean
+        term_weights = centroids @ self.projection.T.astype(np.float64)
+        order = np.argsort(-term_weights, axis=1)[:, :n]
+        return [[self.vocabulary[j] for j in row] for row in order]

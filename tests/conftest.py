@@ -1,0 +1,32 @@
+"""Shared fixtures: a small labelled corpus that needs no network and no installed packages."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+TOPICS = {
+    "cooking": "recipe oven bake flour sugar butter onion garlic simmer sauce pasta tomato salt pepper roast".split(),
+    "computing": "kernel compiler python memory pointer segfault linux process thread socket bytes cache cpu".split(),
+    "law": "court judge contract lawyer tenant lease plaintiff statute appeal verdict evidence liability".split(),
+    "space": "rocket orbit planet galaxy telescope astronaut moon mars comet nebula gravity launch".split(),
+}
+
+
+def make_corpus(n_per_topic: int = 60, seed: int = 0) -> list[tuple[str, str]]:
+    """Texts of 12-20 topic words with a little shared filler; returns (text, label) pairs."""
+    rng = random.Random(seed)
+    filler = "the of and very quite often some people say that".split()
+    corpus = []
+    for _ in range(n_per_topic):
+        for label, words in TOPICS.items():
+            n = rng.randint(12, 20)
+            text = " ".join(rng.choice(words) if rng.random() < 0.8 else rng.choice(filler) for _ in range(n))
+            corpus.append((f"{text} {rng.randint(1, 999)}", label))
+    return corpus
+
+
+@pytest.fixture(scope="session")
+def small_corpus() -> list[tuple[str, str]]:
+    return make_corpus()
