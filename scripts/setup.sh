@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(fortunes)        # the offline demo corpus
+APT_PACKAGES=(fortunes nginx)  # the offline demo corpus; the load balancer of the scale-out tests
 PYTHON=${PYTHON:-python3}
 
 missing=()

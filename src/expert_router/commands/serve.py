@@ -1,0 +1,118 @@
+"""`expert-router serve DEPLOYMENT`: the routing gateway, one process or several on one port."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import signal
+import sys
+from pathlib import Path
+
+from expert_router.commands import HelpFormatter
+from expert_router.config import Deployment, check_against_classifier, load_deployment
+from expert_router.errors import UserError
+from expert_router.progress import console
+
+EXAMPLES = """examples:
+  expert-router serve deploy/demo.yaml                      # http://127.0.0.1:8000/v1
+  expert-router serve deploy/demo.yaml --port 9000 --workers 2
+  expert-router serve deploy/gpu-vllm.yaml --host 0.0.0.0 --max-inflight-per-expert 512
+
+Clients ask for model "expert-router" (or leave it out) to be routed, or name an expert's model to
+reach that expert directly. Responses carry X-Expert-Cluster, X-Expert-Model, X-Expert-Fallback
+(when the request went elsewhere) and Server-Timing (route;dur= milliseconds spent before the
+request went upstream).
+"""
+
+OVERRIDES = ("max_inflight_per_expert", "queue_timeout_s", "first_token_timeout_s", "idle_timeout_s", "fallback")
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "serve",
+        help="run the routing gateway for a deployment",
+        description="Run the OpenAI-compatible routing gateway: classify each prompt, forward it to its "
+        "cluster's expert, stream the answer back.",
+        epilog=EXAMPLES,
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("deployment", metavar="DEPLOYMENT", type=Path, help="deployment YAML file")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on")
+    parser.add_argument("--workers", type=int, default=1, help="gateway processes sharing the port (SO_REUSEPORT)")
+    parser.add_argument("--max-inflight-per-expert", type=int, help="override gateway.max_inflight_per_expert")
+    parser.add_argument("--queue-timeout-s", type=float, help="override gateway.queue_timeout_s")
+    parser.add_argument("--first-token-timeout-s", type=float, help="override gateway.first_token_timeout_s")
+    parser.add_argument("--idle-timeout-s", type=float, help="override gateway.idle_timeout_s")
+    parser.add_argument("--fallback", choices=("nearest", "none"), help="override gateway.fallback")
+    parser.set_defaults(handler=run)
+
+
+def prepare(args: argparse.Namespace) -> Deployment:
+    """Load and check everything before any process starts, so errors surface once and clearly."""
+    from pydantic import ValidationError
+
+    from expert_router.classify import Clusterer
+    from expert_router.config import describe_validation_error
+
+    deployment = load_deployment(args.deployment)
+    overrides = {name: getattr(args, name) for name in OVERRIDES if getattr(args, name) is not None}
+    if overrides:
+        try:
+            gateway = deployment.gateway.model_validate({**deployment.gateway.model_dump(), **overrides})
+        except ValidationError as exc:
+            raise UserError(describe_validation_error(exc, "command-line overrides")) from None
+        deployment = deployment.model_copy(update={"gateway": gateway})
+    clusterer = Clusterer.load(deployment.classifier)
+    check_against_classifier(deployment, clusterer.k, str(args.deployment))
+    if args.workers < 1:
+        raise UserError("--workers must be at least 1")
+    if not 0 <= args.port < 65536:
+        raise UserError("--port must be between 0 and 65535")
+    return deployment
+
+
+def run(args: argparse.Namespace) -> int:
+    deployment = prepare(args)
+    if args.workers == 1:
+        _serve(deployment, args.host, args.port, reuse_port=False)
+        return 0
+    if args.port == 0:
+        raise UserError("--workers needs a fixed --port: the workers share it")
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(target=_serve, args=(deployment, args.host, args.port, True), name=f"gateway-{i}", daemon=False)
+        for i in range(args.workers)
+    ]
+    stop = lambda *_: [w.terminate() for w in workers if w.is_alive()]  # noqa: E731
+    signal.signal(signal.SIGTERM, stop)
+    for worker in workers:
+        worker.start()
+    try:
+        for worker in workers:
+            worker.join()
+    except KeyboardInterrupt:
+        stop()  # the workers got SIGINT too; make sure they are gone
+        for worker in workers:
+            worker.join(5)
+    return 0
+
+
+def _serve(deployment: Deployment, host: str, port: int, reuse_port: bool) -> None:
+    from expert_router.classify import Clusterer
+    from expert_router.gateway import build_app
+    from expert_router.http import run_app
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    app = build_app(deployment, Clusterer.load(deployment.classifier))
+    experts = len(deployment.experts)
+
+    def announce() -> None:
+        print(f"gateway ready on http://{host}:{port}/v1 ({experts} experts)", file=sys.stderr, flush=True)
+
+    try:
+        run_app(app, host, port, reuse_port=reuse_port, on_started=announce)
+    except OSError as exc:
+        console.print(f"error: cannot listen on {host}:{port}: {exc.strerror}")
+        sys.exit(2)

@@ -1,0 +1,126 @@
+"""A deployment: which classifier routes, which expert serves each cluster, and the gateway's limits.
+
+Read from YAML and validated with pydantic; every error names the key that is wrong. Relative paths
+in the file are relative to the file itself, so a deployment folder can be moved as a whole.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from expert_router.errors import UserError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ExpertConfig(Strict):
+    """One expert: the cluster it serves and the replicas that serve it."""
+
+    cluster: int = Field(ge=0)
+    model: str = Field(min_length=1, description="model name sent upstream (a LoRA adapter name works too)")
+    endpoints: list[HttpUrl] = Field(min_length=1, description="base URLs of the replicas, e.g. http://127.0.0.1:8100")
+    protocol: Literal["openai"] = "openai"
+    health_path: str = Field("/health", description="GET path that answers 200 when a replica is up")
+
+    @field_validator("endpoints")
+    @classmethod
+    def _unique(cls, endpoints: list[HttpUrl]) -> list[HttpUrl]:
+        if len({str(e) for e in endpoints}) != len(endpoints):
+            raise ValueError("an endpoint is listed twice")
+        return endpoints
+
+    def base_urls(self) -> list[str]:
+        return [str(e).rstrip("/") for e in self.endpoints]
+
+
+class GatewaySettings(Strict):
+    """Limits and timeouts of the gateway. CLI flags of `expert-router serve` override these."""
+
+    model_name: str = Field("expert-router", min_length=1, description="the model name clients ask for to be routed")
+    max_inflight_per_expert: int = Field(256, ge=1, description="requests in flight per expert before queueing")
+    queue_timeout_s: float = Field(5.0, ge=0, description="how long a request may wait for a slot before 429")
+    connect_timeout_s: float = Field(5.0, gt=0)
+    first_token_timeout_s: float = Field(120.0, gt=0, description="upstream silence allowed before the first token")
+    idle_timeout_s: float = Field(60.0, gt=0, description="upstream silence allowed between tokens")
+    request_timeout_s: float = Field(600.0, gt=0, description="whole non-streaming request")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    fallback: Literal["nearest", "none"] = Field("nearest", description="where a request goes when its expert is down")
+    max_attempts: int = Field(3, ge=1, description="upstreams tried before the first token, fail-over included")
+    health_interval_s: float = Field(2.0, gt=0)
+    failures_to_down: int = Field(2, ge=1, description="consecutive failures that mark a replica down")
+
+
+class Deployment(Strict):
+    classifier: Path = Field(description="folder of a saved classifier (`expert-router cluster fit`)")
+    experts: list[ExpertConfig] = Field(min_length=1)
+    gateway: GatewaySettings = GatewaySettings()
+
+    @model_validator(mode="after")
+    def _one_expert_per_cluster(self) -> "Deployment":
+        clusters = [e.cluster for e in self.experts]
+        duplicates = sorted({c for c in clusters if clusters.count(c) > 1})
+        if duplicates:
+            raise ValueError(f"clusters {duplicates} have more than one expert; list replicas under endpoints")
+        return self
+
+    def expert_for(self, cluster: int) -> ExpertConfig | None:
+        return next((e for e in self.experts if e.cluster == cluster), None)
+
+
+def describe_validation_error(exc: ValidationError, source: str) -> str:
+    """One line per problem, each naming the key path (experts.2.endpoints.0) and what is wrong."""
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        lines.append(f"  {where}: {message}")
+    return f"{source} is not a valid deployment:\n" + "\n".join(lines)
+
+
+def parse_deployment(data: object, source: str = "deployment", base: Path | None = None) -> Deployment:
+    """Validate an already-parsed YAML document; relative paths are resolved against `base`."""
+    if not isinstance(data, dict):
+        raise UserError(f"{source} is not a valid deployment: expected a mapping with 'classifier' and 'experts'")
+    try:
+        deployment = Deployment.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(describe_validation_error(exc, source)) from None
+    if base is not None and not deployment.classifier.is_absolute():
+        deployment.classifier = (base / deployment.classifier).resolve()
+    return deployment
+
+
+def load_deployment(path: str | Path) -> Deployment:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"deployment file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid YAML: {exc}") from None
+    return parse_deployment(data, str(path), base=path.parent)
+
+
+def check_against_classifier(deployment: Deployment, k: int, source: str = "deployment") -> None:
+    """Every cluster of the classifier needs an expert, and no expert may name a cluster it lacks."""
+    clusters = {e.cluster for e in deployment.experts}
+    beyond = sorted(c for c in clusters if c >= k)
+    if beyond:
+        raise UserError(f"{source}: experts name clusters {beyond}, but the classifier has only k={k} (0..{k - 1})")
+    missing = sorted(set(range(k)) - clusters)
+    if missing and deployment.gateway.fallback == "none":
+        raise UserError(f"{source}: clusters {missing} have no expert and gateway.fallback is 'none'")

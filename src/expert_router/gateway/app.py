@@ -1,0 +1,333 @@
+"""The gateway's HTTP app: classify, pick a replica, forward, relay the stream as it arrives.
+
+The request path, in order: read and check the body; classify the prompt (nearest centroid first, the
+other clusters after it as the fail-over order); take an in-flight slot of that expert (or wait for one,
+then 429); send the request to its least busy healthy replica with the expert's model name; wait for
+the first bytes of the answer. Up to that point a failure moves on to the next replica or the
+next-nearest cluster. From then on bytes are relayed as they arrive, and a failure ends the stream with
+an error event. A client that goes away cancels the handler, which closes the upstream connection: that
+is how vLLM learns to abort the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from expert_router.classify import Clusterer
+from expert_router.config import Deployment
+from expert_router.gateway.metrics import GatewayMetrics
+from expert_router.gateway.pool import ExpertPool, Pools, Replica, Saturated
+from expert_router.gateway.requests import BadRequest, ClientRequest, parse_request
+from expert_router.http import error_body, error_response
+
+log = logging.getLogger("expert_router.gateway")
+
+DEPLOYMENT_KEY = web.AppKey("deployment", Deployment)
+CLUSTERER_KEY = web.AppKey("clusterer", Clusterer)
+POOLS_KEY = web.AppKey("pools", Pools)
+METRICS_KEY = web.AppKey("metrics", GatewayMetrics)
+SESSION_KEY = web.AppKey("session", aiohttp.ClientSession)
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # tells nginx not to buffer the stream
+}
+DONE = b"data: [DONE]\n\n"
+
+
+class UpstreamFailed(Exception):
+    """The upstream failed before its first byte: the request may go elsewhere."""
+
+    def __init__(self, kind: str, detail: str):
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+
+
+@dataclass
+class Attempt:
+    """Where a request went: for headers, metrics and the fail-over note."""
+
+    routed: int
+    cluster: int
+    pool: ExpertPool
+    replica: Replica
+    t_received: float
+    t_classified: float
+    t_sent: float
+    fallback: str | None
+
+    def headers(self) -> dict[str, str]:
+        route_ms = (self.t_sent - self.t_received) * 1000
+        classify_ms = (self.t_classified - self.t_received) * 1000
+        headers = {
+            "X-Expert-Cluster": str(self.cluster),
+            "X-Expert-Model": self.pool.expert.model,
+            "X-Expert-Routed-Cluster": str(self.routed),
+            "Server-Timing": f"route;dur={route_ms:.3f}, classify;dur={classify_ms:.3f}",
+        }
+        if self.fallback:
+            headers["X-Expert-Fallback"] = " ".join(self.fallback.encode("ascii", "replace").decode().split())[:1000]
+        return headers
+
+
+def build_app(deployment: Deployment, clusterer: Clusterer) -> web.Application:
+    settings = deployment.gateway
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    app[DEPLOYMENT_KEY] = deployment
+    app[CLUSTERER_KEY] = clusterer
+    app[POOLS_KEY] = Pools(deployment.experts, settings)
+    app[METRICS_KEY] = GatewayMetrics()
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    app.on_startup.append(_start)
+    app.on_cleanup.append(_stop)
+    return app
+
+
+async def _start(app: web.Application) -> None:
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
+    app[SESSION_KEY] = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                              read_bufsize=256 * 1024)
+    app[POOLS_KEY].start_health_checks(app[SESSION_KEY])
+
+
+async def _stop(app: web.Application) -> None:
+    await app[POOLS_KEY].stop()
+    await app[SESSION_KEY].close()
+
+
+# -- small endpoints -----------------------------------------------------------------------------
+async def models(request: web.Request) -> web.Response:
+    deployment = request.app[DEPLOYMENT_KEY]
+    created = int(time.time())
+    names = [deployment.gateway.model_name] + [e.model for e in deployment.experts]
+    data = [{"id": n, "object": "model", "created": created, "owned_by": "expert-router"} for n in names]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def health(request: web.Request) -> web.Response:
+    pools = request.app[POOLS_KEY]
+    experts = {
+        str(c): {"model": p.expert.model, "healthy_replicas": len(p.healthy()), "replicas": len(p.replicas),
+                 "inflight": p.inflight}
+        for c, p in sorted(pools.by_cluster.items())
+    }
+    ok = any(e["healthy_replicas"] for e in experts.values())
+    return web.json_response({"status": "ok" if ok else "unavailable", "experts": experts}, status=200 if ok else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS_KEY]
+    for cluster, pool in request.app[POOLS_KEY].by_cluster.items():
+        metrics.inflight.labels(str(cluster)).set(pool.inflight)
+    return web.Response(body=metrics.exposition(), content_type="text/plain", charset="utf-8",
+                        headers={"X-Content-Type-Options": "nosniff"})
+
+
+# -- generation ----------------------------------------------------------------------------------
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, chat=False)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, chat=True)
+
+
+async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
+    t_received = time.perf_counter()
+    app = request.app
+    endpoint = "chat" if chat else "completions"
+    try:
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise BadRequest(f"the request body is larger than {app[DEPLOYMENT_KEY].gateway.max_body_bytes} bytes",
+                             status=413) from None
+        client = parse_request(raw, chat)
+        order, routed = _clusters_to_try(app, client)
+    except BadRequest as exc:
+        app[METRICS_KEY].requests.labels(endpoint, "", str(exc.status)).inc()
+        return web.Response(status=exc.status, content_type="application/json",
+                            body=orjson.dumps({"error": {**error_body(exc.status, str(exc), code=exc.code)["error"],
+                                                         "param": exc.param}}))
+    t_classified = time.perf_counter()
+    app[METRICS_KEY].classify_seconds.observe(t_classified - t_received)
+    response = await _forward(request, client, order, routed, t_received, t_classified)
+    app[METRICS_KEY].requests.labels(endpoint, response.headers.get("X-Expert-Cluster", ""), str(response.status)).inc()
+    return response
+
+
+def _clusters_to_try(app: web.Application, client: ClientRequest) -> tuple[list[int], int]:
+    """The clusters to try in order, and the one the request was routed to."""
+    deployment, pools = app[DEPLOYMENT_KEY], app[POOLS_KEY]
+    if client.model is not None and client.model != deployment.gateway.model_name:
+        cluster = pools.by_model.get(client.model)
+        if cluster is None:
+            known = [deployment.gateway.model_name, *pools.by_model]
+            raise BadRequest(f"The model `{client.model}` does not exist; this gateway serves {known}",
+                             status=404, code="model_not_found", param="model")
+        return [cluster], cluster  # a named expert: no routing, no fail-over to another model
+    routes = app[CLUSTERER_KEY].route(client.text)
+    ranked = routes.ranked(0).tolist()
+    if deployment.gateway.fallback == "none":
+        ranked = ranked[:1]
+    return [c for c in ranked if c in pools.by_cluster], ranked[0]
+
+
+async def _forward(request: web.Request, client: ClientRequest, order: list[int], routed: int,
+                   t_received: float, t_classified: float) -> web.StreamResponse:
+    app = request.app
+    settings, pools, metrics = app[DEPLOYMENT_KEY].gateway, app[POOLS_KEY], app[METRICS_KEY]
+    path = "/v1/chat/completions" if client.chat else "/v1/completions"
+    notes: list[str] = []
+    attempts = 0
+    if not order:
+        notes.append(f"cluster {routed} has no expert")
+    for cluster in order:
+        pool = pools.by_cluster[cluster]
+        replicas = pool.healthy()
+        if not replicas:
+            notes.append(f"cluster {cluster} has no healthy replica")
+            continue
+        try:
+            async with pool.slot():
+                for replica in replicas[: settings.max_attempts - attempts]:
+                    attempts += 1
+                    client.body["model"] = pool.expert.model
+                    payload = orjson.dumps(client.body)
+                    fallback = None if cluster == routed and not notes else f"{routed}->{cluster}; " + "; ".join(notes)
+                    attempt = Attempt(routed, cluster, pool, replica, t_received, t_classified,
+                                      time.perf_counter(), fallback)
+                    try:
+                        return await _try_replica(request, client, attempt, path, payload)
+                    except UpstreamFailed as exc:
+                        replica.record_failure(settings.failures_to_down, str(exc))
+                        metrics.upstream_failures.labels(replica.url, exc.kind).inc()
+                        notes.append(f"{replica.url} failed ({exc})")
+        except Saturated:
+            return error_response(
+                429, f"expert {pool.expert.model} (cluster {cluster}) has {settings.max_inflight_per_expert} "
+                     f"requests in flight and no slot freed up within {settings.queue_timeout_s:g} s",
+                headers={"Retry-After": str(max(1, round(settings.queue_timeout_s))),
+                         "X-Expert-Cluster": str(cluster)},
+            )
+        if attempts >= settings.max_attempts:
+            break
+    message = "no expert could take the request: " + ("; ".join(notes) or "no experts configured")
+    return error_response(503, message, "service_unavailable", headers={"Retry-After": "1"})
+
+
+async def _try_replica(request: web.Request, client: ClientRequest, attempt: Attempt, path: str,
+                       payload: bytes) -> web.StreamResponse:
+    """Send to one replica. Raises UpstreamFailed while nothing has reached the client yet."""
+    app = request.app
+    settings, metrics = app[DEPLOYMENT_KEY].gateway, app[METRICS_KEY]
+    replica = attempt.replica
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout_s)
+    replica.inflight += 1
+    upstream: aiohttp.ClientResponse | None = None
+    try:
+        try:
+            async with asyncio.timeout(settings.first_token_timeout_s if client.stream else settings.request_timeout_s):
+                metrics.routing_seconds.observe(attempt.t_sent - attempt.t_received)
+                upstream = await app[SESSION_KEY].post(
+                    replica.url + path, data=payload, timeout=timeout,
+                    headers={"Content-Type": "application/json", "Accept": "text/event-stream" if client.stream else "application/json"},
+                )
+                if upstream.status >= 500:
+                    detail = (await upstream.read())[:200].decode("utf-8", "replace")
+                    raise UpstreamFailed("status", f"HTTP {upstream.status} {detail}")
+                if not client.stream or upstream.status != 200:
+                    body = await upstream.read()
+                    replica.record_success()
+                    return web.Response(status=upstream.status, body=body, headers={
+                        **attempt.headers(), "Content-Type": upstream.headers.get("Content-Type", "application/json")})
+                first = await upstream.content.readany()
+                if not first:
+                    raise UpstreamFailed("empty", "the stream closed before its first token")
+        except TimeoutError:
+            raise UpstreamFailed("timeout", "no first token within the timeout") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamFailed("connect", f"{exc.__class__.__name__}: {exc}") from None
+        replica.record_success()
+        return await _relay(request, upstream, first, attempt, settings.idle_timeout_s)
+    finally:
+        replica.inflight -= 1
+        if upstream is not None:
+            upstream.close()  # a no-op when the stream ended; otherwise it aborts the upstream request
+
+
+async def _relay(request: web.Request, upstream: aiohttp.ClientResponse, first: bytes, attempt: Attempt,
+                 idle_timeout_s: float) -> web.StreamResponse:
+    """Relay SSE bytes as they arrive. From here on a failure becomes an error event, then [DONE]."""
+    response = web.StreamResponse(headers={**SSE_HEADERS, **attempt.headers()})
+    await response.prepare(request)
+    watchdog = _IdleWatchdog(upstream, idle_timeout_s)
+    tail = first[-16:]
+    error: str | None = None
+    chunks = 1
+    try:
+        await response.write(first)
+        content = upstream.content
+        while True:
+            data = await content.readany()
+            if not data:
+                break
+            watchdog.last = watchdog.loop.time()
+            chunks += 1
+            tail = data[-16:] if len(data) >= 16 else (tail + data)[-16:]
+            await response.write(data)
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, aiohttp.ServerTimeoutError) as exc:
+        if request.transport is None or request.transport.is_closing():
+            raise asyncio.CancelledError from None  # the client is gone: nothing left to tell it
+        error = ("the expert stopped answering (idle timeout)" if watchdog.fired
+                 else f"the expert's stream broke off: {exc.__class__.__name__}")
+    finally:
+        watchdog.cancel()
+        request.app[METRICS_KEY].streamed_chunks.inc(chunks)
+    if error is not None:
+        log.warning("stream from %s ended early: %s", attempt.replica.url, error)
+        await response.write(b"data: " + orjson.dumps(error_body(502, error, "upstream_error")) + b"\n\n" + DONE)
+    elif not tail.rstrip().endswith(b"[DONE]"):
+        await response.write(DONE)  # some servers just close the stream; clients get [DONE] either way
+    await response.write_eof()
+    return response
+
+
+class _IdleWatchdog:
+    """Closes the upstream response after `timeout` seconds without data.
+
+    One timer per stream, re-armed only when it fires: the relay loop merely stores a timestamp per
+    chunk, which costs far less than rescheduling a timeout on every read.
+    """
+
+    def __init__(self, upstream: aiohttp.ClientResponse, timeout: float):
+        self.loop = asyncio.get_running_loop()
+        self.upstream = upstream
+        self.timeout = timeout
+        self.last = self.loop.time()
+        self.fired = False
+        self._handle = self.loop.call_later(timeout, self._check)
+
+    def _check(self) -> None:
+        idle = self.loop.time() - self.last
+        if idle >= self.timeout:
+            self.fired = True
+            self.upstream.content.set_exception(aiohttp.ServerTimeoutError("idle timeout"))
+            self.upstream.close()
+        else:
+            self._handle = self.loop.call_later(self.timeout - idle, self._check)
+
+    def cancel(self) -> None:
+        self._handle.cancel()

@@ -1,0 +1,47 @@
+"""Prometheus metrics of one gateway process (each `--workers` process keeps its own)."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+ROUTE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "expert_router_requests", "Requests answered, by endpoint, routed cluster and HTTP status",
+            ["endpoint", "cluster", "status"], registry=self.registry,
+        )
+        self.routing_seconds = Histogram(
+            "expert_router_routing_seconds", "Time from receiving a request to sending it upstream",
+            buckets=ROUTE_BUCKETS, registry=self.registry,
+        )
+        self.classify_seconds = Histogram(
+            "expert_router_classify_seconds", "Time spent classifying one prompt",
+            buckets=ROUTE_BUCKETS, registry=self.registry,
+        )
+        self.inflight = Gauge(
+            "expert_router_inflight", "Requests in flight per cluster", ["cluster"], registry=self.registry,
+        )
+        self.fallbacks = Counter(
+            "expert_router_fallbacks", "Requests sent to another cluster's expert than the classifier chose",
+            ["from_cluster", "to_cluster"], registry=self.registry,
+        )
+        self.upstream_failures = Counter(
+            "expert_router_upstream_failures", "Upstream failures by replica and kind",
+            ["replica", "kind"], registry=self.registry,
+        )
+        self.streamed_chunks = Counter(
+            "expert_router_streamed_chunks", "SSE chunks relayed to clients", registry=self.registry,
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

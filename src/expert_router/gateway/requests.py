@@ -1,0 +1,115 @@
+"""What the gateway needs from a client's request, checked before anything goes upstream.
+
+The gateway validates only what it relies on (JSON object, the text it routes on, `stream`, `model`,
+`max_tokens`); everything else is forwarded untouched for the expert server to judge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+class BadRequest(Exception):
+    """A client error: becomes a 4xx with an OpenAI-style body."""
+
+    def __init__(self, message: str, status: int = 400, code: str | None = None, param: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.param = param
+
+
+@dataclass
+class ClientRequest:
+    body: dict
+    chat: bool
+    stream: bool
+    model: str | None
+    text: str
+    """What the classifier reads: the prompt, or for chat the text of every user message."""
+
+
+def parse_request(raw: bytes, chat: bool) -> ClientRequest:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise BadRequest("'model' must be a string", param="model")
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise BadRequest("'stream' must be true or false", param="stream")
+    max_tokens = body.get("max_completion_tokens" if chat and "max_completion_tokens" in body else "max_tokens")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        raise BadRequest("'max_tokens' must be a positive integer", param="max_tokens")
+    text = _chat_text(body) if chat else _prompt_text(body)
+    return ClientRequest(body=body, chat=chat, stream=stream, model=model, text=text)
+
+
+def _prompt_text(body: dict) -> str:
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise BadRequest("'prompt' is required", param="prompt")
+    if isinstance(prompt, list):
+        if not prompt:
+            raise BadRequest("'prompt' is empty", param="prompt")
+        if not all(isinstance(p, str) for p in prompt):
+            raise BadRequest("'prompt' must be a string or a list of strings: the gateway routes on text, "
+                             "not token ids", param="prompt")
+        text = "\n".join(prompt)
+    elif isinstance(prompt, str):
+        text = prompt
+    else:
+        raise BadRequest("'prompt' must be a string or a list of strings", param="prompt")
+    if not text.strip():
+        raise BadRequest("'prompt' is empty", param="prompt")
+    return text
+
+
+def _chat_text(body: dict) -> str:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("'messages' must be a non-empty list", param="messages")
+    user_parts: list[str] = []
+    all_parts: list[str] = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise BadRequest(f"messages[{i}] must be an object", param="messages")
+        role = message.get("role")
+        if role not in CHAT_ROLES:
+            raise BadRequest(f"messages[{i}].role must be one of {sorted(CHAT_ROLES)}", param="messages")
+        text = _content_text(message.get("content"), i)
+        all_parts.append(text)
+        if role == "user":
+            user_parts.append(text)
+    text = "\n".join(user_parts) or "\n".join(all_parts)
+    if not text.strip():
+        raise BadRequest("the messages hold no text to answer", param="messages")
+    return text
+
+
+def _content_text(content: object, i: int) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise BadRequest(f"messages[{i}].content parts must be objects with a 'type'", param="messages")
+            if part["type"] == "text":
+                if not isinstance(part.get("text"), str):
+                    raise BadRequest(f"messages[{i}].content text part needs a string 'text'", param="messages")
+                texts.append(part["text"])
+        return "\n".join(texts)
+    raise BadRequest(f"messages[{i}].content must be a string or a list of parts", param="messages")

@@ -1,0 +1,168 @@
+"""A synthetic OpenAI-compatible expert: streams tokens on a fixed schedule and stamps each chunk.
+
+It runs no model. It exists so that the parts around a model can be measured and tested against an
+upstream whose timing is known exactly: the gateway's added latency (against a direct connection and
+nginx), the user simulator's clock (every chunk carries `t`, the server's `time.monotonic()` at send,
+which is the same clock in every process of a Linux machine), and faults (a replica that refuses,
+hangs, or dies mid-stream). Each chunk carries one token, as vLLM sends them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import orjson
+from aiohttp import web
+
+from expert_router.http import error_response
+
+
+@dataclass
+class SyntheticSettings:
+    tokens: int = 16
+    """Tokens per answer when the request's max_tokens does not ask for fewer."""
+    interval_ms: float = 10.0
+    """Gap between consecutive tokens."""
+    first_token_ms: float = 0.0
+    """Delay before the first token (a stand-in for prefill)."""
+    models: tuple[str, ...] = ("synthetic",)
+    """Model names served; requests for others get 404, as vLLM answers."""
+    fail_status: int | None = None
+    """Answer every generation request with this HTTP status instead."""
+    die_after_tokens: int | None = None
+    """Drop the connection after this many tokens, without finishing the stream."""
+    send_done: bool = True
+    """End streams with `data: [DONE]` (vLLM, OpenAI) or just close them (some servers)."""
+
+
+@dataclass
+class SyntheticStats:
+    requests: int = 0
+    completed: int = 0
+    cancelled: int = 0
+    inflight: int = 0
+    models: dict[str, int] = field(default_factory=dict)
+    last_body: dict | None = None
+
+
+SETTINGS_KEY = web.AppKey("settings", SyntheticSettings)
+STATS_KEY = web.AppKey("stats", SyntheticStats)
+
+
+def build_app(settings: SyntheticSettings) -> web.Application:
+    app = web.Application(client_max_size=16 * 1024 * 1024)
+    app[SETTINGS_KEY] = settings
+    app[STATS_KEY] = SyntheticStats()
+    app.router.add_post("/v1/completions", generate)
+    app.router.add_post("/v1/chat/completions", generate)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/health", health)
+    app.router.add_get("/stats", stats)
+    return app
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def models(request: web.Request) -> web.Response:
+    names = request.app[SETTINGS_KEY].models
+    return web.json_response({"object": "list", "data": [{"id": n, "object": "model", "owned_by": "synthetic"} for n in names]})
+
+
+async def stats(request: web.Request) -> web.Response:
+    s = request.app[STATS_KEY]
+    return web.json_response(
+        {"requests": s.requests, "completed": s.completed, "cancelled": s.cancelled, "inflight": s.inflight,
+         "models": s.models, "last_body": s.last_body}
+    )
+
+
+async def generate(request: web.Request) -> web.StreamResponse:
+    settings, stats = request.app[SETTINGS_KEY], request.app[STATS_KEY]
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return error_response(400, "request body is not valid JSON")
+    if not isinstance(body, dict):
+        return error_response(400, "request body must be a JSON object")
+    stats.requests += 1
+    stats.last_body = body
+    model = body.get("model")
+    stats.models[str(model)] = stats.models.get(str(model), 0) + 1
+    if settings.fail_status is not None:
+        return error_response(settings.fail_status, "synthetic failure", "server_error")
+    if model not in settings.models:
+        return error_response(404, f"The model `{model}` does not exist.", "NotFoundError", code="model_not_found")
+    chat = request.path.endswith("/chat/completions")
+    n_tokens = min(int(body.get("max_tokens") or settings.tokens), settings.tokens)
+    stats.inflight += 1
+    try:
+        if body.get("stream"):
+            return await _stream(request, settings, body, chat, n_tokens)
+        await asyncio.sleep((settings.first_token_ms + settings.interval_ms * max(n_tokens - 1, 0)) / 1000)
+        stats.completed += 1
+        return web.json_response(_whole_answer(model, chat, n_tokens))
+    except (asyncio.CancelledError, ConnectionResetError):
+        stats.cancelled += 1
+        raise
+    finally:
+        stats.inflight -= 1
+
+
+def _token(i: int) -> str:
+    return f" t{i}"
+
+
+def _whole_answer(model: str, chat: bool, n_tokens: int) -> dict:
+    text = "".join(_token(i) for i in range(n_tokens))
+    usage = {"prompt_tokens": 1, "completion_tokens": n_tokens, "total_tokens": n_tokens + 1}
+    finish = "length"
+    if chat:
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+                "model": model, "choices": [choice], "usage": usage}
+    choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+    return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+            "model": model, "choices": [choice], "usage": usage}
+
+
+async def _stream(request: web.Request, settings: SyntheticSettings, body: dict, chat: bool, n_tokens: int) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    model = body["model"]
+    head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
+            "object": "chat.completion.chunk" if chat else "text_completion", "created": int(time.time()), "model": model}
+    if chat:  # vLLM's first chat chunk carries the role and no token
+        role = {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+        await response.write(b"data: " + orjson.dumps(role) + b"\n\n")
+    interval = settings.interval_ms / 1000
+    loop = asyncio.get_running_loop()
+    next_at = loop.time() + settings.first_token_ms / 1000
+    for i in range(n_tokens):
+        if settings.die_after_tokens is not None and i >= settings.die_after_tokens:
+            request.transport.abort()  # type: ignore[union-attr]
+            return response
+        delay = next_at - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        next_at += interval
+        last = i == n_tokens - 1
+        finish = "length" if last else None
+        if chat:
+            choice = {"index": 0, "delta": {"content": _token(i)}, "finish_reason": finish}
+        else:
+            choice = {"index": 0, "text": _token(i), "finish_reason": finish, "logprobs": None}
+        chunk = {**head, "choices": [choice], "t": time.monotonic()}
+        await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+    if (body.get("stream_options") or {}).get("include_usage"):
+        usage = {**head, "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": n_tokens, "total_tokens": n_tokens + 1}}
+        await response.write(b"data: " + orjson.dumps(usage) + b"\n\n")
+    if settings.send_done:
+        await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    request.app[STATS_KEY].completed += 1
+    return response

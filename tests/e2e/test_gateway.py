@@ -1,0 +1,327 @@
+"""The gateway through real processes: synthetic experts (known timing and faults) and the real CLI."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import openai
+import pytest
+from servers import (
+    Server,
+    cli_args,
+    free_port,
+    gateway,
+    synthetic_expert,
+    write_deployment,
+)
+
+from expert_router.classify import Clusterer
+
+pytestmark = pytest.mark.e2e
+
+PROMPTS = [
+    "How do I compile the Linux kernel with a new driver module?",
+    "Captain, the Klingons are attacking the Enterprise, raise shields!",
+    "Write a poem about love and a broken heart.",
+    "The judge ruled that the contract was void and the lawyer appealed.",
+    "What wine goes with roast beef and garlic potatoes?",
+    "The professor said the students failed the exam at school.",
+]
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("classifier") / "clusterer"
+    from expert_router.corpus import load_corpus
+
+    Clusterer.fit([d.text for d in load_corpus("demo")]).save(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, classifier):
+    """One synthetic server holding all eight experts, and a gateway in front of it."""
+    tmp = tmp_path_factory.mktemp("stack")
+    with synthetic_expert(tmp, "experts", "--tokens", "8", "--interval-ms", "2") as experts:
+        deployment = write_deployment(tmp / "deploy.yaml", classifier, {c: [experts.url] for c in range(8)},
+                                      max_body_bytes=64 * 1024)
+        with gateway(tmp, deployment) as gw:
+            yield gw, experts
+
+
+def request(server: Server, path: str, body: dict | bytes, timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
+    try:
+        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+        connection.request("POST", path, body=payload, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+def sse_events(raw: bytes) -> list[str]:
+    return [line[len(b"data: "):].decode() for line in raw.split(b"\n") if line.startswith(b"data: ")]
+
+
+# -- the happy path ------------------------------------------------------------------------------
+def test_openai_sdk_streams_and_routes_like_the_classifier(stack, classifier):
+    gw, experts = stack
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0)
+    expected = Clusterer.load(classifier).route(PROMPTS).cluster.tolist()
+    for prompt, cluster in zip(PROMPTS, expected):
+        raw = client.completions.with_raw_response.create(model="expert-router", prompt=prompt, max_tokens=5, stream=True)
+        assert raw.headers["x-expert-cluster"] == str(cluster)
+        assert raw.headers["x-expert-model"] == f"expert-{cluster}"
+        assert "route;dur=" in raw.headers["server-timing"]
+        chunks = list(raw.parse())
+        assert "".join(c.choices[0].text for c in chunks) == " t0 t1 t2 t3 t4"
+        assert chunks[-1].choices[0].finish_reason == "length"
+        assert experts.get_json("/stats")[1]["last_body"]["model"] == f"expert-{cluster}"
+
+
+def test_chat_streaming_and_non_streaming(stack):
+    gw, _ = stack
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PROMPTS[0]}]
+    stream = client.chat.completions.create(model="expert-router", messages=messages, max_tokens=3, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == " t0 t1 t2"
+    whole = client.chat.completions.create(model="expert-router", messages=messages, max_tokens=4)
+    assert whole.choices[0].message.content == " t0 t1 t2 t3" and whole.model.startswith("expert-")
+    text = client.completions.create(model="expert-router", prompt=PROMPTS[1], max_tokens=2)
+    assert text.choices[0].text == " t0 t1"
+
+
+def test_model_list_health_and_metrics(stack):
+    gw, _ = stack
+    status, models = gw.get_json("/v1/models")
+    assert status == 200 and [m["id"] for m in models["data"]][:2] == ["expert-router", "expert-0"]
+    status, health = gw.get_json("/health")
+    assert status == 200 and health["experts"]["3"]["healthy_replicas"] == 1
+    request(gw, "/v1/completions", {"prompt": PROMPTS[0], "max_tokens": 1})
+    metrics = gw.get_text("/metrics")
+    assert "expert_router_routing_seconds_bucket" in metrics and "expert_router_requests_total" in metrics
+
+
+def test_naming_an_expert_skips_routing(stack):
+    gw, experts = stack
+    status, headers, _ = request(gw, "/v1/completions", {"model": "expert-6", "prompt": PROMPTS[0], "max_tokens": 1})
+    assert status == 200 and headers["x-expert-cluster"] == "6"
+
+
+@pytest.mark.parametrize(
+    "path, body, status",
+    [
+        ("/v1/completions", b"{not json", 400),
+        ("/v1/completions", b"[1, 2]", 400),
+        ("/v1/completions", {"prompt": 5}, 400),
+        ("/v1/completions", {"prompt": ""}, 400),
+        ("/v1/completions", {"prompt": "   "}, 400),
+        ("/v1/completions", {"prompt": [1, 2, 3]}, 400),
+        ("/v1/completions", {}, 400),
+        ("/v1/completions", {"prompt": "hi there", "stream": "yes"}, 400),
+        ("/v1/completions", {"prompt": "hi there", "max_tokens": -1}, 400),
+        ("/v1/completions", {"prompt": "hi there", "model": 7}, 400),
+        ("/v1/completions", {"prompt": "hi there", "model": "gpt-17"}, 404),
+        ("/v1/chat/completions", {"messages": "hello"}, 400),
+        ("/v1/chat/completions", {"messages": []}, 400),
+        ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "x"}]}, 400),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": ""}]}, 400),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": 3}]}, 400),
+        ("/v1/completions", {"prompt": "x" * 100_000}, 413),
+    ],
+)
+def test_bad_input_gets_an_openai_style_4xx(stack, path, body, status):
+    gw, _ = stack
+    got, headers, raw = request(gw, path, body)
+    assert got == status, raw
+    error = json.loads(raw)["error"]
+    assert error["message"] and error["type"]
+
+
+# -- faults --------------------------------------------------------------------------------------
+def test_fail_over_to_the_next_nearest_expert_when_one_is_killed(tmp_path, classifier):
+    routes = Clusterer.load(classifier).route(PROMPTS[0])
+    first, second = routes.ranked(0)[:2].tolist()
+    with synthetic_expert(tmp_path, "doomed", "--tokens", "3", "--interval-ms", "1") as doomed, \
+         synthetic_expert(tmp_path, "others", "--tokens", "3", "--interval-ms", "1") as others:
+        endpoints = {c: [others.url] for c in range(8)}
+        endpoints[first] = [doomed.url]
+        deployment = write_deployment(tmp_path / "deploy.yaml", classifier, endpoints, failures_to_down=1)
+        with gateway(tmp_path, deployment) as gw:
+            status, headers, _ = request(gw, "/v1/completions", {"prompt": PROMPTS[0], "max_tokens": 2, "stream": True})
+            assert status == 200 and headers["x-expert-cluster"] == str(first)
+            doomed.kill()
+            # Right after the kill (before any health check noticed): the connection fails, the request moves on.
+            status, headers, raw = request(gw, "/v1/completions", {"prompt": PROMPTS[0], "max_tokens": 2, "stream": True})
+            assert status == 200, raw
+            assert headers["x-expert-cluster"] == str(second)
+            assert headers["x-expert-routed-cluster"] == str(first)
+            assert headers["x-expert-fallback"].startswith(f"{first}->{second}")
+            assert sse_events(raw)[-1] == "[DONE]"
+            # The health checks mark it down; later requests skip it without trying.
+            deadline = time.monotonic() + 10
+            while gw.get_json("/health")[1]["experts"][str(first)]["healthy_replicas"] and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert gw.get_json("/health")[1]["experts"][str(first)]["healthy_replicas"] == 0
+            status, headers, _ = request(gw, "/v1/chat/completions",
+                                         {"messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 2})
+            assert status == 200 and "has no healthy replica" in headers["x-expert-fallback"]
+
+
+def test_replica_comes_back_up_after_recovering(tmp_path, classifier):
+    port = free_port()
+    args = cli_args("synthetic-expert", "--port", str(port), "--models", *[f"expert-{c}" for c in range(8)])
+    replica = Server(args, port, tmp_path / "replica.log")
+    deployment = write_deployment(tmp_path / "deploy.yaml", classifier, {c: [replica.url] for c in range(8)})
+    with gateway(tmp_path, deployment) as gw:
+        replica.kill()
+        deadline = time.monotonic() + 10
+        while gw.get_json("/health")[0] == 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        status, _ = gw.get_json("/health")
+        assert status == 503
+        got, _, raw = request(gw, "/v1/completions", {"prompt": PROMPTS[0]})
+        assert got == 503 and json.loads(raw)["error"]["message"]
+        with Server(args, port, tmp_path / "replica2.log"):
+            deadline = time.monotonic() + 10
+            while gw.get_json("/health")[0] != 200 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert gw.get_json("/health")[0] == 200
+            assert request(gw, "/v1/completions", {"prompt": PROMPTS[0], "max_tokens": 1})[0] == 200
+    replica.stop()
+
+
+def test_a_stream_that_dies_midway_ends_with_an_error_event(tmp_path, classifier):
+    with synthetic_expert(tmp_path, "flaky", "--tokens", "10", "--interval-ms", "5", "--die-after-tokens", "3") as flaky:
+        deployment = write_deployment(tmp_path / "deploy.yaml", classifier, {c: [flaky.url] for c in range(8)})
+        with gateway(tmp_path, deployment) as gw:
+            status, _, raw = request(gw, "/v1/completions", {"prompt": PROMPTS[0], "stream": True})
+    events = sse_events(raw)
+    assert status == 200
+    tokens = [json.loads(e)["choices"][0]["text"] for e in events[:-2]]
+    assert tokens == [" t0", " t1", " t2"]
+    assert "error" in json.loads(events[-2]) and events[-1] == "[DONE]"
+
+
+def test_streams_that_just_close_get_a_done(tmp_path, classifier):
+    with synthetic_expert(tmp_path, "nodone", "--tokens", "2", "--no-done") as upstream:
+        deployment = write_deployment(tmp_path / "deploy.yaml", classifier, {c: [upstream.url] for c in range(8)})
+        with gateway(tmp_path, deployment) as gw:
+            _, _, raw = request(gw, "/v1/completions", {"prompt": PROMPTS[0], "stream": True})
+            direct = request(upstream, "/v1/completions", {"prompt": "x", "model": "expert-0", "stream": True})[2]
+    assert sse_events(direct)[-1] != "[DONE]"
+    assert sse_events(raw)[-1] == "[DONE]" and len(sse_events(raw)) == 3
+
+
+def test_upstream_errors_before_the_first_token_fail_over(tmp_path, classifier):
+    first = Clusterer.load(classifier).route(PROMPTS[1]).cluster[0]
+    with synthetic_expert(tmp_path, "broken", "--fail-status", "503") as broken, \
+         synthetic_expert(tmp_path, "good", "--tokens", "2") as good:
+        endpoints = {c: [good.url] for c in range(8)}
+        endpoints[first] = [broken.url]
+        deployment = write_deployment(tmp_path / "deploy.yaml", classifier, endpoints)
+        with gateway(tmp_path, deployment) as gw:
+            status, headers, _ = request(gw, "/v1/completions", {"prompt": PROMPTS[1], "stream": True})
+            assert status == 200 and headers["x-expert-cluster"] != str(first)
+        deployment = write_deployment(tmp_path / "none.yaml", classifier, endpoints, fallback="none")
+        with gateway(tmp_path, deployment, name="nofallback") as gw:
+            status, _, raw = request(gw, "/v1/completions", {"prompt": PROMPTS[1], "stream": True})
+            assert status == 503 and "HTTP 503" in json.loads(raw)["error"]["message"]
+
+
+def test_first_token_timeout(tmp_path, classifier):
+    with synthetic_expert(tmp_path, "slow", "--first-token-ms", "5000") as slow:
+        deployment = write_deployment(tmp_path / "deploy.yaml", classifier, {c: [slow.url] for c in range(8)},
+                                      first_token_timeout_s=0.3, max_attempts=1)
+        with gateway(tmp_path, deployment) as gw:
+            started = time.monotonic()
+            status, _, raw = request(gw, "/v1/completions", {"prompt": PROMPTS[0], "stream": True})
+            assert status == 503 and "timeout" in json.loads(raw)["error"]["message"]
+            assert time.monotonic() - started < 4
+
+
+def test_429_with_retry_after_past_the_in_flight_limit(tmp_path, classifier):
+    with synthetic_expert(tmp_path, "slow", "--tokens", "10", "--interval-ms", "100") as slow:
+        deployment = write_deployment(tmp_path / "deploy.yaml", classifier, {c: [slow.url] for c in range(8)},
+                                      max_inflight_per_expert=1, queue_timeout_s=0.2)
+        with gateway(tmp_path, deployment) as gw:
+            body = {"model": "expert-2", "prompt": "anything at all", "stream": True}
+            first: list = []
+            thread = threading.Thread(target=lambda: first.append(request(gw, "/v1/completions", body)))
+            thread.start()
+            time.sleep(0.3)
+            status, headers, raw = request(gw, "/v1/completions", body)
+            thread.join()
+            assert first[0][0] == 200
+            assert status == 429 and int(headers["retry-after"]) >= 1
+            assert json.loads(raw)["error"]["type"] == "rate_limit_error"
+            # Another expert is not affected by expert-2's limit.
+            assert request(gw, "/v1/completions", {**body, "model": "expert-3", "stream": False})[0] == 200
+
+
+def test_client_disconnect_cancels_the_upstream_request(tmp_path, classifier):
+    with synthetic_expert(tmp_path, "slow", "--tokens", "200", "--interval-ms", "50") as slow:
+        deployment = write_deployment(tmp_path / "deploy.yaml", classifier, {c: [slow.url] for c in range(8)})
+        with gateway(tmp_path, deployment) as gw:
+            connection = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+            connection.request("POST", "/v1/completions", body=json.dumps({"prompt": PROMPTS[0], "stream": True}),
+                               headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            assert response.read(6) == b"data: "
+            assert slow.get_json("/stats")[1]["inflight"] == 1
+            connection.sock.shutdown(2)
+            connection.close()
+            deadline = time.monotonic() + 5
+            while slow.get_json("/stats")[1]["inflight"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            stats = slow.get_json("/stats")[1]
+            assert stats["inflight"] == 0 and stats["cancelled"] == 1 and stats["completed"] == 0
+
+
+# -- scale-out -----------------------------------------------------------------------------------
+def test_workers_share_one_port_and_stop_together(tmp_path, classifier, stack):
+    _, experts = stack
+    deployment = write_deployment(tmp_path / "deploy.yaml", classifier, {c: [experts.url] for c in range(8)})
+    gw = gateway(tmp_path, deployment, "--workers", "2")
+    try:
+        for prompt in PROMPTS:
+            assert request(gw, "/v1/completions", {"prompt": prompt, "max_tokens": 2, "stream": True})[0] == 200
+        children = subprocess.run(["pgrep", "-P", str(gw.process.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) >= 2
+    finally:
+        gw.process.send_signal(signal.SIGTERM)
+        gw.process.wait(15)
+        gw.stop()
+    time.sleep(0.5)
+    alive = [pid for pid in children if Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()]
+    assert alive == []
+
+
+def test_two_gateways_behind_a_real_nginx(tmp_path, classifier, stack):
+    from servers import Nginx
+
+    _, experts = stack
+    deployment = write_deployment(tmp_path / "deploy.yaml", classifier, {c: [experts.url] for c in range(8)})
+    with gateway(tmp_path, deployment, name="gw1") as gw1, gateway(tmp_path, deployment, name="gw2") as gw2:
+        with Nginx(tmp_path, [gw1.url, gw2.url]) as nginx:
+            client = openai.OpenAI(base_url=nginx.url + "/v1", api_key="unused", max_retries=0)
+            expected = Clusterer.load(classifier).route(PROMPTS).cluster.tolist()
+            for prompt, cluster in zip(PROMPTS, expected):
+                raw = client.completions.with_raw_response.create(model="expert-router", prompt=prompt,
+                                                                   max_tokens=4, stream=True)
+                assert raw.headers["x-expert-cluster"] == str(cluster)
+                assert "".join(c.choices[0].text for c in raw.parse()) == " t0 t1 t2 t3"
+
+        def answered(gw: Server) -> float:
+            lines = [l for l in gw.get_text("/metrics").splitlines() if l.startswith("expert_router_requests_total{")]
+            return sum(float(l.rsplit(" ", 1)[1]) for l in lines)
+
+        assert answered(gw1) >= 1 and answered(gw2) >= 1
+        assert answered(gw1) + answered(gw2) == len(PROMPTS)
