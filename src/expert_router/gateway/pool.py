@@ -64,12 +64,15 @@ class ExpertPool:
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         """Admission control: wait up to the queue timeout for one of the expert's in-flight slots."""
-        if self._slots.locked() and self.settings.queue_timeout_s == 0:
+        if not self._slots.locked():
+            await self._slots.acquire()  # free slot: no waiting, and no timer to set up
+        elif self.settings.queue_timeout_s == 0:
             raise Saturated
-        try:
-            await asyncio.wait_for(self._slots.acquire(), self.settings.queue_timeout_s)
-        except TimeoutError:
-            raise Saturated from None
+        else:
+            try:
+                await asyncio.wait_for(self._slots.acquire(), self.settings.queue_timeout_s)
+            except TimeoutError:
+                raise Saturated from None
         self.inflight += 1
         try:
             yield
