@@ -1,0 +1,1 @@
+"""Turning request records into the paper's metrics, figures and report."""

@@ -1,0 +1,1 @@
+"""The user simulator: a workload of prompts per cluster, N streaming users, one record per request."""
