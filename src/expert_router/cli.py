@@ -9,11 +9,11 @@ from collections.abc import Sequence
 from rich.text import Text
 
 from expert_router import __version__
-from expert_router.commands import cluster, demo, load, serve, synthetic
+from expert_router.commands import cluster, demo, experiment, load, serve, synthetic
 from expert_router.errors import UserError
 from expert_router.progress import console
 
-COMMANDS = (demo, cluster, serve, synthetic, load)
+COMMANDS = (demo, cluster, serve, synthetic, load, experiment)
 
 
 def build_parser() -> argparse.ArgumentParser:

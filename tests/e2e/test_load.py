@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from servers import cli_args, gateway, synthetic_expert, write_deployment
 
 from expert_router.loadgen.records import read_records
-from servers import cli_args, gateway, synthetic_expert, write_deployment
 
 pytestmark = pytest.mark.e2e
 

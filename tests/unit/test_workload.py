@@ -4,7 +4,12 @@ from scipy.stats import chisquare
 
 from expert_router.errors import UserError
 from expert_router.loadgen.lengths import MLPERF_MAX, parse_lengths
-from expert_router.loadgen.workload import build_workload, load_workload, mix_probabilities, save_workload
+from expert_router.loadgen.workload import (
+    build_workload,
+    load_workload,
+    mix_probabilities,
+    save_workload,
+)
 
 TEXTS = {c: [f"cluster{c} word{i} " * 5 for i in range(20)] for c in range(8)}
 

@@ -1,0 +1,146 @@
+"""The paper's figures (Figs. 2-7) from pooled cells; every configuration side by side, labelled."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from expert_router.analysis import metrics  # noqa: E402
+from expert_router.analysis.results import Cell, CellKey  # noqa: E402
+
+COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+
+def _configurations(cells: dict[CellKey, Cell]) -> list[str]:
+    return sorted({k.configuration for k in cells})
+
+
+def _mixes(cells: dict[CellKey, Cell]) -> list[str]:
+    return sorted({k.mix for k in cells})
+
+
+def _users(cells: dict[CellKey, Cell]) -> list[int]:
+    return sorted({k.users for k in cells})
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def fig2_input_lengths(lengths: dict[str, list[int]], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (mix, values) in enumerate(sorted(lengths.items())):
+        ax.hist(values, bins=40, alpha=0.6, color=COLORS[i % len(COLORS)], label=f"{mix} workload (n={len(values)})")
+    ax.set_xlabel("input length (tokens)")
+    ax.set_ylabel("prompts")
+    ax.set_title("Fig. 2 - input-length distribution of the workload")
+    ax.legend()
+    return _save(fig, path)
+
+
+def fig3_response_time(cells: dict[CellKey, Cell], mix: str, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, config in enumerate(_configurations(cells)):
+        users = [u for u in _users(cells) if CellKey(config, mix, u) in cells]
+        rt = [metrics.response_time(cells[CellKey(config, mix, u)].records) for u in users]
+        color = COLORS[i % len(COLORS)]
+        ax.plot(users, [np.median(r) if len(r) else np.nan for r in rt], "o-", color=color, label=f"{config} median")
+        ax.plot(users, [np.percentile(r, 99) if len(r) else np.nan for r in rt], "s--", color=color, label=f"{config} p99")
+    ax.set_xlabel("concurrent users")
+    ax.set_ylabel("response time (s)")
+    ax.set_title(f"Fig. 3 - response time vs users ({mix} mix)")
+    ax.legend()
+    return _save(fig, path)
+
+
+def _boxes(cells: dict[CellKey, Cell], mix: str, values_of, ylabel: str, title: str, path: Path) -> Path:
+    configs, users = _configurations(cells), _users(cells)
+    fig, ax = plt.subplots(figsize=(max(7, 1.2 * len(users) * len(configs)), 4.5))
+    width = 0.8 / len(configs)
+    for i, config in enumerate(configs):
+        positions, data, medians = [], [], []
+        for j, u in enumerate(users):
+            cell = cells.get(CellKey(config, mix, u))
+            if cell is None:
+                continue
+            values = values_of(cell.records) * 1000
+            positions.append(j + (i - (len(configs) - 1) / 2) * width)
+            data.append(values if len(values) else [np.nan])
+            medians.append(np.median(values) if len(values) else np.nan)
+        if not data:
+            continue
+        color = COLORS[i % len(COLORS)]
+        ax.boxplot(data, positions=positions, widths=width * 0.9, patch_artist=True, showfliers=False,
+                   boxprops={"facecolor": color, "alpha": 0.35}, medianprops={"color": color})
+        ax.plot(positions, medians, "o-", color=color, label=f"{config} median")
+    ax.set_xticks(range(len(users)), [str(u) for u in users])
+    ax.set_xlabel("concurrent users")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    return _save(fig, path)
+
+
+def fig4_ttft(cells: dict[CellKey, Cell], mix: str, path: Path) -> Path:
+    return _boxes(cells, mix, metrics.ttft, "TTFT (ms)", f"Fig. 4 - time to first token vs users ({mix} mix)", path)
+
+
+def fig5_tpot(cells: dict[CellKey, Cell], mix: str, path: Path) -> Path:
+    return _boxes(cells, mix, metrics.tpot, "TPOT (ms)", f"Fig. 5 - time per output token vs users ({mix} mix)", path)
+
+
+def fig6_user_throughput_and_p99(cells: dict[CellKey, Cell], path: Path) -> Path:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    styles = {"uniform": "o-", "normal": "s--"}
+    for i, config in enumerate(_configurations(cells)):
+        color = COLORS[i % len(COLORS)]
+        for mix in _mixes(cells):
+            users = [u for u in _users(cells) if CellKey(config, mix, u) in cells]
+            throughput = [metrics.user_throughput(cells[CellKey(config, mix, u)].records) for u in users]
+            mean = np.array([np.mean(t) if len(t) else np.nan for t in throughput])
+            std = np.array([np.std(t) if len(t) else np.nan for t in throughput])
+            style = styles.get(mix, "^-.")
+            left.errorbar(users, mean, yerr=std, fmt=style, color=color, capsize=3, label=f"{config}, {mix}")
+            p99 = [np.percentile(r, 99) if len(r) else np.nan
+                   for r in (metrics.response_time(cells[CellKey(config, mix, u)].records) for u in users)]
+            right.plot(users, p99, style, color=color, label=f"{config}, {mix}")
+    left.set(xlabel="concurrent users", ylabel="user throughput (tokens/s, mean ± std)",
+             title="Fig. 6a - user throughput, uniform vs normal")
+    right.set(xlabel="concurrent users", ylabel="p99 response time (s)", title="Fig. 6b - p99 response time")
+    left.legend()
+    right.legend()
+    return _save(fig, path)
+
+
+def fig7_system_throughput(cells: dict[CellKey, Cell], mix: str, users: Sequence[int], path: Path,
+                           window_s: float = 2.0) -> Path:
+    configs = _configurations(cells)
+    fig, axes = plt.subplots(len(users), 1, figsize=(9, 2.6 * len(users)), squeeze=False)
+    for row, u in enumerate(users):
+        ax = axes[row][0]
+        for i, config in enumerate(configs):
+            cell = cells.get(CellKey(config, mix, u))
+            if cell is None:
+                continue
+            starts, rates = metrics.system_throughput(cell.repetition(0), window_s)
+            if not len(rates):
+                continue
+            color = COLORS[i % len(COLORS)]
+            edges = np.append(starts, starts[-1] + window_s)  # each window drawn across its full width
+            ax.step(edges, np.append(rates, rates[-1]), where="post", color=color, label=config)
+            ax.axhline(float(np.mean(rates)), color=color, linestyle=":", label=f"{config} mean {np.mean(rates):,.0f}")
+        ax.set(ylabel="tokens/s", title=f"{u} users")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8)
+    axes[-1][0].set_xlabel(f"time (s), {window_s:g}-second windows")
+    fig.suptitle(f"Fig. 7 - system throughput over time ({mix} mix)")
+    return _save(fig, path)

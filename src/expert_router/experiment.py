@@ -1,0 +1,246 @@
+"""Sweeps: configurations x mixes x user counts x repetitions, into one results folder, then a report.
+
+A configuration is the URL the user simulator targets plus the services that make it (expert
+servers, a gateway), each a command the runner starts, waits for and stops. On a laptop those are
+`expert-router` commands; on GPUs the same file lists `vllm serve ...` or points at running servers.
+A run can be interrupted and resumed: finished cells are kept, half-finished ones are redone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from expert_router import __version__
+from expert_router.analysis.results import CELL_FILE, cell_folder
+from expert_router.config import describe_validation_error
+from expert_router.errors import UserError
+from expert_router.progress import console
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Service(Strict):
+    name: str = Field(min_length=1)
+    command: list[str] | str = Field(description="command line; run from the experiment file's folder")
+    ready_url: str | None = Field(None, description="GET that answers 200 once the service is up")
+    ready_timeout_s: float = Field(600.0, gt=0)
+
+    def argv(self) -> list[str]:
+        argv = shlex.split(self.command) if isinstance(self.command, str) else list(self.command)
+        if argv and argv[0] == "expert-router":  # the same installation as the runner
+            argv = [sys.executable, "-m", "expert_router", *argv[1:]]
+        return argv
+
+
+class Configuration(Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    url: str = Field(description="base URL the user simulator sends to")
+    model: str | None = Field(None, description="model name to send (none: the gateway routes)")
+    services: list[Service] = []
+
+
+class Experiment(Strict):
+    name: str = "experiment"
+    corpus: str = "demo"
+    classifier: Path
+    configurations: list[Configuration] = Field(min_length=1)
+    users: list[int] = Field(min_length=1)
+    mixes: list[Literal["uniform", "normal"]] = ["uniform"]
+    repetitions: int = Field(1, ge=1)
+    duration_s: float = Field(60.0, gt=0)
+    max_tokens: int = Field(1000, ge=1)
+    input_lengths: str = "mlperf"
+    input_mean: float = 335.0
+    input_std: float = 30.0
+    endpoint: Literal["completions", "chat"] = "completions"
+    pool: int = Field(1000, ge=1)
+    seed: int = 0
+    cooldown_s: float = Field(1.0, ge=0, description="pause between cells")
+
+    @field_validator("users")
+    @classmethod
+    def _positive(cls, users: list[int]) -> list[int]:
+        if any(u < 1 for u in users):
+            raise ValueError("user counts must be at least 1")
+        return sorted(set(users))
+
+
+def load_experiment(path: Path) -> tuple[Experiment, Path]:
+    if not path.is_file():
+        raise UserError(f"experiment file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not a valid experiment: expected a mapping")
+    try:
+        experiment = Experiment.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(describe_validation_error(exc, str(path)).replace("deployment", "experiment")) from None
+    base = path.parent.resolve()
+    if not experiment.classifier.is_absolute():
+        experiment.classifier = (base / experiment.classifier).resolve()
+    names = [c.name for c in experiment.configurations]
+    if len(set(names)) != len(names):
+        raise UserError(f"{path}: configuration names must be unique, got {names}")
+    return experiment, base
+
+
+def _manifest(experiment: Experiment, path: Path) -> dict:
+    import aiohttp
+    import numpy
+    import sklearn
+
+    return {
+        "experiment": experiment.model_dump(mode="json"), "experiment_file": str(path),
+        "versions": {"expert_router": __version__, "python": platform.python_version(), "numpy": numpy.__version__,
+                     "scikit_learn": sklearn.__version__, "aiohttp": aiohttp.__version__},
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count(), "host": platform.node()},
+    }
+
+
+def run_experiment(path: Path, results: Path) -> Path:
+    experiment, base = load_experiment(path)
+    results.mkdir(parents=True, exist_ok=True)
+    manifest_path = results / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else _manifest(experiment, path)
+    manifest.setdefault("runs", []).append({"started_at": time.time()})
+    manifest_path.write_text(json.dumps(manifest, indent=2))
+
+    workloads = {mix: _workload(experiment, mix, results) for mix in experiment.mixes}
+    cells = [(c, mix, u, r) for c in experiment.configurations for mix in experiment.mixes
+             for u in experiment.users for r in range(experiment.repetitions)]
+    todo = [cell for cell in cells if not _done(results, *cell)]
+    console.print(f"{len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run "
+                  f"(about {len(todo) * (experiment.duration_s + experiment.cooldown_s) / 60:.0f} min)")
+    for configuration in experiment.configurations:
+        mine = [cell for cell in todo if cell[0] is configuration]
+        if not mine:
+            continue
+        with _services(configuration, base, results / "logs"):
+            for number, (_, mix, users, repetition) in enumerate(mine, 1):
+                console.print(f"[bold]{configuration.name}[/] {mix} mix, {users} users, repetition {repetition + 1}"
+                              f" ({number}/{len(mine)})")
+                _run_cell(experiment, configuration, mix, users, repetition, workloads[mix], results)
+                time.sleep(experiment.cooldown_s)
+    manifest["runs"][-1]["finished_at"] = time.time()
+    manifest_path.write_text(json.dumps(manifest, indent=2))
+    return results
+
+
+def _workload(experiment: Experiment, mix: str, results: Path) -> Path:
+    """The same drawn prompts for every configuration of a mix: configurations differ only in serving."""
+    path = results / "workloads" / f"{mix}.jsonl"
+    if path.is_file():
+        return path
+    from argparse import Namespace
+
+    from expert_router.commands.load import prepare_workload
+    from expert_router.loadgen.workload import save_workload
+
+    args = Namespace(workload=None, classifier=experiment.classifier, corpus=experiment.corpus, tokenizer=None,
+                     mix=mix, mix_mean=None, mix_std=None, input_lengths=experiment.input_lengths,
+                     input_mean=experiment.input_mean, input_std=experiment.input_std,
+                     max_tokens=experiment.max_tokens, pool=experiment.pool, seed=experiment.seed)
+    save_workload(prepare_workload(args), path)
+    return path
+
+
+def _done(results: Path, configuration: Configuration, mix: str, users: int, repetition: int) -> bool:
+    return (cell_folder(results, configuration.name, mix, users, repetition) / "summary.json").is_file()
+
+
+def _run_cell(experiment: Experiment, configuration: Configuration, mix: str, users: int, repetition: int,
+              workload: Path, results: Path) -> None:
+    folder = cell_folder(results, configuration.name, mix, users, repetition)
+    if folder.exists():
+        shutil.rmtree(folder)  # half-finished: redo it whole
+    out = folder.parent / (folder.name + ".tmp")
+    if out.exists():
+        shutil.rmtree(out)
+    args = [sys.executable, "-m", "expert_router", "load", configuration.url, "--workload", str(workload),
+            "--users", str(users), "--duration", str(experiment.duration_s), "--endpoint", experiment.endpoint,
+            "--out", str(out)]
+    if configuration.model:
+        args += ["--model", configuration.model]
+    result = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        raise UserError(f"the user simulator failed for {configuration.name}/{mix}/u{users}:\n{result.stderr[-2000:]}")
+    (out / CELL_FILE).write_text(json.dumps({"configuration": configuration.name, "mix": mix, "users": users,
+                                             "repetition": repetition}))
+    out.rename(folder)  # a cell appears only when complete
+
+
+@contextmanager
+def _services(configuration: Configuration, base: Path, logs: Path):
+    logs.mkdir(parents=True, exist_ok=True)
+    started: list[tuple[Service, subprocess.Popen]] = []
+    try:
+        for service in configuration.services:
+            log = open(logs / f"{configuration.name}-{service.name}.log", "ab")
+            try:
+                process = subprocess.Popen(service.argv(), cwd=base, stdout=log, stderr=subprocess.STDOUT,
+                                           start_new_session=True)
+            except OSError as exc:
+                raise UserError(f"cannot start {configuration.name}/{service.name}: {exc}") from None
+            finally:
+                log.close()
+            started.append((service, process))
+            console.print(f"started {configuration.name}/{service.name} (pid {process.pid})")
+            _wait_ready(configuration, service, process, logs)
+        yield
+    finally:
+        for service, process in reversed(started):
+            _stop(process)
+
+
+def _wait_ready(configuration: Configuration, service: Service, process: subprocess.Popen, logs: Path) -> None:
+    if service.ready_url is None:
+        return
+    deadline = time.monotonic() + service.ready_timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise UserError(f"{configuration.name}/{service.name} exited with {process.returncode}; "
+                            f"see {logs / f'{configuration.name}-{service.name}.log'}")
+        try:
+            with urllib.request.urlopen(service.ready_url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.2)
+    raise UserError(f"{configuration.name}/{service.name} was not ready at {service.ready_url} "
+                    f"within {service.ready_timeout_s:g} s")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        pass
