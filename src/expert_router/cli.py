@@ -9,11 +9,19 @@ from collections.abc import Sequence
 from rich.text import Text
 
 from expert_router import __version__
-from expert_router.commands import cluster, demo, experiment, load, serve, synthetic
+from expert_router.commands import (
+    cluster,
+    demo,
+    experiment,
+    experts,
+    load,
+    serve,
+    synthetic,
+)
 from expert_router.errors import UserError
 from expert_router.progress import console
 
-COMMANDS = (demo, cluster, serve, synthetic, load, experiment)
+COMMANDS = (demo, cluster, experts, serve, synthetic, load, experiment)
 
 
 def build_parser() -> argparse.ArgumentParser:

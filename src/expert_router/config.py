@@ -35,6 +35,8 @@ class ExpertConfig(Strict):
     endpoints: list[HttpUrl] = Field(min_length=1, description="base URLs of the replicas, e.g. http://127.0.0.1:8100")
     protocol: Literal["openai"] = "openai"
     health_path: str = Field("/health", description="GET path that answers 200 when a replica is up")
+    adapter: Path | None = Field(None, description="LoRA adapter folder (engine kind vllm-lora)")
+    model_path: Path | None = Field(None, description="full model folder or hub name (engine kind vllm)")
 
     @field_validator("endpoints")
     @classmethod
@@ -64,10 +66,28 @@ class GatewaySettings(Strict):
     failures_to_down: int = Field(2, ge=1, description="consecutive failures that mark a replica down")
 
 
+class EngineSettings(Strict):
+    """What `expert-router experts serve` starts. The gateway ignores this section.
+
+    `vllm-lora`: one vLLM server holding `base_model` and every expert's `adapter` (multi-LoRA).
+    `vllm`: one vLLM server per expert, each with its own `model_path`, on its endpoint's port (the
+    paper's layout). `external`: nothing is started; the endpoints are servers someone else runs.
+    """
+
+    kind: Literal["vllm-lora", "vllm", "external"] = "external"
+    base_model: Path | None = None
+    max_lora_rank: int = Field(16, ge=1)
+    max_model_len: int = Field(1024, ge=16)
+    memory_fraction: float = Field(0.2, gt=0, le=1, description="vLLM --gpu-memory-utilization (CPU: RAM share)")
+    extra_args: list[str] = Field([], description="more vLLM command-line arguments")
+    ready_timeout_s: float = Field(600.0, gt=0)
+
+
 class Deployment(Strict):
     classifier: Path = Field(description="folder of a saved classifier (`expert-router cluster fit`)")
     experts: list[ExpertConfig] = Field(min_length=1)
     gateway: GatewaySettings = GatewaySettings()
+    engine: EngineSettings = EngineSettings()
 
     @model_validator(mode="after")
     def _one_expert_per_cluster(self) -> "Deployment":
@@ -99,9 +119,18 @@ def parse_deployment(data: object, source: str = "deployment", base: Path | None
         deployment = Deployment.model_validate(data)
     except ValidationError as exc:
         raise UserError(describe_validation_error(exc, source)) from None
-    if base is not None and not deployment.classifier.is_absolute():
-        deployment.classifier = (base / deployment.classifier).resolve()
+    if base is not None:
+        deployment.classifier = _resolve(base, deployment.classifier)
+        deployment.engine.base_model = _resolve(base, deployment.engine.base_model)
+        for expert in deployment.experts:
+            expert.adapter = _resolve(base, expert.adapter)
+            if expert.model_path is not None and (base / expert.model_path).exists():
+                expert.model_path = _resolve(base, expert.model_path)  # else a hub name, e.g. org/model
     return deployment
+
+
+def _resolve(base: Path, path: Path | None) -> Path | None:
+    return path if path is None or path.is_absolute() else (base / path).resolve()
 
 
 def load_deployment(path: str | Path) -> Deployment:
@@ -113,6 +142,35 @@ def load_deployment(path: str | Path) -> Deployment:
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is not valid YAML: {exc}") from None
     return parse_deployment(data, str(path), base=path.parent)
+
+
+def check_engine(deployment: Deployment, source: str = "deployment") -> None:
+    """What `experts serve` needs: every adapter or model it must load, named when missing."""
+    engine = deployment.engine
+    problems = []
+    if engine.kind == "vllm-lora":
+        if engine.base_model is None:
+            problems.append("engine.base_model: required for kind vllm-lora")
+        elif not engine.base_model.exists():
+            problems.append(f"engine.base_model: {engine.base_model} does not exist")
+        for i, expert in enumerate(deployment.experts):
+            if expert.adapter is None:
+                problems.append(f"experts.{i}.adapter: required for kind vllm-lora ({expert.model})")
+            elif not (expert.adapter / "adapter_config.json").is_file():
+                problems.append(f"experts.{i}.adapter: {expert.adapter} is not a LoRA adapter folder "
+                                f"(no adapter_config.json) ({expert.model})")
+        ports = {e.base_urls()[0] for e in deployment.experts}
+        if len(ports) != 1 or any(len(e.endpoints) != 1 for e in deployment.experts):
+            problems.append("experts.*.endpoints: kind vllm-lora serves every expert from one server: "
+                            "give all experts the same single endpoint")
+    elif engine.kind == "vllm":
+        for i, expert in enumerate(deployment.experts):
+            if expert.model_path is None:
+                problems.append(f"experts.{i}.model_path: required for kind vllm ({expert.model})")
+            if len(expert.endpoints) != 1:
+                problems.append(f"experts.{i}.endpoints: kind vllm starts one server per expert: give one endpoint")
+    if problems:
+        raise UserError(f"{source} cannot be served:\n" + "\n".join(f"  {p}" for p in problems))
 
 
 def check_against_classifier(deployment: Deployment, k: int, source: str = "deployment") -> None:

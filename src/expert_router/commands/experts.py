@@ -1,0 +1,160 @@
+"""`expert-router experts build | serve`: make small expert LMs offline and serve them with a real engine."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import time
+from pathlib import Path
+
+from pydantic import ValidationError
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from expert_router.commands import HelpFormatter
+from expert_router.errors import UserError
+from expert_router.progress import console, output
+
+BUILD_EXAMPLES = """examples:
+  expert-router cluster fit demo --out artifacts/clusterer
+  expert-router experts build demo --classifier artifacts/clusterer --out artifacts/experts
+  expert-router experts build corpus.jsonl --classifier artifacts/clusterer --out artifacts/experts \\
+      --hidden-size 256 --layers 4 --heads 4 --base-steps 2000 --merge
+
+Writes OUT/base (tokenizer + tiny Llama model), OUT/adapters/expert-C (one LoRA adapter per cluster),
+OUT/clusterer and OUT/deployment.yaml (one vLLM server, multi-LoRA); with --merge also OUT/experts/
+expert-C (full models) and OUT/deployment-per-expert.yaml (one server per expert, the paper's layout).
+"""
+
+SERVE_EXAMPLES = """examples:
+  expert-router experts serve artifacts/experts/deployment.yaml
+  expert-router experts serve artifacts/experts/deployment-per-expert.yaml --logs /tmp/expert-logs
+
+Starts what the deployment's `engine` section names (vllm-lora, vllm, or nothing for external servers),
+waits until every expert answers, prints the endpoints and runs until Ctrl-C or SIGTERM, then stops
+every child process. Run `expert-router serve` on the same file for the gateway.
+"""
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("experts", help="build expert LMs offline and serve them",
+                                 description="The expert backends: build tiny expert LMs, serve them with vLLM.")
+    sub = parser.add_subparsers(dest="experts_command", metavar="SUBCOMMAND", required=True)
+    build = sub.add_parser("build", help="train a tokenizer, a tiny base model and one LoRA adapter per cluster",
+                           description="Build one expert per cluster from CORPUS and a fitted classifier.",
+                           epilog=BUILD_EXAMPLES, formatter_class=HelpFormatter)
+    build.add_argument("corpus", metavar="CORPUS", help="corpus (as for `cluster fit`)")
+    build.add_argument("--classifier", type=Path, required=True, help="classifier that assigns documents to experts")
+    build.add_argument("--out", type=Path, required=True, help="output folder")
+    build.add_argument("--port", type=int, default=8100, help="port written into the deployment file")
+    build.add_argument("--merge", action="store_true", help="also write merged full models, one per expert")
+    build.add_argument("--limit", type=int, help="read at most this many documents")
+    from expert_router.engine.build import BuildSettings
+
+    for name, field in BuildSettings.model_fields.items():
+        build.add_argument(f"--{name.replace('_', '-')}", type=type(field.default), default=field.default,
+                           help=field.description or name.replace("_", " "))
+    build.set_defaults(handler=run_build)
+
+    serve = sub.add_parser("serve", help="start the expert servers of a deployment",
+                           description="Start and supervise the expert servers a deployment file names.",
+                           epilog=SERVE_EXAMPLES, formatter_class=HelpFormatter)
+    serve.add_argument("deployment", metavar="DEPLOYMENT", type=Path, help="deployment YAML file")
+    serve.add_argument("--logs", type=Path, help="folder for server logs (default: logs/ beside the file)")
+    serve.set_defaults(handler=run_serve)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from expert_router.classify import Clusterer
+    from expert_router.commands.cluster import read_documents
+    from expert_router.corpus import CorpusOptions
+    from expert_router.engine.build import (
+        BuildSettings,
+        build_experts,
+        write_deployments,
+    )
+
+    try:
+        settings = BuildSettings(**{name: getattr(args, name) for name in BuildSettings.model_fields})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise UserError(f"--{str(error['loc'][0]).replace('_', '-')}: {error['msg']}") from None
+    clusterer = Clusterer.load(args.classifier)
+    documents = read_documents(args.corpus, CorpusOptions(), args.limit)
+    texts = [d.text for d in documents]
+    by_cluster: dict[int, list[str]] = {c: [] for c in range(clusterer.k)}
+    for text, cluster in zip(texts, clusterer.route(texts).cluster.tolist()):
+        by_cluster[cluster].append(text)
+    empty = [c for c, t in by_cluster.items() if not t]
+    if empty:
+        raise UserError(f"clusters {empty} hold no documents of {args.corpus!r}: use a larger corpus")
+    started = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console, transient=False) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=total)
+            bar.update(tasks[name], completed=done)
+
+        try:
+            info = build_experts(by_cluster, args.out, settings, progress, merge=args.merge)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    paths = write_deployments(args.out, args.classifier, sorted(by_cluster), args.port, args.merge, settings.lora_rank)
+    table = Table(title=f"{clusterer.k} experts built in {time.perf_counter() - started:.0f} s")
+    for column in ("expert", "documents", "final loss"):
+        table.add_column(column, justify="right")
+    table.add_row("base", f"{len(texts):,}", f"{info['final_loss']['base']:.2f}")
+    for cluster in sorted(by_cluster):
+        table.add_row(f"expert-{cluster}", f"{len(by_cluster[cluster]):,}", f"{info['final_loss'][f'expert-{cluster}']:.2f}")
+    output.print(table)
+    console.print("deployment files: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from expert_router.config import check_engine, load_deployment
+    from expert_router.engine import serve
+
+    deployment = load_deployment(args.deployment)
+    check_engine(deployment, str(args.deployment))
+    if deployment.engine.kind != "external":
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            raise UserError("the embedded engine is vLLM's CPU build, which is not installed: run `make setup` "
+                            "(or see the README's 'Expert backends')") from None
+    logs = args.logs or args.deployment.parent / "logs"
+    servers = serve.plan(deployment, logs)
+    stopping = False
+
+    def on_signal(signum, frame):
+        nonlocal stopping
+        stopping = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        serve.start(servers)
+        with console.status(f"starting {len(servers)} server(s) for {len(deployment.experts)} experts; logs in {logs}"):
+            serve.wait_ready(servers, deployment.engine.ready_timeout_s)
+        table = Table(title="experts ready")
+        for column in ("expert", "cluster", "endpoint"):
+            table.add_column(column)
+        for expert in deployment.experts:
+            table.add_row(expert.model, str(expert.cluster), ", ".join(expert.base_urls()))
+        output.print(table)
+        console.print("serving; Ctrl-C stops every server", highlight=False)
+        while True:
+            for server in servers:
+                if server.process is not None and server.process.poll() is not None:
+                    raise UserError(f"{server.name} exited with code {server.process.returncode}; see {server.log}")
+            time.sleep(1)
+    except KeyboardInterrupt:
+        console.print("stopping expert servers")
+        return 0
+    finally:
+        serve.stop(servers)
+        signal.signal(signal.SIGTERM, previous)

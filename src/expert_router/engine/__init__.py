@@ -1,0 +1,1 @@
+"""The embedded expert backend: tiny expert LMs built offline, served by vLLM's CPU build."""

@@ -1,0 +1,173 @@
+"""Build small expert LMs offline: a BPE tokenizer, a tiny Llama base model, one LoRA adapter per cluster.
+
+c-BTM trains one expert per cluster; the paper names LoRA experts as its next step. Here both are
+real but small: the base model learns the whole corpus for a bounded number of steps on the CPU, then
+each adapter is fine-tuned on its cluster's documents only. Every training document ends with the
+end-of-sequence token, so the experts learn to stop. Their text is rough; they are real causal LMs
+that any engine able to load a Llama model (vLLM, SGLang, TGI, llama.cpp after conversion) serves.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+SPECIAL_TOKENS = ["<|bos|>", "<|eos|>", "<|pad|>"]
+
+
+class BuildSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    vocab_size: int = Field(2000, ge=300)
+    hidden_size: int = Field(128, ge=32, description="multiple of 64 per head: vLLM's CPU attention needs head_dim 64+")
+    layers: int = Field(2, ge=1)
+    heads: int = Field(2, ge=1)
+    seq_len: int = Field(96, ge=16, description="training window in tokens")
+    base_steps: int = Field(400, ge=1)
+    adapter_steps: int = Field(60, ge=1)
+    batch_size: int = Field(16, ge=1)
+    learning_rate: float = Field(3e-3, gt=0)
+    lora_rank: int = Field(8, ge=1)
+    seed: int = 0
+
+
+Progress = Callable[[str, int, int], None]
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int):
+    """A byte-level BPE tokenizer (no unknown tokens) with a chat template and an end-of-sequence token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=SPECIAL_TOKENS[0],
+                                   eos_token=SPECIAL_TOKENS[1], pad_token=SPECIAL_TOKENS[2])
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def _encode(tokenizer, texts: Sequence[str], seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each document as bos + tokens + eos, cut or padded to seq_len; labels -100 on padding."""
+    ids = np.full((len(texts), seq_len), tokenizer.pad_token_id, dtype=np.int64)
+    labels = np.full((len(texts), seq_len), -100, dtype=np.int64)
+    for row, encoded in enumerate(tokenizer(list(texts), add_special_tokens=False)["input_ids"]):
+        sequence = [tokenizer.bos_token_id, *encoded[: seq_len - 2], tokenizer.eos_token_id]
+        ids[row, : len(sequence)] = sequence
+        labels[row, : len(sequence)] = sequence
+    return ids, labels
+
+
+def _train(model, ids: np.ndarray, labels: np.ndarray, steps: int, settings: BuildSettings, name: str,
+           progress: Progress) -> float:
+    import torch
+
+    generator = np.random.default_rng(settings.seed)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 20))
+    model.train()
+    loss_value = float("nan")
+    for step in range(steps):
+        rows = generator.integers(0, len(ids), size=min(settings.batch_size, len(ids)))
+        batch, target = torch.from_numpy(ids[rows]), torch.from_numpy(labels[rows])
+        loss = model(input_ids=batch, attention_mask=(target != -100).long(), labels=target).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        schedule.step()
+        loss_value = float(loss)
+        progress(name, step + 1, steps)
+    model.eval()
+    return loss_value
+
+
+def build_experts(texts_by_cluster: dict[int, list[str]], out: Path, settings: BuildSettings,
+                  progress: Progress, merge: bool = False) -> dict:
+    """Write out/base (model + tokenizer), out/adapters/expert-C and, with `merge`, out/experts/expert-C."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if settings.hidden_size % settings.heads or settings.hidden_size // settings.heads not in (64, 80, 96, 112, 128, 256):
+        raise ValueError("hidden_size / heads must be a head size vLLM's CPU attention supports (64, 80, 96, 112, 128, 256)")
+    torch.manual_seed(settings.seed)
+    all_texts = [t for texts in texts_by_cluster.values() for t in texts]
+    progress("tokenizer", 0, 1)
+    tokenizer = train_tokenizer(all_texts, settings.vocab_size)
+    progress("tokenizer", 1, 1)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=settings.hidden_size, intermediate_size=settings.hidden_size * 2,
+        num_hidden_layers=settings.layers, num_attention_heads=settings.heads, num_key_value_heads=settings.heads,
+        max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+    )
+    base = LlamaForCausalLM(config)
+    ids, labels = _encode(tokenizer, all_texts, settings.seq_len)
+    losses = {"base": _train(base, ids, labels, settings.base_steps, settings, "base model", progress)}
+    base_dir = out / "base"
+    base.generation_config.eos_token_id = tokenizer.eos_token_id
+    base.save_pretrained(base_dir)
+    tokenizer.save_pretrained(base_dir)
+
+    lora = LoraConfig(r=settings.lora_rank, lora_alpha=2 * settings.lora_rank, lora_dropout=0.0,
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM")
+    for cluster, texts in sorted(texts_by_cluster.items()):
+        name = f"expert-{cluster}"
+        model = get_peft_model(LlamaForCausalLM.from_pretrained(base_dir), lora)
+        ids, labels = _encode(tokenizer, texts, settings.seq_len)
+        losses[name] = _train(model, ids, labels, settings.adapter_steps, settings, f"adapter {name}", progress)
+        model.save_pretrained(out / "adapters" / name)
+        tokenizer.save_pretrained(out / "adapters" / name)
+        if merge:
+            merged = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(base_dir), out / "adapters" / name)
+            merged.merge_and_unload().save_pretrained(out / "experts" / name)
+            tokenizer.save_pretrained(out / "experts" / name)
+    info = {"settings": settings.model_dump(), "final_loss": losses, "documents": {str(c): len(t) for c, t in texts_by_cluster.items()}}
+    (out / "build.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def write_deployments(out: Path, clusterer_dir: Path, clusters: Sequence[int], port: int, merged: bool,
+                      lora_rank: int) -> list[Path]:
+    """deployment.yaml (one vLLM server, one LoRA adapter per expert) and, with merged experts,
+    deployment-per-expert.yaml (one vLLM server per expert: the paper's layout)."""
+    import yaml
+
+    local_clusterer = out / "clusterer"
+    if clusterer_dir.resolve() != local_clusterer.resolve():
+        shutil.copytree(clusterer_dir, local_clusterer, dirs_exist_ok=True)
+    url = f"http://127.0.0.1:{port}"
+    lora = {
+        "classifier": "clusterer",
+        "engine": {"kind": "vllm-lora", "base_model": "base", "max_lora_rank": max(8, lora_rank)},
+        "experts": [{"cluster": c, "model": f"expert-{c}", "adapter": f"adapters/expert-{c}", "endpoints": [url]}
+                    for c in clusters],
+    }
+    paths = [out / "deployment.yaml"]
+    paths[0].write_text("# Written by `expert-router experts build`. Serve: expert-router experts serve deployment.yaml\n"
+                        + yaml.safe_dump(lora, sort_keys=False))
+    if merged:
+        per_expert = {
+            "classifier": "clusterer",
+            "engine": {"kind": "vllm"},
+            "experts": [{"cluster": c, "model": f"expert-{c}", "model_path": f"experts/expert-{c}",
+                         "endpoints": [f"http://127.0.0.1:{port + i}"]} for i, c in enumerate(clusters)],
+        }
+        paths.append(out / "deployment-per-expert.yaml")
+        paths[1].write_text("# One vLLM server per expert (the paper's layout).\n" + yaml.safe_dump(per_expert, sort_keys=False))
+    return paths

