@@ -77,7 +77,7 @@ class EngineSettings(Strict):
     kind: Literal["vllm-lora", "vllm", "external"] = "external"
     base_model: Path | None = None
     max_lora_rank: int = Field(16, ge=1)
-    max_model_len: int = Field(1024, ge=16)
+    max_model_len: int = Field(2048, ge=16)
     memory_fraction: float = Field(0.2, gt=0, le=1, description="vLLM --gpu-memory-utilization (CPU: RAM share)")
     extra_args: list[str] = Field([], description="more vLLM command-line arguments")
     ready_timeout_s: float = Field(600.0, gt=0)

@@ -71,6 +71,7 @@ class Experiment(Strict):
     input_mean: float = 335.0
     input_std: float = 30.0
     endpoint: Literal["completions", "chat"] = "completions"
+    tokenizer: Path | None = Field(None, description="tokenizer.json of the served model: lengths in its tokens")
     pool: int = Field(1000, ge=1)
     seed: int = 0
     cooldown_s: float = Field(1.0, ge=0, description="pause between cells")
@@ -99,6 +100,8 @@ def load_experiment(path: Path) -> tuple[Experiment, Path]:
     base = path.parent.resolve()
     if not experiment.classifier.is_absolute():
         experiment.classifier = (base / experiment.classifier).resolve()
+    if experiment.tokenizer is not None and not experiment.tokenizer.is_absolute():
+        experiment.tokenizer = (base / experiment.tokenizer).resolve()
     names = [c.name for c in experiment.configurations]
     if len(set(names)) != len(names):
         raise UserError(f"{path}: configuration names must be unique, got {names}")
@@ -158,7 +161,8 @@ def _workload(experiment: Experiment, mix: str, results: Path) -> Path:
     from expert_router.commands.load import prepare_workload
     from expert_router.loadgen.workload import save_workload
 
-    args = Namespace(workload=None, classifier=experiment.classifier, corpus=experiment.corpus, tokenizer=None,
+    args = Namespace(workload=None, classifier=experiment.classifier, corpus=experiment.corpus,
+                     tokenizer=None if experiment.tokenizer is None else str(experiment.tokenizer),
                      mix=mix, mix_mean=None, mix_std=None, input_lengths=experiment.input_lengths,
                      input_mean=experiment.input_mean, input_std=experiment.input_std,
                      max_tokens=experiment.max_tokens, pool=experiment.pool, seed=experiment.seed)

