@@ -4,7 +4,8 @@ One run starts a synthetic expert (known token timing), nginx proxying to it (th
 balancer; `deploy/nginx.conf` with one worker), and one gateway process routing to it. The same
 streaming client then runs closed-loop users against each path in turn, at 1 and at `--streams`
 concurrent streams, and records time to first token (TTFT). Overhead = TTFT through a path minus TTFT
-direct, per percentile. CPU per relayed token is read from /proc for the gateway and nginx processes.
+direct, per percentile. CPU per relayed token is read from /proc for the gateway and nginx processes,
+with 256-token answers (`cpu_us_per_token_*`) and with the short answers of the latency cases (`_short`).
 
 Prints one JSON line. Run: python bench/gateway.py [--streams 500] [--seconds 8]
 """
@@ -97,6 +98,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="measured time per path and level")
     parser.add_argument("--tokens", type=int, default=32, help="tokens per answer")
     parser.add_argument("--interval-ms", type=float, default=40.0, help="upstream gap between tokens")
+    parser.add_argument("--long-tokens", type=int, default=256, help="answer length of the CPU-per-token case")
+    parser.add_argument("--long-streams", type=int, default=100, help="concurrent streams of the CPU-per-token case")
     args = parser.parse_args()
     install_uvloop()
 
@@ -118,7 +121,23 @@ def main() -> None:
                 results: dict[str, dict[int, dict]] = {name: {} for name in paths}
                 for streams in (1, args.streams):
                     for name, (url, model, pids) in paths.items():
-                        results[name][streams] = asyncio.run(measure(url, model, streams, args.seconds, args.tokens, pids))
+                        # c1 uses 2-token answers: TTFT does not depend on length, and many requests give
+                        # stable percentiles.
+                        tokens = 2 if streams == 1 else args.tokens
+                        results[name][streams] = asyncio.run(measure(url, model, streams, args.seconds, tokens, pids))
+            # CPU per relayed token with answers of a realistic length (MLPerf's reference averages ~294
+            # output tokens), where per-request work is amortised as it is in real serving.
+            with synthetic_expert(tmp, "long", "--tokens", str(args.long_tokens), "--interval-ms", "10",
+                                  models=models) as upstream:
+                deployment = write_deployment(tmp / "long.yaml", clusterer_dir, {c: [upstream.url] for c in range(8)},
+                                              max_inflight_per_expert=100_000, health_interval_s=5.0)
+                with gateway(tmp, deployment, name="gateway-long") as gw, Nginx(tmp / "long", [upstream.url]) as nginx:
+                    long_answers = {
+                        name: asyncio.run(measure(url, model, args.long_streams, args.seconds * 2, args.long_tokens,
+                                                  process_tree(server.process.pid)))
+                        for name, url, model, server in (("nginx", nginx.url, "expert-0", nginx),
+                                                         ("gateway", gw.url, "expert-router", gw))
+                    }
 
     out: dict[str, object] = {"bench": "gateway", "streams": args.streams, "tokens_per_answer": args.tokens,
                               "interval_ms": args.interval_ms, "seconds_per_case": args.seconds}
@@ -139,8 +158,13 @@ def main() -> None:
     loaded = args.streams
     for name in ("gateway", "nginx"):
         r = results[name][loaded]
+        out[f"cpu_us_per_token_{name}_short"] = round(r["cpu_s"] / max(r["tokens"], 1) * 1e6, 2)
+        r = long_answers[name]
         out[f"cpu_us_per_token_{name}"] = round(r["cpu_s"] / max(r["tokens"], 1) * 1e6, 2)
+    out["long_answer_tokens"] = args.long_tokens
     out["cpu_ratio_gateway_vs_nginx"] = round(out["cpu_us_per_token_gateway"] / max(out["cpu_us_per_token_nginx"], 1e-9), 2)
+    out["cpu_ratio_gateway_vs_nginx_short"] = round(
+        out["cpu_us_per_token_gateway_short"] / max(out["cpu_us_per_token_nginx_short"], 1e-9), 2)
     print(json.dumps(out))
 
 

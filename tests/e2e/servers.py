@@ -123,7 +123,7 @@ class Nginx:
 
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
         self.prefix = tmp / "nginx"
-        self.prefix.mkdir()
+        self.prefix.mkdir(parents=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = (REPO / "deploy" / "nginx.conf").read_text()
