@@ -325,3 +325,21 @@ def test_two_gateways_behind_a_real_nginx(tmp_path, classifier, stack):
 
         assert answered(gw1) >= 1 and answered(gw2) >= 1
         assert answered(gw1) + answered(gw2) == len(PROMPTS)
+
+
+def test_a_stale_kept_alive_connection_is_not_a_failure(tmp_path, classifier):
+    """The upstream restarts between two streams: the pooled connection is dead, the request still succeeds."""
+    port = free_port()
+    args = cli_args("synthetic-expert", "--port", str(port), "--tokens", "3", "--models", *[f"expert-{c}" for c in range(8)])
+    first = Server(args, port, tmp_path / "first.log")
+    deployment = write_deployment(tmp_path / "deploy.yaml", classifier, {c: [first.url] for c in range(8)},
+                                  health_interval_s=60, failures_to_down=1)
+    with gateway(tmp_path, deployment) as gw:
+        body = {"model": "expert-1", "prompt": "hello there", "stream": True}
+        assert request(gw, "/v1/completions", body)[0] == 200
+        first.stop()
+        with Server(args, port, tmp_path / "second.log"):
+            status, headers, raw = request(gw, "/v1/completions", body)
+            assert status == 200 and "x-expert-fallback" not in headers
+            assert sse_events(raw)[-1] == "[DONE]" and len(sse_events(raw)) == 4
+            assert gw.get_json("/health")[1]["experts"]["1"]["healthy_replicas"] == 1

@@ -22,10 +22,15 @@ import orjson
 from aiohttp import web
 
 from expert_router.classify import Clusterer
-from expert_router.config import Deployment
+from expert_router.config import Deployment, GatewaySettings
 from expert_router.gateway.metrics import GatewayMetrics
 from expert_router.gateway.pool import ExpertPool, Pools, Replica, Saturated
 from expert_router.gateway.requests import BadRequest, ClientRequest, parse_request
+from expert_router.gateway.upstream import (
+    UpstreamConnection,
+    UpstreamError,
+    UpstreamPool,
+)
 from expert_router.http import error_body, error_response
 
 log = logging.getLogger("expert_router.gateway")
@@ -35,6 +40,7 @@ CLUSTERER_KEY = web.AppKey("clusterer", Clusterer)
 POOLS_KEY = web.AppKey("pools", Pools)
 METRICS_KEY = web.AppKey("metrics", GatewayMetrics)
 SESSION_KEY = web.AppKey("session", aiohttp.ClientSession)
+UPSTREAM_KEY = web.AppKey("upstream", UpstreamPool)
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream",
@@ -103,11 +109,13 @@ async def _start(app: web.Application) -> None:
     # No cookie jar (a proxy must not keep upstream cookies, and it costs time per request).
     app[SESSION_KEY] = aiohttp.ClientSession(connector=connector, auto_decompress=False, read_bufsize=256 * 1024,
                                               cookie_jar=aiohttp.DummyCookieJar())
+    app[UPSTREAM_KEY] = UpstreamPool(app[DEPLOYMENT_KEY].gateway.connect_timeout_s)
     app[POOLS_KEY].start_health_checks(app[SESSION_KEY])
 
 
 async def _stop(app: web.Application) -> None:
     await app[POOLS_KEY].stop()
+    app[UPSTREAM_KEY].close()
     await app[SESSION_KEY].close()
 
 
@@ -169,7 +177,11 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
                                                          "param": exc.param}}))
     t_classified = time.perf_counter()
     app[METRICS_KEY].classify_seconds.observe(t_classified - t_received)
-    response = await _forward(request, client, order, routed, t_received, t_classified)
+    try:
+        response = await _forward(request, client, order, routed, t_received, t_classified)
+    except Exception:  # a bug, not the client's fault: say so in the API's own words, keep the trace in the log
+        log.exception("unexpected error while forwarding")
+        response = error_response(500, "internal error in the gateway; see its log", "server_error")
     app[METRICS_KEY].requests.labels(endpoint, response.headers.get("X-Expert-Cluster", ""), str(response.status)).inc()
     return response
 
@@ -240,38 +252,14 @@ async def _try_replica(request: web.Request, client: ClientRequest, attempt: Att
     app = request.app
     settings, metrics = app[DEPLOYMENT_KEY].gateway, app[METRICS_KEY]
     replica = attempt.replica
-    timeout = _client_timeout(settings.connect_timeout_s)
+    metrics.routing_seconds.observe(attempt.t_sent - attempt.t_received)
     replica.inflight += 1
-    upstream: aiohttp.ClientResponse | None = None
     try:
-        try:
-            async with asyncio.timeout(settings.first_token_timeout_s if client.stream else settings.request_timeout_s):
-                metrics.routing_seconds.observe(attempt.t_sent - attempt.t_received)
-                upstream = await app[SESSION_KEY].post(
-                    replica.url + path, data=payload, timeout=timeout,
-                    headers={"Content-Type": "application/json", "Accept": "text/event-stream" if client.stream else "application/json"},
-                )
-                if upstream.status >= 500:
-                    detail = (await upstream.read())[:200].decode("utf-8", "replace")
-                    raise UpstreamFailed("status", f"HTTP {upstream.status} {detail}")
-                if not client.stream or upstream.status != 200:
-                    body = await upstream.read()
-                    replica.record_success()
-                    return web.Response(status=upstream.status, body=body, headers={
-                        **attempt.headers(), "Content-Type": upstream.headers.get("Content-Type", "application/json")})
-                first = await upstream.content.readany()
-                if not first:
-                    raise UpstreamFailed("empty", "the stream closed before its first token")
-        except TimeoutError:
-            raise UpstreamFailed("timeout", "no first token within the timeout") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamFailed("connect", f"{exc.__class__.__name__}: {exc}") from None
-        replica.record_success()
-        return await _relay(request, upstream, first, attempt, settings.idle_timeout_s)
+        if client.stream:
+            return await _stream_from(request, attempt, path, payload, settings)
+        return await _whole_from(request, attempt, path, payload, settings)
     finally:
         replica.inflight -= 1
-        if upstream is not None:
-            upstream.close()  # a no-op when the stream ended; otherwise it aborts the upstream request
 
 
 @functools.lru_cache(maxsize=8)
@@ -279,37 +267,126 @@ def _client_timeout(connect_s: float) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=None, sock_connect=connect_s)
 
 
-async def _relay(request: web.Request, upstream: aiohttp.ClientResponse, first: bytes, attempt: Attempt,
+async def _whole_from(request: web.Request, attempt: Attempt, path: str, payload: bytes,
+                      settings: GatewaySettings) -> web.Response:
+    """A non-streaming request: the answer is one JSON body, relayed whole."""
+    replica = attempt.replica
+    try:
+        async with asyncio.timeout(settings.request_timeout_s):
+            async with request.app[SESSION_KEY].post(
+                replica.url + path, data=payload, timeout=_client_timeout(settings.connect_timeout_s),
+                headers={"Content-Type": "application/json", "Accept": "application/json"},
+            ) as upstream:
+                body = await upstream.read()
+                if upstream.status >= 500:
+                    raise UpstreamFailed("status", f"HTTP {upstream.status} {body[:200].decode('utf-8', 'replace')}")
+                content_type = upstream.headers.get("Content-Type", "application/json")
+    except TimeoutError:
+        raise UpstreamFailed("timeout", "no answer within the request timeout") from None
+    except aiohttp.ClientError as exc:
+        raise UpstreamFailed("connect", f"{exc.__class__.__name__}: {exc}") from None
+    replica.record_success()
+    return web.Response(status=upstream.status, body=body, headers={**attempt.headers(), "Content-Type": content_type})
+
+
+async def _stream_from(request: web.Request, attempt: Attempt, path: str, payload: bytes,
+                       settings: GatewaySettings) -> web.StreamResponse:
+    """A streaming request over a pooled upstream connection (see `gateway.upstream`)."""
+    pool, replica = request.app[UPSTREAM_KEY], attempt.replica
+    message = pool.request_bytes(replica.url, path, payload, stream=True)
+    connection: UpstreamConnection | None = None
+    try:
+        try:
+            async with asyncio.timeout(settings.first_token_timeout_s):
+                for fresh in (False, True):
+                    connection = await pool.acquire(replica.url, fresh=fresh)
+                    connection.send(message)
+                    try:
+                        await connection.headers_done
+                        break
+                    except UpstreamError:
+                        if connection.reused and not fresh:
+                            continue  # a kept-alive connection the server had closed: not a failure
+                        raise
+                if connection.status != 200:
+                    await connection.done
+                    body = b"".join(connection.buffer)
+                    if connection.status >= 500:
+                        raise UpstreamFailed("status", f"HTTP {connection.status} {body[:200].decode('utf-8', 'replace')}")
+                    replica.record_success()  # a 4xx is the client's problem: relay it as it is
+                    return web.Response(status=connection.status, body=body, headers={
+                        **attempt.headers(), "Content-Type": connection.content_type.decode() or "application/json"})
+                await connection.first_body
+                if not connection.buffer:
+                    raise UpstreamFailed("empty", "the stream closed before its first token")
+        except TimeoutError:
+            raise UpstreamFailed("timeout", "no first token within the timeout") from None
+        except UpstreamError as exc:
+            raise UpstreamFailed("connect", str(exc)) from None
+        replica.record_success()
+        return await _relay(request, connection, attempt, settings.idle_timeout_s)
+    finally:
+        if connection is not None:
+            pool.release(replica.url, connection)  # closes it unless the answer ended cleanly
+
+
+async def _relay(request: web.Request, connection: UpstreamConnection, attempt: Attempt,
                  idle_timeout_s: float) -> web.StreamResponse:
-    """Relay SSE bytes as they arrive. From here on a failure becomes an error event, then [DONE]."""
+    """Relay SSE bytes as they arrive. From here on a failure becomes an error event, then [DONE].
+
+    The first bytes go through aiohttp's writer (which sends the headers with them); after that the
+    upstream connection's parser writes each chunk to the client's socket itself (`sink`).
+    """
     response = web.StreamResponse(headers={**SSE_HEADERS, **attempt.headers()})
     await response.prepare(request)
-    watchdog = _IdleWatchdog(upstream, idle_timeout_s)
-    tail = first[-16:]
-    error: str | None = None
-    chunks = 1
+    loop = asyncio.get_running_loop()
     transport = request.transport
+    watchdog = _IdleWatchdog(connection, idle_timeout_s)
+    first = b"".join(connection.buffer)
+    connection.buffer.clear()
+    tail = first[-16:]
+    chunks = 1
+    paused = False
+
+    def resume_when_drained() -> None:
+        nonlocal paused
+        if connection.closed or transport is None or transport.is_closing():
+            connection.close()
+        elif transport.get_write_buffer_size() > WRITE_FAST_LIMIT // 2:
+            loop.call_later(0.005, resume_when_drained)
+        elif connection.transport is not None:
+            paused = False
+            connection.transport.resume_reading()
+
+    def sink(data: bytes) -> None:
+        nonlocal tail, chunks, paused
+        watchdog.last = loop.time()
+        chunks += 1
+        tail = data[-16:] if len(data) >= 16 else (tail + data)[-16:]
+        if transport is None or transport.is_closing():
+            connection.close()  # the client is gone: stop the upstream at once
+            return
+        transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        if not paused and transport.get_write_buffer_size() > WRITE_FAST_LIMIT and connection.transport is not None:
+            paused = True  # a slow client: stop reading upstream until its socket drains
+            connection.transport.pause_reading()
+            loop.call_later(0.005, resume_when_drained)
+
+    error: str | None = None
     try:
         await response.write(first)
-        content = upstream.content
-        while True:
-            data = await content.readany()
-            if not data:
-                break
-            watchdog.last = watchdog.loop.time()
-            chunks += 1
-            tail = data[-16:] if len(data) >= 16 else (tail + data)[-16:]
-            if transport is not None and not transport.is_closing() and transport.get_write_buffer_size() < WRITE_FAST_LIMIT:
-                # The hot path: one HTTP chunk straight onto the socket, without a coroutine per write.
-                transport.write(b"%x\r\n%b\r\n" % (len(data), data))
-            else:
-                await response.write(data)  # the client is slow (or gone): aiohttp's writer waits for it
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, aiohttp.ServerTimeoutError) as exc:
-        if request.transport is None or request.transport.is_closing():
+        if connection.buffer:  # arrived while the headers were being written
+            for data in connection.buffer:
+                sink(data)
+            connection.buffer.clear()
+        connection.sink = sink
+        await connection.done
+    except UpstreamError as exc:
+        if transport is None or transport.is_closing():
             raise asyncio.CancelledError from None  # the client is gone: nothing left to tell it
-        error = ("the expert stopped answering (idle timeout)" if watchdog.fired
-                 else f"the expert's stream broke off: {exc.__class__.__name__}")
+        error = "the expert stopped answering (idle timeout)" if watchdog.fired else f"the expert's stream broke off: {exc}"
     finally:
+        connection.sink = None
         watchdog.cancel()
         request.app[METRICS_KEY].streamed_chunks.inc(chunks)
     if error is not None:
@@ -322,15 +399,15 @@ async def _relay(request: web.Request, upstream: aiohttp.ClientResponse, first: 
 
 
 class _IdleWatchdog:
-    """Closes the upstream response after `timeout` seconds without data.
+    """Aborts the upstream connection after `timeout` seconds without data.
 
-    One timer per stream, re-armed only when it fires: the relay loop merely stores a timestamp per
-    chunk, which costs far less than rescheduling a timeout on every read.
+    One timer per stream, re-armed only when it fires: the relay merely stores a timestamp per
+    chunk, which costs far less than rescheduling a timeout on every chunk.
     """
 
-    def __init__(self, upstream: aiohttp.ClientResponse, timeout: float):
+    def __init__(self, connection: UpstreamConnection, timeout: float):
         self.loop = asyncio.get_running_loop()
-        self.upstream = upstream
+        self.connection = connection
         self.timeout = timeout
         self.last = self.loop.time()
         self.fired = False
@@ -340,8 +417,7 @@ class _IdleWatchdog:
         idle = self.loop.time() - self.last
         if idle >= self.timeout:
             self.fired = True
-            self.upstream.content.set_exception(aiohttp.ServerTimeoutError("idle timeout"))
-            self.upstream.close()
+            self.connection.close()
         else:
             self._handle = self.loop.call_later(self.timeout - idle, self._check)
 
