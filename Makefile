@@ -12,3 +12,6 @@ test: setup
 
 bench: setup
 	.venv/bin/python bench/classifier.py
+	.venv/bin/python bench/gateway.py
+	.venv/bin/python bench/loadgen.py
+	.venv/bin/python bench/engine.py
