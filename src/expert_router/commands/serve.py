@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import multiprocessing
+import os
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 from expert_router.commands import HelpFormatter
@@ -80,6 +83,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.port == 0:
         raise UserError("--workers needs a fixed --port: the workers share it")
+    # Workers share the port, so a scrape of /metrics reaches any one of them: they keep their
+    # metrics in a shared folder and each reports the sum (prometheus_client's multiprocess mode).
+    from expert_router.gateway.metrics import MULTIPROC_ENV
+
+    metrics_dir = tempfile.mkdtemp(prefix="expert-router-metrics-")
+    os.environ[MULTIPROC_ENV] = metrics_dir
     context = multiprocessing.get_context("spawn")
     workers = [
         context.Process(target=_serve, args=(deployment, args.host, args.port, True), name=f"gateway-{i}", daemon=False)
@@ -96,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
         stop()  # the workers got SIGINT too; make sure they are gone
         for worker in workers:
             worker.join(5)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

@@ -1,6 +1,13 @@
-"""Prometheus metrics of one gateway process (each `--workers` process keeps its own)."""
+"""Prometheus metrics of the gateway.
+
+With `serve --workers N` the workers share one port, so a scrape reaches any one of them: they run in
+prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by `serve`), and every worker's
+/metrics reports the sum over all workers.
+"""
 
 from __future__ import annotations
+
+import os
 
 from prometheus_client import (
     CollectorRegistry,
@@ -8,7 +15,10 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
 )
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 ROUTE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
 
@@ -30,6 +40,7 @@ class GatewayMetrics:
         )
         self.inflight = Gauge(
             "expert_router_inflight", "Requests in flight per cluster", ["cluster"], registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.fallbacks = Counter(
             "expert_router_fallbacks", "Requests sent to another cluster's expert than the classifier chose",
@@ -44,4 +55,8 @@ class GatewayMetrics:
         )
 
     def exposition(self) -> bytes:
+        if os.environ.get(MULTIPROC_ENV):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
         return generate_latest(self.registry)
