@@ -13,7 +13,6 @@ import os
 import platform
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from expert_router import __version__
 from expert_router.analysis.results import CELL_FILE, cell_folder
 from expert_router.config import describe_validation_error
 from expert_router.errors import UserError
+from expert_router.processes import stop_groups
 from expert_router.progress import console
 
 
@@ -214,8 +214,7 @@ def _services(configuration: Configuration, base: Path, logs: Path):
             _wait_ready(configuration, service, process, logs)
         yield
     finally:
-        for service, process in reversed(started):
-            _stop(process)
+        stop_groups([process for _, process in reversed(started)], grace_s=20.0)
 
 
 def _wait_ready(configuration: Configuration, service: Service, process: subprocess.Popen, logs: Path) -> None:
@@ -235,16 +234,3 @@ def _wait_ready(configuration: Configuration, service: Service, process: subproc
         time.sleep(0.2)
     raise UserError(f"{configuration.name}/{service.name} was not ready at {service.ready_url} "
                     f"within {service.ready_timeout_s:g} s")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    except ProcessLookupError:
-        pass

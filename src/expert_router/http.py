@@ -18,17 +18,19 @@ ERROR_TYPES = {
 }
 
 
-def error_body(status: int, message: str, type_: str | None = None, code: str | None = None) -> dict:
-    """The body OpenAI's API (and vLLM) send with an error: {"error": {"message", "type", "code"}}."""
-    return {"error": {"message": message, "type": type_ or ERROR_TYPES.get(status, "server_error"), "param": None,
+def error_body(status: int, message: str, type_: str | None = None, code: str | None = None,
+               param: str | None = None) -> dict:
+    """The body OpenAI's API (and vLLM) send with an error: {"error": {"message", "type", "param", "code"}}."""
+    return {"error": {"message": message, "type": type_ or ERROR_TYPES.get(status, "server_error"), "param": param,
                       "code": code if code is not None else status}}
 
 
 def error_response(
-    status: int, message: str, type_: str | None = None, code: str | None = None, headers: dict[str, str] | None = None
+    status: int, message: str, type_: str | None = None, code: str | None = None, headers: dict[str, str] | None = None,
+    param: str | None = None,
 ) -> web.Response:
     return web.Response(
-        status=status, body=orjson.dumps(error_body(status, message, type_, code)),
+        status=status, body=orjson.dumps(error_body(status, message, type_, code, param)),
         content_type="application/json", headers=headers,
     )
 

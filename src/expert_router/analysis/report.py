@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def write_report(results: Path, out: Path | None = None, fig7_users: list[int] |
     invalid = [r for r in rows if r["valid"] == "no"]
     markdown = _markdown(results, rows, figures, invalid)
     (out / "summary.md").write_text(markdown)
-    (out / "rows.json").write_text(__import__("json").dumps(rows, indent=1))
+    (out / "rows.json").write_text(json.dumps(rows, indent=1))
     html_path = out / "report.html"
     html_path.write_text(_html(results, rows, figures, invalid))
     return Report(out, figures, rows, out / "summary.md", html_path)

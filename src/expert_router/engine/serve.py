@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from urllib.parse import urlsplit
 
 from expert_router.config import Deployment
 from expert_router.errors import UserError
+from expert_router.processes import stop_groups
 
 
 @dataclass
@@ -114,27 +114,8 @@ def wait_ready(servers: list[ServerProcess], timeout_s: float, on_wait=None) -> 
 
 
 def stop(servers: list[ServerProcess], grace_s: float = 15.0) -> None:
-    """SIGTERM every process group, then SIGKILL what is left after `grace_s`."""
-    running = [s.process for s in servers if s.process is not None and s.process.poll() is None]
-    for process in running:
-        _signal_group(process, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    for process in running:
-        try:
-            process.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-    for server in servers:  # every group, even if its leader is gone: vLLM's engine processes too
-        if server.process is not None:
-            _signal_group(server.process, signal.SIGKILL)
-            server.process.wait()
-
-
-def _signal_group(process: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        pass
+    """SIGTERM every server's process group, then SIGKILL what is left after `grace_s`."""
+    stop_groups([s.process for s in servers if s.process is not None], grace_s)
 
 
 def _tail(path: Path, lines: int = 15) -> str:

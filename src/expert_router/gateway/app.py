@@ -12,7 +12,6 @@ is how vLLM learns to abort the request.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import orjson
 from aiohttp import web
 
 from expert_router.classify import Clusterer
-from expert_router.config import Deployment, GatewaySettings
+from expert_router.config import Deployment
 from expert_router.gateway.metrics import GatewayMetrics
 from expert_router.gateway.pool import ExpertPool, Pools, Replica, Saturated
 from expert_router.gateway.requests import BadRequest, ClientRequest, parse_request
@@ -39,7 +38,7 @@ DEPLOYMENT_KEY = web.AppKey("deployment", Deployment)
 CLUSTERER_KEY = web.AppKey("clusterer", Clusterer)
 POOLS_KEY = web.AppKey("pools", Pools)
 METRICS_KEY = web.AppKey("metrics", GatewayMetrics)
-SESSION_KEY = web.AppKey("session", aiohttp.ClientSession)
+SESSION_KEY = web.AppKey("session", aiohttp.ClientSession)  # background health checks only
 UPSTREAM_KEY = web.AppKey("upstream", UpstreamPool)
 
 SSE_HEADERS = {
@@ -105,9 +104,7 @@ def build_app(deployment: Deployment, clusterer: Clusterer) -> web.Application:
 
 
 async def _start(app: web.Application) -> None:
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
-    # No cookie jar (a proxy must not keep upstream cookies, and it costs time per request).
-    app[SESSION_KEY] = aiohttp.ClientSession(connector=connector, auto_decompress=False, read_bufsize=256 * 1024,
+    app[SESSION_KEY] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
                                               cookie_jar=aiohttp.DummyCookieJar())
     app[UPSTREAM_KEY] = UpstreamPool(app[DEPLOYMENT_KEY].gateway.connect_timeout_s)
     app[POOLS_KEY].start_health_checks(app[SESSION_KEY])
@@ -172,9 +169,7 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
         order, routed = _clusters_to_try(app, client)
     except BadRequest as exc:
         app[METRICS_KEY].requests.labels(endpoint, "", str(exc.status)).inc()
-        return web.Response(status=exc.status, content_type="application/json",
-                            body=orjson.dumps({"error": {**error_body(exc.status, str(exc), code=exc.code)["error"],
-                                                         "param": exc.param}}))
+        return error_response(exc.status, str(exc), code=exc.code, param=exc.param)
     t_classified = time.perf_counter()
     app[METRICS_KEY].classify_seconds.observe(t_classified - t_received)
     try:
@@ -218,12 +213,12 @@ async def _forward(request: web.Request, client: ClientRequest, order: list[int]
         if not replicas:
             notes.append(f"cluster {cluster} has no healthy replica")
             continue
+        client.body["model"] = pool.expert.model
+        payload = orjson.dumps(client.body)
         try:
             async with pool.slot():
                 for replica in replicas[: settings.max_attempts - attempts]:
                     attempts += 1
-                    client.body["model"] = pool.expert.model
-                    payload = orjson.dumps(client.body)
                     fallback = None if cluster == routed and not notes else f"{routed}->{cluster}; " + "; ".join(notes)
                     attempt = Attempt(routed, cluster, pool, replica, t_received, t_classified,
                                       time.perf_counter(), fallback)
@@ -248,67 +243,23 @@ async def _forward(request: web.Request, client: ClientRequest, order: list[int]
 
 async def _try_replica(request: web.Request, client: ClientRequest, attempt: Attempt, path: str,
                        payload: bytes) -> web.StreamResponse:
-    """Send to one replica. Raises UpstreamFailed while nothing has reached the client yet."""
+    """Send to one replica. Raises UpstreamFailed while nothing has reached the client yet.
+
+    Streaming or not, the request goes over a pooled upstream connection (see `gateway.upstream`):
+    a whole answer is buffered and relayed as one body, a stream is relayed as it arrives.
+    """
     app = request.app
-    settings, metrics = app[DEPLOYMENT_KEY].gateway, app[METRICS_KEY]
+    settings, metrics, pool = app[DEPLOYMENT_KEY].gateway, app[METRICS_KEY], app[UPSTREAM_KEY]
     replica = attempt.replica
     metrics.routing_seconds.observe(attempt.t_sent - attempt.t_received)
+    message = pool.request_bytes(replica.url, path, payload, client.stream)
+    connection: UpstreamConnection | None = None
     replica.inflight += 1
     try:
-        if client.stream:
-            return await _stream_from(request, attempt, path, payload, settings)
-        return await _whole_from(request, attempt, path, payload, settings)
-    finally:
-        replica.inflight -= 1
-
-
-@functools.lru_cache(maxsize=8)
-def _client_timeout(connect_s: float) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=None, sock_connect=connect_s)
-
-
-async def _whole_from(request: web.Request, attempt: Attempt, path: str, payload: bytes,
-                      settings: GatewaySettings) -> web.Response:
-    """A non-streaming request: the answer is one JSON body, relayed whole."""
-    replica = attempt.replica
-    try:
-        async with asyncio.timeout(settings.request_timeout_s):
-            async with request.app[SESSION_KEY].post(
-                replica.url + path, data=payload, timeout=_client_timeout(settings.connect_timeout_s),
-                headers={"Content-Type": "application/json", "Accept": "application/json"},
-            ) as upstream:
-                body = await upstream.read()
-                if upstream.status >= 500:
-                    raise UpstreamFailed("status", f"HTTP {upstream.status} {body[:200].decode('utf-8', 'replace')}")
-                content_type = upstream.headers.get("Content-Type", "application/json")
-    except TimeoutError:
-        raise UpstreamFailed("timeout", "no answer within the request timeout") from None
-    except aiohttp.ClientError as exc:
-        raise UpstreamFailed("connect", f"{exc.__class__.__name__}: {exc}") from None
-    replica.record_success()
-    return web.Response(status=upstream.status, body=body, headers={**attempt.headers(), "Content-Type": content_type})
-
-
-async def _stream_from(request: web.Request, attempt: Attempt, path: str, payload: bytes,
-                       settings: GatewaySettings) -> web.StreamResponse:
-    """A streaming request over a pooled upstream connection (see `gateway.upstream`)."""
-    pool, replica = request.app[UPSTREAM_KEY], attempt.replica
-    message = pool.request_bytes(replica.url, path, payload, stream=True)
-    connection: UpstreamConnection | None = None
-    try:
         try:
-            async with asyncio.timeout(settings.first_token_timeout_s):
-                for fresh in (False, True):
-                    connection = await pool.acquire(replica.url, fresh=fresh)
-                    connection.send(message)
-                    try:
-                        await connection.headers_done
-                        break
-                    except UpstreamError:
-                        if connection.reused and not fresh:
-                            continue  # a kept-alive connection the server had closed: not a failure
-                        raise
-                if connection.status != 200:
+            async with asyncio.timeout(settings.first_token_timeout_s if client.stream else settings.request_timeout_s):
+                connection = await _open(pool, replica.url, message)
+                if connection.status != 200 or not client.stream:
                     await connection.done
                     body = b"".join(connection.buffer)
                     if connection.status >= 500:
@@ -320,14 +271,32 @@ async def _stream_from(request: web.Request, attempt: Attempt, path: str, payloa
                 if not connection.buffer:
                     raise UpstreamFailed("empty", "the stream closed before its first token")
         except TimeoutError:
-            raise UpstreamFailed("timeout", "no first token within the timeout") from None
+            raise UpstreamFailed("timeout", "no first token within the timeout" if client.stream
+                                 else "no answer within the request timeout") from None
         except UpstreamError as exc:
             raise UpstreamFailed("connect", str(exc)) from None
         replica.record_success()
         return await _relay(request, connection, attempt, settings.idle_timeout_s)
     finally:
+        replica.inflight -= 1
         if connection is not None:
             pool.release(replica.url, connection)  # closes it unless the answer ended cleanly
+
+
+async def _open(pool: UpstreamPool, url: str, message: bytes) -> UpstreamConnection:
+    """Send `message` and wait for the response headers. A kept-alive connection that the server had
+    closed in the meantime is not a failure of the replica: the request is sent again on a fresh one."""
+    for fresh in (False, True):
+        connection = await pool.acquire(url, fresh=fresh)
+        connection.send(message)
+        try:
+            await connection.headers_done
+            return connection
+        except UpstreamError:
+            pool.release(url, connection)
+            if fresh or not connection.reused:
+                raise
+    raise AssertionError("unreachable")
 
 
 async def _relay(request: web.Request, connection: UpstreamConnection, attempt: Attempt,
