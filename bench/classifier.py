@@ -1,7 +1,7 @@
 """Routing speed of the classifier against a plain scikit-learn Pipeline doing the same work.
 
 Both are fitted once, on the offline demo corpus, and share the same fitted objects: the Pipeline is
-what `fit_pipeline` returns, the Clusterer is that Pipeline flattened into arrays. Both produce the
+what `fit_pipeline` returns, the Classifier is that Pipeline flattened into arrays. Both produce the
 distance of each prompt to every centroid and its nearest cluster.
 
 Prints one JSON line. Run: python bench/classifier.py [--prompts 2000] [--words 300]
@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from expert_router.classify import Clusterer, ClustererSettings, fit_pipeline
+from expert_router.classifier import Classifier, ClassifierSettings, fit_pipeline
 from expert_router.corpus import load_corpus
 
 
@@ -65,19 +65,19 @@ def main() -> None:
     args = parser.parse_args()
 
     texts = [d.text for d in load_corpus("demo")]
-    settings = ClustererSettings(k=args.k, scaling=args.scaling)
+    settings = ClassifierSettings(k=args.k, scaling=args.scaling)
     pipeline = fit_pipeline(texts, settings)
-    clusterer = Clusterer.from_pipeline(pipeline, settings)
+    classifier = Classifier.from_pipeline(pipeline, settings)
     prompts = make_prompts(texts, args.prompts, args.words, seed=0)
 
     def sklearn_route(batch: list[str]) -> np.ndarray:
         distances = pipeline.transform(batch)  # KMeans.transform: distance to every centroid
         return distances.argmin(axis=1)
 
-    agree = float((clusterer.route(prompts).cluster == sklearn_route(prompts)).mean())
-    ours = time_single(clusterer.route, prompts)
+    agree = float((classifier.route(prompts).cluster == sklearn_route(prompts)).mean())
+    ours = time_single(classifier.route, prompts)
     theirs = time_single(lambda p: sklearn_route([p]), prompts)
-    batch = time_batch(clusterer.route, prompts)
+    batch = time_batch(classifier.route, prompts)
     sklearn_batch = time_batch(sklearn_route, prompts)
 
     result = {
@@ -86,7 +86,7 @@ def main() -> None:
         "words_per_prompt": args.words,
         "k": args.k,
         "scaling": args.scaling,
-        "vocabulary": len(clusterer.vocabulary),
+        "vocabulary": len(classifier.vocabulary),
         "routes_agree_with_sklearn": agree,
         "single_p50_ms": round(float(np.percentile(ours, 50)), 4),
         "single_p99_ms": round(float(np.percentile(ours, 99)), 4),

@@ -32,8 +32,8 @@ from servers import cli_args  # noqa: E402
 
 
 def build(out: Path) -> Path:
-    for args in (("cluster", "fit", "demo", "--out", str(out / "clusterer")),
-                 ("experts", "build", "demo", "--classifier", str(out / "clusterer"), "--out", str(out / "experts"))):
+    for args in (("classifier", "fit", "demo", "--out", str(out / "classifier")),
+                 ("experts", "build", "demo", "--classifier", str(out / "classifier"), "--out", str(out / "experts"))):
         subprocess.run(cli_args(*args), check=True, capture_output=True)
     return out / "experts"
 

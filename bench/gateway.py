@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 from servers import Nginx, gateway, synthetic_expert, write_deployment  # noqa: E402
 
-from expert_router.classify import Clusterer  # noqa: E402
+from expert_router.classifier import Classifier  # noqa: E402
 from expert_router.corpus import load_corpus  # noqa: E402
 from expert_router.http import install_uvloop  # noqa: E402
 
@@ -105,12 +105,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         tmp = Path(scratch)
-        clusterer_dir = tmp / "clusterer"
-        Clusterer.fit([d.text for d in load_corpus("demo")]).save(clusterer_dir)
+        classifier_dir = tmp / "classifier"
+        Classifier.fit([d.text for d in load_corpus("demo")]).save(classifier_dir)
         models = [f"expert-{c}" for c in range(8)]
         with synthetic_expert(tmp, "upstream", "--tokens", str(args.tokens), "--interval-ms", str(args.interval_ms),
                               models=models) as upstream:
-            deployment = write_deployment(tmp / "deploy.yaml", clusterer_dir, {c: [upstream.url] for c in range(8)},
+            deployment = write_deployment(tmp / "deploy.yaml", classifier_dir, {c: [upstream.url] for c in range(8)},
                                           max_inflight_per_expert=100_000, health_interval_s=5.0)
             with gateway(tmp, deployment) as gw, Nginx(tmp, [upstream.url]) as nginx:
                 paths = {
@@ -129,7 +129,7 @@ def main() -> None:
             # output tokens), where per-request work is amortised as it is in real serving.
             with synthetic_expert(tmp, "long", "--tokens", str(args.long_tokens), "--interval-ms", "10",
                                   models=models) as upstream:
-                deployment = write_deployment(tmp / "long.yaml", clusterer_dir, {c: [upstream.url] for c in range(8)},
+                deployment = write_deployment(tmp / "long.yaml", classifier_dir, {c: [upstream.url] for c in range(8)},
                                               max_inflight_per_expert=100_000, health_interval_s=5.0)
                 with gateway(tmp, deployment, name="gateway-long") as gw, Nginx(tmp / "long", [upstream.url]) as nginx:
                     long_answers = {

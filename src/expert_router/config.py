@@ -84,7 +84,7 @@ class EngineSettings(Strict):
 
 
 class Deployment(Strict):
-    classifier: Path = Field(description="folder of a saved classifier (`expert-router cluster fit`)")
+    classifier: Path = Field(description="folder of a saved classifier (`expert-router classifier fit`)")
     experts: list[ExpertConfig] = Field(min_length=1)
     gateway: GatewaySettings = GatewaySettings()
     engine: EngineSettings = EngineSettings()

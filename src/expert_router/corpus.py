@@ -22,6 +22,7 @@ from itertools import islice
 from pathlib import Path
 
 from expert_router.errors import UserError
+from expert_router.progress import counted
 
 FORTUNE_DIRS = ("/usr/share/games/fortunes", "/usr/share/fortunes", "/opt/homebrew/share/games/fortunes")
 """Where Debian, other Linux distributions and Homebrew install fortune files."""
@@ -60,9 +61,15 @@ def read_corpus(spec: str, options: CorpusOptions | None = None, limit: int | No
     return islice(documents, limit)
 
 
-def load_corpus(spec: str, options: CorpusOptions | None = None, limit: int | None = None) -> list[Document]:
-    """`read_corpus` into a list, refusing an empty corpus."""
-    documents = list(read_corpus(spec, options, limit))
+def load_corpus(spec: str, options: CorpusOptions | None = None, limit: int | None = None,
+                show_progress: bool = False) -> list[Document]:
+    """`read_corpus` into a list without blank documents, refusing an empty corpus."""
+    if limit is not None and limit < 1:
+        raise UserError("--limit must be at least 1")
+    documents: Iterable[Document] = read_corpus(spec, options, limit)
+    if show_progress:
+        documents = counted(documents, "reading corpus", total=limit)
+    documents = [d for d in documents if d.text.strip()]
     if not documents:
         raise UserError(f"the corpus {spec!r} holds no documents")
     return documents

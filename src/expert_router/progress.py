@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from rich.console import Console
+from rich.table import Table
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -16,6 +17,9 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+
+if TYPE_CHECKING:
+    from expert_router.classifier import Classifier
 
 T = TypeVar("T")
 
@@ -68,3 +72,15 @@ class Stages:
             finally:
                 self._close_stage()
                 self._status = None
+
+
+def cluster_table(classifier: "Classifier", title: str, terms: int) -> Table:
+    """Each cluster's training size and top terms, as `fit`, `inspect` and the demo show them."""
+    table = Table(title=title)
+    table.add_column("cluster", justify="right")
+    table.add_column("documents", justify="right")
+    table.add_column("top terms")
+    sizes = classifier.train_sizes or [None] * classifier.k
+    for cluster, (size, top) in enumerate(zip(sizes, classifier.top_terms(terms))):
+        table.add_row(str(cluster), "-" if size is None else f"{size:,}", ", ".join(top))
+    return table

@@ -20,15 +20,15 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("experiment")
-    subprocess.run(cli_args("cluster", "fit", "demo", "--out", str(tmp / "clusterer")), check=True, capture_output=True)
+    subprocess.run(cli_args("classifier", "fit", "demo", "--out", str(tmp / "classifier")), check=True, capture_output=True)
     experts_port, gateway_port, baseline_port = free_port(), free_port(), free_port()
     models = " ".join(f"expert-{c}" for c in range(8))
-    deployment = {"classifier": "clusterer",
+    deployment = {"classifier": "classifier",
                   "experts": [{"cluster": c, "model": f"expert-{c}", "endpoints": [f"http://127.0.0.1:{experts_port}"]}
                               for c in range(8)]}
     (tmp / "deploy.yaml").write_text(yaml.safe_dump(deployment))
     document = {
-        "name": "tiny", "classifier": "clusterer", "users": [1, 3], "mixes": ["uniform", "normal"],
+        "name": "tiny", "classifier": "classifier", "users": [1, 3], "mixes": ["uniform", "normal"],
         "duration_s": 2, "max_tokens": 12, "cooldown_s": 0.1, "pool": 50,
         "configurations": [
             {"name": "router", "url": f"http://127.0.0.1:{gateway_port}", "services": [

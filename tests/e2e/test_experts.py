@@ -25,9 +25,9 @@ def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 def built(tmp_path_factory) -> Path:
     """A small corpus, 3 clusters, tiny experts: seconds to build."""
     tmp = tmp_path_factory.mktemp("experts")
-    result = run("cluster", "fit", "demo", "--limit", "900", "--k", "3", "--dims", "20", "--out", str(tmp / "clusterer"))
+    result = run("classifier", "fit", "demo", "--limit", "900", "--k", "3", "--dims", "20", "--out", str(tmp / "classifier"))
     assert result.returncode == 0, result.stderr
-    result = run("experts", "build", "demo", "--limit", "900", "--classifier", str(tmp / "clusterer"),
+    result = run("experts", "build", "demo", "--limit", "900", "--classifier", str(tmp / "classifier"),
                  "--out", str(tmp / "experts"), "--port", str(free_port()), "--base-steps", "150",
                  "--adapter-steps", "10", "--seq-len", "48", "--vocab-size", "600", "--merge")
     assert result.returncode == 0, result.stderr
@@ -47,7 +47,7 @@ def descendants(pid: int) -> set[int]:
 
 def test_build_writes_models_adapters_and_deployments(built):
     for name in ("base/config.json", "base/tokenizer.json", "adapters/expert-0/adapter_config.json",
-                 "experts/expert-2/config.json", "deployment.yaml", "deployment-per-expert.yaml", "clusterer/clusterer.json"):
+                 "experts/expert-2/config.json", "deployment.yaml", "deployment-per-expert.yaml", "classifier/classifier.json"):
         assert (built / name).is_file(), name
 
 
@@ -97,7 +97,7 @@ def test_missing_adapter_is_named(built, tmp_path):
     import yaml
 
     document = yaml.safe_load((built / "deployment.yaml").read_text())
-    document["classifier"] = str(built / "clusterer")
+    document["classifier"] = str(built / "classifier")
     document["engine"]["base_model"] = str(built / "base")
     document["experts"][1]["adapter"] = str(tmp_path / "no-such-adapter")
     document["experts"][0]["adapter"] = str(built / "adapters" / "expert-0")

@@ -21,7 +21,7 @@ from servers import (
     write_deployment,
 )
 
-from expert_router.classify import Clusterer
+from expert_router.classifier import Classifier
 
 pytestmark = pytest.mark.e2e
 
@@ -37,10 +37,10 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("classifier") / "clusterer"
+    out = tmp_path_factory.mktemp("classifier") / "classifier"
     from expert_router.corpus import load_corpus
 
-    Clusterer.fit([d.text for d in load_corpus("demo")]).save(out)
+    Classifier.fit([d.text for d in load_corpus("demo")]).save(out)
     return out
 
 
@@ -74,7 +74,7 @@ def sse_events(raw: bytes) -> list[str]:
 def test_openai_sdk_streams_and_routes_like_the_classifier(stack, classifier):
     gw, experts = stack
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0)
-    expected = Clusterer.load(classifier).route(PROMPTS).cluster.tolist()
+    expected = Classifier.load(classifier).route(PROMPTS).cluster.tolist()
     for prompt, cluster in zip(PROMPTS, expected):
         raw = client.completions.with_raw_response.create(model="expert-router", prompt=prompt, max_tokens=5, stream=True)
         assert raw.headers["x-expert-cluster"] == str(cluster)
@@ -147,7 +147,7 @@ def test_bad_input_gets_an_openai_style_4xx(stack, path, body, status):
 
 # -- faults --------------------------------------------------------------------------------------
 def test_fail_over_to_the_next_nearest_expert_when_one_is_killed(tmp_path, classifier):
-    routes = Clusterer.load(classifier).route(PROMPTS[0])
+    routes = Classifier.load(classifier).route(PROMPTS[0])
     first, second = routes.ranked(0)[:2].tolist()
     with synthetic_expert(tmp_path, "doomed", "--tokens", "3", "--interval-ms", "1") as doomed, \
          synthetic_expert(tmp_path, "others", "--tokens", "3", "--interval-ms", "1") as others:
@@ -221,7 +221,7 @@ def test_streams_that_just_close_get_a_done(tmp_path, classifier):
 
 
 def test_upstream_errors_before_the_first_token_fail_over(tmp_path, classifier):
-    first = Clusterer.load(classifier).route(PROMPTS[1]).cluster[0]
+    first = Classifier.load(classifier).route(PROMPTS[1]).cluster[0]
     with synthetic_expert(tmp_path, "broken", "--fail-status", "503") as broken, \
          synthetic_expert(tmp_path, "good", "--tokens", "2") as good:
         endpoints = {c: [good.url] for c in range(8)}
@@ -317,7 +317,7 @@ def test_two_gateways_behind_a_real_nginx(tmp_path, classifier, stack):
     with gateway(tmp_path, deployment, name="gw1") as gw1, gateway(tmp_path, deployment, name="gw2") as gw2:
         with Nginx(tmp_path, [gw1.url, gw2.url]) as nginx:
             client = openai.OpenAI(base_url=nginx.url + "/v1", api_key="unused", max_retries=0)
-            expected = Clusterer.load(classifier).route(PROMPTS).cluster.tolist()
+            expected = Classifier.load(classifier).route(PROMPTS).cluster.tolist()
             for prompt, cluster in zip(PROMPTS, expected):
                 raw = client.completions.with_raw_response.create(model="expert-router", prompt=prompt,
                                                                    max_tokens=4, stream=True)

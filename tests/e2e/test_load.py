@@ -19,11 +19,11 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory) -> Path:
-    from expert_router.classify import Clusterer
+    from expert_router.classifier import Classifier
     from expert_router.corpus import load_corpus
 
-    out = tmp_path_factory.mktemp("classifier") / "clusterer"
-    Clusterer.fit([d.text for d in load_corpus("demo")]).save(out)
+    out = tmp_path_factory.mktemp("classifier") / "classifier"
+    Classifier.fit([d.text for d in load_corpus("demo")]).save(out)
     return out
 
 

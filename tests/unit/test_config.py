@@ -8,7 +8,7 @@ from expert_router.config import (
 from expert_router.errors import UserError
 
 GOOD = {
-    "classifier": "artifacts/clusterer",
+    "classifier": "artifacts/classifier",
     "experts": [
         {"cluster": 0, "model": "expert-0", "endpoints": ["http://127.0.0.1:8100"]},
         {"cluster": 1, "model": "expert-1", "endpoints": ["http://127.0.0.1:8101", "http://127.0.0.1:8102"]},
@@ -22,7 +22,7 @@ def test_a_good_deployment_resolves_the_classifier_next_to_the_file(tmp_path):
 
     (tmp_path / "deploy.yaml").write_text(yaml.safe_dump(GOOD))
     deployment = load_deployment(tmp_path / "deploy.yaml")
-    assert deployment.classifier == (tmp_path / "artifacts" / "clusterer").resolve()
+    assert deployment.classifier == (tmp_path / "artifacts" / "classifier").resolve()
     assert deployment.experts[1].base_urls() == ["http://127.0.0.1:8101", "http://127.0.0.1:8102"]
     assert deployment.gateway.max_inflight_per_expert == 64 and deployment.gateway.fallback == "nearest"
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-from expert_router.classify.kmeans import BalancedKMeans, balanced_assignment
+from expert_router.classifier.kmeans import BalancedKMeans, balanced_assignment
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -1,4 +1,4 @@
-from expert_router.classify.preprocess import (
+from expert_router.classifier.preprocess import (
     NUMBER_TOKEN,
     STOP_WORDS,
     content_tokens,
@@ -29,7 +29,7 @@ def test_vectorizer_vocabulary_has_no_stop_words_or_numbers():
 
 
 def test_ascii_fast_path_finds_the_same_words():
-    from expert_router.classify.preprocess import ascii_word_tokens, raw_word_tokens
+    from expert_router.classifier.preprocess import ascii_word_tokens, raw_word_tokens
 
     text = "Hello, World! snake_case x-ray 3.14 a I e.g. C++ (tabs)\\there\n"
     long_words = [t.decode() for t in ascii_word_tokens(text) if len(t) > 1]

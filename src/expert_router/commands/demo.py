@@ -14,12 +14,11 @@ from pathlib import Path
 
 import yaml
 
-from expert_router.classify import Clusterer, ClustererSettings
+from expert_router.classifier import Classifier, ClassifierSettings
 from expert_router.commands import HelpFormatter
-from expert_router.commands.cluster import cluster_table
 from expert_router.corpus import load_corpus
 from expert_router.errors import UserError
-from expert_router.progress import Stages, console, output
+from expert_router.progress import Stages, cluster_table, console, output
 
 ROUTER_PORT, GATEWAY_PORT, BASELINE_PORT = 8100, 8000, 8200
 
@@ -55,18 +54,18 @@ SAMPLE_PROMPTS = (
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     out: Path = args.out.resolve()
-    clusterer_dir = out / "clusterer"
-    if (clusterer_dir / "clusterer.json").is_file():
-        clusterer = Clusterer.load(clusterer_dir)
-        console.print(f"classifier: reusing {clusterer_dir}")
+    classifier_dir = out / "classifier"
+    if (classifier_dir / "classifier.json").is_file():
+        classifier = Classifier.load(classifier_dir)
+        console.print(f"classifier: reusing {classifier_dir}")
     else:
         documents = load_corpus("demo")
         stages = Stages(f"fitting the classifier on {len(documents):,} demo documents")
         with stages.running():
-            clusterer = Clusterer.fit([d.text for d in documents], ClustererSettings(k=args.k), on_stage=stages)
-            clusterer.save(clusterer_dir)
-    output.print(cluster_table(clusterer, "Clusters of the demo corpus (one expert each)", 8))
-    routes = clusterer.route(list(SAMPLE_PROMPTS))
+            classifier = Classifier.fit([d.text for d in documents], ClassifierSettings(k=args.k), on_stage=stages)
+            classifier.save(classifier_dir)
+    output.print(cluster_table(classifier, "Clusters of the demo corpus (one expert each)", 8))
+    routes = classifier.route(list(SAMPLE_PROMPTS))
     for row, prompt in enumerate(SAMPLE_PROMPTS):
         console.print(f"  cluster {routes.cluster[row]} <- {prompt}")
     if args.classifier_only:
@@ -82,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
         console.print("building the experts (tokenizer, base model, one LoRA adapter per cluster)")
         result = subprocess.run([sys.executable, "-m", "expert_router", "experts", "build", "demo",
-                                 "--classifier", str(clusterer_dir), "--out", str(experts),
+                                 "--classifier", str(classifier_dir), "--out", str(experts),
                                  "--port", str(ROUTER_PORT)])
         if result.returncode != 0:
             raise UserError("building the experts failed (see above)")
@@ -98,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
 def write_experiment(out: Path, args: argparse.Namespace) -> Path:
     """The demo's experiment: router (8 LoRA experts behind the gateway) vs baseline (the base model)."""
     baseline = {
-        "classifier": "clusterer",
+        "classifier": "classifier",
         "engine": {"kind": "vllm"},
         "experts": [{"cluster": 0, "model": "base", "model_path": "experts/base",
                      "endpoints": [f"http://127.0.0.1:{BASELINE_PORT}"]}],
@@ -108,7 +107,7 @@ def write_experiment(out: Path, args: argparse.Namespace) -> Path:
     experiment = {
         "name": "demo",
         "corpus": "demo",
-        "classifier": "clusterer",
+        "classifier": "classifier",
         "tokenizer": "experts/base/tokenizer.json",
         "users": args.users,
         "mixes": ["uniform", "normal"],

@@ -16,13 +16,13 @@ from expert_router.errors import UserError
 from expert_router.progress import console, output
 
 BUILD_EXAMPLES = """examples:
-  expert-router cluster fit demo --out artifacts/clusterer
-  expert-router experts build demo --classifier artifacts/clusterer --out artifacts/experts
-  expert-router experts build corpus.jsonl --classifier artifacts/clusterer --out artifacts/experts \\
+  expert-router classifier fit demo --out artifacts/classifier
+  expert-router experts build demo --classifier artifacts/classifier --out artifacts/experts
+  expert-router experts build corpus.jsonl --classifier artifacts/classifier --out artifacts/experts \\
       --hidden-size 256 --layers 4 --heads 4 --base-steps 2000 --merge
 
 Writes OUT/base (tokenizer + tiny Llama model), OUT/adapters/expert-C (one LoRA adapter per cluster),
-OUT/clusterer and OUT/deployment.yaml (one vLLM server, multi-LoRA); with --merge also OUT/experts/
+OUT/classifier and OUT/deployment.yaml (one vLLM server, multi-LoRA); with --merge also OUT/experts/
 expert-C (full models) and OUT/deployment-per-expert.yaml (one server per expert, the paper's layout).
 """
 
@@ -43,7 +43,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     build = sub.add_parser("build", help="train a tokenizer, a tiny base model and one LoRA adapter per cluster",
                            description="Build one expert per cluster from CORPUS and a fitted classifier.",
                            epilog=BUILD_EXAMPLES, formatter_class=HelpFormatter)
-    build.add_argument("corpus", metavar="CORPUS", help="corpus (as for `cluster fit`)")
+    build.add_argument("corpus", metavar="CORPUS", help="corpus (as for `classifier fit`)")
     build.add_argument("--classifier", type=Path, required=True, help="classifier that assigns documents to experts")
     build.add_argument("--out", type=Path, required=True, help="output folder")
     build.add_argument("--port", type=int, default=8100, help="port written into the deployment file")
@@ -65,9 +65,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from expert_router.classify import Clusterer
-    from expert_router.commands.cluster import read_documents
-    from expert_router.corpus import CorpusOptions
+    from expert_router.classifier import Classifier
+    from expert_router.corpus import CorpusOptions, load_corpus
     from expert_router.engine.build import (
         BuildSettings,
         build_experts,
@@ -79,11 +78,11 @@ def run_build(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         error = exc.errors()[0]
         raise UserError(f"--{str(error['loc'][0]).replace('_', '-')}: {error['msg']}") from None
-    clusterer = Clusterer.load(args.classifier)
-    documents = read_documents(args.corpus, CorpusOptions(), args.limit)
+    classifier = Classifier.load(args.classifier)
+    documents = load_corpus(args.corpus, CorpusOptions(), args.limit, show_progress=True)
     texts = [d.text for d in documents]
-    by_cluster: dict[int, list[str]] = {c: [] for c in range(clusterer.k)}
-    for text, cluster in zip(texts, clusterer.route(texts).cluster.tolist()):
+    by_cluster: dict[int, list[str]] = {c: [] for c in range(classifier.k)}
+    for text, cluster in zip(texts, classifier.route(texts).cluster.tolist()):
         by_cluster[cluster].append(text)
     empty = [c for c, t in by_cluster.items() if not t]
     if empty:
@@ -103,7 +102,7 @@ def run_build(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UserError(str(exc)) from None
     paths = write_deployments(args.out, args.classifier, sorted(by_cluster), args.port, args.merge, settings.lora_rank)
-    table = Table(title=f"{clusterer.k} experts built in {time.perf_counter() - started:.0f} s")
+    table = Table(title=f"{classifier.k} experts built in {time.perf_counter() - started:.0f} s")
     for column in ("expert", "documents", "final loss"):
         table.add_column(column, justify="right")
     table.add_row("base", f"{len(texts):,}", f"{info['final_loss']['base']:.2f}")

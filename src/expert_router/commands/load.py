@@ -20,9 +20,9 @@ from expert_router.progress import console, output
 
 EXAMPLES = """examples:
   # 100 closed-loop users for 60 s against the gateway, prompts from the demo corpus, uniform mix
-  expert-router load http://127.0.0.1:8000 --classifier demo-out/clusterer --users 100 --duration 60 --out runs/u100
+  expert-router load http://127.0.0.1:8000 --classifier demo-out/classifier --users 100 --duration 60 --out runs/u100
   # the paper's normal scenario, inputs 335 +- 30 words, answers up to 200 tokens, against one expert server
-  expert-router load http://127.0.0.1:8100 --model expert-0 --classifier demo-out/clusterer --mix normal \\
+  expert-router load http://127.0.0.1:8100 --model expert-0 --classifier demo-out/classifier --mix normal \\
       --input-lengths fixed --max-tokens 200 --users 300 --duration 120 --out runs/baseline-u300
   # open loop: Poisson arrivals at 20 requests/s, replaying a saved workload, over 2 processes
   expert-router load http://127.0.0.1:8000 --mode open --rate 20 --workload runs/u100/workload.jsonl \\
@@ -52,7 +52,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--processes", type=int, default=1, help="spread users over this many processes")
     group = parser.add_argument_group("workload")
     group.add_argument("--workload", type=Path, help="replay a saved workload.jsonl instead of drawing one")
-    group.add_argument("--corpus", default="demo", help="where prompts come from (as for `cluster fit`)")
+    group.add_argument("--corpus", default="demo", help="where prompts come from (as for `classifier fit`)")
     group.add_argument("--classifier", type=Path, help="saved classifier that tags prompts with clusters")
     group.add_argument("--mix", choices=("uniform", "normal"), default="uniform", help="share of requests per cluster")
     group.add_argument("--mix-mean", type=float, help="normal mix: mean cluster index (default (k-1)/2)")
@@ -75,7 +75,7 @@ def prepare_workload(args: argparse.Namespace):
         return load_workload(args.workload)
     if args.classifier is None:
         raise UserError("give --classifier DIR (to tag prompts with clusters) or --workload FILE")
-    from expert_router.classify import Clusterer
+    from expert_router.classifier import Classifier
     from expert_router.corpus import load_corpus
     from expert_router.loadgen.lengths import parse_lengths
     from expert_router.loadgen.workload import (
@@ -84,16 +84,16 @@ def prepare_workload(args: argparse.Namespace):
         word_count,
     )
 
-    clusterer = Clusterer.load(args.classifier)
+    classifier = Classifier.load(args.classifier)
     documents = load_corpus(args.corpus)
     texts = [d.text for d in documents]
     by_cluster: dict[int, list[str]] = {}
-    for text, cluster in zip(texts, clusterer.route(texts).cluster.tolist()):
+    for text, cluster in zip(texts, classifier.route(texts).cluster.tolist()):
         by_cluster.setdefault(cluster, []).append(text)
     count = word_count
     if args.tokenizer:
         count = _tokenizer_counter(args.tokenizer)
-    probabilities = mix_probabilities(clusterer.k, args.mix, args.mix_mean, args.mix_std)
+    probabilities = mix_probabilities(classifier.k, args.mix, args.mix_mean, args.mix_std)
     lengths = parse_lengths(args.input_lengths, args.input_mean, args.input_std)
     return build_workload(by_cluster, args.pool, probabilities, lengths, args.max_tokens, args.seed, count)
 

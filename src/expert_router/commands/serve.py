@@ -56,7 +56,7 @@ def prepare(args: argparse.Namespace) -> Deployment:
     """Load and check everything before any process starts, so errors surface once and clearly."""
     from pydantic import ValidationError
 
-    from expert_router.classify import Clusterer
+    from expert_router.classifier import Classifier
     from expert_router.config import describe_validation_error
 
     deployment = load_deployment(args.deployment)
@@ -67,8 +67,8 @@ def prepare(args: argparse.Namespace) -> Deployment:
         except ValidationError as exc:
             raise UserError(describe_validation_error(exc, "command-line overrides")) from None
         deployment = deployment.model_copy(update={"gateway": gateway})
-    clusterer = Clusterer.load(deployment.classifier)
-    check_against_classifier(deployment, clusterer.k, str(args.deployment))
+    classifier = Classifier.load(deployment.classifier)
+    check_against_classifier(deployment, classifier.k, str(args.deployment))
     if args.workers < 1:
         raise UserError("--workers must be at least 1")
     if not 0 <= args.port < 65536:
@@ -111,12 +111,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _serve(deployment: Deployment, host: str, port: int, reuse_port: bool) -> None:
-    from expert_router.classify import Clusterer
+    from expert_router.classifier import Classifier
     from expert_router.gateway import build_app
     from expert_router.http import run_app
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    app = build_app(deployment, Clusterer.load(deployment.classifier))
+    app = build_app(deployment, Classifier.load(deployment.classifier))
     experts = len(deployment.experts)
 
     def announce() -> None:

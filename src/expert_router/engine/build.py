@@ -142,18 +142,18 @@ def build_experts(texts_by_cluster: dict[int, list[str]], out: Path, settings: B
     return info
 
 
-def write_deployments(out: Path, clusterer_dir: Path, clusters: Sequence[int], port: int, merged: bool,
+def write_deployments(out: Path, classifier_dir: Path, clusters: Sequence[int], port: int, merged: bool,
                       lora_rank: int) -> list[Path]:
     """deployment.yaml (one vLLM server, one LoRA adapter per expert) and, with merged experts,
     deployment-per-expert.yaml (one vLLM server per expert: the paper's layout)."""
     import yaml
 
-    local_clusterer = out / "clusterer"
-    if clusterer_dir.resolve() != local_clusterer.resolve():
-        shutil.copytree(clusterer_dir, local_clusterer, dirs_exist_ok=True)
+    local_classifier = out / "classifier"
+    if classifier_dir.resolve() != local_classifier.resolve():
+        shutil.copytree(classifier_dir, local_classifier, dirs_exist_ok=True)
     url = f"http://127.0.0.1:{port}"
     lora = {
-        "classifier": "clusterer",
+        "classifier": "classifier",
         "engine": {"kind": "vllm-lora", "base_model": "base", "max_lora_rank": max(8, lora_rank)},
         "experts": [{"cluster": c, "model": f"expert-{c}", "adapter": f"adapters/expert-{c}", "endpoints": [url]}
                     for c in clusters],
@@ -163,7 +163,7 @@ def write_deployments(out: Path, clusterer_dir: Path, clusters: Sequence[int], p
                         + yaml.safe_dump(lora, sort_keys=False))
     if merged:
         per_expert = {
-            "classifier": "clusterer",
+            "classifier": "classifier",
             "engine": {"kind": "vllm"},
             "experts": [{"cluster": c, "model": f"expert-{c}", "model_path": f"experts/expert-{c}",
                          "endpoints": [f"http://127.0.0.1:{port + i}"]} for i, c in enumerate(clusters)],

@@ -20,7 +20,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from expert_router.classify import Clusterer
+from expert_router.classifier import Classifier
 from expert_router.config import Deployment
 from expert_router.gateway.metrics import GatewayMetrics
 from expert_router.gateway.pool import ExpertPool, Pools, Replica, Saturated
@@ -35,7 +35,7 @@ from expert_router.http import error_body, error_response
 log = logging.getLogger("expert_router.gateway")
 
 DEPLOYMENT_KEY = web.AppKey("deployment", Deployment)
-CLUSTERER_KEY = web.AppKey("clusterer", Clusterer)
+CLASSIFIER_KEY = web.AppKey("classifier", Classifier)
 POOLS_KEY = web.AppKey("pools", Pools)
 METRICS_KEY = web.AppKey("metrics", GatewayMetrics)
 SESSION_KEY = web.AppKey("session", aiohttp.ClientSession)  # background health checks only
@@ -86,11 +86,11 @@ class Attempt:
         return headers
 
 
-def build_app(deployment: Deployment, clusterer: Clusterer) -> web.Application:
+def build_app(deployment: Deployment, classifier: Classifier) -> web.Application:
     settings = deployment.gateway
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[DEPLOYMENT_KEY] = deployment
-    app[CLUSTERER_KEY] = clusterer
+    app[CLASSIFIER_KEY] = classifier
     app[POOLS_KEY] = Pools(deployment.experts, settings)
     app[METRICS_KEY] = GatewayMetrics()
     app.router.add_post("/v1/completions", completions)
@@ -191,7 +191,7 @@ def _clusters_to_try(app: web.Application, client: ClientRequest) -> tuple[list[
             raise BadRequest(f"The model `{client.model}` does not exist; this gateway serves {known}",
                              status=404, code="model_not_found", param="model")
         return [cluster], cluster  # a named expert: no routing, no fail-over to another model
-    routes = app[CLUSTERER_KEY].route(client.text)
+    routes = app[CLASSIFIER_KEY].route(client.text)
     ranked = routes.ranked(0).tolist()
     if deployment.gateway.fallback == "none":
         ranked = ranked[:1]

@@ -4,10 +4,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from expert_router.classify import Clusterer, ClustererSettings, fit_pipeline
+from expert_router.classifier import Classifier, ClassifierSettings, fit_pipeline
 from expert_router.errors import UserError
 
-SETTINGS = ClustererSettings(k=4, dims=10)
+SETTINGS = ClassifierSettings(k=4, dims=10)
 
 
 @pytest.fixture(scope="module")
@@ -19,39 +19,39 @@ def texts(small_corpus):
 def fitted(request, texts):
     settings = SETTINGS.model_copy(update={"scaling": request.param})
     pipeline = fit_pipeline(texts, settings)
-    return pipeline, Clusterer.from_pipeline(pipeline, settings)
+    return pipeline, Classifier.from_pipeline(pipeline, settings)
 
 
 def test_routes_match_the_scikit_learn_pipeline(fitted, texts):
-    pipeline, clusterer = fitted
-    assert (clusterer.route(texts).cluster == pipeline.predict(texts)).all()
+    pipeline, classifier = fitted
+    assert (classifier.route(texts).cluster == pipeline.predict(texts)).all()
 
 
 def test_distances_match_the_pipeline(fitted, texts):
-    pipeline, clusterer = fitted
+    pipeline, classifier = fitted
     expected = pipeline[:-1].transform(texts[:20])
     expected = ((expected[:, None, :] - pipeline[-1].cluster_centers_[None]) ** 2).sum(-1)
-    assert np.allclose(clusterer.route(texts[:20]).distance, expected, atol=1e-3)
+    assert np.allclose(classifier.route(texts[:20]).distance, expected, atol=1e-3)
 
 
 def test_single_prompt_routes_like_a_batch(fitted, texts):
-    _, clusterer = fitted
-    batch = clusterer.route(texts[:30])
+    _, classifier = fitted
+    batch = classifier.route(texts[:30])
     for i, text in enumerate(texts[:30]):
-        one = clusterer.route(text)
+        one = classifier.route(text)
         assert one.cluster[0] == batch.cluster[i]
         assert np.allclose(one.distance[0], batch.distance[i], atol=1e-5)
 
 
 def test_unknown_words_and_empty_prompts_route_somewhere(fitted):
-    _, clusterer = fitted
-    routes = clusterer.route(["", "zzzz qqqq", "the and of 123"])
+    _, classifier = fitted
+    routes = classifier.route(["", "zzzz qqqq", "the and of 123"])
     assert routes.distance.shape == (3, 4) and np.isfinite(routes.distance).all()
 
 
 def test_ranked_is_nearest_first(fitted, texts):
-    _, clusterer = fitted
-    routes = clusterer.route(texts[:5])
+    _, classifier = fitted
+    routes = classifier.route(texts[:5])
     for row in range(5):
         ranked = routes.ranked(row)
         assert ranked[0] == routes.cluster[row]
@@ -59,25 +59,25 @@ def test_ranked_is_nearest_first(fitted, texts):
 
 
 def test_save_load_round_trip_routes_identically(fitted, texts, tmp_path):
-    _, clusterer = fitted
-    clusterer.save(tmp_path / "c")
-    loaded = Clusterer.load(tmp_path / "c")
-    before, after = clusterer.route(texts), loaded.route(texts)
+    _, classifier = fitted
+    classifier.save(tmp_path / "c")
+    loaded = Classifier.load(tmp_path / "c")
+    before, after = classifier.route(texts), loaded.route(texts)
     assert np.array_equal(before.cluster, after.cluster)
     assert np.array_equal(before.distance, after.distance)
-    assert loaded.settings == clusterer.settings
-    assert clusterer.route(texts[0]).distance.tolist() == loaded.route(texts[0]).distance.tolist()
+    assert loaded.settings == classifier.settings
+    assert classifier.route(texts[0]).distance.tolist() == loaded.route(texts[0]).distance.tolist()
 
 
 def test_the_same_seed_gives_the_same_classifier(texts):
-    a = Clusterer.fit(texts, SETTINGS.model_copy(update={"seed": 3}))
-    b = Clusterer.fit(texts, SETTINGS.model_copy(update={"seed": 3}))
+    a = Classifier.fit(texts, SETTINGS.model_copy(update={"seed": 3}))
+    b = Classifier.fit(texts, SETTINGS.model_copy(update={"seed": 3}))
     assert np.array_equal(a.centroids, b.centroids) and np.array_equal(a.projection, b.projection)
 
 
 def test_balanced_fit_gives_near_equal_sizes(texts):
-    clusterer = Clusterer.fit(texts, SETTINGS.model_copy(update={"balanced": True, "k": 3}))
-    sizes = clusterer.train_sizes
+    classifier = Classifier.fit(texts, SETTINGS.model_copy(update={"balanced": True, "k": 3}))
+    sizes = classifier.train_sizes
     assert sum(sizes) == len(texts) and max(sizes) - min(sizes) <= 1
 
 
@@ -85,28 +85,28 @@ def test_clusters_follow_topics(small_corpus):
     from sklearn.metrics import normalized_mutual_info_score
 
     texts, labels = zip(*small_corpus)
-    clusterer = Clusterer.fit(list(texts), SETTINGS)
-    assert normalized_mutual_info_score(labels, clusterer.route(list(texts)).cluster) > 0.8
+    classifier = Classifier.fit(list(texts), SETTINGS)
+    assert normalized_mutual_info_score(labels, classifier.route(list(texts)).cluster) > 0.8
 
 
 def test_k_larger_than_the_corpus_is_refused():
     with pytest.raises(UserError, match="larger than the corpus"):
-        Clusterer.fit(["one document about cats", "another about dogs"], ClustererSettings(k=8))
+        Classifier.fit(["one document about cats", "another about dogs"], ClassifierSettings(k=8))
 
 
 def test_a_corpus_of_stop_words_is_refused():
     with pytest.raises(UserError, match="no usable words"):
-        Clusterer.fit(["the and of", "a an the 12", "it is 3"], ClustererSettings(k=2, dims=1))
+        Classifier.fit(["the and of", "a an the 12", "it is 3"], ClassifierSettings(k=2, dims=1))
 
 
 # -- a corrupt artifact is refused ---------------------------------------------------------------
 @pytest.fixture
 def saved(texts, tmp_path) -> Path:
-    return Clusterer.fit(texts, SETTINGS).save(tmp_path / "artifact")
+    return Classifier.fit(texts, SETTINGS).save(tmp_path / "artifact")
 
 
 def _manifest(path: Path) -> dict:
-    return json.loads((path / "clusterer.json").read_text())
+    return json.loads((path / "classifier.json").read_text())
 
 
 def test_a_tampered_array_is_refused(saved):
@@ -115,33 +115,33 @@ def test_a_tampered_array_is_refused(saved):
     data[-1] ^= 0xFF
     centroids.write_bytes(bytes(data))
     with pytest.raises(UserError, match="checksum"):
-        Clusterer.load(saved)
+        Classifier.load(saved)
 
 
 def test_a_tampered_vocabulary_is_refused(saved):
     vocabulary = saved / "vocabulary.json"
     vocabulary.write_text(vocabulary.read_text().replace('"', "'", 2))
     with pytest.raises(UserError):
-        Clusterer.load(saved)
+        Classifier.load(saved)
 
 
 def test_another_format_version_is_refused(saved):
     manifest = _manifest(saved)
     manifest["format_version"] = 99
-    (saved / "clusterer.json").write_text(json.dumps(manifest))
+    (saved / "classifier.json").write_text(json.dumps(manifest))
     with pytest.raises(UserError, match="version"):
-        Clusterer.load(saved)
+        Classifier.load(saved)
 
 
 def test_a_missing_file_is_refused(saved):
     (saved / "vocabulary.json").unlink()
     with pytest.raises(UserError, match="vocabulary.json"):
-        Clusterer.load(saved)
+        Classifier.load(saved)
 
 
 def test_a_missing_artifact_is_refused(tmp_path):
-    with pytest.raises(UserError, match="clusterer"):
-        Clusterer.load(tmp_path / "nothing")
+    with pytest.raises(UserError, match="classifier"):
+        Classifier.load(tmp_path / "nothing")
 
 
 def test_a_pickled_array_is_never_loaded(saved):
@@ -153,14 +153,14 @@ def test_a_pickled_array_is_never_loaded(saved):
     path = saved / entry["file"]
     np.save(path, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
     entry["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-    (saved / "clusterer.json").write_text(json.dumps(manifest))
+    (saved / "classifier.json").write_text(json.dumps(manifest))
     with pytest.raises(UserError):
-        Clusterer.load(saved)
+        Classifier.load(saved)
 
 
 def test_non_ascii_prompts_route_like_the_pipeline(fitted):
-    pipeline, clusterer = fitted
+    pipeline, classifier = fitted
     texts = ["Crème brûlée recipe: bake the flour, sugar and butter — “simmer” sauce", "Ünïcödé kernel compiler"]
-    assert (clusterer.route(texts).cluster == pipeline.predict(texts)).all()
+    assert (classifier.route(texts).cluster == pipeline.predict(texts)).all()
     for text in texts:
-        assert clusterer.route(text).cluster[0] == pipeline.predict([text])[0]
+        assert classifier.route(text).cluster[0] == pipeline.predict([text])[0]

@@ -1,4 +1,4 @@
-"""`expert-router cluster fit | inspect | route`: the prompt classifier from the command line."""
+"""`expert-router classifier fit | inspect | route`: the prompt classifier from the command line."""
 
 from __future__ import annotations
 
@@ -10,27 +10,26 @@ from pathlib import Path
 
 import numpy as np
 from pydantic import ValidationError
-from rich.table import Table
 
-from expert_router.classify import Clusterer, ClustererSettings
+from expert_router.classifier import Classifier, ClassifierSettings
 from expert_router.commands import HelpFormatter
-from expert_router.corpus import CorpusOptions, Document, read_corpus
+from expert_router.corpus import CorpusOptions, load_corpus
 from expert_router.errors import UserError
-from expert_router.progress import Stages, console, counted, output
+from expert_router.progress import Stages, cluster_table, console, output
 
 FIT_EXAMPLES = """examples:
-  expert-router cluster fit demo --out artifacts/clusterer
-  expert-router cluster fit corpus.jsonl --k 16 --balanced --out artifacts/clusterer
-  expert-router cluster fit hf:allenai/c4:en --limit 200000 --out artifacts/c4-k8   (online)
-  expert-router cluster fit docs/ --scaling standard --dims 50 --out artifacts/docs
+  expert-router classifier fit demo --out artifacts/classifier
+  expert-router classifier fit corpus.jsonl --k 16 --balanced --out artifacts/classifier
+  expert-router classifier fit hf:allenai/c4:en --limit 200000 --out artifacts/c4-k8   (online)
+  expert-router classifier fit docs/ --scaling standard --dims 50 --out artifacts/docs
 
 CORPUS is `demo` (offline, Debian's fortunes), `hf:NAME[:CONFIG]` (a Hugging Face dataset, streamed),
 a .jsonl/.jsonl.gz/.parquet/.txt file, or a folder of .txt files (sub-folder names become labels).
 """
 
 ROUTE_EXAMPLES = """examples:
-  expert-router cluster route artifacts/clusterer "How do I mount a USB disk?" "Who won the cup?"
-  cat prompts.txt | expert-router cluster route artifacts/clusterer
+  expert-router classifier route artifacts/classifier "How do I mount a USB disk?" "Who won the cup?"
+  cat prompts.txt | expert-router classifier route artifacts/classifier
 
 Prints one JSON object per prompt: {"cluster": c, "distances": [squared distance to each centroid]}.
 """
@@ -38,11 +37,12 @@ Prints one JSON object per prompt: {"cluster": c, "distances": [squared distance
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
-        "cluster",
+        "classifier",
+        aliases=["cluster"],  # its name before the concept had one name everywhere
         help="fit, inspect and use the c-BTM prompt classifier",
         description="The c-BTM prompt classifier: TF-IDF, truncated SVD, scaling, k-means; one cluster per expert.",
     )
-    sub = parser.add_subparsers(dest="cluster_command", metavar="SUBCOMMAND", required=True)
+    sub = parser.add_subparsers(dest="classifier_command", metavar="SUBCOMMAND", required=True)
 
     fit = sub.add_parser(
         "fit",
@@ -74,10 +74,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "inspect",
         help="show each cluster's size and top terms",
         description="Show each cluster's training size and the terms that weigh most in its centroid.",
-        epilog="example:\n  expert-router cluster inspect artifacts/clusterer --terms 15",
+        epilog="example:\n  expert-router classifier inspect artifacts/classifier --terms 15",
         formatter_class=HelpFormatter,
     )
-    inspect.add_argument("artifact", metavar="DIR", type=Path, help="a folder written by `cluster fit`")
+    inspect.add_argument("artifact", metavar="DIR", type=Path, help="a folder written by `classifier fit`")
     inspect.add_argument("--terms", type=int, default=10, help="top terms to show per cluster")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
     inspect.set_defaults(handler=run_inspect)
@@ -89,7 +89,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         epilog=ROUTE_EXAMPLES,
         formatter_class=HelpFormatter,
     )
-    route.add_argument("artifact", metavar="DIR", type=Path, help="a folder written by `cluster fit`")
+    route.add_argument("artifact", metavar="DIR", type=Path, help="a folder written by `classifier fit`")
     route.add_argument("texts", metavar="TEXT", nargs="*", help="prompts to route")
     route.set_defaults(handler=run_route)
 
@@ -104,19 +104,9 @@ def corpus_options(args: argparse.Namespace) -> CorpusOptions:
     return CorpusOptions(text_field=args.text_field, label_field=args.label_field, split=args.split)
 
 
-def read_documents(spec: str, options: CorpusOptions, limit: int | None) -> list[Document]:
-    if limit is not None and limit < 1:
-        raise UserError("--limit must be at least 1")
-    documents = list(counted(read_corpus(spec, options, limit), "reading corpus", total=limit))
-    documents = [d for d in documents if d.text.strip()]
-    if not documents:
-        raise UserError(f"the corpus {spec!r} holds no documents")
-    return documents
-
-
 def run_fit(args: argparse.Namespace) -> int:
     try:
-        settings = ClustererSettings(
+        settings = ClassifierSettings(
             k=args.k,
             dims=args.dims,
             scaling=args.scaling,
@@ -129,20 +119,20 @@ def run_fit(args: argparse.Namespace) -> int:
         error = exc.errors()[0]
         raise UserError(f"--{str(error['loc'][0]).replace('_', '-')}: {error['msg']}") from None
     started = time.perf_counter()
-    documents = read_documents(args.corpus, corpus_options(args), args.limit)
+    documents = load_corpus(args.corpus, corpus_options(args), args.limit, show_progress=True)
     stages = Stages(f"fitting k={settings.k} on {len(documents):,} documents")
     with stages.running():
-        clusterer = Clusterer.fit([d.text for d in documents], settings, on_stage=stages)
+        classifier = Classifier.fit([d.text for d in documents], settings, on_stage=stages)
         stages("saving")
-        clusterer.save(args.out)
+        classifier.save(args.out)
     elapsed = time.perf_counter() - started
 
     labels = [d.label for d in documents]
-    console.print(cluster_table(clusterer, f"{settings.k} clusters from {len(documents):,} documents in {elapsed:.1f} s", 6))
+    console.print(cluster_table(classifier, f"{settings.k} clusters from {len(documents):,} documents in {elapsed:.1f} s", 6))
     if all(label is not None for label in labels):
         from sklearn.metrics import normalized_mutual_info_score
 
-        routed = clusterer.route([d.text for d in documents]).cluster
+        routed = classifier.route([d.text for d in documents]).cluster
         score = normalized_mutual_info_score(labels, routed)
         console.print(f"agreement with the corpus labels: NMI = {score:.3f} ({len(set(labels))} labels)")
     console.print("stages: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in stages.durations.items()))
@@ -151,38 +141,26 @@ def run_fit(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    clusterer = Clusterer.load(args.artifact)
+    classifier = Classifier.load(args.artifact)
     if args.terms < 1:
         raise UserError("--terms must be at least 1")
-    sizes = clusterer.train_sizes or [None] * clusterer.k
+    sizes = classifier.train_sizes or [None] * classifier.k
     rows = [
         {"cluster": c, "documents": size, "top_terms": terms}
-        for c, (size, terms) in enumerate(zip(sizes, clusterer.top_terms(args.terms)))
+        for c, (size, terms) in enumerate(zip(sizes, classifier.top_terms(args.terms)))
     ]
     if args.json:
-        print(json.dumps({"settings": clusterer.settings.model_dump(), "clusters": rows}))
+        print(json.dumps({"settings": classifier.settings.model_dump(), "clusters": rows}))
         return 0
-    s = clusterer.settings
+    s = classifier.settings
     title = (f"{args.artifact}: k={s.k}, {s.dims} dims, {s.scaling} scaling, "
-             f"{'balanced' if s.balanced else 'plain'} k-means, {len(clusterer.vocabulary):,} terms")
-    output.print(cluster_table(clusterer, title, args.terms))
+             f"{'balanced' if s.balanced else 'plain'} k-means, {len(classifier.vocabulary):,} terms")
+    output.print(cluster_table(classifier, title, args.terms))
     return 0
 
 
-def cluster_table(clusterer: Clusterer, title: str, terms: int) -> Table:
-    """Each cluster's training size and top terms, as `fit`, `inspect` and the demo show them."""
-    table = Table(title=title)
-    table.add_column("cluster", justify="right")
-    table.add_column("documents", justify="right")
-    table.add_column("top terms")
-    sizes = clusterer.train_sizes or [None] * clusterer.k
-    for cluster, (size, top) in enumerate(zip(sizes, clusterer.top_terms(terms))):
-        table.add_row(str(cluster), "-" if size is None else f"{size:,}", ", ".join(top))
-    return table
-
-
 def run_route(args: argparse.Namespace) -> int:
-    clusterer = Clusterer.load(args.artifact)
+    classifier = Classifier.load(args.artifact)
     texts = args.texts
     if not texts:
         if sys.stdin.isatty():
@@ -190,7 +168,7 @@ def run_route(args: argparse.Namespace) -> int:
         texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
         raise UserError("no prompts to route: give TEXT arguments or lines on standard input")
-    routes = clusterer.route(texts)
+    routes = classifier.route(texts)
     out = sys.stdout
     for cluster, distances in zip(routes.cluster, routes.distance):
         out.write(json.dumps({"cluster": int(cluster), "distances": np.round(distances.astype(float), 6).tolist()}))

@@ -22,8 +22,8 @@ from sklearn.decomposition import TruncatedSVD
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 
-from expert_router.classify.kmeans import BalancedKMeans
-from expert_router.classify.preprocess import (
+from expert_router.classifier.kmeans import BalancedKMeans
+from expert_router.classifier.preprocess import (
     ascii_word_tokens,
     make_vectorizer,
     raw_word_tokens,
@@ -33,8 +33,8 @@ from expert_router.errors import UserError
 Scaling = Literal["l2", "standard"]
 
 
-class ClustererSettings(BaseModel):
-    """How a clusterer is fitted. Stored in the artifact so a reader knows what produced it."""
+class ClassifierSettings(BaseModel):
+    """How a classifier is fitted. Stored in the artifact so a reader knows what produced it."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -66,7 +66,7 @@ class Routes:
 
 
 def fit_pipeline(
-    texts: Sequence[str], settings: ClustererSettings, on_stage: Callable[[str], None] | None = None
+    texts: Sequence[str], settings: ClassifierSettings, on_stage: Callable[[str], None] | None = None
 ) -> Pipeline:
     """Fit c-BTM's scikit-learn pipeline: TF-IDF -> SVD -> scaling -> k-means.
 
@@ -102,7 +102,7 @@ def fit_pipeline(
     return Pipeline([("tfidf", vectorizer), ("svd", svd), ("scale", scaler), ("kmeans", kmeans)])
 
 
-class Clusterer:
+class Classifier:
     """A fitted classifier as plain arrays; `route` is the hot path.
 
     Arrays: `vocabulary` (term per column), `idf`, `projection` (terms x dims: SVD components
@@ -111,7 +111,7 @@ class Clusterer:
 
     def __init__(
         self,
-        settings: ClustererSettings,
+        settings: ClassifierSettings,
         vocabulary: Sequence[str],
         idf: np.ndarray,
         projection: np.ndarray,
@@ -144,14 +144,14 @@ class Clusterer:
     def fit(
         cls,
         texts: Sequence[str],
-        settings: ClustererSettings | None = None,
+        settings: ClassifierSettings | None = None,
         on_stage: Callable[[str], None] | None = None,
-    ) -> "Clusterer":
-        settings = settings or ClustererSettings()
+    ) -> "Classifier":
+        settings = settings or ClassifierSettings()
         return cls.from_pipeline(fit_pipeline(texts, settings, on_stage), settings)
 
     @classmethod
-    def from_pipeline(cls, pipeline: Pipeline, settings: ClustererSettings) -> "Clusterer":
+    def from_pipeline(cls, pipeline: Pipeline, settings: ClassifierSettings) -> "Classifier":
         """Flatten a fitted `fit_pipeline` result into the arrays that routing needs."""
         vectorizer, svd, scaler, kmeans = (pipeline.named_steps[n] for n in ("tfidf", "svd", "scale", "kmeans"))
         vocabulary = vectorizer.get_feature_names_out().tolist()
@@ -170,15 +170,15 @@ class Clusterer:
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
-        """Write plain arrays and JSON (see `expert_router.classify.artifact`)."""
-        from expert_router.classify import artifact
+        """Write plain arrays and JSON (see `expert_router.classifier.artifact`)."""
+        from expert_router.classifier import artifact
 
         return artifact.save(self, directory)
 
     @staticmethod
-    def load(directory: str | Path) -> "Clusterer":
+    def load(directory: str | Path) -> "Classifier":
         """Read an artifact, refusing one that is corrupt, altered or of another format version."""
-        from expert_router.classify import artifact
+        from expert_router.classifier import artifact
 
         return artifact.load(directory)
 

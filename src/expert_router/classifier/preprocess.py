@@ -1,6 +1,6 @@
-"""Text preprocessing of c-BTM's clusterer: lower-case, number substitution, stop-word removal.
+"""Text preprocessing of c-BTM's classifier: lower-case, number substitution, stop-word removal.
 
-c-BTM (Gururangan et al. 2023, `train_clusterer.py`) tokenizes with scikit-learn's default word
+c-BTM (Gururangan et al. 2023, `train_classifier.py`) tokenizes with scikit-learn's default word
 pattern, maps every token whose first character is a digit to one placeholder token and then drops
 English stop-words together with that placeholder. Numbers therefore never reach the vocabulary; they
 are substituted so that the stop-word filter can drop all of them with one entry.
@@ -66,7 +66,7 @@ def ascii_word_tokens(text: str) -> list[bytes]:
 
 
 class NumberNormalizingVectorizer(TfidfVectorizer):
-    """TfidfVectorizer whose tokenizer substitutes numbers, as c-BTM's clusterer does."""
+    """TfidfVectorizer whose tokenizer substitutes numbers, as c-BTM's classifier does."""
 
     def build_tokenizer(self):  # type: ignore[override]
         tokenize_words = super().build_tokenizer()

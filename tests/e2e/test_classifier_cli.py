@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import normalized_mutual_info_score
 
-from expert_router.classify import Clusterer
+from expert_router.classifier import Classifier
 from expert_router.corpus import load_corpus
 
 pytestmark = pytest.mark.e2e
@@ -31,36 +31,36 @@ def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def fitted_demo(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("cli") / "clusterer"
-    result = cli("cluster", "fit", "demo", "--k", "8", "--out", str(out), "--label-field", "label")
+    out = tmp_path_factory.mktemp("cli") / "classifier"
+    result = cli("classifier", "fit", "demo", "--k", "8", "--out", str(out), "--label-field", "label")
     assert result.returncode == 0, result.stderr
     assert "NMI" in result.stdout + result.stderr
     return out
 
 
 def test_fit_prints_sizes_and_time(fitted_demo):
-    manifest = json.loads((fitted_demo / "clusterer.json").read_text())
+    manifest = json.loads((fitted_demo / "classifier.json").read_text())
     assert manifest["settings"]["k"] == 8 and sum(manifest["train_sizes"]) > 5000
 
 
 def test_inspect_shows_sizes_and_top_terms(fitted_demo):
-    result = cli("cluster", "inspect", str(fitted_demo), "--json")
+    result = cli("classifier", "inspect", str(fitted_demo), "--json")
     assert result.returncode == 0, result.stderr
     clusters = json.loads(result.stdout)["clusters"]
     assert len(clusters) == 8
     assert all(len(c["top_terms"]) == 10 and c["documents"] > 0 for c in clusters)
-    table = cli("cluster", "inspect", str(fitted_demo))
+    table = cli("classifier", "inspect", str(fitted_demo))
     assert table.returncode == 0 and clusters[0]["top_terms"][0] in table.stdout
 
 
 def test_route_arguments_and_stdin_agree_with_the_library(fitted_demo):
     prompts = ["How do I compile the Linux kernel?", "Captain, the Klingons are attacking the Enterprise"]
-    from_args = cli("cluster", "route", str(fitted_demo), *prompts)
-    from_stdin = cli("cluster", "route", str(fitted_demo), stdin="\n".join(prompts) + "\n")
+    from_args = cli("classifier", "route", str(fitted_demo), *prompts)
+    from_stdin = cli("classifier", "route", str(fitted_demo), stdin="\n".join(prompts) + "\n")
     assert from_args.returncode == 0 and from_stdin.returncode == 0, from_args.stderr + from_stdin.stderr
     rows = [json.loads(line) for line in from_args.stdout.splitlines()]
     assert rows == [json.loads(line) for line in from_stdin.stdout.splitlines()]
-    routes = Clusterer.load(fitted_demo).route(prompts)
+    routes = Classifier.load(fitted_demo).route(prompts)
     assert [r["cluster"] for r in rows] == routes.cluster.tolist()
     assert all(len(r["distances"]) == 8 for r in rows)
 
@@ -72,7 +72,7 @@ def test_clusters_agree_with_topic_labels_well_above_chance(fitted_demo):
     """
     documents = load_corpus("demo")
     labels = [d.label for d in documents]
-    clusters = Clusterer.load(fitted_demo).route([d.text for d in documents]).cluster
+    clusters = Classifier.load(fitted_demo).route([d.text for d in documents]).cluster
     score = normalized_mutual_info_score(labels, clusters)
     shuffled = normalized_mutual_info_score(labels, np.random.default_rng(0).permutation(clusters))
     print(f"NMI {score:.3f} (shuffled {shuffled:.3f})")
@@ -83,13 +83,13 @@ def test_clusters_agree_with_topic_labels_well_above_chance(fitted_demo):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (("cluster", "fit", "no/such/corpus.jsonl", "--out", "{tmp}/o"), "not found"),
-        (("cluster", "fit", "{tmp}/empty.jsonl", "--out", "{tmp}/o"), "no documents"),
-        (("cluster", "fit", "{tmp}/two.jsonl", "--k", "8", "--out", "{tmp}/o"), "larger than the corpus"),
-        (("cluster", "fit", "{tmp}/binary.txt", "--out", "{tmp}/o"), "text"),
-        (("cluster", "fit", "demo", "--k", "0", "--out", "{tmp}/o"), "k"),
-        (("cluster", "inspect", "{tmp}/no-artifact"), "clusterer.json"),
-        (("cluster", "route", "{tmp}/bad-version", "hello"), "version"),
+        (("classifier", "fit", "no/such/corpus.jsonl", "--out", "{tmp}/o"), "not found"),
+        (("classifier", "fit", "{tmp}/empty.jsonl", "--out", "{tmp}/o"), "no documents"),
+        (("classifier", "fit", "{tmp}/two.jsonl", "--k", "8", "--out", "{tmp}/o"), "larger than the corpus"),
+        (("classifier", "fit", "{tmp}/binary.txt", "--out", "{tmp}/o"), "text"),
+        (("classifier", "fit", "demo", "--k", "0", "--out", "{tmp}/o"), "k"),
+        (("classifier", "inspect", "{tmp}/no-artifact"), "classifier.json"),
+        (("classifier", "route", "{tmp}/bad-version", "hello"), "version"),
     ],
 )
 def test_bad_input_is_a_clear_error(tmp_path, fitted_demo, args, message):
@@ -98,9 +98,9 @@ def test_bad_input_is_a_clear_error(tmp_path, fitted_demo, args, message):
     (tmp_path / "binary.txt").write_bytes(bytes(range(256)) * 4)
     bad = tmp_path / "bad-version"
     bad.mkdir()
-    manifest = json.loads((fitted_demo / "clusterer.json").read_text())
+    manifest = json.loads((fitted_demo / "classifier.json").read_text())
     manifest["format_version"] = 2
-    (bad / "clusterer.json").write_text(json.dumps(manifest))
+    (bad / "classifier.json").write_text(json.dumps(manifest))
     result = cli(*(a.format(tmp=tmp_path) for a in args))
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
@@ -110,12 +110,12 @@ def test_bad_input_is_a_clear_error(tmp_path, fitted_demo, args, message):
 def test_demo_command_fits_and_routes(tmp_path):
     result = cli("demo", "--out", str(tmp_path / "demo"), "--classifier-only")
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "demo" / "clusterer" / "clusterer.json").is_file()
+    assert (tmp_path / "demo" / "classifier" / "classifier.json").is_file()
     assert "Clusters of the demo corpus" in result.stdout and "cluster" in result.stderr
 
 
 def test_help_explains_every_command():
-    for args in (("--help",), ("cluster", "fit", "--help"), ("cluster", "inspect", "--help"), ("cluster", "route", "--help"), ("demo", "--help")):
+    for args in (("--help",), ("classifier", "fit", "--help"), ("classifier", "inspect", "--help"), ("classifier", "route", "--help"), ("demo", "--help")):
         result = cli(*args)
         assert result.returncode == 0 and "usage:" in result.stdout
-    assert "example" in cli("cluster", "fit", "--help").stdout
+    assert "example" in cli("classifier", "fit", "--help").stdout

@@ -1,4 +1,4 @@
-"""Saving and loading a Clusterer as plain arrays and JSON.
+"""Saving and loading a Classifier as plain arrays and JSON.
 
 A routing artifact is shared between machines and gateway replicas, so loading one must never run
 code: no pickle anywhere, `.npy` files read with `allow_pickle=False`, and every file checked against
@@ -10,17 +10,21 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from expert_router.classify.clusterer import Clusterer, ClustererSettings
+from expert_router.classifier.model import Classifier, ClassifierSettings
 from expert_router.errors import UserError
 
-FORMAT = "expert-router/clusterer"
+FORMAT = "expert-router/classifier"
+OLD_FORMAT = "expert-router/clusterer"
+"""Written before the concept had one name; still read, with a warning."""
 FORMAT_VERSION = 1
-MANIFEST = "clusterer.json"
+MANIFEST = "classifier.json"
+OLD_MANIFEST = "clusterer.json"
 VOCABULARY = "vocabulary.json"
 ARRAYS = ("idf", "projection", "centroids", "scale_mean", "scale_std")
 
@@ -35,7 +39,7 @@ class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     format: str
     format_version: int
-    settings: ClustererSettings
+    settings: ClassifierSettings
     n_terms: int
     train_sizes: list[int] | None = None
     files: dict[str, FileEntry]
@@ -45,15 +49,15 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def save(clusterer: Clusterer, directory: str | Path) -> Path:
+def save(classifier: Classifier, directory: str | Path) -> Path:
     """Write the artifact into `directory` (created if needed); returns the directory."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     files: dict[str, FileEntry] = {}
-    payloads: dict[str, bytes] = {VOCABULARY: json.dumps(clusterer.vocabulary, ensure_ascii=False).encode()}
+    payloads: dict[str, bytes] = {VOCABULARY: json.dumps(classifier.vocabulary, ensure_ascii=False).encode()}
     files["vocabulary"] = FileEntry(file=VOCABULARY, sha256=_sha256(payloads[VOCABULARY]))
     for name in ARRAYS:
-        array = getattr(clusterer, name)
+        array = getattr(classifier, name)
         if array is None:
             continue
         buffer = io.BytesIO()
@@ -65,31 +69,35 @@ def save(clusterer: Clusterer, directory: str | Path) -> Path:
     manifest = Manifest(
         format=FORMAT,
         format_version=FORMAT_VERSION,
-        settings=clusterer.settings,
-        n_terms=len(clusterer.vocabulary),
-        train_sizes=clusterer.train_sizes,
+        settings=classifier.settings,
+        n_terms=len(classifier.vocabulary),
+        train_sizes=classifier.train_sizes,
         files=files,
     )
     (directory / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
     return directory
 
 
-def load(directory: str | Path) -> Clusterer:
+def load(directory: str | Path) -> Classifier:
     """Read an artifact written by `save`, refusing anything missing, altered or of another version."""
     directory = Path(directory)
     manifest_path = directory / MANIFEST
+    if not manifest_path.is_file() and (directory / OLD_MANIFEST).is_file():
+        warnings.warn(f"{directory} holds an old-style {OLD_MANIFEST}; save it again to write {MANIFEST}",
+                      DeprecationWarning, stacklevel=2)
+        manifest_path = directory / OLD_MANIFEST
     if not manifest_path.is_file():
         raise UserError(f"{directory} is not a saved classifier: {MANIFEST} is missing")
     try:
         raw = json.loads(manifest_path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{manifest_path} is corrupt: not valid JSON ({exc})") from None
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+    if not isinstance(raw, dict) or raw.get("format") not in (FORMAT, OLD_FORMAT):
         raise UserError(f"{manifest_path} is not an expert-router classifier manifest")
     if raw.get("format_version") != FORMAT_VERSION:
         raise UserError(
             f"{directory} was written in classifier format version {raw.get('format_version')}; "
-            f"this expert-router reads version {FORMAT_VERSION}: fit it again with `expert-router cluster fit`"
+            f"this expert-router reads version {FORMAT_VERSION}: fit it again with `expert-router classifier fit`"
         )
     try:
         manifest = Manifest.model_validate(raw)
@@ -129,4 +137,4 @@ def load(directory: str | Path) -> Clusterer:
     )
     if not shapes_ok:
         raise UserError(f"{directory} is corrupt: its arrays do not fit together")
-    return Clusterer(settings=settings, vocabulary=vocabulary, train_sizes=manifest.train_sizes, **arrays)
+    return Classifier(settings=settings, vocabulary=vocabulary, train_sizes=manifest.train_sizes, **arrays)
