@@ -27,8 +27,7 @@ from expert_router.loadgen.records import RecordWriter, read_records
 from expert_router.loadgen.users import LiveStats, RunSettings, run
 from expert_router.loadgen.workload import WorkItem
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
-from servers import cli_args  # noqa: E402
+from expert_router.testing import cli_args
 
 
 def build(out: Path) -> Path:

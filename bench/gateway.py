@@ -24,12 +24,11 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
-from servers import Nginx, gateway, synthetic_expert, write_deployment  # noqa: E402
+from expert_router.testing import Nginx, gateway, synthetic_expert, write_deployment
 
-from expert_router.classifier import Classifier  # noqa: E402
-from expert_router.corpus import load_corpus  # noqa: E402
-from expert_router.http import install_uvloop  # noqa: E402
+from expert_router.classifier import Classifier
+from expert_router.corpus import load_corpus
+from expert_router.http import install_uvloop
 
 PROMPTS = [d.text for d in load_corpus("demo", limit=400)]
 TICKS = os.sysconf("SC_CLK_TCK")

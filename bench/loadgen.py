@@ -22,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
-from servers import cli_args, synthetic_expert  # noqa: E402
+from expert_router.testing import cli_args, synthetic_expert
 
-from expert_router.loadgen.records import read_records  # noqa: E402
-from expert_router.loadgen.workload import WorkItem, save_workload  # noqa: E402
+from expert_router.loadgen.records import read_records
+from expert_router.loadgen.workload import WorkItem, save_workload
 
 
 def pinned(args: list[str], core: int | None) -> list[str]:

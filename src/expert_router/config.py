@@ -97,8 +97,16 @@ class Deployment(Strict):
             raise ValueError(f"clusters {duplicates} have more than one expert; list replicas under endpoints")
         return self
 
-    def expert_for(self, cluster: int) -> ExpertConfig | None:
-        return next((e for e in self.experts if e.cluster == cluster), None)
+    def to_yaml(self) -> str:
+        """The deployment as a file would hold it: defaults left out, paths as given."""
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
+
+    def write(self, path: Path, comment: str = "") -> Path:
+        """Write the deployment file; `comment` becomes its `# ` header lines."""
+        header = "".join(f"# {line}\n" for line in comment.splitlines())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(header + self.to_yaml())
+        return path
 
 
 def describe_validation_error(exc: ValidationError, source: str) -> str:

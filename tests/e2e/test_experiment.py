@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from servers import cli_args, free_port
+from expert_router.testing import cli_args, free_port
 
 from expert_router.analysis import metrics
 from expert_router.analysis.results import load_cells

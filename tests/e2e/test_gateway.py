@@ -12,7 +12,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from servers import (
+from expert_router.testing import (
     Server,
     cli_args,
     free_port,
@@ -310,7 +310,7 @@ def test_workers_share_one_port_and_stop_together(tmp_path, classifier, stack):
 
 
 def test_two_gateways_behind_a_real_nginx(tmp_path, classifier, stack):
-    from servers import Nginx
+    from expert_router.testing import Nginx
 
     _, experts = stack
     deployment = write_deployment(tmp_path / "deploy.yaml", classifier, {c: [experts.url] for c in range(8)})

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from servers import cli_args, gateway, synthetic_expert, write_deployment
+from expert_router.testing import cli_args, gateway, synthetic_expert, write_deployment
 
 from expert_router.loadgen.records import read_records
 

@@ -1,0 +1,163 @@
+"""Test support that ships with the package: real servers on free loopback ports, always stopped.
+
+Used by the tests and the benchmarks alike (starlette's `testclient` and httpx's `MockTransport` do
+the same): a `Server` is a child process in its own process group, waited for with the library's one
+ready-wait and stopped with its one process stop; `Nginx` runs the project's `deploy/nginx.conf`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from expert_router.processes import http_ok, stop_groups, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+"""The source checkout (the package is installed editable from `src/`)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def cli_args(*args: str) -> list[str]:
+    """`expert-router ARGS...` run by this interpreter, so a test uses the installation it imports."""
+    return [sys.executable, "-m", "expert_router", *args]
+
+
+class Server:
+    """A child process serving HTTP on 127.0.0.1:port; `stop()` (or the context exit) ends it."""
+
+    def __init__(self, args: list[str], port: int, log: Path, ready_path: str = "/v1/models",
+                 env: dict[str, str] | None = None, timeout_s: float = 60.0):
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+        self._log_file = open(log, "wb")
+        self.process = subprocess.Popen(
+            args, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
+        try:
+            wait_until(lambda: http_ok(self.url + ready_path, 1.0, any_status=True), f"server {args[3:5]}",
+                       timeout_s, self.process, log)
+        except BaseException:
+            self.stop()
+            raise
+
+    def get_json(self, path: str) -> tuple[int, Any]:
+        """GET `path`; returns (status, parsed JSON body), error statuses included."""
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def get_text(self, path: str) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+            text: str = response.read().decode()
+            return text
+
+    def kill(self) -> None:
+        """Kill the whole process group at once, as a crash would."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        stop_groups([self.process], grace_s=10.0)
+        self._log_file.close()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def synthetic_expert(tmp: Path, name: str, *flags: str, models: list[str] | None = None) -> Server:
+    """`expert-router synthetic-expert` serving `expert-0..7` (or `models`) on a free port."""
+    port = free_port()
+    models = models or [f"expert-{c}" for c in range(8)]
+    return Server(cli_args("synthetic-expert", "--port", str(port), "--models", *models, *flags), port,
+                  tmp / f"{name}.log")
+
+
+def gateway(tmp: Path, deployment: Path, *flags: str, name: str = "gateway") -> Server:
+    """`expert-router serve DEPLOYMENT` on a free port."""
+    port = free_port()
+    return Server(cli_args("serve", str(deployment), "--port", str(port), *flags), port, tmp / f"{name}.log")
+
+
+def write_deployment(path: Path, classifier: Path, endpoints: dict[int, list[str]], **gateway_settings: Any) -> Path:
+    """A deployment file routing cluster c to model `expert-c` at `endpoints[c]`, health checks every 0.2 s."""
+    from expert_router.config import Deployment, ExpertConfig, GatewaySettings
+
+    deployment = Deployment(
+        classifier=classifier,
+        experts=[ExpertConfig(cluster=c, model=f"expert-{c}", endpoints=urls)  # type: ignore[arg-type]
+                 for c, urls in sorted(endpoints.items())],
+        gateway=GatewaySettings(**{"health_interval_s": 0.2, **gateway_settings}),
+    )
+    return deployment.write(path)
+
+
+class Nginx:
+    """nginx with the project's deploy/nginx.conf, pointed at the given upstreams, in a scratch folder."""
+
+    def __init__(self, tmp: Path, upstreams: list[str], config: Path = REPO / "deploy" / "nginx.conf"):
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.prefix = tmp / "nginx"
+        self.prefix.mkdir(parents=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        text = config.read_text()
+        servers = "".join(f"        server {u.removeprefix('http://')};\n" for u in upstreams)
+        text = re.sub(r"(        server 127\.0\.0\.1:\d+;\n)+", servers, text)
+        text = text.replace("listen 127.0.0.1:8080;", f"listen 127.0.0.1:{self.port};")
+        text = text.replace("worker_processes auto;", "worker_processes 1;")
+        (self.prefix / "nginx.conf").write_text(text)
+        self.stderr = self.prefix / "stderr.log"
+        with open(self.stderr, "wb") as stderr:
+            self.process = subprocess.Popen(
+                [binary, "-p", str(self.prefix), "-c", str(self.prefix / "nginx.conf"), "-g", "daemon off;"],
+                stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
+            )
+        try:
+            wait_until(self._listening, "nginx", 10.0, self.process, self.stderr)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _listening(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        stop_groups([self.process], grace_s=10.0)
+
+    def __enter__(self) -> Nginx:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
