@@ -1,4 +1,5 @@
-"""HTTP pieces shared by every server of the project: OpenAI-style errors and running an app."""
+"""HTTP pieces shared by every server and client of the project: OpenAI-style errors, `Server-Timing`,
+running an app."""
 
 from __future__ import annotations
 
@@ -6,20 +7,25 @@ import asyncio
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from aiohttp import web
 
+from expert_router.errors import ClientError
+
 ERROR_TYPES = {
     400: "invalid_request_error",
     404: "invalid_request_error",
+    405: "invalid_request_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
     429: "rate_limit_error",
 }
 
 
-def error_body(status: int, message: str, type_: str | None = None, code: str | None = None,
-               param: str | None = None) -> dict:
+def error_body(status: int, message: str, type_: str | None = None, code: str | int | None = None,
+               param: str | None = None) -> dict[str, Any]:
     """The body OpenAI's API (and vLLM) send with an error: {"error": {"message", "type", "param", "code"}}."""
     return {"error": {"message": message, "type": type_ or ERROR_TYPES.get(status, "server_error"), "param": param,
                       "code": code if code is not None else status}}
@@ -33,6 +39,31 @@ def error_response(
         status=status, body=orjson.dumps(error_body(status, message, type_, code, param)),
         content_type="application/json", headers=headers,
     )
+
+
+def client_error_response(exc: ClientError) -> web.Response:
+    """The answer a `ClientError` stands for."""
+    return error_response(exc.status, str(exc), exc.error_type, exc.code, exc.headers or None, exc.param)
+
+
+def format_server_timing(durations_s: dict[str, float]) -> str:
+    """`Server-Timing: name;dur=MILLISECONDS, ...` (W3C Server Timing) from seconds."""
+    return ", ".join(f"{name};dur={seconds * 1000:.3f}" for name, seconds in durations_s.items())
+
+
+def parse_server_timing(header: str | None) -> dict[str, float]:
+    """Seconds by metric name from a `Server-Timing` header; malformed entries are skipped."""
+    timings: dict[str, float] = {}
+    for entry in (header or "").split(","):
+        name, *params = (part.strip() for part in entry.split(";"))
+        for param in params:
+            key, _, value = param.partition("=")
+            if name and key.strip() == "dur":
+                try:
+                    timings[name] = float(value.strip().strip('"')) / 1000
+                except ValueError:
+                    pass
+    return timings
 
 
 def install_uvloop() -> None:

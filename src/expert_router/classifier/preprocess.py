@@ -65,27 +65,20 @@ def ascii_word_tokens(text: str) -> list[bytes]:
     return text.encode("ascii").lower().translate(_ASCII_WORD_TABLE).split()
 
 
-class NumberNormalizingVectorizer(TfidfVectorizer):
-    """TfidfVectorizer whose tokenizer substitutes numbers, as c-BTM's classifier does."""
-
-    def build_tokenizer(self):  # type: ignore[override]
-        tokenize_words = super().build_tokenizer()
-        return lambda doc: list(substitute_numbers(tokenize_words(doc)))
-
-    def _check_stop_words_consistency(self, stop_words, preprocess, tokenize):  # type: ignore[override]
-        # scikit-learn would warn that the placeholder "#number" tokenizes to "number". It never needs
-        # to: the placeholder is produced after tokenization, exactly as c-BTM does it.
-        return True
-
-
 def make_vectorizer(max_features: int | None = None, min_df: int | float = 1) -> TfidfVectorizer:
-    """The c-BTM TF-IDF vectorizer: default scikit-learn settings, numbers substituted, stop-words out."""
-    return NumberNormalizingVectorizer(
-        stop_words=sorted(STOP_WORDS),
-        token_pattern=TOKEN_PATTERN,
-        lowercase=True,
+    """The c-BTM TF-IDF vectorizer: default scikit-learn settings, numbers substituted, stop-words out.
+
+    The whole preprocessing is one public `tokenizer` (`content_tokens`): lower-case, scikit-learn's
+    token pattern, numbers to the placeholder, stop-words (and the placeholder) removed. That is what
+    scikit-learn's own lowercase -> token_pattern -> stop_words chain computes, plus the substitution,
+    without overriding any of its private checks.
+    """
+    return TfidfVectorizer(
+        tokenizer=content_tokens,
+        token_pattern=None,
+        lowercase=False,
+        stop_words=None,
         max_features=max_features,
         min_df=min_df,
         dtype=np.float32,
     )
-

@@ -7,25 +7,18 @@ The gateway validates only what it relies on (JSON object, the text it routes on
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
+
+from expert_router.errors import BadRequest
 
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
-class BadRequest(Exception):
-    """A client error: becomes a 4xx with an OpenAI-style body."""
-
-    def __init__(self, message: str, status: int = 400, code: str | None = None, param: str | None = None):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.param = param
-
-
 @dataclass
 class ClientRequest:
-    body: dict
+    body: dict[str, Any]
     chat: bool
     stream: bool
     model: str | None
@@ -55,7 +48,7 @@ def parse_request(raw: bytes, chat: bool) -> ClientRequest:
     return ClientRequest(body=body, chat=chat, stream=stream, model=model, text=text)
 
 
-def _prompt_text(body: dict) -> str:
+def _prompt_text(body: dict[str, Any]) -> str:
     prompt = body.get("prompt")
     if prompt is None:
         raise BadRequest("'prompt' is required", param="prompt")
@@ -75,7 +68,7 @@ def _prompt_text(body: dict) -> str:
     return text
 
 
-def _chat_text(body: dict) -> str:
+def _chat_text(body: dict[str, Any]) -> str:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' must be a non-empty list", param="messages")

@@ -1,4 +1,4 @@
-"""Replicas of each expert: which are up, which is least busy, and how many requests may be in flight.
+"""The experts and their replicas: which are up, which is least busy, how many requests may be in flight.
 
 State lives in one process (one gateway instance or worker); instances share nothing, which is what
 lets them scale out behind a load balancer.
@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 
 from expert_router.config import ExpertConfig, GatewaySettings
+from expert_router.errors import Saturated
 
 log = logging.getLogger("expert_router.gateway")
 
@@ -41,21 +42,19 @@ class Replica:
         self.healthy = True
 
 
-class Saturated(Exception):
-    """No slot freed up within the queue timeout: the client gets 429."""
+class Expert:
+    """One expert: its configuration, its replicas and its in-flight slots (admission control)."""
 
-
-class ExpertPool:
-    def __init__(self, expert: ExpertConfig, settings: GatewaySettings):
-        self.expert = expert
+    def __init__(self, config: ExpertConfig, settings: GatewaySettings):
+        self.config = config
         self.settings = settings
-        self.replicas = [Replica(url, url + expert.health_path) for url in expert.base_urls()]
+        self.replicas = [Replica(url, url + config.health_path) for url in config.base_urls()]
         self._slots = asyncio.Semaphore(settings.max_inflight_per_expert)
         self.inflight = 0
 
     @property
-    def cluster(self) -> int:
-        return self.expert.cluster
+    def model(self) -> str:
+        return self.config.model
 
     def healthy(self) -> list[Replica]:
         """Healthy replicas, least requests in flight first."""
@@ -67,12 +66,12 @@ class ExpertPool:
         if not self._slots.locked():
             await self._slots.acquire()  # free slot: no waiting, and no timer to set up
         elif self.settings.queue_timeout_s == 0:
-            raise Saturated
+            raise self._saturated()
         else:
             try:
                 await asyncio.wait_for(self._slots.acquire(), self.settings.queue_timeout_s)
             except TimeoutError:
-                raise Saturated from None
+                raise self._saturated() from None
         self.inflight += 1
         try:
             yield
@@ -81,14 +80,21 @@ class ExpertPool:
             self._slots.release()
 
 
-class Pools:
-    """Every expert's pool, plus the background health checks."""
+    def _saturated(self) -> Saturated:
+        s = self.settings
+        return Saturated(f"expert {self.model} (cluster {self.config.cluster}) has {s.max_inflight_per_expert} "
+                         f"requests in flight and no slot freed up within {s.queue_timeout_s:g} s",
+                         headers={"Retry-After": str(max(1, round(s.queue_timeout_s))),
+                                  "X-Expert-Cluster": str(self.config.cluster)})
+
+
+class Experts:
+    """Every expert by cluster, plus the background health checks of their replicas."""
 
     def __init__(self, experts: list[ExpertConfig], settings: GatewaySettings):
         self.settings = settings
-        self.by_cluster = {e.cluster: ExpertPool(e, settings) for e in experts}
-        self.by_model = {e.model: e.cluster for e in experts}
-        self._task: asyncio.Task | None = None
+        self.by_cluster = {e.cluster: Expert(e, settings) for e in experts}
+        self._task: asyncio.Task[None] | None = None
 
     def start_health_checks(self, session: aiohttp.ClientSession) -> None:
         self._task = asyncio.create_task(self._check_forever(session))

@@ -3,12 +3,13 @@ import asyncio
 import pytest
 
 from expert_router.config import ExpertConfig, GatewaySettings
-from expert_router.gateway.pool import ExpertPool, Saturated
+from expert_router.errors import Saturated
+from expert_router.gateway.replicas import Expert
 
 
-def make_pool(**settings) -> ExpertPool:
+def make_pool(**settings) -> Expert:
     expert = ExpertConfig(cluster=0, model="m", endpoints=["http://a:1", "http://b:2", "http://c:3"])
-    return ExpertPool(expert, GatewaySettings(**settings))
+    return Expert(expert, GatewaySettings(**settings))
 
 
 def test_least_busy_healthy_replica_first():

@@ -1,27 +1,37 @@
-"""Streaming connections to expert servers, relaying answer bytes from the socket callback itself.
+"""HTTP/1.1 client connections whose body bytes are handled inside the socket's read callback.
 
-A general HTTP client hands every received chunk to a reading task, which wakes, reads and writes it
-on: one task switch per token. Here the upstream connection is an asyncio protocol with an llhttp
-parser (`httptools`, uvicorn's parser): the parser's body callback writes each decoded chunk straight
-to the client's socket, inside the event loop's read callback. Connections are kept alive per replica.
+A general HTTP client hands every received chunk to a reading task, which wakes, reads and passes it
+on: one task switch per token, and under load the task runs well after the bytes arrived. Here a
+connection is an asyncio protocol with an llhttp parser (`httptools`, uvicorn's parser) and a `sink`:
+the parser's body callback hands each decoded chunk to the sink inside the event loop's read callback,
+with `received_at`, the moment the bytes came off the socket. Two users share it:
+
+- the gateway relays each chunk straight to its client's socket (`gateway.relay`);
+- the user simulator stamps each chunk with its arrival time (`loadgen.client`).
+
+Connections are kept alive per base URL (`ConnectionPool`). Everything here is public API: no
+monkey-patching of another library's internals, so the stamps cannot silently disappear.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
+import time
 from collections.abc import Callable
+from typing import cast
 from urllib.parse import urlsplit
 
 import httptools
 
+from expert_router.errors import ConnectionFailed
+
 Sink = Callable[[bytes], None]
+clock = time.monotonic
+"""The clock of every stamp: the same in every process of a Linux machine."""
 
 
-class UpstreamError(Exception):
-    """The connection failed: refused, reset, closed early or answered what is not HTTP."""
-
-
-class UpstreamConnection(asyncio.Protocol):
+class HttpConnection(asyncio.Protocol):
     """One keep-alive HTTP/1.1 connection; one request at a time."""
 
     def __init__(self) -> None:
@@ -30,12 +40,17 @@ class UpstreamConnection(asyncio.Protocol):
         self.reusable = False
         self.closed = False
         self.reused = False
+        self.received_at = 0.0
+        """When the bytes being parsed came off the socket (`clock()`)."""
+        self.sent_at = 0.0
+        """When the request was handed to the socket (`clock()`)."""
         self._reset()
 
     def _reset(self) -> None:
         loop = asyncio.get_running_loop()
         self.status = 0
-        self.content_type = b""
+        self.headers: dict[bytes, bytes] = {}
+        """Response headers, names lower-cased."""
         self.headers_done: asyncio.Future[None] = loop.create_future()
         self.first_body: asyncio.Future[None] = loop.create_future()
         self.done: asyncio.Future[None] = loop.create_future()
@@ -45,19 +60,20 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass, but is one
 
     def data_received(self, data: bytes) -> None:
+        self.received_at = clock()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamError(f"invalid HTTP from upstream: {exc}"))
+            self._fail(ConnectionFailed(f"invalid HTTP from the server: {exc}"))
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.reusable = False
-        self._fail(UpstreamError("the upstream closed the connection" + (f": {exc}" if exc else "")))
+        self._fail(ConnectionFailed("the server closed the connection" + (f": {exc}" if exc else "")))
 
     def _fail(self, error: Exception) -> None:
         for future in (self.headers_done, self.first_body, self.done):
@@ -67,8 +83,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks -------------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() == b"content-type":
-            self.content_type = value
+        self.headers[name.lower()] = value
+
+    @property
+    def content_type(self) -> bytes:
+        return self.headers.get(b"content-type", b"")
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
@@ -96,32 +115,34 @@ class UpstreamConnection(asyncio.Protocol):
         self.reusable = False
         assert self.transport is not None
         self.transport.write(request)
+        self.sent_at = clock()
 
     def close(self) -> None:
-        """Abort the connection: the upstream sees the client go away and stops generating."""
+        """Abort the connection: the server sees the client go away (and an engine stops generating)."""
         self.reusable = False
         if self.transport is not None and not self.closed:
             self.transport.abort()
 
 
-class UpstreamPool:
-    """Idle keep-alive connections per replica, reused most-recent first."""
+class ConnectionPool:
+    """Idle keep-alive connections per base URL, reused most-recent first."""
 
     def __init__(self, connect_timeout_s: float):
         self.connect_timeout_s = connect_timeout_s
-        self._idle: dict[str, list[UpstreamConnection]] = {}
-        self._targets: dict[str, tuple[str, int, bytes]] = {}
+        self._idle: dict[str, list[HttpConnection]] = {}
+        self._targets: dict[str, tuple[str, int, bytes, ssl.SSLContext | None]] = {}
 
-    def _target(self, base_url: str) -> tuple[str, int, bytes]:
+    def _target(self, base_url: str) -> tuple[str, int, bytes, ssl.SSLContext | None]:
         target = self._targets.get(base_url)
         if target is None:
             parts = urlsplit(base_url)
             host = parts.hostname or "127.0.0.1"
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-            target = self._targets[base_url] = (host, port, parts.netloc.encode())
+            tls = ssl.create_default_context() if parts.scheme == "https" else None
+            port = parts.port or (443 if tls else 80)
+            target = self._targets[base_url] = (host, port, parts.netloc.encode(), tls)
         return target
 
-    async def acquire(self, base_url: str, fresh: bool = False) -> UpstreamConnection:
+    async def acquire(self, base_url: str, fresh: bool = False) -> HttpConnection:
         """An idle kept-alive connection to `base_url` (`reused` set), or a new one."""
         idle = self._idle.get(base_url)
         while idle and not fresh:
@@ -129,23 +150,39 @@ class UpstreamPool:
             if not connection.closed and connection.transport is not None and not connection.transport.is_closing():
                 connection.reused = True
                 return connection
-        host, port, _ = self._target(base_url)
+        host, port, _, tls = self._target(base_url)
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout_s):
-                _, protocol = await loop.create_connection(UpstreamConnection, host, port)
+                _, protocol = await loop.create_connection(HttpConnection, host, port, ssl=tls)
         except (OSError, TimeoutError) as exc:
-            raise UpstreamError(f"cannot connect to {base_url}: {exc.__class__.__name__}: {exc}") from None
+            raise ConnectionFailed(f"cannot connect to {base_url}: {exc.__class__.__name__}: {exc}") from None
         return protocol
 
-    def release(self, base_url: str, connection: UpstreamConnection) -> None:
+    async def open(self, base_url: str, message: bytes) -> HttpConnection:
+        """Send `message` and wait for the response headers. A kept-alive connection that the server
+        had closed in the meantime is no failure of the server: the request goes again on a fresh one."""
+        for fresh in (False, True):
+            connection = await self.acquire(base_url, fresh=fresh)
+            connection.send(message)
+            try:
+                await connection.headers_done
+                return connection
+            except ConnectionFailed:
+                self.release(base_url, connection)
+                if fresh or not connection.reused:
+                    raise
+        raise AssertionError("unreachable")
+
+    def release(self, base_url: str, connection: HttpConnection) -> None:
         if connection.reusable and not connection.closed and connection.done.done() and not connection.done.exception():
             self._idle.setdefault(base_url, []).append(connection)
         else:
             connection.close()
 
-    def request_bytes(self, base_url: str, path: str, payload: bytes, stream: bool) -> bytes:
-        _, _, host = self._target(base_url)
+    def post_json(self, base_url: str, path: str, payload: bytes, stream: bool) -> bytes:
+        """The bytes of a JSON POST to `base_url` + `path` (Accept: an event stream or JSON)."""
+        _, _, host, _ = self._target(base_url)
         accept = b"text/event-stream" if stream else b"application/json"
         return (b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nAccept: %s\r\n"
                 b"Content-Length: %d\r\n\r\n%s" % (path.encode(), host, accept, len(payload), payload))

@@ -1,0 +1,156 @@
+"""Forwarding with fail-over: try the planned clusters' replicas until one starts answering.
+
+Up to the first byte of an answer, a failure (refused, reset, 5xx, silence, an empty stream) marks the
+replica and moves on to the next healthy replica of the expert, then to the next cluster of the plan,
+within `max_attempts`. Each expert admits `max_inflight_per_expert` requests at a time; a request that
+waits longer than the queue timeout for a slot gets 429. Once bytes flow, the relay owns the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import orjson
+from aiohttp import web
+
+from expert_router.config import GatewaySettings
+from expert_router.errors import ConnectionFailed, ReplicaFailed, Unavailable
+from expert_router.gateway.metrics import GatewayMetrics
+from expert_router.gateway.relay import Relay
+from expert_router.gateway.replicas import Expert, Experts, Replica
+from expert_router.gateway.requests import ClientRequest
+from expert_router.gateway.routing import Plan
+from expert_router.http import format_server_timing
+from expert_router.wire import ConnectionPool, HttpConnection, clock
+
+
+@dataclass
+class Timing:
+    """When a request passed each step of the gateway (`wire.clock()` seconds)."""
+
+    received: float
+    classified: float
+    admitted: float = 0.0
+    sent: float = 0.0
+
+    def durations(self) -> dict[str, float]:
+        """Server-Timing's parts: classify, queue (admission), connect (connection and write), route (all)."""
+        return {"route": self.sent - self.received, "classify": self.classified - self.received,
+                "queue": self.admitted - self.classified, "connect": self.sent - self.admitted}
+
+
+@dataclass
+class Attempt:
+    """One try of one replica: what the response headers report."""
+
+    plan: Plan
+    cluster: int
+    expert: Expert
+    replica: Replica
+    timing: Timing
+    notes: list[str] = field(default_factory=list)
+
+    def headers(self) -> dict[str, str]:
+        headers = {
+            "X-Expert-Cluster": str(self.cluster),
+            "X-Expert-Model": self.expert.model,
+            "X-Expert-Routed-Cluster": str(self.plan.routed),
+            "Server-Timing": format_server_timing(self.timing.durations()),
+        }
+        if self.cluster != self.plan.routed or self.notes:
+            note = f"{self.plan.routed}->{self.cluster}; " + "; ".join(self.notes)
+            headers["X-Expert-Fallback"] = " ".join(note.encode("ascii", "replace").decode().split())[:1000]
+        return headers
+
+
+class Forwarder:
+    """Sends planned requests to replicas; shared by every request of one gateway process."""
+
+    def __init__(self, settings: GatewaySettings, experts: Experts, metrics: GatewayMetrics,
+                 connections: ConnectionPool):
+        self.settings = settings
+        self.experts = experts
+        self.metrics = metrics
+        self.connections = connections
+
+    async def forward(self, request: web.Request, client: ClientRequest, plan: Plan,
+                      timing: Timing) -> web.StreamResponse:
+        """The answer of the first replica that starts one. Raises Saturated (429) or Unavailable (503)."""
+        notes = [] if plan.order else [f"cluster {plan.routed} has no expert"]
+        attempts = 0
+        for cluster in plan.order:
+            expert = self.experts.by_cluster[cluster]
+            replicas = expert.healthy()
+            if not replicas:
+                notes.append(f"cluster {cluster} has no healthy replica")
+                continue
+            payload = orjson.dumps({**client.body, "model": expert.model})
+            async with expert.slot():
+                timing.admitted = clock()
+                for replica in replicas[: self.settings.max_attempts - attempts]:
+                    attempts += 1
+                    attempt = Attempt(plan, cluster, expert, replica, timing, list(notes))
+                    try:
+                        return await self._try(request, client, attempt, payload)
+                    except ReplicaFailed as exc:
+                        replica.record_failure(self.settings.failures_to_down, str(exc))
+                        self.metrics.upstream_failures.labels(replica.url, exc.kind).inc()
+                        notes.append(f"{replica.url} failed ({exc})")
+            if attempts >= self.settings.max_attempts:
+                break
+        raise Unavailable("no expert could take the request: " + ("; ".join(notes) or "no experts configured"),
+                          headers={"Retry-After": "1"})
+
+    async def _try(self, request: web.Request, client: ClientRequest, attempt: Attempt,
+                   payload: bytes) -> web.StreamResponse:
+        """Send to one replica. Raises ReplicaFailed while nothing has reached the client yet."""
+        replica, settings = attempt.replica, self.settings
+        path = "/v1/chat/completions" if client.chat else "/v1/completions"
+        message = self.connections.post_json(replica.url, path, payload, client.stream)
+        connection: HttpConnection | None = None
+        replica.inflight += 1
+        try:
+            try:
+                async with asyncio.timeout(settings.first_token_timeout_s if client.stream
+                                           else settings.request_timeout_s):
+                    connection = await self.connections.open(replica.url, message)
+                    attempt.timing.sent = connection.sent_at
+                    self.metrics.routing_seconds.observe(attempt.timing.sent - attempt.timing.received)
+                    await _first_bytes(connection, client.stream)
+            except TimeoutError:
+                raise ReplicaFailed("timeout", "no first token within the timeout" if client.stream
+                                    else "no answer within the request timeout") from None
+            except ConnectionFailed as exc:
+                raise ReplicaFailed("connect", str(exc)) from None
+            return await self._answer(request, client, attempt, connection)
+        finally:
+            replica.inflight -= 1
+            if connection is not None:
+                self.connections.release(replica.url, connection)  # closes it unless the answer ended cleanly
+
+    async def _answer(self, request: web.Request, client: ClientRequest, attempt: Attempt,
+                      connection: HttpConnection) -> web.StreamResponse:
+        """The replica has begun to answer: relay a stream, or pass a whole answer (or a 4xx) on."""
+        attempt.replica.record_success()
+        if attempt.cluster != attempt.plan.routed:
+            self.metrics.fallbacks.labels(str(attempt.plan.routed), str(attempt.cluster)).inc()
+        if connection.status != 200 or not client.stream:
+            return web.Response(status=connection.status, body=b"".join(connection.buffer), headers={
+                **attempt.headers(), "Content-Type": connection.content_type.decode() or "application/json"})
+        relay = Relay(request, connection, attempt.replica.url, attempt.headers(), self.settings.idle_timeout_s,
+                      self.metrics.streamed_chunks.inc)
+        return await relay.run()
+
+
+async def _first_bytes(connection: HttpConnection, stream: bool) -> None:
+    """Wait until the answer has begun (a stream) or ended (a whole answer or an error status)."""
+    if connection.status != 200 or not stream:
+        await connection.done
+        if connection.status >= 500:
+            body = b"".join(connection.buffer)[:200].decode("utf-8", "replace")
+            raise ReplicaFailed("status", f"HTTP {connection.status} {body}")
+        return  # a 4xx is the client's problem: relayed as it is
+    await connection.first_body
+    if not connection.buffer:
+        raise ReplicaFailed("empty", "the stream closed before its first token")

@@ -1,0 +1,153 @@
+"""Relaying one answer stream to the client as it arrives, from the upstream socket's read callback.
+
+The first bytes go through aiohttp's writer (which sends the response headers with them). After that
+the upstream connection's parser hands every chunk to `Relay.sink`, which writes it to the client's
+socket at once: no task switch per token. HTTP/1.1 clients get chunked framing; HTTP/1.0 clients get the
+raw bytes and a closed connection at the end, as aiohttp itself would send them.
+
+A slow client is back-pressure, not memory: when its socket buffer passes `WRITE_FAST_LIMIT`, reading
+from the upstream pauses until the buffer drains. A client that goes away closes the upstream at once,
+which is how an engine learns to abort the request. Upstream silence longer than the idle timeout ends
+the stream with an error event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import orjson
+from aiohttp import web
+from aiohttp.http import HttpVersion11
+
+from expert_router.errors import ConnectionFailed
+from expert_router.http import error_body
+from expert_router.wire import HttpConnection
+
+log = logging.getLogger("expert_router.gateway")
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # tells nginx not to buffer the stream
+}
+DONE = b"data: [DONE]\n\n"
+WRITE_FAST_LIMIT = 64 * 1024
+"""Below this many bytes waiting for the client, relayed chunks are written to its socket directly."""
+
+
+class Relay:
+    """One stream from `connection` to the client of `request`. `run()` once."""
+
+    def __init__(self, request: web.Request, connection: HttpConnection, upstream_url: str,
+                 headers: dict[str, str], idle_timeout_s: float, on_done: Callable[[int], None]):
+        self.request = request
+        self.connection = connection
+        self.upstream_url = upstream_url
+        self.headers = headers
+        self.on_done = on_done
+        """Told how many chunks were relayed (metrics)."""
+        self.loop = asyncio.get_running_loop()
+        self.transport = request.transport
+        self.watchdog = IdleWatchdog(connection, idle_timeout_s)
+        self.framed = request.version >= HttpVersion11
+        self.tail = b""
+        self.chunks = 0
+        self.paused = False
+
+    async def run(self) -> web.StreamResponse:
+        """Relay until the upstream ends; from here on a failure becomes an error event, then [DONE]."""
+        response = web.StreamResponse(headers={**SSE_HEADERS, **self.headers})
+        if self.framed:
+            response.enable_chunked_encoding()
+        await response.prepare(self.request)
+        error = await self._pump(response)
+        if error is not None:
+            log.warning("stream from %s ended early: %s", self.upstream_url, error)
+            await response.write(b"data: " + orjson.dumps(error_body(502, error, "upstream_error")) + b"\n\n" + DONE)
+        elif not self.tail.rstrip().endswith(b"[DONE]"):
+            await response.write(DONE)  # some servers just close the stream; clients get [DONE] either way
+        await response.write_eof()
+        return response
+
+    async def _pump(self, response: web.StreamResponse) -> str | None:
+        """Relay every chunk; returns why the stream broke off, or None when it ended cleanly."""
+        connection = self.connection
+        first = b"".join(connection.buffer)
+        connection.buffer.clear()
+        self._count(first)
+        try:
+            await response.write(first)
+            for data in connection.buffer:  # arrived while the headers were being written
+                self.sink(data)
+            connection.buffer.clear()
+            connection.sink = self.sink
+            await connection.done
+            return None
+        except ConnectionFailed as exc:
+            if self._client_gone():
+                raise asyncio.CancelledError from None  # nothing left to tell the client
+            return "the expert stopped answering (idle timeout)" if self.watchdog.fired \
+                else f"the expert's stream broke off: {exc}"
+        finally:
+            connection.sink = None
+            self.watchdog.cancel()
+            self.on_done(self.chunks)
+
+    def _count(self, data: bytes) -> None:
+        self.watchdog.last = self.loop.time()
+        self.chunks += 1
+        self.tail = data[-16:] if len(data) >= 16 else (self.tail + data)[-16:]
+
+    def _client_gone(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
+
+    def sink(self, data: bytes) -> None:
+        """Called from the upstream's read callback with each decoded chunk of the answer."""
+        self._count(data)
+        if self.transport is None or self.transport.is_closing():
+            self.connection.close()  # the client is gone: stop the upstream at once
+            return
+        self.transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self.framed else data)
+        upstream = self.connection.transport
+        if not self.paused and upstream is not None and self.transport.get_write_buffer_size() > WRITE_FAST_LIMIT:
+            self.paused = True  # a slow client: stop reading upstream until its socket drains
+            upstream.pause_reading()
+            self.loop.call_later(0.005, self._resume_when_drained)
+
+    def _resume_when_drained(self) -> None:
+        if self.connection.closed or self._client_gone():
+            self.connection.close()
+        elif self.transport is not None and self.transport.get_write_buffer_size() > WRITE_FAST_LIMIT // 2:
+            self.loop.call_later(0.005, self._resume_when_drained)
+        elif self.connection.transport is not None:
+            self.paused = False
+            self.connection.transport.resume_reading()
+
+
+class IdleWatchdog:
+    """Aborts the upstream connection after `timeout` seconds without data.
+
+    One timer per stream, re-armed only when it fires: the relay merely stores a timestamp per
+    chunk, which costs far less than rescheduling a timeout on every chunk.
+    """
+
+    def __init__(self, connection: HttpConnection, timeout: float):
+        self.loop = asyncio.get_running_loop()
+        self.connection = connection
+        self.timeout = timeout
+        self.last = self.loop.time()
+        self.fired = False
+        self._handle = self.loop.call_later(timeout, self._check)
+
+    def _check(self) -> None:
+        idle = self.loop.time() - self.last
+        if idle >= self.timeout:
+            self.fired = True
+            self.connection.close()
+        else:
+            self._handle = self.loop.call_later(self.timeout - idle, self._check)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
