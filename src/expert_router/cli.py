@@ -15,13 +15,14 @@ from expert_router.commands import (
     experiment,
     experts,
     load,
+    report,
     serve,
     synthetic,
 )
 from expert_router.errors import UserError
 from expert_router.progress import console
 
-COMMANDS = (demo, classifier, experts, serve, synthetic, load, experiment)
+COMMANDS = (demo, classifier, experts, serve, synthetic, load, experiment, report)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,6 +24,8 @@ from expert_router.errors import UserError
 
 
 class Strict(BaseModel):
+    """Every settings model of the project: an unknown key is an error, named, not silently ignored."""
+
     model_config = ConfigDict(extra="forbid")
 
 
@@ -109,14 +111,20 @@ class Deployment(Strict):
         return path
 
 
-def describe_validation_error(exc: ValidationError, source: str) -> str:
+def describe_validation_error(exc: ValidationError, source: str, what: str = "deployment") -> str:
     """One line per problem, each naming the key path (experts.2.endpoints.0) and what is wrong."""
     lines = []
     for error in exc.errors():
         where = ".".join(str(part) for part in error["loc"]) or "(top level)"
         message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
         lines.append(f"  {where}: {message}")
-    return f"{source} is not a valid deployment:\n" + "\n".join(lines)
+    return f"{source} is not a valid {what}:\n" + "\n".join(lines)
+
+
+def describe_flag_error(exc: ValidationError) -> str:
+    """A settings error raised from command-line flags, named as the flag: `--max-tokens: ...`."""
+    return "\n".join(f"--{str(error['loc'][0]).replace('_', '-')}: {error['msg']}" if error["loc"] else error["msg"]
+                     for error in exc.errors())
 
 
 def parse_deployment(data: object, source: str = "deployment", base: Path | None = None) -> Deployment:

@@ -8,6 +8,7 @@ A run can be interrupted and resumed: finished cells are kept, half-finished one
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -16,25 +17,21 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from expert_router import __version__
 from expert_router.analysis.results import CELL_FILE, cell_folder
-from expert_router.config import describe_validation_error
+from expert_router.config import Strict, describe_validation_error
 from expert_router.errors import UserError
-from expert_router.processes import stop_groups
+from expert_router.loadgen.workload import WorkloadSpec, draw_workload, save_workload
+from expert_router.processes import http_ok, stop_groups, wait_until
 from expert_router.progress import console
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class Service(Strict):
@@ -74,7 +71,22 @@ class Experiment(Strict):
     tokenizer: Path | None = Field(None, description="tokenizer.json of the served model: lengths in its tokens")
     pool: int = Field(1000, ge=1)
     seed: int = 0
+    fresh_prompts: bool = Field(True, description="a new prompt draw per cell (the same for every configuration "
+                                "of that cell), so prefix caches of long-lived servers do not carry over")
+    warmup: int = Field(1, ge=0, description="requests per user answered before each cell is measured")
+    processes: int = Field(1, ge=1, description="user-simulator processes per cell")
     cooldown_s: float = Field(1.0, ge=0, description="pause between cells")
+
+    def workload(self, mix: str, users: int, repetition: int) -> WorkloadSpec:
+        """The draw of one cell: every configuration of the cell gets the same prompts."""
+        seed = self.seed
+        if self.fresh_prompts:
+            digest = hashlib.sha256(f"{self.seed}/{mix}/{users}/{repetition}".encode()).digest()
+            seed = int.from_bytes(digest[:4], "little")
+        return WorkloadSpec(classifier=self.classifier, corpus=self.corpus, tokenizer=self.tokenizer,
+                            mix=mix, input_lengths=self.input_lengths,  # type: ignore[arg-type]
+                            input_mean=self.input_mean, input_std=self.input_std, max_tokens=self.max_tokens,
+                            pool=self.pool, seed=seed)
 
     @field_validator("users")
     @classmethod
@@ -96,7 +108,7 @@ def load_experiment(path: Path) -> tuple[Experiment, Path]:
     try:
         experiment = Experiment.model_validate(data)
     except ValidationError as exc:
-        raise UserError(describe_validation_error(exc, str(path)).replace("deployment", "experiment")) from None
+        raise UserError(describe_validation_error(exc, str(path), "experiment")) from None
     base = path.parent.resolve()
     if not experiment.classifier.is_absolute():
         experiment.classifier = (base / experiment.classifier).resolve()
@@ -108,7 +120,7 @@ def load_experiment(path: Path) -> tuple[Experiment, Path]:
     return experiment, base
 
 
-def _manifest(experiment: Experiment, path: Path) -> dict:
+def _manifest(experiment: Experiment, path: Path) -> dict[str, Any]:
     import aiohttp
     import numpy
     import sklearn
@@ -130,7 +142,6 @@ def run_experiment(path: Path, results: Path) -> Path:
     manifest.setdefault("runs", []).append({"started_at": time.time()})
     manifest_path.write_text(json.dumps(manifest, indent=2))
 
-    workloads = {mix: _workload(experiment, mix, results) for mix in experiment.mixes}
     cells = [(c, mix, u, r) for c in experiment.configurations for mix in experiment.mixes
              for u in experiment.users for r in range(experiment.repetitions)]
     todo = [cell for cell in cells if not _done(results, *cell)]
@@ -144,29 +155,20 @@ def run_experiment(path: Path, results: Path) -> Path:
             for number, (_, mix, users, repetition) in enumerate(mine, 1):
                 console.print(f"[bold]{configuration.name}[/] {mix} mix, {users} users, repetition {repetition + 1}"
                               f" ({number}/{len(mine)})")
-                _run_cell(experiment, configuration, mix, users, repetition, workloads[mix], results)
+                workload = _workload(experiment, mix, users, repetition, results)
+                _run_cell(experiment, configuration, mix, users, repetition, workload, results)
                 time.sleep(experiment.cooldown_s)
     manifest["runs"][-1]["finished_at"] = time.time()
     manifest_path.write_text(json.dumps(manifest, indent=2))
     return results
 
 
-def _workload(experiment: Experiment, mix: str, results: Path) -> Path:
-    """The same drawn prompts for every configuration of a mix: configurations differ only in serving."""
-    path = results / "workloads" / f"{mix}.jsonl"
-    if path.is_file():
-        return path
-    from argparse import Namespace
-
-    from expert_router.commands.load import prepare_workload
-    from expert_router.loadgen.workload import save_workload
-
-    args = Namespace(workload=None, classifier=experiment.classifier, corpus=experiment.corpus,
-                     tokenizer=None if experiment.tokenizer is None else str(experiment.tokenizer),
-                     mix=mix, mix_mean=None, mix_std=None, input_lengths=experiment.input_lengths,
-                     input_mean=experiment.input_mean, input_std=experiment.input_std,
-                     max_tokens=experiment.max_tokens, pool=experiment.pool, seed=experiment.seed)
-    save_workload(prepare_workload(args), path)
+def _workload(experiment: Experiment, mix: str, users: int, repetition: int, results: Path) -> Path:
+    """The prompts of one cell, drawn once and shared by its configurations: they differ only in serving."""
+    spec = experiment.workload(mix, users, repetition)
+    path = results / "workloads" / f"{mix}-seed{spec.seed}.jsonl"
+    if not path.is_file():
+        save_workload(draw_workload(spec), path)
     return path
 
 
@@ -184,7 +186,7 @@ def _run_cell(experiment: Experiment, configuration: Configuration, mix: str, us
         shutil.rmtree(out)
     args = [sys.executable, "-m", "expert_router", "load", configuration.url, "--workload", str(workload),
             "--users", str(users), "--duration", str(experiment.duration_s), "--endpoint", experiment.endpoint,
-            "--out", str(out)]
+            "--warmup", str(experiment.warmup), "--processes", str(min(experiment.processes, users)), "--out", str(out)]
     if configuration.model:
         args += ["--model", configuration.model]
     result = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -196,9 +198,9 @@ def _run_cell(experiment: Experiment, configuration: Configuration, mix: str, us
 
 
 @contextmanager
-def _services(configuration: Configuration, base: Path, logs: Path):
+def _services(configuration: Configuration, base: Path, logs: Path) -> Iterator[None]:
     logs.mkdir(parents=True, exist_ok=True)
-    started: list[tuple[Service, subprocess.Popen]] = []
+    started: list[tuple[Service, subprocess.Popen[bytes]]] = []
     try:
         for service in configuration.services:
             log = open(logs / f"{configuration.name}-{service.name}.log", "ab")
@@ -217,20 +219,8 @@ def _services(configuration: Configuration, base: Path, logs: Path):
         stop_groups([process for _, process in reversed(started)], grace_s=20.0)
 
 
-def _wait_ready(configuration: Configuration, service: Service, process: subprocess.Popen, logs: Path) -> None:
-    if service.ready_url is None:
-        return
-    deadline = time.monotonic() + service.ready_timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise UserError(f"{configuration.name}/{service.name} exited with {process.returncode}; "
-                            f"see {logs / f'{configuration.name}-{service.name}.log'}")
-        try:
-            with urllib.request.urlopen(service.ready_url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.2)
-    raise UserError(f"{configuration.name}/{service.name} was not ready at {service.ready_url} "
-                    f"within {service.ready_timeout_s:g} s")
+def _wait_ready(configuration: Configuration, service: Service, process: subprocess.Popen[bytes], logs: Path) -> None:
+    if service.ready_url is not None:
+        url = service.ready_url
+        wait_until(lambda: http_ok(url), f"{configuration.name}/{service.name}", service.ready_timeout_s, process,
+                   logs / f"{configuration.name}-{service.name}.log", interval_s=0.2)

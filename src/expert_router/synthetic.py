@@ -4,7 +4,10 @@ It runs no model. It exists so that the parts around a model can be measured and
 upstream whose timing is known exactly: the gateway's added latency (against a direct connection and
 nginx), the user simulator's clock (every chunk carries `t`, the server's `time.monotonic()` at send,
 which is the same clock in every process of a Linux machine), and faults (a replica that refuses,
-hangs, or dies mid-stream). Each chunk carries one token, as vLLM sends them.
+hangs, or dies mid-stream). Each chunk carries one token, as vLLM sends them by default, or
+`tokens_per_chunk` of them, as servers that pack tokens do; token i is due at first_token_ms +
+i * interval_ms and a chunk leaves when its last token is due. Usage is sent as vLLM sends it: on every
+chunk when `stream_options.continuous_usage_stats` asks, at the end when `include_usage` asks.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -36,6 +40,10 @@ class SyntheticSettings:
     """Drop the connection after this many tokens, without finishing the stream."""
     send_done: bool = True
     """End streams with `data: [DONE]` (vLLM, OpenAI) or just close them (some servers)."""
+    tokens_per_chunk: int = 1
+    """Tokens packed into one chunk."""
+    usage: str = "asked"
+    """`asked`: usage as the request's stream_options ask; `final`: only at the end; `none`: never."""
 
 
 @dataclass
@@ -130,39 +138,48 @@ def _whole_answer(model: str, chat: bool, n_tokens: int) -> dict:
             "model": model, "choices": [choice], "usage": usage}
 
 
-async def _stream(request: web.Request, settings: SyntheticSettings, body: dict, chat: bool, n_tokens: int) -> web.StreamResponse:
+async def _stream(request: web.Request, settings: SyntheticSettings, body: dict[str, Any], chat: bool,
+                  n_tokens: int) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
     model = body["model"]
     head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
             "object": "chat.completion.chunk" if chat else "text_completion", "created": int(time.time()), "model": model}
+    options = body.get("stream_options") or {}
+    final_usage = settings.usage != "none" and bool(options.get("include_usage"))
+    running_usage = settings.usage == "asked" and final_usage and bool(options.get("continuous_usage_stats"))
     if chat:  # vLLM's first chat chunk carries the role and no token
         role = {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+        if running_usage:
+            role["usage"] = _usage(0)
         await response.write(b"data: " + orjson.dumps(role) + b"\n\n")
-    interval = settings.interval_ms / 1000
     loop = asyncio.get_running_loop()
-    next_at = loop.time() + settings.first_token_ms / 1000
-    for i in range(n_tokens):
-        if settings.die_after_tokens is not None and i >= settings.die_after_tokens:
+    start = loop.time() + settings.first_token_ms / 1000
+    per_chunk = settings.tokens_per_chunk
+    for first in range(0, n_tokens, per_chunk):
+        last = min(first + per_chunk, n_tokens) - 1
+        if settings.die_after_tokens is not None and first >= settings.die_after_tokens:
             request.transport.abort()  # type: ignore[union-attr]
             return response
-        delay = next_at - loop.time()
+        delay = start + last * settings.interval_ms / 1000 - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        next_at += interval
-        last = i == n_tokens - 1
-        finish = "length" if last else None
-        if chat:
-            choice = {"index": 0, "delta": {"content": _token(i)}, "finish_reason": finish}
-        else:
-            choice = {"index": 0, "text": _token(i), "finish_reason": finish, "logprobs": None}
-        chunk = {**head, "choices": [choice], "t": time.monotonic()}
+        text = "".join(_token(i) for i in range(first, last + 1))
+        finish = "length" if last == n_tokens - 1 else None
+        choice = ({"index": 0, "delta": {"content": text}, "finish_reason": finish} if chat
+                  else {"index": 0, "text": text, "finish_reason": finish, "logprobs": None})
+        chunk: dict[str, Any] = {**head, "choices": [choice], "t": time.monotonic()}
+        if running_usage:
+            chunk["usage"] = _usage(last + 1)
         await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
-    if (body.get("stream_options") or {}).get("include_usage"):
-        usage = {**head, "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": n_tokens, "total_tokens": n_tokens + 1}}
-        await response.write(b"data: " + orjson.dumps(usage) + b"\n\n")
+    if final_usage:
+        await response.write(b"data: " + orjson.dumps({**head, "choices": [], "usage": _usage(n_tokens)}) + b"\n\n")
     if settings.send_done:
         await response.write(b"data: [DONE]\n\n")
     await response.write_eof()
     request.app[STATS_KEY].completed += 1
     return response
+
+
+def _usage(completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": 1, "completion_tokens": completion_tokens, "total_tokens": completion_tokens + 1}

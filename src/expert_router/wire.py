@@ -4,7 +4,7 @@ A general HTTP client hands every received chunk to a reading task, which wakes,
 on: one task switch per token, and under load the task runs well after the bytes arrived. Here a
 connection is an asyncio protocol with an llhttp parser (`httptools`, uvicorn's parser) and a `sink`:
 the parser's body callback hands each decoded chunk to the sink inside the event loop's read callback,
-with `received_at`, the moment the bytes came off the socket. Two users share it:
+the moment the bytes came off the socket. Two users share it:
 
 - the gateway relays each chunk straight to its client's socket (`gateway.relay`);
 - the user simulator stamps each chunk with its arrival time (`loadgen.client`).
@@ -40,8 +40,6 @@ class HttpConnection(asyncio.Protocol):
         self.reusable = False
         self.closed = False
         self.reused = False
-        self.received_at = 0.0
-        """When the bytes being parsed came off the socket (`clock()`)."""
         self.sent_at = 0.0
         """When the request was handed to the socket (`clock()`)."""
         self._reset()
@@ -63,7 +61,6 @@ class HttpConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass, but is one
 
     def data_received(self, data: bytes) -> None:
-        self.received_at = clock()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -109,8 +106,10 @@ class HttpConnection(asyncio.Protocol):
                 future.set_result(None)
 
     # -- use -----------------------------------------------------------------------------------
-    def send(self, request: bytes) -> None:
+    def send(self, request: bytes, sink: Sink | None = None) -> None:
+        """Send one request; with `sink`, every body chunk of the answer goes to it from the first."""
         self._reset()
+        self.sink = sink
         self.parser = httptools.HttpResponseParser(self)
         self.reusable = False
         assert self.transport is not None
@@ -159,12 +158,12 @@ class ConnectionPool:
             raise ConnectionFailed(f"cannot connect to {base_url}: {exc.__class__.__name__}: {exc}") from None
         return protocol
 
-    async def open(self, base_url: str, message: bytes) -> HttpConnection:
+    async def open(self, base_url: str, message: bytes, sink: Sink | None = None) -> HttpConnection:
         """Send `message` and wait for the response headers. A kept-alive connection that the server
         had closed in the meantime is no failure of the server: the request goes again on a fresh one."""
         for fresh in (False, True):
             connection = await self.acquire(base_url, fresh=fresh)
-            connection.send(message)
+            connection.send(message, sink)
             try:
                 await connection.headers_done
                 return connection

@@ -54,9 +54,9 @@ def test_every_cell_and_the_manifest_are_stored(experiment):
     assert manifest["versions"]["expert_router"] and manifest["machine"]["cpus"]
     cells = load_cells(results)
     assert len(cells) == 2 * 2 * 2
-    assert all(cell.records and all(r["status"] == "ok" for r in cell.records) for cell in cells.values())
+    assert all(cell.records and all(r.ok for r in cell.records) for cell in cells.values())
     router = [r for key, c in cells.items() if key.configuration == "router" for r in c.records]
-    assert all(r["cluster_routed"] is not None for r in router)
+    assert all(r.cluster_routed is not None for r in router)
 
 
 def test_report_has_all_figures_and_tables_match_the_records(experiment):

@@ -1,71 +1,139 @@
-"""The paper's metrics from request records (see the README's "Metrics" for the definitions).
+"""The paper's metrics from request records; the README's "Metrics" section states each definition.
 
-Only successful requests count towards latency and throughput figures; failed ones count towards
-the error rate. A request with a single token has a TTFT but no TPOT (there is no gap to average); an
-answer that ended at once (end-of-sequence first, no text) is a success with a response time but no TTFT.
+Latency and throughput figures come from successful requests; failed ones count towards the error
+rate and keep their time to failure, shown beside every latency figure (a configuration must not look
+faster by dropping its slowest users). Tokens are counted per chunk (`RequestRecord.chunk_tokens`), so
+a server that packs several tokens into one chunk is measured as vLLM's, AIPerf's and MLPerf's
+benchmarks measure it: TPOT = (last token time - first token time) / (tokens - 1).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 import numpy as np
 
+from expert_router.loadgen.records import RequestRecord
 
-def ok(records: Sequence[dict]) -> list[dict]:
-    return [r for r in records if r.get("status") == "ok"]
-
-
-def with_tokens(records: Sequence[dict]) -> list[dict]:
-    return [r for r in ok(records) if r.get("t_first_token") is not None]
+Phase = Literal["ramp-up", "steady", "drain"]
 
 
-def ttft(records: Sequence[dict]) -> np.ndarray:
-    """Seconds from sending a request to its first token."""
-    return np.array([r["t_first_token"] - r["t_start"] for r in with_tokens(records)], dtype=float)
+def ok(records: Sequence[RequestRecord]) -> list[RequestRecord]:
+    return [r for r in records if r.ok]
 
 
-def tpot(records: Sequence[dict]) -> np.ndarray:
-    """Per request, the mean gap between consecutive tokens (requests with at least two tokens)."""
-    values = [float(np.mean(np.diff(r["token_times"]))) for r in with_tokens(records) if len(r["token_times"]) >= 2]
+def with_tokens(records: Sequence[RequestRecord]) -> list[RequestRecord]:
+    return [r for r in ok(records) if r.t_first_token is not None]
+
+
+def ttft(records: Sequence[RequestRecord], from_schedule: bool = False) -> np.ndarray:
+    """Seconds from sending a request (or, `from_schedule`, from when it was due) to its first token."""
+    return np.array([r.t_first_token - (r.t_scheduled if from_schedule else r.t_start)
+                     for r in with_tokens(records) if r.t_first_token is not None], dtype=float)
+
+
+def tpot(records: Sequence[RequestRecord]) -> np.ndarray:
+    """Per request with at least two tokens: (last token time - first token time) / (tokens - 1)."""
+    values = []
+    for r in with_tokens(records):
+        times = r.token_times()
+        tokens = sum(r.chunk_tokens)
+        if tokens >= 2 and len(times) >= 1 and r.t_first_token is not None:
+            values.append((times[-1] - r.t_first_token) / (tokens - 1))
     return np.array(values, dtype=float)
 
 
-def inter_token_gaps(records: Sequence[dict]) -> np.ndarray:
-    """Every gap between consecutive tokens, pooled over requests (ITL)."""
-    gaps = [np.diff(r["token_times"]) for r in with_tokens(records) if len(r["token_times"]) >= 2]
+def inter_chunk_latency(records: Sequence[RequestRecord]) -> np.ndarray:
+    """Every gap between consecutive token-carrying chunks, pooled over requests (ITL when one chunk is
+    one token, as with vLLM's default stream interval)."""
+    gaps = [np.diff(r.token_times()) for r in with_tokens(records) if len(r.token_times()) >= 2]
     return np.concatenate(gaps) if gaps else np.array([], dtype=float)
 
 
-def response_time(records: Sequence[dict]) -> np.ndarray:
+def response_time(records: Sequence[RequestRecord]) -> np.ndarray:
     """Seconds from sending a request to its last byte."""
-    return np.array([r["t_end"] - r["t_start"] for r in ok(records)], dtype=float)
+    return np.array([r.t_end - r.t_start for r in ok(records) if r.t_end is not None], dtype=float)
 
 
-def user_throughput(records: Sequence[dict]) -> np.ndarray:
+def time_to_failure(records: Sequence[RequestRecord]) -> np.ndarray:
+    """Seconds from sending a failed request to its failure."""
+    return np.array([r.t_end - r.t_start for r in records if not r.ok and r.t_end is not None], dtype=float)
+
+
+def user_throughput(records: Sequence[RequestRecord]) -> np.ndarray:
     """Per request, output tokens / (t_end - t_start): the speed one user experiences."""
-    return np.array([r["output_tokens"] / (r["t_end"] - r["t_start"]) for r in ok(records)
-                     if r["t_end"] > r["t_start"]], dtype=float)
+    return np.array([r.output_tokens / (r.t_end - r.t_start) for r in ok(records)
+                     if r.t_end is not None and r.t_end > r.t_start], dtype=float)
 
 
-def system_throughput(records: Sequence[dict], window_s: float = 2.0, start: float | None = None,
-                      end: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Tokens per second in consecutive windows of `window_s`: (window starts, tokens/s).
+def routing_overhead(records: Sequence[RequestRecord]) -> np.ndarray:
+    """The gateway's own time per request (Server-Timing `route`: classify, queue, connect and write)."""
+    return np.array([r.server_timing["route"] for r in ok(records) if "route" in r.server_timing], dtype=float)
 
-    Windows run from `start` (default: the first request's send time) to `end` (default: the last
-    token); a window with no tokens counts as zero. The last, partial window is dropped unless it is
-    the only one.
+
+@dataclass
+class Windows:
+    """System throughput: tokens per second in consecutive windows, each marked with its phase."""
+
+    starts: np.ndarray
+    """Window start, seconds after the run's first send."""
+    tokens_per_s: np.ndarray
+    phases: list[Phase]
+
+    def steady(self) -> np.ndarray:
+        return np.array([v for v, p in zip(self.tokens_per_s, self.phases) if p == "steady"], dtype=float)
+
+
+def steady_interval(records: Sequence[RequestRecord], mode: str = "closed") -> tuple[float, float] | None:
+    """When the run held its full load: after ramp-up, before drain (None when it never did).
+
+    Closed loop: from the moment every user has received its first token, to the moment the first
+    user's last request ended (from then on fewer users are active). Open loop: from the first
+    answer's end (the system holds requests in every stage), to the last scheduled send.
     """
-    times = [t for r in ok(records) for t in r["token_times"]]
-    if not times:
-        return np.array([]), np.array([])
-    start = min(r["t_start"] for r in records) if start is None else start
-    end = max(times) if end is None else end
-    n_windows = max(1, int((end - start) // window_s))
-    edges = start + window_s * np.arange(n_windows + 1)
-    counts, _ = np.histogram(times, bins=edges)
-    return edges[:-1] - start, counts / window_s
+    good = [r for r in records if r.t_end is not None]
+    if not good:
+        return None
+    if mode == "open":
+        start, end = min(r.t_end for r in good if r.t_end is not None), max(r.t_scheduled for r in good)
+    else:
+        by_user: dict[int, list[RequestRecord]] = {}
+        for r in good:
+            by_user.setdefault(r.user_id, []).append(r)
+        firsts = [min(rs, key=lambda r: r.t_start) for rs in by_user.values()]
+        start = max((r.t_first_token if r.t_first_token is not None else r.t_end or 0.0) for r in firsts)
+        end = min(max(r.t_end or 0.0 for r in rs) for rs in by_user.values())
+    return (start, end) if end > start else None
+
+
+def system_throughput(records: Sequence[RequestRecord], window_s: float = 2.0, mode: str = "closed") -> Windows:
+    """Tokens per second in consecutive windows of `window_s` from the first send to the last token.
+
+    Tokens count at their chunk's arrival. A last, partial window is scaled by its own length. Each
+    window is marked ramp-up, steady or drain by `steady_interval`; with no steady interval at all
+    (a run too short for its load) every window is marked steady, and the report says so.
+    """
+    times = np.array([t for r in ok(records) for t in r.chunk_times], dtype=float)
+    counts = np.array([n for r in ok(records) for n in r.chunk_tokens], dtype=float)
+    if not len(times) or not records:
+        return Windows(np.array([]), np.array([]), [])
+    start = min(r.t_start for r in records)
+    end = float(times.max())
+    edges = start + window_s * np.arange(int(np.ceil(max(end - start, 1e-9) / window_s)) + 1)
+    if end > edges[-2]:
+        edges[-1] = end  # the last window ends at the last token: a partial window is divided by its length
+    tokens, _ = np.histogram(times, bins=edges, weights=counts)
+    widths = np.diff(edges)
+    steady = steady_interval(records, mode)
+    phases: list[Phase] = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        if steady is None or (lo >= steady[0] and hi <= steady[1]):
+            phases.append("steady")
+        else:
+            phases.append("ramp-up" if lo < steady[0] else "drain")
+    return Windows(edges[:-1] - start, tokens / widths, phases)
 
 
 def percentile(values: np.ndarray, q: float) -> float | None:
@@ -80,56 +148,93 @@ def std(values: np.ndarray) -> float | None:
     return float(np.std(values)) if len(values) else None
 
 
+def goodput(records: Sequence[RequestRecord], ttft_target_s: float, tpot_target_s: float) -> float | None:
+    """Share of all requests (failed ones included) that succeeded within both targets."""
+    if not records:
+        return None
+    good = 0
+    for r in ok(records):
+        first = ttft([r])
+        per_token = tpot([r])
+        if (not len(first) or first[0] <= ttft_target_s) and (not len(per_token) or per_token[0] <= tpot_target_s):
+            good += 1
+    return good / len(records)
+
+
 @dataclass
 class Summary:
     requests: int
     ok: int
     failed: int
     error_rate: float
+    time_to_failure_median_s: float | None
     output_tokens: int
+    chunk_tokens: int
+    ttft_n: int
     ttft_mean_s: float | None
     ttft_median_s: float | None
     ttft_p99_s: float | None
+    ttft_scheduled_median_s: float | None
+    tpot_n: int
     tpot_mean_s: float | None
     tpot_median_s: float | None
+    tpot_p99_s: float | None
+    icl_median_s: float | None
+    icl_p99_s: float | None
     user_throughput_mean: float | None
     user_throughput_std: float | None
     response_time_p50_s: float | None
     response_time_p90_s: float | None
     response_time_p99_s: float | None
     system_throughput_mean: float | None
-    route_ms_p50: float | None
-    route_ms_p99: float | None
+    """Mean over the steady windows only."""
+    system_throughput_peak: float | None
+    steady_windows: int
+    route_mean_s: float | None
+    route_std_s: float | None
+    route_p50_s: float | None
+    route_p99_s: float | None
     goodput: float | None
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def summarize(records: Sequence[dict], window_s: float = 2.0, ttft_target_s: float | None = None,
-              tpot_target_s: float | None = None) -> Summary:
+def summarize(records: Sequence[RequestRecord], window_s: float = 2.0, mode: str = "closed",
+              ttft_target_s: float = 2.0, tpot_target_s: float = 0.2) -> Summary:
+    """Every metric of one run. Pool runs with `pooled` instead: throughputs of runs do not add up."""
     good = ok(records)
-    rt = response_time(records)
-    _, system = system_throughput(records, window_s)
-    routes = np.array([r["route_ms"] for r in good if r.get("route_ms") is not None], dtype=float)
-    goodput = None
-    if good and (ttft_target_s is not None or tpot_target_s is not None):
-        def meets(r: dict) -> bool:
-            first = (r["t_first_token"] if r["t_first_token"] is not None else r["t_end"]) - r["t_start"]
-            gaps = np.diff(r["token_times"])
-            return ((ttft_target_s is None or first <= ttft_target_s)
-                    and (tpot_target_s is None or not len(gaps) or float(np.mean(gaps)) <= tpot_target_s))
-        goodput = sum(meets(r) for r in good) / len(records)
-    ttfts, tpots, users = ttft(records), tpot(records), user_throughput(records)
+    ttfts, tpots, icl, rt = ttft(records), tpot(records), inter_chunk_latency(records), response_time(records)
+    users, routes, windows = user_throughput(records), routing_overhead(records), system_throughput(records, window_s, mode)
+    steady = windows.steady()
     return Summary(
         requests=len(records), ok=len(good), failed=len(records) - len(good),
         error_rate=(len(records) - len(good)) / len(records) if records else 0.0,
-        output_tokens=int(sum(r["output_tokens"] for r in good)),
-        ttft_mean_s=mean(ttfts), ttft_median_s=percentile(ttfts, 50), ttft_p99_s=percentile(ttfts, 99),
-        tpot_mean_s=mean(tpots), tpot_median_s=percentile(tpots, 50),
+        time_to_failure_median_s=percentile(time_to_failure(records), 50),
+        output_tokens=int(sum(r.output_tokens for r in good)),
+        chunk_tokens=int(sum(sum(r.chunk_tokens) for r in good)),
+        ttft_n=len(ttfts), ttft_mean_s=mean(ttfts), ttft_median_s=percentile(ttfts, 50),
+        ttft_p99_s=percentile(ttfts, 99), ttft_scheduled_median_s=percentile(ttft(records, from_schedule=True), 50),
+        tpot_n=len(tpots), tpot_mean_s=mean(tpots), tpot_median_s=percentile(tpots, 50),
+        tpot_p99_s=percentile(tpots, 99), icl_median_s=percentile(icl, 50), icl_p99_s=percentile(icl, 99),
         user_throughput_mean=mean(users), user_throughput_std=std(users),
         response_time_p50_s=percentile(rt, 50), response_time_p90_s=percentile(rt, 90),
         response_time_p99_s=percentile(rt, 99),
-        system_throughput_mean=mean(system), route_ms_p50=percentile(routes, 50), route_ms_p99=percentile(routes, 99),
-        goodput=goodput,
+        system_throughput_mean=mean(steady), system_throughput_peak=float(windows.tokens_per_s.max())
+        if len(windows.tokens_per_s) else None, steady_windows=len(steady),
+        route_mean_s=mean(routes), route_std_s=std(routes), route_p50_s=percentile(routes, 50),
+        route_p99_s=percentile(routes, 99), goodput=goodput(records, ttft_target_s, tpot_target_s),
     )
+
+
+def pooled(runs: Sequence[Sequence[RequestRecord]], window_s: float = 2.0, mode: str = "closed") -> Summary:
+    """Repetitions of one cell: per-request metrics over all their requests; system throughput (a time
+    series per run) as the mean of the runs' steady means, and the highest peak."""
+    summary = summarize([r for run in runs for r in run], window_s, mode)
+    per_run = [summarize(run, window_s, mode) for run in runs if run]
+    means = [s.system_throughput_mean for s in per_run if s.system_throughput_mean is not None]
+    peaks = [s.system_throughput_peak for s in per_run if s.system_throughput_peak is not None]
+    summary.system_throughput_mean = float(np.mean(means)) if means else None
+    summary.system_throughput_peak = max(peaks) if peaks else None
+    summary.steady_windows = sum(s.steady_windows for s in per_run)
+    return summary

@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 
 from expert_router.analysis import metrics  # noqa: E402
 from expert_router.analysis.results import Cell, CellKey  # noqa: E402
@@ -36,11 +37,11 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def fig2_input_lengths(lengths: dict[str, list[int]], path: Path) -> Path:
+def fig2_input_lengths(lengths: dict[str, list[int]], unit: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, (mix, values) in enumerate(sorted(lengths.items())):
         ax.hist(values, bins=40, alpha=0.6, color=COLORS[i % len(COLORS)], label=f"{mix} workload (n={len(values)})")
-    ax.set_xlabel("input length (tokens)")
+    ax.set_xlabel(f"input length ({unit})")
     ax.set_ylabel("prompts")
     ax.set_title("Fig. 2 - input-length distribution of the workload")
     ax.legend()
@@ -76,10 +77,12 @@ def _boxes(cells: dict[CellKey, Cell], mix: str, values_of, ylabel: str, title: 
             positions.append(j + (i - (len(configs) - 1) / 2) * width)
             data.append(values if len(values) else [np.nan])
             medians.append(np.median(values) if len(values) else np.nan)
+            _mark_quality(ax, cell, positions[-1], np.nanmax(data[-1]) if len(values) else 0.0)
         if not data:
             continue
         color = COLORS[i % len(COLORS)]
-        ax.boxplot(data, positions=positions, widths=width * 0.9, patch_artist=True, showfliers=False,
+        # Whiskers at the minimum and maximum, as the paper's box plots are read (not 1.5 IQR).
+        ax.boxplot(data, positions=positions, widths=width * 0.9, patch_artist=True, whis=(0, 100),
                    boxprops={"facecolor": color, "alpha": 0.35}, medianprops={"color": color})
         ax.plot(positions, medians, "o-", color=color, label=f"{config} median")
     ax.set_xticks(range(len(users)), [str(u) for u in users])
@@ -88,6 +91,20 @@ def _boxes(cells: dict[CellKey, Cell], mix: str, values_of, ylabel: str, title: 
     ax.set_title(title)
     ax.legend()
     return _save(fig, path)
+
+
+def _mark_quality(ax: Axes, cell: Cell, x: float, y: float) -> None:
+    """A cell's error rate above its box, and a warning mark when it was not measured validly."""
+    records = cell.records
+    failed = sum(1 for r in records if not r.ok)
+    notes = []
+    if failed:
+        notes.append(f"err {failed / len(records):.0%}")
+    if not cell.valid:
+        notes.append("not valid")
+    if notes:
+        ax.annotate("\n".join(notes), (x, y), textcoords="offset points", xytext=(0, 4), ha="center",
+                    fontsize=7, color="#b00")
 
 
 def fig4_ttft(cells: dict[CellKey, Cell], mix: str, path: Path) -> Path:
@@ -131,16 +148,27 @@ def fig7_system_throughput(cells: dict[CellKey, Cell], mix: str, users: Sequence
             cell = cells.get(CellKey(config, mix, u))
             if cell is None:
                 continue
-            starts, rates = metrics.system_throughput(cell.repetition(0), window_s)
-            if not len(rates):
-                continue
             color = COLORS[i % len(COLORS)]
-            edges = np.append(starts, starts[-1] + window_s)  # each window drawn across its full width
-            ax.step(edges, np.append(rates, rates[-1]), where="post", color=color, label=config)
-            ax.axhline(float(np.mean(rates)), color=color, linestyle=":", label=f"{config} mean {np.mean(rates):,.0f}")
+            steady_means = []
+            for rep, run in enumerate(cell.runs):  # every repetition; the first drawn boldest
+                windows = metrics.system_throughput(run, window_s, cell.mode)
+                if not len(windows.tokens_per_s):
+                    continue
+                edges = np.append(windows.starts, windows.starts[-1] + window_s)
+                ax.step(edges, np.append(windows.tokens_per_s, windows.tokens_per_s[-1]), where="post", color=color,
+                        alpha=1.0 if rep == 0 else 0.35, label=config if rep == 0 else None)
+                steady = [s for s, phase in zip(windows.starts, windows.phases) if phase == "steady"]
+                if rep == 0 and steady:
+                    ax.axvspan(steady[0], steady[-1] + window_s, color=color, alpha=0.06)
+                if len(windows.steady()):
+                    steady_means.append(float(np.mean(windows.steady())))
+            if steady_means:
+                mean = float(np.mean(steady_means))
+                ax.axhline(mean, color=color, linestyle=":", label=f"{config} steady mean {mean:,.0f}"
+                           + ("" if cell.valid else " (not valid)"))
         ax.set(ylabel="tokens/s", title=f"{u} users")
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=8)
     axes[-1][0].set_xlabel(f"time (s), {window_s:g}-second windows")
-    fig.suptitle(f"Fig. 7 - system throughput over time ({mix} mix)")
+    fig.suptitle(f"Fig. 7 - system throughput over time ({mix} mix; shaded: steady state, all repetitions drawn)")
     return _save(fig, path)

@@ -6,6 +6,7 @@ import base64
 import html
 import json
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,16 @@ from expert_router.analysis import metrics, plots
 from expert_router.analysis.results import Cell, load_cells, prompt_lengths
 
 COLUMNS = [
-    ("configuration", "configuration"), ("mix", "mix"), ("users", "users"), ("requests", "requests"),
+    ("configuration", "configuration"), ("mix", "mix"), ("users", "users"), ("requests (n)", "requests"),
     ("error rate", "error_rate"), ("TTFT median (ms)", "ttft_median_ms"), ("TTFT p99 (ms)", "ttft_p99_ms"),
-    ("TPOT mean (ms)", "tpot_mean_ms"), ("user throughput (tok/s)", "user_throughput"),
-    ("p99 response time (s)", "response_time_p99_s"), ("system throughput (tok/s)", "system_throughput_mean"),
-    ("route p50 (ms)", "route_ms_p50"), ("valid", "valid"),
+    ("TPOT median (ms)", "tpot_median_ms"), ("TPOT p99 (ms)", "tpot_p99_ms"),
+    ("user throughput (tok/s)", "user_throughput"), ("p99 response time (s)", "response_time_p99_s"),
+    ("system throughput, steady mean (tok/s)", "system_throughput_mean"), ("peak (tok/s)", "system_throughput_peak"),
+    ("tokens: usage / chunks", "tokens"), ("goodput", "goodput"), ("gateway time (ms, mean ± std)", "route"),
+    ("valid", "valid"),
 ]
+ERROR_RATE_FLAG = 0.01
+"""A cell whose error rate is above this is flagged beside its latencies."""
 
 
 @dataclass
@@ -31,29 +36,34 @@ class Report:
     html: Path
 
 
-def table_row(cell: Cell, window_s: float = 2.0) -> dict:
-    """One line of the summary table, computed from the pooled records of a cell."""
-    s = metrics.summarize(cell.records, window_s)
-    # System throughput is a time series per run: average the per-repetition means.
-    per_rep = [metrics.system_throughput(cell.repetition(i), window_s)[1] for i in range(cell.repetitions)]
-    system = [float(np.mean(r)) for r in per_rep if len(r)]
+def table_row(cell: Cell, window_s: float = 2.0) -> dict[str, Any]:
+    """One line of the summary table: repetitions pooled (system throughput averaged per run)."""
+    s = metrics.pooled(cell.runs, window_s, cell.mode)
 
-    def ms(value):
+    def ms(value: float | None) -> float | None:
         return None if value is None else value * 1000
 
-    throughput = None if s.user_throughput_mean is None else f"{s.user_throughput_mean:.1f} ± {s.user_throughput_std:.1f}"
+    def pm(mean: float | None, std: float | None, scale: float = 1.0) -> str | None:
+        return None if mean is None or std is None else f"{mean * scale:.1f} ± {std * scale:.1f}"
+
+    flagged = s.error_rate > ERROR_RATE_FLAG
     return {
         "configuration": cell.key.configuration, "mix": cell.key.mix, "users": cell.key.users, "requests": s.requests,
-        "error_rate": s.error_rate, "ttft_median_ms": ms(s.ttft_median_s), "ttft_p99_ms": ms(s.ttft_p99_s),
-        "tpot_mean_ms": ms(s.tpot_mean_s), "user_throughput": throughput,
+        "error_rate": f"{s.error_rate:.1%}" + (" (!)" if flagged else ""), "error_rate_value": s.error_rate,
+        "ttft_median_ms": ms(s.ttft_median_s), "ttft_p99_ms": ms(s.ttft_p99_s), "ttft_n": s.ttft_n,
+        "tpot_median_ms": ms(s.tpot_median_s), "tpot_p99_ms": ms(s.tpot_p99_s), "tpot_n": s.tpot_n,
+        "user_throughput": pm(s.user_throughput_mean, s.user_throughput_std),
         "user_throughput_mean": s.user_throughput_mean, "user_throughput_std": s.user_throughput_std,
-        "response_time_p99_s": s.response_time_p99_s,
-        "system_throughput_mean": float(np.mean(system)) if system else None,
-        "route_ms_p50": s.route_ms_p50, "valid": "yes" if cell.valid else "no",
+        "response_time_p99_s": s.response_time_p99_s, "system_throughput_mean": s.system_throughput_mean,
+        "system_throughput_peak": s.system_throughput_peak, "steady_windows": s.steady_windows,
+        "tokens": f"{s.output_tokens:,} / {s.chunk_tokens:,}", "goodput": s.goodput,
+        "route": pm(s.route_mean_s, s.route_std_s, 1000), "route_p50_ms": ms(s.route_p50_s),
+        "route_p99_ms": ms(s.route_p99_s), "valid": "yes" if cell.valid else "no",
+        "reasons": sorted(set(cell.reasons)),
     }
 
 
-def _fmt(value) -> str:
+def _fmt(value: object) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -68,7 +78,8 @@ def write_report(results: Path, out: Path | None = None, fig7_users: list[int] |
     mixes = sorted({k.mix for k in cells})
     users = sorted({k.users for k in cells})
     chosen = fig7_users or sorted({users[0], users[len(users) // 2], users[-1]})
-    figures = [plots.fig2_input_lengths(prompt_lengths(cells), out / "fig2_input_lengths.png")]
+    lengths, unit = prompt_lengths(cells)
+    figures = [plots.fig2_input_lengths(lengths, unit, out / "fig2_input_lengths.png")]
     for mix in mixes:
         figures.append(plots.fig3_response_time(cells, mix, out / f"fig3_response_time_{mix}.png"))
         figures.append(plots.fig4_ttft(cells, mix, out / f"fig4_ttft_{mix}.png"))
@@ -86,27 +97,37 @@ def write_report(results: Path, out: Path | None = None, fig7_users: list[int] |
     return Report(out, figures, rows, out / "summary.md", html_path)
 
 
-def _markdown(results: Path, rows: list[dict], figures: list[Path], invalid: list[dict]) -> str:
-    lines = [f"# Expert Router report: {results.name}", ""]
+def _invalid_note(invalid: list[dict[str, Any]]) -> str:
+    reasons = sorted({reason for row in invalid for reason in row["reasons"]})
+    return (f"{len(invalid)} cell(s) were not measured well (marked valid: no); treat their numbers with care. "
+            "Why: " + "; ".join(reasons[:6]) if invalid else "")
+
+
+DEFINITIONS = ("Repetitions pooled. TTFT: send to first token. TPOT: (last token - first token) / (tokens - 1), "
+               "tokens counted per chunk. User throughput: tokens / response time. System throughput: tokens per "
+               "2-second window; the mean is over steady-state windows only (after ramp-up, before drain). "
+               "Error rate beside every latency; (!) marks more than 1% failed. See the README's Metrics section.")
+
+
+def _markdown(results: Path, rows: list[dict[str, Any]], figures: list[Path], invalid: list[dict[str, Any]]) -> str:
+    lines = [f"# Expert Router report: {results.name}", "", DEFINITIONS, ""]
     if invalid:
-        lines += [f"**Note:** {len(invalid)} cell(s) were measured while the user simulator was itself a "
-                  "bottleneck (marked `valid: no`); treat their numbers with care.", ""]
+        lines += [f"**Note:** {_invalid_note(invalid)}", ""]
     lines += ["| " + " | ".join(name for name, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_fmt(row[key]) for _, key in COLUMNS) + " |" for row in rows]
-    lines += ["", "Definitions: see the README's Metrics section. Figures:", ""]
+    lines += ["", "Figures:", ""]
     lines += [f"![{f.stem}]({f.name})" for f in figures]
     return "\n".join(lines) + "\n"
 
 
-def _html(results: Path, rows: list[dict], figures: list[Path], invalid: list[dict]) -> str:
+def _html(results: Path, rows: list[dict[str, Any]], figures: list[Path], invalid: list[dict[str, Any]]) -> str:
     head = "".join(f"<th>{html.escape(name)}</th>" for name, _ in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(row[key]))}</td>" for _, key in COLUMNS) + "</tr>"
                    for row in rows)
     images = "".join(
         f'<figure><img alt="{f.stem}" src="data:image/png;base64,{base64.b64encode(f.read_bytes()).decode()}">'
         f"<figcaption>{html.escape(f.stem)}</figcaption></figure>" for f in figures)
-    note = (f'<p class="note">{len(invalid)} cell(s) were measured while the user simulator was itself a '
-            "bottleneck (valid: no).</p>") if invalid else ""
+    note = f'<p class="note">{html.escape(_invalid_note(invalid))}</p>' if invalid else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Expert Router report: {html.escape(results.name)}</title>
 <style>
@@ -115,9 +136,7 @@ table {{ border-collapse: collapse; font-size: 0.9em; }} th, td {{ border: 1px s
 th {{ background: #f3f3f3; }} figure {{ margin: 2em 0; }} img {{ max-width: 100%; }} .note {{ color: #a60; }}
 </style></head><body>
 <h1>Expert Router report: {html.escape(results.name)}</h1>
-<p>Configurations compared across concurrency levels; repetitions pooled. Metric definitions follow the
-paper (TTFT, TPOT = mean gap between consecutive tokens, user throughput = tokens / response time,
-system throughput in 2-second windows).</p>{note}
+<p>{html.escape(DEFINITIONS)}</p>{note}
 <table><tr>{head}</tr>{body}</table>
 {images}
 </body></html>

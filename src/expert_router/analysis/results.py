@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from expert_router.errors import UserError
-from expert_router.loadgen.records import read_records
+from expert_router.loadgen.records import RequestRecord, read_meta, read_records
+from expert_router.loadgen.workload import load_workload
 
 CELL_FILE = "cell.json"
 
@@ -27,14 +28,21 @@ class CellKey:
 @dataclass
 class Cell:
     key: CellKey
-    records: list[dict]
-    repetitions: int
+    runs: list[list[RequestRecord]]
+    """One list of records per repetition: time series (system throughput) must not mix runs."""
     valid: bool
+    reasons: list[str]
     folders: list[Path]
+    mode: str = "closed"
 
-    def repetition(self, index: int) -> list[dict]:
-        """The records of one repetition: time series (system throughput) must not mix runs."""
-        return [r for r in self.records if r["_repetition"] == index]
+    @property
+    def records(self) -> list[RequestRecord]:
+        """Every repetition's records together (per-request metrics pool them)."""
+        return [r for run in self.runs for r in run]
+
+    @property
+    def repetitions(self) -> int:
+        return len(self.runs)
 
 
 def cell_folder(root: Path, configuration: str, mix: str, users: int, repetition: int) -> Path:
@@ -56,18 +64,24 @@ def load_cells(root: Path) -> dict[CellKey, Cell]:
         raise UserError(f"{root} holds no finished runs (expected runs/*/*/u*/r*/{CELL_FILE} with a summary.json)")
     cells = {}
     for key, folders in sorted(grouped.items()):
-        records = [r | {"_repetition": i} for i, f in enumerate(folders) for r in read_records(f / "records.jsonl")]
-        valid = all(json.loads((f / "summary.json").read_text()).get("valid", True) for f in folders)
-        cells[key] = Cell(key, records, len(folders), valid, folders)
+        runs = [read_records(f / "records.jsonl") for f in folders]
+        summaries = [json.loads((f / "summary.json").read_text()) for f in folders]
+        reasons = [reason for s in summaries for reason in s.get("reasons", [])]
+        mode = read_meta(folders[0] / "records.jsonl").get("settings", {}).get("mode", "closed")
+        cells[key] = Cell(key, runs, all(s.get("valid", True) for s in summaries), reasons, folders, mode)
     return cells
 
 
-def prompt_lengths(cells: dict[CellKey, Cell]) -> dict[str, list[int]]:
-    """Per mix, the input lengths of the workload drawn for it (the first one found: one seed, one draw)."""
+def prompt_lengths(cells: dict[CellKey, Cell]) -> tuple[dict[str, list[int]], str]:
+    """Per mix, the input lengths of the prompts sent, and their unit (`tokens`, or `words` when the
+    workload was drawn without a tokenizer)."""
     lengths: dict[str, list[int]] = {}
+    units = set()
     for cell in cells.values():
-        for folder in cell.folders:
+        for run in cell.runs:
+            lengths.setdefault(cell.key.mix, []).extend(r.prompt_tokens for r in run)
+        for folder in cell.folders[:1]:
             path = folder / "workload.jsonl"
-            if cell.key.mix not in lengths and path.is_file():
-                lengths[cell.key.mix] = [json.loads(line)["input_tokens"] for line in path.read_text().splitlines() if line]
-    return lengths
+            if path.is_file():
+                units.update(item.length_unit for item in load_workload(path)[:1])
+    return lengths, "words" if "words" in units else "tokens"

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if args.classifier_only:
         return 0
 
-    from expert_router.commands.experiment import _report
+    from expert_router.analysis.report import write_report
     from expert_router.experiment import run_experiment
 
     experts = out / "experts"
@@ -88,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     experiment = write_experiment(out, args)
     console.print(f"experiment file: {experiment}")
     results = run_experiment(experiment, out / "results")
-    _report(results, None, None)
+    report = write_report(results)
+    console.print(f"report: {report.html} ({len(report.figures)} figures)")
     console.print(f"demo finished in {(time.perf_counter() - started) / 60:.1f} min; "
                   f"open {results / 'report' / 'report.html'}")
     return 0

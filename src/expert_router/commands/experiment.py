@@ -1,4 +1,4 @@
-"""`expert-router experiment run EXPERIMENT.yaml` and `expert-router report RESULTS_DIR`."""
+"""`expert-router experiment run EXPERIMENT.yaml`: a sweep, then its report."""
 
 from __future__ import annotations
 
@@ -17,12 +17,6 @@ gateway), user counts, mixes, repetitions, duration and max tokens; see the READ
 stored under RESULTS/runs/CONFIG/MIX/uUSERS/rREP; the report is written to RESULTS/report.
 """
 
-REPORT_EXAMPLES = """examples:
-  expert-router report demo-out/results
-  expert-router report results/gpu --out /tmp/report --fig7-users 100 500 1000
-"""
-
-
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("experiment", help="run a sweep of configurations x users x mixes",
                                  description="Run an experiment file end to end and write its report.")
@@ -34,30 +28,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--results", type=Path, required=True, help="results folder (resumed if it exists)")
     run.set_defaults(handler=run_experiment)
 
-    report = commands.add_parser("report", help="write the figures and report of a results folder",
-                                 description="Compute the metrics of every cell and write the paper's figures, "
-                                 "a Markdown summary and a self-contained HTML report.",
-                                 epilog=REPORT_EXAMPLES, formatter_class=HelpFormatter)
-    report.add_argument("results", metavar="RESULTS_DIR", type=Path, help="folder written by `experiment run`")
-    report.add_argument("--out", type=Path, help="where to write the report (default RESULTS_DIR/report)")
-    report.add_argument("--fig7-users", type=int, nargs="+", help="user counts shown in Fig. 7")
-    report.set_defaults(handler=run_report)
-
 
 def run_experiment(args: argparse.Namespace) -> int:
+    from expert_router.analysis.report import write_report
     from expert_router.experiment import run_experiment as run
 
     results = run(args.experiment, args.results)
-    return _report(results, None, None)
-
-
-def run_report(args: argparse.Namespace) -> int:
-    return _report(args.results, args.out, args.fig7_users)
-
-
-def _report(results: Path, out: Path | None, fig7_users: list[int] | None) -> int:
-    from expert_router.analysis.report import write_report
-
-    report = write_report(results, out, fig7_users)
+    report = write_report(results)
     console.print(f"report: {report.html} ({len(report.figures)} figures; summary {report.markdown})")
     return 0

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from expert_router.commands import HelpFormatter
+from expert_router.config import describe_flag_error
 from expert_router.errors import UserError
 from expert_router.progress import console, output
 
@@ -76,8 +77,7 @@ def run_build(args: argparse.Namespace) -> int:
     try:
         settings = BuildSettings(**{name: getattr(args, name) for name in BuildSettings.model_fields})
     except ValidationError as exc:
-        error = exc.errors()[0]
-        raise UserError(f"--{str(error['loc'][0]).replace('_', '-')}: {error['msg']}") from None
+        raise UserError(describe_flag_error(exc)) from None
     classifier = Classifier.load(args.classifier)
     documents = load_corpus(args.corpus, CorpusOptions(), args.limit, show_progress=True)
     texts = [d.text for d in documents]

@@ -10,13 +10,21 @@ import platform
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.live import Live
 from rich.table import Table
 
 from expert_router.commands import HelpFormatter
 from expert_router.errors import UserError
+from expert_router.loadgen.workload import WorkloadSpec
 from expert_router.progress import console, output
+
+if TYPE_CHECKING:
+    from expert_router.loadgen.users import LiveStats, RunSettings
+    from expert_router.loadgen.workload import WorkItem
+    from expert_router.analysis.metrics import Summary
+    from expert_router.loadgen.records import RequestRecord
 
 EXAMPLES = """examples:
   # 100 closed-loop users for 60 s against the gateway, prompts from the demo corpus, uniform mix
@@ -49,7 +57,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--rate", type=float, help="open loop: mean requests per second (Poisson)")
     parser.add_argument("--duration", type=float, help="seconds to run (default: until --requests are done)")
     parser.add_argument("--requests", type=int, help="total requests to send")
-    parser.add_argument("--processes", type=int, default=1, help="spread users over this many processes")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="spread users over this many processes (each takes a disjoint stride of the workload)")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="requests per user (open loop: in all) answered before measuring, not recorded")
     group = parser.add_argument_group("workload")
     group.add_argument("--workload", type=Path, help="replay a saved workload.jsonl instead of drawing one")
     group.add_argument("--corpus", default="demo", help="where prompts come from (as for `classifier fit`)")
@@ -60,7 +71,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     group.add_argument("--input-lengths", default="mlperf", help="mlperf, fixed (--input-mean/--input-std) or file:PATH")
     group.add_argument("--input-mean", type=float, default=335.0)
     group.add_argument("--input-std", type=float, default=30.0)
-    group.add_argument("--tokenizer", help="tokenizer.json file to count prompt tokens (default: words)")
+    group.add_argument("--tokenizer", type=Path, help="tokenizer.json file to count prompt tokens (default: words)")
     group.add_argument("--max-tokens", type=int, default=1000, help="answer length cap; generation also ends at EOS")
     group.add_argument("--ignore-eos", action="store_true", help="ask the server to always generate --max-tokens")
     group.add_argument("--pool", type=int, default=1000, help="distinct prompts drawn for the workload")
@@ -68,46 +79,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
-def prepare_workload(args: argparse.Namespace):
-    from expert_router.loadgen.workload import load_workload
-
-    if args.workload is not None:
-        return load_workload(args.workload)
+def workload_spec(args: argparse.Namespace) -> WorkloadSpec:
     if args.classifier is None:
         raise UserError("give --classifier DIR (to tag prompts with clusters) or --workload FILE")
-    from expert_router.classifier import Classifier
-    from expert_router.corpus import load_corpus
-    from expert_router.loadgen.lengths import parse_lengths
-    from expert_router.loadgen.workload import (
-        build_workload,
-        mix_probabilities,
-        word_count,
-    )
-
-    classifier = Classifier.load(args.classifier)
-    documents = load_corpus(args.corpus)
-    texts = [d.text for d in documents]
-    by_cluster: dict[int, list[str]] = {}
-    for text, cluster in zip(texts, classifier.route(texts).cluster.tolist()):
-        by_cluster.setdefault(cluster, []).append(text)
-    count = word_count
-    if args.tokenizer:
-        count = _tokenizer_counter(args.tokenizer)
-    probabilities = mix_probabilities(classifier.k, args.mix, args.mix_mean, args.mix_std)
-    lengths = parse_lengths(args.input_lengths, args.input_mean, args.input_std)
-    return build_workload(by_cluster, args.pool, probabilities, lengths, args.max_tokens, args.seed, count)
-
-
-def _tokenizer_counter(path: str):
-    try:
-        from tokenizers import Tokenizer
-    except ImportError:
-        raise UserError("--tokenizer needs the `tokenizers` package: pip install tokenizers") from None
-    try:
-        tokenizer = Tokenizer.from_file(path)
-    except Exception as exc:  # tokenizers raises plain Exceptions for unreadable files
-        raise UserError(f"cannot read tokenizer {path}: {exc}") from None
-    return lambda text: len(tokenizer.encode(text).ids)
+    return WorkloadSpec(classifier=args.classifier, corpus=args.corpus, tokenizer=args.tokenizer, mix=args.mix,
+                        mix_mean=args.mix_mean, mix_std=args.mix_std, input_lengths=args.input_lengths,
+                        input_mean=args.input_mean, input_std=args.input_std, max_tokens=args.max_tokens,
+                        pool=args.pool, seed=args.seed)
 
 
 def check(args: argparse.Namespace) -> None:
@@ -115,6 +93,8 @@ def check(args: argparse.Namespace) -> None:
         raise UserError(f"TARGET_URL must start with http:// or https://, got {args.url!r}")
     if args.users < 1 or args.processes < 1 or args.pool < 1 or args.max_tokens < 1:
         raise UserError("--users, --processes, --pool and --max-tokens must be at least 1")
+    if args.warmup < 0:
+        raise UserError("--warmup must be 0 or more")
     if args.mode == "open" and (args.rate is None or args.rate <= 0):
         raise UserError("--mode open needs --rate (requests per second, > 0)")
     if args.duration is None and args.requests is None:
@@ -126,13 +106,14 @@ def check(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from expert_router.loadgen.client import clock
     from expert_router.loadgen.records import RecordWriter, read_records
+    from expert_router.loadgen.runner import run_processes
     from expert_router.loadgen.users import RunSettings
-    from expert_router.loadgen.workload import save_workload
+    from expert_router.loadgen.workload import draw_workload, load_workload, save_workload
+    from expert_router.wire import clock
 
     check(args)
-    items = prepare_workload(args)
+    items = load_workload(args.workload) if args.workload is not None else draw_workload(workload_spec(args))
     args.out.mkdir(parents=True, exist_ok=True)
     records_path = args.out / "records.jsonl"
     if records_path.exists():
@@ -140,82 +121,37 @@ def run(args: argparse.Namespace) -> int:
     save_workload(items, args.out / "workload.jsonl")
     settings = RunSettings(url=args.url, chat=args.endpoint == "chat", model=args.model, users=args.users,
                            mode=args.mode, rate=args.rate, duration_s=args.duration, requests=args.requests,
-                           ignore_eos=args.ignore_eos)
+                           ignore_eos=args.ignore_eos, warmup=args.warmup)
     t0 = clock()
-    meta = {"meta": True, "t0_monotonic": t0, "started_at": time.time(), "settings": asdict(settings),
-            "host": platform.node(), "processes": args.processes}
+    meta = {"t0_monotonic": t0, "started_at": time.time(), "settings": asdict(settings), "host": platform.node(),
+            "processes": args.processes, "token_stamps": "socket read callback (expert_router.wire)"}
     writer = RecordWriter(records_path)
-    writer.write_raw(meta)
+    writer.write_meta(meta)
     writer.close()
     if args.processes == 1:
-        checks = [_run_here(settings, items, records_path, t0)]
+        checks = [_run_with_progress(settings, items, records_path, t0)]
     else:
-        checks = _run_processes(settings, items, records_path, t0, args.processes)
+        checks = run_processes(settings, items, records_path, t0, args.processes)
+        if len(checks) < args.processes:
+            console.print("interrupted: the workers recorded their requests")
     records = read_records(records_path)
     return _finish(args, records, checks, meta)
 
 
-def _run_here(settings, items, records_path: Path, t0: float) -> dict:
-    from expert_router.http import install_uvloop
-    from expert_router.loadgen.records import RecordWriter
-    from expert_router.loadgen.users import LiveStats, run
+def _run_with_progress(settings: RunSettings, items: list[WorkItem], records_path: Path, t0: float) -> dict[str, Any]:
+    from expert_router.loadgen.runner import run_here
+    from expert_router.loadgen.users import LiveStats
 
-    install_uvloop()
     stats = LiveStats()
-    writer = RecordWriter(records_path)
-    live = Live(_progress(stats, settings), console=console, refresh_per_second=2, transient=True,
-                auto_refresh=False) if console.is_terminal else None
-    tick = (lambda: live.update(_progress(stats, settings), refresh=True)) if live else None
-    try:
-        if live:
-            live.start()
-        result = asyncio.run(run(settings, items, writer, t0, stats, on_tick=tick))
-    finally:
-        if live:
-            live.stop()
-        writer.close()
-    return asdict(result)
+    if not console.is_terminal:
+        return run_here(settings, items, records_path, t0, stats)
+    with Live(_progress(stats, settings), console=console, refresh_per_second=2, transient=True,
+              auto_refresh=False) as live:
+        return run_here(settings, items, records_path, t0, stats,
+                        on_tick=lambda: live.update(_progress(stats, settings), refresh=True))
 
 
-def _worker(settings, items, path: Path, t0: float, offset: int, queue) -> None:
-    queue.put(_run_here(settings, items, path, t0) | {"worker": offset})
-
-
-def _run_processes(settings, items, records_path: Path, t0: float, processes: int) -> list[dict]:
-    import dataclasses
-
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    workers = []
-    for p in range(processes):
-        share = settings.users // processes + (1 if p < settings.users % processes else 0)
-        part = dataclasses.replace(
-            settings, users=max(share, 1), process=p, processes=processes,
-            rate=None if settings.rate is None else settings.rate / processes,
-            requests=None if settings.requests is None else settings.requests // processes
-            + (1 if p < settings.requests % processes else 0))
-        path = records_path.with_name(f"records.part{p}.jsonl")
-        workers.append((context.Process(target=_worker, args=(part, items, path, t0, p, queue)),
-                        path))
-    for process, _ in workers:
-        process.start()
-    checks = []
-    try:
-        for _ in workers:
-            checks.append(queue.get())
-    except KeyboardInterrupt:
-        console.print("interrupted: waiting for the workers to record their requests")
-    for process, _ in workers:
-        process.join()
-    with open(records_path, "ab") as merged:  # one file, whatever happened
-        for _, path in workers:
-            if path.exists():
-                merged.write(path.read_bytes())
-                path.unlink()
-    return checks
-
-
-def _progress(stats, settings) -> Table:
+def _progress(stats: LiveStats, settings: RunSettings) -> Table:
     elapsed = max(time.monotonic() - stats.started, 1e-9)
     table = Table.grid(padding=(0, 2))
     table.add_row("done", f"{stats.done:,}", "failed", f"{stats.failed:,}", "in flight", f"{stats.inflight:,}",
@@ -225,40 +161,53 @@ def _progress(stats, settings) -> Table:
     return table
 
 
-def _finish(args, records: list[dict], checks: list[dict], meta: dict) -> int:
+def _finish(args: argparse.Namespace, records: list[RequestRecord], checks: list[dict[str, Any]],
+            meta: dict[str, Any]) -> int:
     from expert_router.analysis.metrics import summarize
 
-    summary = summarize(records)
-    valid = all(c["valid"] for c in checks)
+    summary = summarize(records, mode=args.mode)
     reasons = [r for c in checks for r in c["reasons"]]
+    if len(checks) < args.processes:
+        reasons.append(f"only {len(checks)} of {args.processes} simulator processes reported back")
+    if summary.requests and summary.failed / summary.requests > 0.5 and not any("failed" in r for r in reasons):
+        reasons.append(f"{summary.failed} of {summary.requests} requests failed")
+    valid = not reasons
     document = {"meta": meta, "summary": summary.as_dict(), "self_check": checks, "valid": valid, "reasons": reasons}
     (args.out / "summary.json").write_text(json.dumps(document, indent=2))
-
-    def ms(value):
-        return "-" if value is None else f"{value * 1000:,.1f} ms"
-
-    table = Table(title=f"{args.url}: {summary.requests:,} requests")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    rows = [
-        ("ok / failed", f"{summary.ok:,} / {summary.failed:,}"),
-        ("output tokens", f"{summary.output_tokens:,}"),
-        ("system throughput (mean, 2 s windows)",
-         "-" if summary.system_throughput_mean is None else f"{summary.system_throughput_mean:,.1f} tokens/s"),
-        ("TTFT median / p99", f"{ms(summary.ttft_median_s)} / {ms(summary.ttft_p99_s)}"),
-        ("TPOT mean", ms(summary.tpot_mean_s)),
-        ("user throughput mean ± std", "-" if summary.user_throughput_mean is None
-         else f"{summary.user_throughput_mean:,.1f} ± {summary.user_throughput_std:,.1f} tokens/s"),
-        ("response time p50 / p99", f"{ms(summary.response_time_p50_s)} / {ms(summary.response_time_p99_s)}"),
-        ("simulator event-loop lag p99", " / ".join(f"{c['lag_p99_ms']:.1f} ms" for c in checks)),
-        ("simulator CPU", " / ".join(f"{c['cpu_share']:.0%}" for c in checks)),
-        ("valid measurement", "yes" if valid else "NO"),
-    ]
-    for row in rows:
-        table.add_row(*row)
-    output.print(table)
+    output.print(_summary_table(args.url, summary, checks, valid))
     for reason in dict.fromkeys(reasons):
         console.print(f"[yellow]note:[/] {reason}")
     console.print(f"records: {args.out / 'records.jsonl'}")
     interrupted = any("interrupted" in r for r in reasons)
     return 130 if interrupted else 0
+
+
+def _summary_table(url: str, summary: Summary, checks: list[dict[str, Any]], valid: bool) -> Table:
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value * 1000:,.1f} ms"
+
+    table = Table(title=f"{url}: {summary.requests:,} requests")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    error = f"{summary.ok:,} / {summary.failed:,} ({summary.error_rate:.1%} failed" + (
+        f", median time to failure {ms(summary.time_to_failure_median_s)})" if summary.failed else ")")
+    rows = [
+        ("ok / failed", error),
+        ("output tokens (usage / chunks)", f"{summary.output_tokens:,} / {summary.chunk_tokens:,}"),
+        ("system throughput (steady mean, 2 s windows)", "-" if summary.system_throughput_mean is None
+         else f"{summary.system_throughput_mean:,.1f} tokens/s ({summary.steady_windows} windows)"),
+        ("TTFT median / p99", f"{ms(summary.ttft_median_s)} / {ms(summary.ttft_p99_s)} (n={summary.ttft_n})"),
+        ("TPOT median / p99", f"{ms(summary.tpot_median_s)} / {ms(summary.tpot_p99_s)} (n={summary.tpot_n})"),
+        ("inter-chunk latency median / p99", f"{ms(summary.icl_median_s)} / {ms(summary.icl_p99_s)}"),
+        ("user throughput mean ± std", "-" if summary.user_throughput_mean is None
+         else f"{summary.user_throughput_mean:,.1f} ± {summary.user_throughput_std or 0:,.1f} tokens/s"),
+        ("response time p50 / p99", f"{ms(summary.response_time_p50_s)} / {ms(summary.response_time_p99_s)}"),
+        ("simulator loop lag p99 / max", " / ".join(f"{c['lag_p99_ms']:.1f} / {c['lag_max_ms']:.0f} ms" for c in checks)),
+        ("simulator CPU", " / ".join(f"{c['cpu_share']:.0%}" for c in checks)),
+        ("valid measurement", "yes" if valid else "NO"),
+    ]
+    if summary.route_mean_s is not None:
+        rows.insert(7, ("gateway time mean ± std", f"{ms(summary.route_mean_s)} ± {ms(summary.route_std_s)}"))
+    for row in rows:
+        table.add_row(*row)
+    return table

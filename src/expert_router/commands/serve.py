@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from expert_router.commands import HelpFormatter
-from expert_router.config import Deployment, check_against_classifier, load_deployment
+from expert_router.config import Deployment, check_against_classifier, describe_flag_error, load_deployment
 from expert_router.errors import UserError
 from expert_router.progress import console
 
@@ -57,7 +57,6 @@ def prepare(args: argparse.Namespace) -> Deployment:
     from pydantic import ValidationError
 
     from expert_router.classifier import Classifier
-    from expert_router.config import describe_validation_error
 
     deployment = load_deployment(args.deployment)
     overrides = {name: getattr(args, name) for name in OVERRIDES if getattr(args, name) is not None}
@@ -65,7 +64,7 @@ def prepare(args: argparse.Namespace) -> Deployment:
         try:
             gateway = deployment.gateway.model_validate({**deployment.gateway.model_dump(), **overrides})
         except ValidationError as exc:
-            raise UserError(describe_validation_error(exc, "command-line overrides")) from None
+            raise UserError(describe_flag_error(exc)) from None
         deployment = deployment.model_copy(update={"gateway": gateway})
     classifier = Classifier.load(deployment.classifier)
     check_against_classifier(deployment, classifier.k, str(args.deployment))

@@ -1,7 +1,8 @@
 """Run users against a target: closed loop (N users, each waits for its answer) or open loop (Poisson).
 
-The simulator watches itself: event-loop lag (how late a 10 ms timer fires) and its own CPU. When
-either shows that it, not the target, limited the measurement, the run is marked not valid.
+The spine of a run: warm up (requests not recorded) -> measure until the deadline or the request count
+-> self-check. Process p of P takes the workload's items p, p+P, p+2P, ...: processes never send the
+same prompt at the same time, and request ids stay unique across them.
 """
 
 from __future__ import annotations
@@ -12,18 +13,17 @@ import itertools
 import resource
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
-import aiohttp
 import numpy as np
 
-from expert_router.loadgen.client import clock, request_body, send, stamping_connector
+from expert_router.loadgen.client import Target, send
 from expert_router.loadgen.records import RecordWriter, RequestRecord
+from expert_router.loadgen.selfcheck import PERIOD_S, SelfCheck, self_check
 from expert_router.loadgen.workload import WorkItem
-
-LAG_LIMIT_MS = 5.0
-CPU_LIMIT = 0.90
+from expert_router.wire import ConnectionPool, clock
 
 
 @dataclass
@@ -32,14 +32,20 @@ class RunSettings:
     chat: bool = False
     model: str | None = None
     users: int = 1
-    mode: str = "closed"
+    mode: Literal["closed", "open"] = "closed"
     rate: float | None = None
     duration_s: float | None = None
     requests: int | None = None
     ignore_eos: bool = False
+    warmup: int = 1
+    """Requests per user (open loop: in all) sent and answered before measuring; never recorded."""
     request_timeout_s: float = 600.0
+    connect_timeout_s: float = 30.0
     process: int = 0
     processes: int = 1
+
+    def target(self) -> Target:
+        return Target(self.url.rstrip("/"), self.chat, self.model, self.ignore_eos)
 
 
 @dataclass
@@ -55,13 +61,36 @@ class LiveStats:
     lag_ms: list[float] = field(default_factory=list)
 
 
+class Work:
+    """This process's share of the workload in a cycle, up to `limit` requests, each numbered."""
+
+    def __init__(self, items: Sequence[WorkItem], limit: int | None, process: int, processes: int):
+        mine = list(items[process::processes]) or list(items)
+        self._cycle: Iterator[WorkItem] = itertools.cycle(mine)
+        self.remaining = limit
+        self._ids = itertools.count(process, processes)
+
+    def next(self, counted: bool = True) -> tuple[int, WorkItem] | None:
+        if counted and self.remaining is not None:
+            if self.remaining <= 0:
+                return None
+            self.remaining -= 1
+        return next(self._ids), next(self._cycle)
+
+
 @dataclass
-class SelfCheck:
-    lag_p99_ms: float
-    lag_max_ms: float
-    cpu_share: float
-    valid: bool
-    reasons: list[str]
+class _Run:
+    """What every user of one run shares."""
+
+    settings: RunSettings
+    target: Target
+    pool: ConnectionPool
+    work: Work
+    writer: RecordWriter | None
+    t0: float
+    stats: LiveStats
+    stop: asyncio.Event
+    deadline: float | None = None
 
 
 async def run(settings: RunSettings, items: Sequence[WorkItem], writer: RecordWriter, t0: float,
@@ -70,56 +99,77 @@ async def run(settings: RunSettings, items: Sequence[WorkItem], writer: RecordWr
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    connector = stamping_connector()  # no hidden connection cap; arrivals stamped off the socket
-    timeout = aiohttp.ClientTimeout(total=settings.request_timeout_s)
-    # The cyclic garbage collector stops the loop for tens of ms once thousands of streams' objects
-    # exist; token times would carry those pauses. Everything made so far is frozen out of its view,
-    # and full collections are made rare: a run creates little cyclic garbage.
-    gc.collect()
-    gc.freeze()
-    thresholds = gc.get_threshold()
-    gc.set_threshold(50_000, 50, 100)
+    pool = ConnectionPool(settings.connect_timeout_s)
+    shared = _Run(settings, settings.target(), pool, Work(items, settings.requests, settings.process,
+                                                          settings.processes), writer, t0, stats, stop)
+    thresholds = _quiet_gc()
     cpu_start, wall_start = _cpu_seconds(), time.monotonic()
     monitor = asyncio.create_task(_watch_lag(stats, on_tick))
     try:
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout, read_bufsize=2**20,
-                                         auto_decompress=False) as session:
-            work = _Work(items, settings.requests, settings.process, settings.processes)
-            deadline = None if settings.duration_s is None else t0 + settings.duration_s
-            if settings.mode == "closed":
-                tasks = [asyncio.create_task(_closed_user(session, settings, work, writer, t0, stats, deadline, stop,
-                                                          settings.process + u * settings.processes))
-                         for u in range(settings.users)]
-            else:
-                tasks = [asyncio.create_task(_open_loop(session, settings, work, writer, t0, stats, deadline, stop))]
-            waiter = asyncio.create_task(stop.wait())
-            await asyncio.wait([waiter, asyncio.gather(*tasks)], return_when=asyncio.FIRST_COMPLETED)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            waiter.cancel()
+        await _warm_up(shared)
+        stats.lag_ms.clear()
+        cpu_start, wall_start = _cpu_seconds(), time.monotonic()
+        await _measure(shared)
     finally:
         gc.set_threshold(*thresholds)
         gc.unfreeze()
         monitor.cancel()
+        pool.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-    cpu_share = (_cpu_seconds() - cpu_start) / max(time.monotonic() - wall_start, 1e-9)
-    return self_check(stats.lag_ms, cpu_share, interrupted=stop.is_set())
+    run_s = max(time.monotonic() - wall_start, 1e-9)
+    return self_check(stats.lag_ms, (_cpu_seconds() - cpu_start) / run_s, run_s, stats.failed,
+                      stats.done + stats.failed, interrupted=stop.is_set())
 
 
-def self_check(lag_ms: list[float], cpu_share: float, interrupted: bool = False) -> SelfCheck:
-    lag = np.asarray(lag_ms or [0.0])
-    p99, worst = float(np.percentile(lag, 99)), float(lag.max())
-    reasons = []
-    if p99 > LAG_LIMIT_MS:
-        reasons.append(f"event-loop lag p99 {p99:.1f} ms > {LAG_LIMIT_MS:g} ms: the simulator was too busy to read "
-                       "tokens on time; use --processes or fewer users")
-    if cpu_share > CPU_LIMIT:
-        reasons.append(f"the simulator used {cpu_share:.0%} of a core: it may have been the bottleneck")
-    if interrupted:
-        reasons.append("the run was interrupted")
-    return SelfCheck(p99, worst, cpu_share, not reasons, reasons)
+def _quiet_gc() -> tuple[int, int, int]:
+    """The cyclic garbage collector stops the loop for tens of ms once thousands of streams' objects
+    exist; token times would carry those pauses. Everything made so far is frozen out of its view,
+    and full collections are made rare: a run creates little cyclic garbage."""
+    gc.collect()
+    gc.freeze()
+    thresholds = gc.get_threshold()
+    gc.set_threshold(50_000, 50, 100)
+    return thresholds
+
+
+async def _warm_up(shared: _Run) -> None:
+    """Requests that fill caches and connections first; not recorded, not counted towards --requests."""
+    settings = shared.settings
+    count = settings.warmup * (settings.users if settings.mode == "closed" else 1)
+    warm = _Run(**{**shared.__dict__, "writer": None, "stats": LiveStats()})
+    tasks = []
+    for user in range(count):
+        work = shared.work.next(counted=False)
+        assert work is not None
+        tasks.append(asyncio.create_task(_one(warm, work, user, clock() - shared.t0)))
+    await _until_stopped(shared.stop, tasks)
+
+
+async def _measure(shared: _Run) -> None:
+    settings = shared.settings
+    shared.deadline = None if settings.duration_s is None else clock() + settings.duration_s
+    if settings.mode == "closed":
+        tasks = [asyncio.create_task(_closed_user(shared, settings.process + u * settings.processes))
+                 for u in range(settings.users)]
+    else:
+        tasks = [asyncio.create_task(_open_loop(shared))]
+    await _until_stopped(shared.stop, tasks)
+
+
+async def _until_stopped(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+    if not tasks:
+        return
+    waiter = asyncio.create_task(stop.wait())
+    users = asyncio.gather(*tasks, return_exceptions=True)  # a cancelled user is no error to report
+    await asyncio.wait([waiter, users], return_when=asyncio.FIRST_COMPLETED)
+    for task in tasks:
+        task.cancel()
+    results = await users
+    waiter.cancel()
+    for result in results:
+        if isinstance(result, Exception):
+            raise result  # a bug in a user, not a failed request (those are recorded)
 
 
 def _cpu_seconds() -> float:
@@ -127,54 +177,31 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def _watch_lag(stats: LiveStats, on_tick: Callable[[], None] | None, period: float = 0.01) -> None:
+async def _watch_lag(stats: LiveStats, on_tick: Callable[[], None] | None) -> None:
     ticks = 0
     while True:
         before = time.monotonic()
-        await asyncio.sleep(period)
-        stats.lag_ms.append(max(0.0, (time.monotonic() - before - period) * 1000))
+        await asyncio.sleep(PERIOD_S)
+        stats.lag_ms.append(max(0.0, (time.monotonic() - before - PERIOD_S) * 1000))
         ticks += 1
         if on_tick is not None and ticks % 50 == 0:
             on_tick()
 
 
-class _Work:
-    """The workload in a cycle, up to `limit` requests; numbers each request it hands out.
-
-    Request ids are unique across processes: process p of P numbers its requests p, p + P, p + 2P...
-    """
-
-    def __init__(self, items: Sequence[WorkItem], limit: int | None, process: int, processes: int):
-        self._cycle = itertools.cycle(items)
-        self.remaining = limit
-        self._ids = itertools.count(process, processes)
-
-    def next(self) -> tuple[int, WorkItem] | None:
-        if self.remaining is not None:
-            if self.remaining <= 0:
-                return None
-            self.remaining -= 1
-        return next(self._ids), next(self._cycle)
-
-
-def _endpoint(settings: RunSettings) -> str:
-    return settings.url.rstrip("/") + ("/v1/chat/completions" if settings.chat else "/v1/completions")
-
-
-async def _one(session, settings: RunSettings, work: tuple[int, WorkItem], writer: RecordWriter, t0: float,
-               stats: LiveStats, user: int, t_scheduled: float) -> None:
+async def _one(shared: _Run, work: tuple[int, WorkItem], user: int, t_scheduled: float) -> None:
     request_id, item = work
+    stats = shared.stats
     record = RequestRecord(request_id=request_id, workload_id=item.id, user_id=user, cluster_drawn=item.cluster,
-                           prompt_tokens=item.input_tokens, max_tokens=item.max_tokens,
-                           t_scheduled=t_scheduled, t_start=0.0)
-    body = request_body(item, settings.chat, settings.model, settings.ignore_eos)
+                           prompt_tokens=item.input_tokens, max_tokens=item.max_tokens, t_scheduled=t_scheduled)
     stats.inflight += 1
     try:
-        await send(session, _endpoint(settings), body, record, t0, settings.chat)
+        await send(shared.pool, shared.target, shared.target.body(item), record, shared.t0,
+                   shared.settings.request_timeout_s)
     finally:
         stats.inflight -= 1
-        writer.write(record)  # even when cancelled: nothing that was sent is lost
-        if record.status == "ok":
+        if shared.writer is not None:
+            shared.writer.write(record)  # even when cancelled: nothing that was sent is lost
+        if record.ok:
             stats.done += 1
         else:
             stats.failed += 1
@@ -183,37 +210,35 @@ async def _one(session, settings: RunSettings, work: tuple[int, WorkItem], write
             stats.last_ttft_ms = (record.t_first_token - record.t_start) * 1000
 
 
-async def _closed_user(session, settings: RunSettings, work: _Work, writer: RecordWriter, t0: float,
-                       stats: LiveStats, deadline: float | None, stop: asyncio.Event, user: int) -> None:
-    while not stop.is_set() and (deadline is None or clock() < deadline):
-        next_work = work.next()
-        if next_work is None:
+async def _closed_user(shared: _Run, user: int) -> None:
+    while not shared.stop.is_set() and (shared.deadline is None or clock() < shared.deadline):
+        work = shared.work.next()
+        if work is None:
             return
-        await _one(session, settings, next_work, writer, t0, stats, user, clock() - t0)
+        await _one(shared, work, user, clock() - shared.t0)
 
 
-async def _open_loop(session, settings: RunSettings, work: _Work, writer: RecordWriter, t0: float,
-                     stats: LiveStats, deadline: float | None, stop: asyncio.Event) -> None:
-    """Poisson arrivals on an absolute schedule fixed up front, so a late send shows as late.
-
-    Every arrival is a user of its own: its user id is its request id.
-    """
+async def _open_loop(shared: _Run) -> None:
+    """Poisson arrivals on an absolute schedule fixed up front, so a late send shows as late:
+    `t_scheduled` is the schedule's time, and latencies can be measured from it (MLPerf LoadGen's way,
+    which keeps client slip from hiding as coordinated omission). Every arrival is a user of its own."""
+    settings = shared.settings
     rng = np.random.default_rng(settings.process)
-    rate = settings.rate or 1.0
-    inflight: set[asyncio.Task] = set()
-    t_next = 0.0
+    rate = (settings.rate or 1.0)
+    inflight: set[asyncio.Task[None]] = set()
+    start, t_next = clock(), 0.0
     try:
-        while not stop.is_set():
-            next_work = work.next()
-            if next_work is None:
+        while not shared.stop.is_set():
+            work = shared.work.next()
+            if work is None:
                 break
             t_next += float(rng.exponential(1 / rate))
-            if deadline is not None and t0 + t_next >= deadline:
+            if shared.deadline is not None and start + t_next >= shared.deadline:
                 break
-            delay = t0 + t_next - clock()
+            delay = start + t_next - clock()
             if delay > 0:
                 await asyncio.sleep(delay)
-            task = asyncio.create_task(_one(session, settings, next_work, writer, t0, stats, next_work[0], t_next))
+            task = asyncio.create_task(_one(shared, work, work[0], start + t_next - shared.t0))
             inflight.add(task)
             task.add_done_callback(inflight.discard)
         if inflight:

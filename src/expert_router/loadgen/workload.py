@@ -9,13 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import orjson
+from pydantic import BaseModel, ConfigDict, Field
 from scipy.stats import norm
 
 from expert_router.errors import UserError
-from expert_router.loadgen.lengths import LengthDistribution
+from expert_router.loadgen.lengths import LengthDistribution, parse_lengths
 
 Counter = Callable[[str], int]
 
@@ -27,6 +29,59 @@ class WorkItem:
     prompt: str
     input_tokens: int
     max_tokens: int
+    length_unit: str = "tokens"
+    """What `input_tokens` counts: a tokenizer's `tokens`, or whitespace `words` when none was given."""
+
+
+class WorkloadSpec(BaseModel):
+    """How a workload is drawn: from which corpus, tagged by which classifier, mixed and shaped how.
+
+    The experiment runner and `expert-router load` both draw through `draw_workload(spec)`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    classifier: Path
+    corpus: str = "demo"
+    tokenizer: Path | None = Field(None, description="tokenizer.json of the served model: lengths in its tokens")
+    mix: Literal["uniform", "normal"] = "uniform"
+    mix_mean: float | None = None
+    mix_std: float | None = None
+    input_lengths: str = "mlperf"
+    input_mean: float = 335.0
+    input_std: float = 30.0
+    max_tokens: int = Field(1000, ge=1)
+    pool: int = Field(1000, ge=1, description="distinct prompts drawn")
+    seed: int = 0
+
+
+def draw_workload(spec: WorkloadSpec) -> list[WorkItem]:
+    """Classify the corpus, then draw `spec.pool` prompts by the mix and the length distribution."""
+    from expert_router.classifier import Classifier
+    from expert_router.corpus import load_corpus
+
+    classifier = Classifier.load(spec.classifier)
+    texts = [d.text for d in load_corpus(spec.corpus)]
+    by_cluster: dict[int, list[str]] = {}
+    for text, cluster in zip(texts, classifier.route(texts).cluster.tolist()):
+        by_cluster.setdefault(cluster, []).append(text)
+    count = word_count if spec.tokenizer is None else tokenizer_counter(spec.tokenizer)
+    probabilities = mix_probabilities(classifier.k, spec.mix, spec.mix_mean, spec.mix_std)
+    lengths = parse_lengths(spec.input_lengths, spec.input_mean, spec.input_std)
+    return build_workload(by_cluster, spec.pool, probabilities, lengths, spec.max_tokens, spec.seed, count)
+
+
+def tokenizer_counter(path: Path) -> Counter:
+    """Counts tokens with a Hugging Face `tokenizer.json`."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise UserError("--tokenizer needs the `tokenizers` package: pip install tokenizers") from None
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises plain Exceptions for unreadable files
+        raise UserError(f"cannot read tokenizer {path}: {exc}") from None
+    return lambda text: len(tokenizer.encode(text).ids)
 
 
 def mix_probabilities(k: int, mix: str, mean: float | None = None, std: float | None = None) -> np.ndarray:
@@ -71,13 +126,21 @@ def build_workload(
     items = []
     for i, (cluster, target) in enumerate(zip(clusters.tolist(), targets.tolist())):
         prompt = _compose(texts_by_cluster[cluster], int(target), rng)
-        tokens = count_tokens(prompt)
-        if tokens > target:  # a tokenizer counts more tokens than words: cut back in proportion, once
-            words = prompt.split()
-            prompt = " ".join(words[: max(1, len(words) * int(target) // tokens)])
-            tokens = count_tokens(prompt)
-        items.append(WorkItem(i, cluster, prompt, tokens, max_tokens))
+        prompt, tokens = _fit(prompt, int(target), count_tokens)
+        unit = "words" if count_tokens is word_count else "tokens"
+        items.append(WorkItem(i, cluster, prompt, tokens, max_tokens, unit))
     return items
+
+
+def _fit(prompt: str, target: int, count_tokens: Counter) -> tuple[str, int]:
+    """Cut a prompt back until it has at most `target` tokens (a tokenizer counts more tokens than words)."""
+    words = prompt.split()
+    tokens = count_tokens(prompt)
+    while tokens > target and len(words) > 1:
+        words = words[: max(1, min(len(words) - 1, len(words) * target // tokens))]
+        prompt = " ".join(words)
+        tokens = count_tokens(prompt)
+    return prompt, tokens
 
 
 def _compose(texts: Sequence[str], target_words: int, rng: np.random.Generator) -> str:
