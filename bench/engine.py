@@ -22,12 +22,11 @@ from pathlib import Path
 import yaml
 
 from expert_router.analysis import metrics
-from expert_router.wire import clock
 from expert_router.loadgen.records import RecordWriter, read_records
 from expert_router.loadgen.users import LiveStats, RunSettings, run
 from expert_router.loadgen.workload import WorkItem
-
 from expert_router.testing import cli_args
+from expert_router.wire import clock
 
 
 def build(out: Path) -> Path:

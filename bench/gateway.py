@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,11 +23,10 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
-from expert_router.testing import Nginx, gateway, synthetic_expert, write_deployment
-
 from expert_router.classifier import Classifier
 from expert_router.corpus import load_corpus
 from expert_router.http import install_uvloop
+from expert_router.testing import Nginx, gateway, synthetic_expert, write_deployment
 
 PROMPTS = [d.text for d in load_corpus("demo", limit=400)]
 TICKS = os.sysconf("SC_CLK_TCK")

@@ -16,16 +16,14 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from expert_router.testing import cli_args, synthetic_expert
-
 from expert_router.loadgen.records import read_records
 from expert_router.loadgen.workload import WorkItem, save_workload
+from expert_router.testing import cli_args, synthetic_expert
 
 
 def pinned(args: list[str], core: int | None) -> list[str]:

@@ -7,17 +7,17 @@ import random
 import pytest
 
 TOPICS = {
-    "cooking": "recipe oven bake flour sugar butter onion garlic simmer sauce pasta tomato salt pepper roast".split(),
-    "computing": "kernel compiler python memory pointer segfault linux process thread socket bytes cache cpu".split(),
-    "law": "court judge contract lawyer tenant lease plaintiff statute appeal verdict evidence liability".split(),
-    "space": "rocket orbit planet galaxy telescope astronaut moon mars comet nebula gravity launch".split(),
+    "cooking": ["recipe", "oven", "bake", "flour", "sugar", "butter", "onion", "garlic", "simmer", "sauce", "pasta", "tomato", "salt", "pepper", "roast"],
+    "computing": ["kernel", "compiler", "python", "memory", "pointer", "segfault", "linux", "process", "thread", "socket", "bytes", "cache", "cpu"],
+    "law": ["court", "judge", "contract", "lawyer", "tenant", "lease", "plaintiff", "statute", "appeal", "verdict", "evidence", "liability"],
+    "space": ["rocket", "orbit", "planet", "galaxy", "telescope", "astronaut", "moon", "mars", "comet", "nebula", "gravity", "launch"],
 }
 
 
 def make_corpus(n_per_topic: int = 60, seed: int = 0) -> list[tuple[str, str]]:
     """Texts of 12-20 topic words with a little shared filler; returns (text, label) pairs."""
     rng = random.Random(seed)
-    filler = "the of and very quite often some people say that".split()
+    filler = ["the", "of", "and", "very", "quite", "often", "some", "people", "say", "that"]
     corpus = []
     for _ in range(n_per_topic):
         for label, words in TOPICS.items():

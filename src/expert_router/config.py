@@ -92,7 +92,7 @@ class Deployment(Strict):
     engine: EngineSettings = EngineSettings()
 
     @model_validator(mode="after")
-    def _one_expert_per_cluster(self) -> "Deployment":
+    def _one_expert_per_cluster(self) -> Deployment:
         clusters = [e.cluster for e in self.experts]
         duplicates = sorted({c for c in clusters if clusters.count(c) > 1})
         if duplicates:
@@ -136,7 +136,9 @@ def parse_deployment(data: object, source: str = "deployment", base: Path | None
     except ValidationError as exc:
         raise UserError(describe_validation_error(exc, source)) from None
     if base is not None:
-        deployment.classifier = _resolve(base, deployment.classifier)
+        deployment.classifier = base / deployment.classifier if not deployment.classifier.is_absolute() else \
+            deployment.classifier
+        deployment.classifier = deployment.classifier.resolve()
         deployment.engine.base_model = _resolve(base, deployment.engine.base_model)
         for expert in deployment.experts:
             expert.adapter = _resolve(base, expert.adapter)
@@ -158,35 +160,6 @@ def load_deployment(path: str | Path) -> Deployment:
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is not valid YAML: {exc}") from None
     return parse_deployment(data, str(path), base=path.parent)
-
-
-def check_engine(deployment: Deployment, source: str = "deployment") -> None:
-    """What `experts serve` needs: every adapter or model it must load, named when missing."""
-    engine = deployment.engine
-    problems = []
-    if engine.kind == "vllm-lora":
-        if engine.base_model is None:
-            problems.append("engine.base_model: required for kind vllm-lora")
-        elif not engine.base_model.exists():
-            problems.append(f"engine.base_model: {engine.base_model} does not exist")
-        for i, expert in enumerate(deployment.experts):
-            if expert.adapter is None:
-                problems.append(f"experts.{i}.adapter: required for kind vllm-lora ({expert.model})")
-            elif not (expert.adapter / "adapter_config.json").is_file():
-                problems.append(f"experts.{i}.adapter: {expert.adapter} is not a LoRA adapter folder "
-                                f"(no adapter_config.json) ({expert.model})")
-        ports = {e.base_urls()[0] for e in deployment.experts}
-        if len(ports) != 1 or any(len(e.endpoints) != 1 for e in deployment.experts):
-            problems.append("experts.*.endpoints: kind vllm-lora serves every expert from one server: "
-                            "give all experts the same single endpoint")
-    elif engine.kind == "vllm":
-        for i, expert in enumerate(deployment.experts):
-            if expert.model_path is None:
-                problems.append(f"experts.{i}.model_path: required for kind vllm ({expert.model})")
-            if len(expert.endpoints) != 1:
-                problems.append(f"experts.{i}.endpoints: kind vllm starts one server per expert: give one endpoint")
-    if problems:
-        raise UserError(f"{source} cannot be served:\n" + "\n".join(f"  {p}" for p in problems))
 
 
 def check_against_classifier(deployment: Deployment, k: int, source: str = "deployment") -> None:

@@ -84,7 +84,7 @@ class Experiment(Strict):
             digest = hashlib.sha256(f"{self.seed}/{mix}/{users}/{repetition}".encode()).digest()
             seed = int.from_bytes(digest[:4], "little")
         return WorkloadSpec(classifier=self.classifier, corpus=self.corpus, tokenizer=self.tokenizer,
-                            mix=mix, input_lengths=self.input_lengths,  # type: ignore[arg-type]
+                            mix=mix, input_lengths=self.input_lengths,
                             input_mean=self.input_mean, input_std=self.input_std, max_tokens=self.max_tokens,
                             pool=self.pool, seed=seed)
 
@@ -189,7 +189,7 @@ def _run_cell(experiment: Experiment, configuration: Configuration, mix: str, us
             "--warmup", str(experiment.warmup), "--processes", str(min(experiment.processes, users)), "--out", str(out)]
     if configuration.model:
         args += ["--model", configuration.model]
-    result = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    result = subprocess.run(args, capture_output=True, text=True)
     if result.returncode != 0:
         raise UserError(f"the user simulator failed for {configuration.name}/{mix}/u{users}:\n{result.stderr[-2000:]}")
     (out / CELL_FILE).write_text(json.dumps({"configuration": configuration.name, "mix": mix, "users": users,

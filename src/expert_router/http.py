@@ -4,6 +4,7 @@ running an app."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -59,10 +60,8 @@ def parse_server_timing(header: str | None) -> dict[str, float]:
         for param in params:
             key, _, value = param.partition("=")
             if name and key.strip() == "dur":
-                try:
+                with contextlib.suppress(ValueError):
                     timings[name] = float(value.strip().strip('"')) / 1000
-                except ValueError:
-                    pass
     return timings
 
 

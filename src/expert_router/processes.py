@@ -7,6 +7,7 @@ project is `wait_until`: it polls a check, fails fast when the process exits, an
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -20,10 +21,8 @@ from expert_router.errors import UserError
 
 
 def signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def stop_groups(processes: list[subprocess.Popen[bytes]], grace_s: float = 15.0) -> None:
@@ -33,10 +32,8 @@ def stop_groups(processes: list[subprocess.Popen[bytes]], grace_s: float = 15.0)
             signal_group(process, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     for process in processes:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
     for process in processes:
         signal_group(process, signal.SIGKILL)
         process.wait()

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
 from rich.console import Console
-from rich.table import Table
+from rich.status import Status
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -17,6 +17,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.table import Table
 
 if TYPE_CHECKING:
     from expert_router.classifier import Classifier
@@ -50,7 +51,7 @@ class Stages:
         self.durations: dict[str, float] = {}
         self._current: str | None = None
         self._started = 0.0
-        self._status = None
+        self._status: Status | None = None
 
     def __call__(self, name: str) -> None:
         self._close_stage()
@@ -64,7 +65,7 @@ class Stages:
             self._current = None
 
     @contextmanager
-    def running(self) -> Iterator["Stages"]:
+    def running(self) -> Iterator[Stages]:
         with console.status(self.title) as status:
             self._status = status
             try:
@@ -74,13 +75,13 @@ class Stages:
                 self._status = None
 
 
-def cluster_table(classifier: "Classifier", title: str, terms: int) -> Table:
+def cluster_table(classifier: Classifier, title: str, terms: int) -> Table:
     """Each cluster's training size and top terms, as `fit`, `inspect` and the demo show them."""
     table = Table(title=title)
     table.add_column("cluster", justify="right")
     table.add_column("documents", justify="right")
     table.add_column("top terms")
-    sizes = classifier.train_sizes or [None] * classifier.k
+    sizes: list[int | None] = [*classifier.train_sizes] if classifier.train_sizes else [None] * classifier.k
     for cluster, (size, top) in enumerate(zip(sizes, classifier.top_terms(terms))):
         table.add_row(str(cluster), "-" if size is None else f"{size:,}", ", ".join(top))
     return table

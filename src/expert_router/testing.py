@@ -111,7 +111,7 @@ def write_deployment(path: Path, classifier: Path, endpoints: dict[int, list[str
 
     deployment = Deployment(
         classifier=classifier,
-        experts=[ExpertConfig(cluster=c, model=f"expert-{c}", endpoints=urls)  # type: ignore[arg-type]
+        experts=[ExpertConfig(cluster=c, model=f"expert-{c}", endpoints=urls)  # pydantic parses the str URLs
                  for c, urls in sorted(endpoints.items())],
         gateway=GatewaySettings(**{"health_interval_s": 0.2, **gateway_settings}),
     )

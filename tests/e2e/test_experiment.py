@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from expert_router.testing import cli_args, free_port
 
 from expert_router.analysis import metrics
 from expert_router.analysis.results import load_cells
+from expert_router.testing import cli_args, free_port
 
 pytestmark = pytest.mark.e2e
 

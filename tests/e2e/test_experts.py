@@ -10,6 +10,7 @@ from pathlib import Path
 
 import openai
 import pytest
+
 from expert_router.testing import cli_args, free_port
 
 pytestmark = pytest.mark.e2e

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import openai
 import pytest
+
+from expert_router.classifier import Classifier
 from expert_router.testing import (
     Server,
     cli_args,
@@ -20,8 +22,6 @@ from expert_router.testing import (
     synthetic_expert,
     write_deployment,
 )
-
-from expert_router.classifier import Classifier
 
 pytestmark = pytest.mark.e2e
 
@@ -325,8 +325,8 @@ def test_two_gateways_behind_a_real_nginx(tmp_path, classifier, stack):
                 assert "".join(c.choices[0].text for c in raw.parse()) == " t0 t1 t2 t3"
 
         def answered(gw: Server) -> float:
-            lines = [l for l in gw.get_text("/metrics").splitlines() if l.startswith("expert_router_requests_total{")]
-            return sum(float(l.rsplit(" ", 1)[1]) for l in lines)
+            lines = [line for line in gw.get_text("/metrics").splitlines() if line.startswith("expert_router_requests_total{")]
+            return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
 
         assert answered(gw1) >= 1 and answered(gw2) >= 1
         assert answered(gw1) + answered(gw2) == len(PROMPTS)

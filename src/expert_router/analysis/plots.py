@@ -8,12 +8,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.axes import Axes
 
-from expert_router.analysis import metrics  # noqa: E402
-from expert_router.analysis.results import Cell, CellKey  # noqa: E402
+from expert_router.analysis import metrics
+from expert_router.analysis.results import Cell, CellKey
 
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 

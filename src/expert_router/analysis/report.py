@@ -6,10 +6,8 @@ import base64
 import html
 import json
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
-
-import numpy as np
+from typing import Any
 
 from expert_router.analysis import metrics, plots
 from expert_router.analysis.results import Cell, load_cells, prompt_lengths

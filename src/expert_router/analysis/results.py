@@ -76,7 +76,7 @@ def prompt_lengths(cells: dict[CellKey, Cell]) -> tuple[dict[str, list[int]], st
     """Per mix, the input lengths of the prompts sent, and their unit (`tokens`, or `words` when the
     workload was drawn without a tokenizer)."""
     lengths: dict[str, list[int]] = {}
-    units = set()
+    units: set[str] = set()
     for cell in cells.values():
         for run in cell.runs:
             lengths.setdefault(cell.key.mix, []).extend(r.prompt_tokens for r in run)

@@ -71,7 +71,7 @@ class BalancedKMeans(ClusterMixin, BaseEstimator):
         self.tol = tol
         self.random_state = random_state
 
-    def fit(self, X: np.ndarray, y=None) -> "BalancedKMeans":
+    def fit(self, X: np.ndarray, y: object = None) -> BalancedKMeans:
         points = np.asarray(X, dtype=np.float64)
         n = points.shape[0]
         if n < self.n_clusters:
@@ -79,7 +79,7 @@ class BalancedKMeans(ClusterMixin, BaseEstimator):
         centers, _ = kmeans_plusplus(points, self.n_clusters, random_state=self.random_state)
         capacity = math.ceil(n / self.n_clusters)
         labels = np.zeros(n, dtype=np.int64)
-        for iteration in range(1, self.max_iter + 1):
+        for iteration in range(1, self.max_iter + 1):  # noqa: B007 (kept as the count of iterations run)
             labels = balanced_assignment(squared_distances(points, centers), capacity)
             new_centers = np.stack([points[labels == c].mean(axis=0) for c in range(self.n_clusters)])
             shift = float(np.sum((new_centers - centers) ** 2))

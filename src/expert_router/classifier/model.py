@@ -12,10 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import chain, repeat
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 from scipy import sparse
 from sklearn.cluster import KMeans
 from sklearn.decomposition import TruncatedSVD
@@ -28,30 +26,9 @@ from expert_router.classifier.preprocess import (
     make_vectorizer,
     raw_word_tokens,
 )
+from expert_router.classifier import artifact
+from expert_router.classifier.settings import ClassifierSettings
 from expert_router.errors import UserError
-
-Scaling = Literal["l2", "standard"]
-
-
-class ClassifierSettings(BaseModel):
-    """How a classifier is fitted. Stored in the artifact so a reader knows what produced it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    k: int = Field(8, ge=1, description="number of clusters, one expert each")
-    dims: int = Field(100, ge=1, description="TruncatedSVD dimensions")
-    scaling: Scaling = Field(
-        "l2",
-        description=(
-            "'l2': unit-length rows, what c-BTM's code (and so the paper's deployed router) does; "
-            "'standard': zero mean and unit variance per dimension, as the paper's text describes"
-        ),
-    )
-    balanced: bool = Field(False, description="c-BTM balanced k-means: about N/k documents per cluster")
-    seed: int = 0
-    max_features: int | None = Field(None, ge=1, description="cap on the TF-IDF vocabulary")
-    min_df: int = Field(1, ge=1, description="minimum number of documents a term must appear in")
-
 
 @dataclass(frozen=True)
 class Routes:
@@ -146,12 +123,12 @@ class Classifier:
         texts: Sequence[str],
         settings: ClassifierSettings | None = None,
         on_stage: Callable[[str], None] | None = None,
-    ) -> "Classifier":
+    ) -> Classifier:
         settings = settings or ClassifierSettings()
         return cls.from_pipeline(fit_pipeline(texts, settings, on_stage), settings)
 
     @classmethod
-    def from_pipeline(cls, pipeline: Pipeline, settings: ClassifierSettings) -> "Classifier":
+    def from_pipeline(cls, pipeline: Pipeline, settings: ClassifierSettings) -> Classifier:
         """Flatten a fitted `fit_pipeline` result into the arrays that routing needs."""
         vectorizer, svd, scaler, kmeans = (pipeline.named_steps[n] for n in ("tfidf", "svd", "scale", "kmeans"))
         vocabulary = vectorizer.get_feature_names_out().tolist()
@@ -171,16 +148,18 @@ class Classifier:
     # -- persistence ---------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
         """Write plain arrays and JSON (see `expert_router.classifier.artifact`)."""
-        from expert_router.classifier import artifact
-
-        return artifact.save(self, directory)
+        arrays = {name: getattr(self, name) for name in artifact.ARRAYS}
+        return artifact.save(directory, artifact.Stored(self.settings, self.vocabulary, arrays, self.train_sizes))
 
     @staticmethod
-    def load(directory: str | Path) -> "Classifier":
+    def load(directory: str | Path) -> Classifier:
         """Read an artifact, refusing one that is corrupt, altered or of another format version."""
-        from expert_router.classifier import artifact
-
-        return artifact.load(directory)
+        stored = artifact.load(directory)
+        arrays = stored.arrays
+        return Classifier(settings=stored.settings, vocabulary=stored.vocabulary, idf=arrays["idf"],  # type: ignore[arg-type]
+                          projection=arrays["projection"], centroids=arrays["centroids"],  # type: ignore[arg-type]
+                          scale_mean=arrays.get("scale_mean"), scale_std=arrays.get("scale_std"),
+                          train_sizes=stored.train_sizes)
 
     # -- routing -------------------------------------------------------------------------------
     @property
@@ -255,7 +234,7 @@ class Classifier:
         return np.asarray(counts @ self._weighted_projection) / norms[:, None]
 
     def _scale(self, reduced: np.ndarray) -> np.ndarray:
-        if self.scale_mean is not None:
+        if self.scale_mean is not None and self.scale_std is not None:
             return (reduced - self.scale_mean) / self.scale_std
         norms = np.linalg.norm(reduced, axis=1, keepdims=True)
         norms[norms == 0] = 1.0
@@ -265,7 +244,7 @@ class Classifier:
     def top_terms(self, n: int = 10) -> list[list[str]]:
         """The terms that weigh most in each centroid, mapped back to TF-IDF space (as c-BTM shows)."""
         centroids = self.centroids.astype(np.float64)
-        if self.scale_mean is not None:
+        if self.scale_mean is not None and self.scale_std is not None:
             centroids = centroids * self.scale_std + self.scale_mean
         term_weights = centroids @ self.projection.T.astype(np.float64)
         order = np.argsort(-term_weights, axis=1)[:, :n]

@@ -43,7 +43,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         description="The c-BTM prompt classifier: TF-IDF, truncated SVD, scaling, k-means; one cluster per expert.",
     )
     sub = parser.add_subparsers(dest="classifier_command", metavar="SUBCOMMAND", required=True)
+    _add_fit(sub)
+    _add_inspect_and_route(sub)
 
+
+def _add_fit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fit = sub.add_parser(
         "fit",
         help="fit a classifier on a corpus and save it",
@@ -70,6 +74,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     _add_corpus_options(fit)
     fit.set_defaults(handler=run_fit)
 
+
+def _add_inspect_and_route(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     inspect = sub.add_parser(
         "inspect",
         help="show each cluster's size and top terms",
@@ -144,7 +150,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     classifier = Classifier.load(args.artifact)
     if args.terms < 1:
         raise UserError("--terms must be at least 1")
-    sizes = classifier.train_sizes or [None] * classifier.k
+    sizes: list[int | None] = [*classifier.train_sizes] if classifier.train_sizes else [None] * classifier.k
     rows = [
         {"cluster": c, "documents": size, "top_terms": terms}
         for c, (size, terms) in enumerate(zip(sizes, classifier.top_terms(args.terms)))

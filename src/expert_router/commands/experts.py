@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from pydantic import ValidationError
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from expert_router.commands import HelpFormatter
@@ -90,7 +90,7 @@ def run_build(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=False) as bar:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def progress(name: str, done: int, total: int) -> None:
             if name not in tasks:
@@ -114,8 +114,9 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from expert_router.config import check_engine, load_deployment
+    from expert_router.config import load_deployment
     from expert_router.engine import serve
+    from expert_router.engine.kinds import check_engine, kind_of
 
     deployment = load_deployment(args.deployment)
     check_engine(deployment, str(args.deployment))
@@ -126,7 +127,7 @@ def run_serve(args: argparse.Namespace) -> int:
             raise UserError("the embedded engine is vLLM's CPU build, which is not installed: run `make setup` "
                             "(or see the README's 'Expert backends')") from None
     logs = args.logs or args.deployment.parent / "logs"
-    servers = serve.plan(deployment, logs)
+    servers = kind_of(deployment).servers(deployment, logs)
     stopping = False
 
     def on_signal(signum, frame):

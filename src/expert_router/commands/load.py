@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import multiprocessing
 import platform
 import time
 from dataclasses import asdict
@@ -21,10 +19,10 @@ from expert_router.loadgen.workload import WorkloadSpec
 from expert_router.progress import console, output
 
 if TYPE_CHECKING:
-    from expert_router.loadgen.users import LiveStats, RunSettings
-    from expert_router.loadgen.workload import WorkItem
     from expert_router.analysis.metrics import Summary
     from expert_router.loadgen.records import RequestRecord
+    from expert_router.loadgen.users import LiveStats, RunSettings
+    from expert_router.loadgen.workload import WorkItem
 
 EXAMPLES = """examples:
   # 100 closed-loop users for 60 s against the gateway, prompts from the demo corpus, uniform mix

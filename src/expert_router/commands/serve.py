@@ -93,7 +93,11 @@ def run(args: argparse.Namespace) -> int:
         context.Process(target=_serve, args=(deployment, args.host, args.port, True), name=f"gateway-{i}", daemon=False)
         for i in range(args.workers)
     ]
-    stop = lambda *_: [w.terminate() for w in workers if w.is_alive()]  # noqa: E731
+    def stop(*_: object) -> None:
+        for worker in workers:
+            if worker.is_alive():
+                worker.terminate()
+
     signal.signal(signal.SIGTERM, stop)
     for worker in workers:
         worker.start()

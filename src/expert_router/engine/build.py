@@ -131,7 +131,7 @@ def build_experts(texts_by_cluster: dict[int, list[str]], out: Path, settings: B
         model = get_peft_model(LlamaForCausalLM.from_pretrained(base_dir), lora)
         ids, labels = _encode(tokenizer, texts, settings.seq_len)
         losses[name] = _train(model, ids, labels, settings.adapter_steps, settings, f"adapter {name}", progress)
-        model.save_pretrained(out / "adapters" / name)
+        model.save_pretrained(str(out / "adapters" / name))
         tokenizer.save_pretrained(out / "adapters" / name)
         if merge:
             merged = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(base_dir), out / "adapters" / name)

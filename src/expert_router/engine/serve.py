@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from functools import partial
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -19,8 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from expert_router.config import Deployment
-from expert_router.errors import UserError
-from expert_router.processes import stop_groups
+from expert_router.processes import stop_groups, wait_until
 
 
 @dataclass
@@ -30,10 +30,10 @@ class ServerProcess:
     models: list[str]
     argv: list[str]
     log: Path
-    process: subprocess.Popen | None = None
+    process: subprocess.Popen[bytes] | None = None
 
 
-def vllm_argv(model: str | Path, port: int, host: str, deployment: Deployment, served_names: list[str]) -> list[str]:
+def vllm_argv(model: str | Path | None, port: int, host: str, deployment: Deployment, served_names: list[str]) -> list[str]:
     engine = deployment.engine
     return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
             "--host", host, "--port", str(port), "--served-model-name", *served_names,
@@ -41,34 +41,7 @@ def vllm_argv(model: str | Path, port: int, host: str, deployment: Deployment, s
             *engine.extra_args]
 
 
-def plan(deployment: Deployment, logs: Path) -> list[ServerProcess]:
-    """The servers to start (none for `external`), each with the expert models it must list."""
-    engine = deployment.engine
-    if engine.kind == "external":
-        by_url: dict[str, list[str]] = {}
-        for expert in deployment.experts:
-            for url in expert.base_urls():
-                by_url.setdefault(url, []).append(expert.model)
-        return [ServerProcess(f"external-{i}", url, models, [], logs / "none.log") for i, (url, models)
-                in enumerate(by_url.items())]
-    if engine.kind == "vllm-lora":
-        url = deployment.experts[0].base_urls()[0]
-        host, port = _host_port(url)
-        argv = vllm_argv(engine.base_model, port, host, deployment, ["base"])
-        argv += ["--enable-lora", "--max-loras", str(len(deployment.experts)), "--max-lora-rank", str(engine.max_lora_rank),
-                 "--lora-modules", *[f"{e.model}={e.adapter}" for e in deployment.experts]]
-        return [ServerProcess("vllm-lora", url, [e.model for e in deployment.experts], argv, logs / "vllm-lora.log")]
-    servers = []
-    for expert in deployment.experts:
-        url = expert.base_urls()[0]
-        host, port = _host_port(url)
-        servers.append(ServerProcess(expert.model, url, [expert.model],
-                                     vllm_argv(expert.model_path, port, host, deployment, [expert.model]),
-                                     logs / f"{expert.model}.log"))
-    return servers
-
-
-def _host_port(url: str) -> tuple[str, int]:
+def host_port(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
     return parts.hostname or "127.0.0.1", parts.port or 80
 
@@ -91,35 +64,19 @@ def listed_models(url: str) -> set[str] | None:
         return None
 
 
-def wait_ready(servers: list[ServerProcess], timeout_s: float, on_wait=None) -> None:
+def wait_ready(servers: list[ServerProcess], timeout_s: float) -> None:
     """Until every server lists all of its experts' models; a server that exits is an error."""
     deadline = time.monotonic() + timeout_s
-    pending = list(servers)
-    while pending:
-        for server in list(pending):
-            if server.process is not None and server.process.poll() is not None:
-                raise UserError(f"{server.name} exited with code {server.process.returncode} while starting; "
-                                f"its log: {server.log}\n{_tail(server.log)}")
-            models = listed_models(server.url)
-            if models is not None and set(server.models) <= models:
-                pending.remove(server)
-        if not pending:
-            return
-        if time.monotonic() > deadline:
-            names = ", ".join(f"{s.name} ({s.url})" for s in pending)
-            raise UserError(f"not ready after {timeout_s:g} s: {names}")
-        if on_wait is not None:
-            on_wait(pending)
-        time.sleep(0.5)
+    for server in servers:
+        wait_until(partial(_lists_all, server), f"{server.name} ({server.url})", max(0.1, deadline - time.monotonic()),
+                   server.process, server.log if server.process else None, interval_s=0.5)
+
+
+def _lists_all(server: ServerProcess) -> bool:
+    return set(server.models) <= (listed_models(server.url) or set())
 
 
 def stop(servers: list[ServerProcess], grace_s: float = 15.0) -> None:
     """SIGTERM every server's process group, then SIGKILL what is left after `grace_s`."""
     stop_groups([s.process for s in servers if s.process is not None], grace_s)
 
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""

@@ -161,8 +161,8 @@ async def _until_stopped(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -
     if not tasks:
         return
     waiter = asyncio.create_task(stop.wait())
-    users = asyncio.gather(*tasks, return_exceptions=True)  # a cancelled user is no error to report
-    await asyncio.wait([waiter, users], return_when=asyncio.FIRST_COMPLETED)
+    users: asyncio.Future[list[BaseException | None]] = asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.wait([waiter, users], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
     for task in tasks:
         task.cancel()
     results = await users
