@@ -51,6 +51,8 @@ class Configuration(Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     url: str = Field(description="base URL the user simulator sends to")
     model: str | None = Field(None, description="model name to send (none: the gateway routes)")
+    direct_of: str | None = Field(None, description="this configuration reaches the experts of the named one "
+                                  "without its gateway: the report shows the gateway's overhead as the difference")
     services: list[Service] = []
 
 

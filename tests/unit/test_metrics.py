@@ -119,3 +119,20 @@ def test_old_records_are_read_as_one_token_per_chunk():
            "output_tokens": 3, "chunks": 3, "route_ms": 2.0, "status": "ok"}
     record = RequestRecord.from_dict(old)
     assert record.chunk_tokens == [1, 1, 1] and record.server_timing == {"route": 0.002}
+
+
+def test_routing_overhead_is_the_ttft_difference_at_equal_load():
+    from expert_router.analysis.overhead import overhead_rows
+    from expert_router.analysis.results import Cell, CellKey
+
+    direct = [rec(0.0, [0.10, 0.2]), rec(0.0, [0.12, 0.2]), rec(0.0, [0.14, 0.2])]
+    routed = [rec(0.0, [0.11, 0.2], route_s=0.001), rec(0.0, [0.13, 0.2], route_s=0.001),
+              rec(0.0, [0.15, 0.2], route_s=0.001)]
+    cells = {CellKey("router", "uniform", 4): Cell(CellKey("router", "uniform", 4), [routed], True, [], []),
+             CellKey("direct", "uniform", 4): Cell(CellKey("direct", "uniform", 4), [direct], True, [], [])}
+    [row] = overhead_rows(cells, {"direct": "router"})
+    assert row["ttft_diff_mean_ms"] == pytest.approx(10.0)
+    assert row["ttft_diff_p50_ms"] == pytest.approx(10.0)
+    assert row["ttft_diff_std_ms"] == pytest.approx(np.sqrt(2 * np.var([0.10, 0.12, 0.14])) * 1000)
+    assert row["gateway_mean_ms"] == pytest.approx(1.0)
+    assert overhead_rows(cells, {}) == []

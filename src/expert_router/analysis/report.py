@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from expert_router.analysis import metrics, plots
-from expert_router.analysis.results import Cell, load_cells, prompt_lengths
+from expert_router.analysis.overhead import overhead_rows
+from expert_router.analysis.results import Cell, CellKey, load_cells, prompt_lengths
 
 COLUMNS = [
     ("configuration", "configuration"), ("mix", "mix"), ("users", "users"), ("requests (n)", "requests"),
@@ -25,11 +26,30 @@ ERROR_RATE_FLAG = 0.01
 """A cell whose error rate is above this is flagged beside its latencies."""
 
 
+OVERHEAD_COLUMNS = [
+    ("via gateway", "configuration"), ("direct", "direct"), ("mix", "mix"), ("users", "users"),
+    ("n (gateway / direct)", "n"), ("TTFT difference mean (ms)", "ttft_diff_mean_ms"),
+    ("± std (ms)", "ttft_diff_std_ms"), ("difference of p50s (ms)", "ttft_diff_p50_ms"),
+    ("difference of p99s (ms)", "ttft_diff_p99_ms"), ("gateway's own time mean (ms)", "gateway_mean_ms"),
+    ("± std (ms)", "gateway_std_ms"),
+]
+
+
+@dataclass
+class Section:
+    """One table of the report."""
+
+    title: str
+    columns: list[tuple[str, str]]
+    rows: list[dict[str, Any]]
+    note: str = ""
+
+
 @dataclass
 class Report:
     folder: Path
     figures: list[Path]
-    rows: list[dict]
+    rows: list[dict[str, Any]]
     markdown: Path
     html: Path
 
@@ -73,6 +93,22 @@ def write_report(results: Path, out: Path | None = None, fig7_users: list[int] |
     cells = load_cells(results)
     out = out or results / "report"
     out.mkdir(parents=True, exist_ok=True)
+    figures = _figures(cells, out, fig7_users)
+    rows = [table_row(cell) for _, cell in sorted(cells.items(), key=lambda kv: (kv[0].mix, kv[0].configuration, kv[0].users))]
+    invalid = [r for r in rows if r["valid"] == "no"]
+    sections = [Section("Every cell", COLUMNS, rows, _invalid_note(invalid))]
+    overhead = overhead_rows(cells, _direct_pairs(results))
+    if overhead:
+        sections.append(Section("Routing overhead: TTFT through the gateway minus TTFT direct, same load",
+                                OVERHEAD_COLUMNS, overhead))
+    title = f"Expert Router report: {results.name}"
+    (out / "summary.md").write_text(render_markdown(title, sections, figures))
+    (out / "rows.json").write_text(json.dumps(rows, indent=1))
+    (out / "report.html").write_text(render_html(title, sections, figures))
+    return Report(out, figures, rows, out / "summary.md", out / "report.html")
+
+
+def _figures(cells: dict[CellKey, Cell], out: Path, fig7_users: list[int] | None) -> list[Path]:
     mixes = sorted({k.mix for k in cells})
     users = sorted({k.users for k in cells})
     chosen = fig7_users or sorted({users[0], users[len(users) // 2], users[-1]})
@@ -85,20 +121,24 @@ def write_report(results: Path, out: Path | None = None, fig7_users: list[int] |
     figures.append(plots.fig6_user_throughput_and_p99(cells, out / "fig6_user_throughput_p99.png"))
     for mix in mixes:
         figures.append(plots.fig7_system_throughput(cells, mix, chosen, out / f"fig7_system_throughput_{mix}.png"))
-    rows = [table_row(cell) for _, cell in sorted(cells.items(), key=lambda kv: (kv[0].mix, kv[0].configuration, kv[0].users))]
-    invalid = [r for r in rows if r["valid"] == "no"]
-    markdown = _markdown(results, rows, figures, invalid)
-    (out / "summary.md").write_text(markdown)
-    (out / "rows.json").write_text(json.dumps(rows, indent=1))
-    html_path = out / "report.html"
-    html_path.write_text(_html(results, rows, figures, invalid))
-    return Report(out, figures, rows, out / "summary.md", html_path)
+    return figures
+
+
+def _direct_pairs(results: Path) -> dict[str, str]:
+    """{direct configuration: the configuration it is the direct path of}, from the run's manifest."""
+    manifest = results / "manifest.json"
+    if not manifest.is_file():
+        return {}
+    configurations = json.loads(manifest.read_text()).get("experiment", {}).get("configurations", [])
+    return {c["name"]: c["direct_of"] for c in configurations if c.get("direct_of")}
 
 
 def _invalid_note(invalid: list[dict[str, Any]]) -> str:
+    if not invalid:
+        return ""
     reasons = sorted({reason for row in invalid for reason in row["reasons"]})
     return (f"{len(invalid)} cell(s) were not measured well (marked valid: no); treat their numbers with care. "
-            "Why: " + "; ".join(reasons[:6]) if invalid else "")
+            "Why: " + "; ".join(reasons[:6]))
 
 
 DEFINITIONS = ("Repetitions pooled. TTFT: send to first token. TPOT: (last token - first token) / (tokens - 1), "
@@ -107,35 +147,42 @@ DEFINITIONS = ("Repetitions pooled. TTFT: send to first token. TPOT: (last token
                "Error rate beside every latency; (!) marks more than 1% failed. See the README's Metrics section.")
 
 
-def _markdown(results: Path, rows: list[dict[str, Any]], figures: list[Path], invalid: list[dict[str, Any]]) -> str:
-    lines = [f"# Expert Router report: {results.name}", "", DEFINITIONS, ""]
-    if invalid:
-        lines += [f"**Note:** {_invalid_note(invalid)}", ""]
-    lines += ["| " + " | ".join(name for name, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_fmt(row[key]) for _, key in COLUMNS) + " |" for row in rows]
-    lines += ["", "Figures:", ""]
-    lines += [f"![{f.stem}]({f.name})" for f in figures]
+def render_markdown(title: str, sections: list[Section], figures: list[Path]) -> str:
+    lines = [f"# {title}", "", DEFINITIONS, ""]
+    for section in sections:
+        lines += [f"## {section.title}", ""]
+        if section.note:
+            lines += [f"**Note:** {section.note}", ""]
+        lines += ["| " + " | ".join(name for name, _ in section.columns) + " |", "|" + "---|" * len(section.columns)]
+        lines += ["| " + " | ".join(_fmt(row[key]) for _, key in section.columns) + " |" for row in section.rows]
+        lines.append("")
+    lines += ["## Figures", ""] + [f"![{f.stem}]({f.name})" for f in figures]
     return "\n".join(lines) + "\n"
 
 
-def _html(results: Path, rows: list[dict[str, Any]], figures: list[Path], invalid: list[dict[str, Any]]) -> str:
-    head = "".join(f"<th>{html.escape(name)}</th>" for name, _ in COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(row[key]))}</td>" for _, key in COLUMNS) + "</tr>"
-                   for row in rows)
+def render_html(title: str, sections: list[Section], figures: list[Path]) -> str:
+    tables = "".join(_html_table(section) for section in sections)
     images = "".join(
         f'<figure><img alt="{f.stem}" src="data:image/png;base64,{base64.b64encode(f.read_bytes()).decode()}">'
         f"<figcaption>{html.escape(f.stem)}</figcaption></figure>" for f in figures)
-    note = f'<p class="note">{html.escape(_invalid_note(invalid))}</p>' if invalid else ""
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Expert Router report: {html.escape(results.name)}</title>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }}
 table {{ border-collapse: collapse; font-size: 0.9em; }} th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
 th {{ background: #f3f3f3; }} figure {{ margin: 2em 0; }} img {{ max-width: 100%; }} .note {{ color: #a60; }}
 </style></head><body>
-<h1>Expert Router report: {html.escape(results.name)}</h1>
-<p>{html.escape(DEFINITIONS)}</p>{note}
-<table><tr>{head}</tr>{body}</table>
+<h1>{html.escape(title)}</h1>
+<p>{html.escape(DEFINITIONS)}</p>
+{tables}
 {images}
 </body></html>
 """
+
+
+def _html_table(section: Section) -> str:
+    head = "".join(f"<th>{html.escape(name)}</th>" for name, _ in section.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(row[key]))}</td>" for _, key in section.columns) + "</tr>"
+                   for row in section.rows)
+    note = f'<p class="note">{html.escape(section.note)}</p>' if section.note else ""
+    return f"<h2>{html.escape(section.title)}</h2>{note}<table><tr>{head}</tr>{body}</table>"

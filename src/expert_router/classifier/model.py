@@ -20,15 +20,16 @@ from sklearn.decomposition import TruncatedSVD
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 
+from expert_router.classifier import artifact
 from expert_router.classifier.kmeans import BalancedKMeans
 from expert_router.classifier.preprocess import (
     ascii_word_tokens,
     make_vectorizer,
     raw_word_tokens,
 )
-from expert_router.classifier import artifact
 from expert_router.classifier.settings import ClassifierSettings
 from expert_router.errors import UserError
+
 
 @dataclass(frozen=True)
 class Routes:

@@ -12,10 +12,10 @@ import os
 import subprocess
 import sys
 import time
-from functools import partial
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
