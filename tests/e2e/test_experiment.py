@@ -21,7 +21,7 @@ pytestmark = pytest.mark.e2e
 def experiment(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("experiment")
     subprocess.run(cli_args("classifier", "fit", "demo", "--out", str(tmp / "classifier")), check=True, capture_output=True)
-    experts_port, gateway_port, baseline_port = free_port(), free_port(), free_port()
+    experts_port, gateway_port, baseline_port, direct_port = free_port(), free_port(), free_port(), free_port()
     models = " ".join(f"expert-{c}" for c in range(8))
     deployment = {"classifier": "classifier",
                   "experts": [{"cluster": c, "model": f"expert-{c}", "endpoints": [f"http://127.0.0.1:{experts_port}"]}
@@ -36,6 +36,10 @@ def experiment(tmp_path_factory) -> Path:
                  "--tokens 12 --interval-ms 15", "ready_url": f"http://127.0.0.1:{experts_port}/health"},
                 {"name": "gateway", "command": f"expert-router serve deploy.yaml --port {gateway_port}",
                  "ready_url": f"http://127.0.0.1:{gateway_port}/health"}]},
+            {"name": "direct", "url": f"http://127.0.0.1:{direct_port}", "model": "expert-{cluster}",
+             "direct_of": "router", "services": [
+                {"name": "experts", "command": f"expert-router synthetic-expert --port {direct_port} --models {models} "
+                 "--tokens 12 --interval-ms 15", "ready_url": f"http://127.0.0.1:{direct_port}/health"}]},
             {"name": "baseline", "url": f"http://127.0.0.1:{baseline_port}", "model": "expert-0", "services": [
                 {"name": "model", "command": f"expert-router synthetic-expert --port {baseline_port} --models expert-0 "
                  "--tokens 12 --interval-ms 25", "ready_url": f"http://127.0.0.1:{baseline_port}/health"}]},
@@ -53,7 +57,7 @@ def test_every_cell_and_the_manifest_are_stored(experiment):
     manifest = json.loads((results / "manifest.json").read_text())
     assert manifest["versions"]["expert_router"] and manifest["machine"]["cpus"]
     cells = load_cells(results)
-    assert len(cells) == 2 * 2 * 2
+    assert len(cells) == 3 * 2 * 2
     assert all(cell.records and all(r.ok for r in cell.records) for cell in cells.values())
     router = [r for key, c in cells.items() if key.configuration == "router" for r in c.records]
     assert all(r.cluster_routed is not None for r in router)
@@ -72,10 +76,12 @@ def test_report_has_all_figures_and_tables_match_the_records(experiment):
         cell = next(c for k, c in cells.items() if (k.configuration, k.mix, k.users) == (row["configuration"], row["mix"], row["users"]))
         assert row["requests"] == len(cell.records)
         assert row["ttft_median_ms"] == pytest.approx(np.median(metrics.ttft(cell.records)) * 1000)
-        assert row["tpot_mean_ms"] == pytest.approx(np.mean(metrics.tpot(cell.records)) * 1000)
+        assert row["tpot_median_ms"] == pytest.approx(np.median(metrics.tpot(cell.records)) * 1000)
+        assert row["error_rate"].startswith("0.0%")
         assert row["response_time_p99_s"] == pytest.approx(np.percentile(metrics.response_time(cell.records), 99))
     summary = (report / "summary.md").read_text()
     assert f"{rows[0]['requests']}" in summary and "| router |" in summary and "| baseline |" in summary
+    assert "## Routing overhead" in summary and "| router | direct | uniform | 1 |" in summary
 
 
 def test_resume_skips_finished_cells_and_redoes_half_finished(experiment):
@@ -86,7 +92,7 @@ def test_resume_skips_finished_cells_and_redoes_half_finished(experiment):
     result = subprocess.run(cli_args("experiment", "run", str(experiment / "experiment.yaml"), "--results", str(results)),
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "7 already done, 1 to run" in result.stderr.replace("\n", " ")
+    assert "11 already done, 1 to run" in result.stderr.replace("\n", " ")
     assert (victim / "summary.json").is_file()
     assert (results / "runs" / "router" / "uniform" / "u1" / "r0" / "records.jsonl").read_bytes() == before
 

@@ -123,6 +123,11 @@ def write_experiment(out: Path, args: argparse.Namespace) -> Path:
                 {"name": "gateway", "command": f"expert-router serve experts/deployment.yaml --port {GATEWAY_PORT}",
                  "ready_url": f"http://127.0.0.1:{GATEWAY_PORT}/health"},
             ]},
+            {"name": "direct", "url": f"http://127.0.0.1:{ROUTER_PORT}", "model": "expert-{cluster}",
+             "direct_of": "router", "services": [
+                {"name": "experts", "command": "expert-router experts serve experts/deployment.yaml",
+                 "ready_url": f"http://127.0.0.1:{ROUTER_PORT}/health"},
+            ]},
             {"name": "baseline", "url": f"http://127.0.0.1:{BASELINE_PORT}", "model": "base", "services": [
                 {"name": "base-model", "command": "expert-router experts serve baseline.yaml",
                  "ready_url": f"http://127.0.0.1:{BASELINE_PORT}/health"},

@@ -49,7 +49,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("url", metavar="TARGET_URL", help="base URL of the gateway or an expert server")
     parser.add_argument("--out", type=Path, required=True, help="folder for records, workload and summary")
     parser.add_argument("--endpoint", choices=("completions", "chat"), default="completions")
-    parser.add_argument("--model", help="model name to send (default: none; the gateway routes)")
+    parser.add_argument("--model", help="model name to send (default: none; the gateway routes); "
+                        "'expert-{cluster}' names each prompt's drawn cluster (a direct path to the experts)")
     parser.add_argument("--users", type=int, default=10, help="concurrent closed-loop users")
     parser.add_argument("--mode", choices=("closed", "open"), default="closed")
     parser.add_argument("--rate", type=float, help="open loop: mean requests per second (Poisson)")

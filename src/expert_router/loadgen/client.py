@@ -41,8 +41,8 @@ class Target:
 
     def body(self, item: WorkItem) -> bytes:
         body: dict[str, Any] = {"max_tokens": item.max_tokens, "stream": True, "stream_options": USAGE_OPTIONS}
-        if self.model:
-            body["model"] = self.model
+        if self.model:  # `expert-{cluster}` sends each prompt to the expert of the cluster it was drawn from
+            body["model"] = self.model.replace("{cluster}", str(item.cluster))
         if self.chat:
             body["messages"] = [{"role": "user", "content": item.prompt}]
         else:
