@@ -28,7 +28,11 @@ _EXPORTS = {
     "summarize": "expert_router.analysis.metrics", "ExpertRouterError": "expert_router.errors",
     "UserError": "expert_router.errors", "ClientError": "expert_router.errors", "BadRequest": "expert_router.errors",
 }
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "BadRequest", "Classifier", "ClassifierSettings", "ClientError", "Deployment", "ExpertRouterError",
+    "RequestRecord", "Routes", "RunSettings", "UserError", "WorkItem", "WorkloadSpec", "__version__",
+    "build_app", "draw_workload", "load_deployment", "read_records", "summarize",
+]
 
 if TYPE_CHECKING:
     from expert_router.analysis.metrics import summarize

@@ -17,8 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -149,20 +148,28 @@ def run_experiment(path: Path, results: Path) -> Path:
     todo = [cell for cell in cells if not _done(results, *cell)]
     console.print(f"{len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run "
                   f"(about {len(todo) * (experiment.duration_s + experiment.cooldown_s) / 60:.0f} min)")
-    for configuration in experiment.configurations:
-        mine = [cell for cell in todo if cell[0] is configuration]
-        if not mine:
-            continue
-        with _services(configuration, base, results / "logs"):
-            for number, (_, mix, users, repetition) in enumerate(mine, 1):
-                console.print(f"[bold]{configuration.name}[/] {mix} mix, {users} users, repetition {repetition + 1}"
-                              f" ({number}/{len(mine)})")
-                workload = _workload(experiment, mix, users, repetition, results)
-                _run_cell(experiment, configuration, mix, users, repetition, workload, results)
-                time.sleep(experiment.cooldown_s)
+    services = Services(base, results / "logs")
+    try:
+        for configuration in experiment.configurations:
+            mine = [cell for cell in todo if cell[0] is configuration]
+            if mine:
+                services.switch_to(configuration)
+                _run_cells(experiment, configuration, mine, results)
+    finally:
+        services.close()
     manifest["runs"][-1]["finished_at"] = time.time()
     manifest_path.write_text(json.dumps(manifest, indent=2))
     return results
+
+
+def _run_cells(experiment: Experiment, configuration: Configuration,
+               cells: Sequence[tuple[Configuration, str, int, int]], results: Path) -> None:
+    for number, (_, mix, users, repetition) in enumerate(cells, 1):
+        console.print(f"[bold]{configuration.name}[/] {mix} mix, {users} users, repetition {repetition + 1}"
+                      f" ({number}/{len(cells)})")
+        workload = _workload(experiment, mix, users, repetition, results)
+        _run_cell(experiment, configuration, mix, users, repetition, workload, results)
+        time.sleep(experiment.cooldown_s)
 
 
 def _workload(experiment: Experiment, mix: str, users: int, repetition: int, results: Path) -> Path:
@@ -199,26 +206,47 @@ def _run_cell(experiment: Experiment, configuration: Configuration, mix: str, us
     out.rename(folder)  # a cell appears only when complete
 
 
-@contextmanager
-def _services(configuration: Configuration, base: Path, logs: Path) -> Iterator[None]:
-    logs.mkdir(parents=True, exist_ok=True)
-    started: list[tuple[Service, subprocess.Popen[bytes]]] = []
-    try:
+class Services:
+    """The services of the configuration being measured. A service that the next configuration lists
+    too (same name, command and ready URL) keeps running: a router and its direct path share the
+    expert servers, which then need not start twice."""
+
+    def __init__(self, base: Path, logs: Path):
+        self.base = base
+        self.logs = logs
+        self.running: dict[tuple[str, str, str | None], subprocess.Popen[bytes]] = {}
+
+    @staticmethod
+    def key(service: Service) -> tuple[str, str, str | None]:
+        return service.name, " ".join(service.argv()), service.ready_url
+
+    def switch_to(self, configuration: Configuration) -> None:
+        wanted = {self.key(s) for s in configuration.services}
+        leaving = [key for key, process in self.running.items() if key not in wanted or process.poll() is not None]
+        stop_groups([self.running.pop(key) for key in reversed(leaving)], grace_s=20.0)
         for service in configuration.services:
-            log = open(logs / f"{configuration.name}-{service.name}.log", "ab")
+            if self.key(service) not in self.running:
+                self.running[self.key(service)] = self._start(configuration, service)
+
+    def _start(self, configuration: Configuration, service: Service) -> subprocess.Popen[bytes]:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        with open(self.logs / f"{configuration.name}-{service.name}.log", "ab") as log:
             try:
-                process = subprocess.Popen(service.argv(), cwd=base, stdout=log, stderr=subprocess.STDOUT,
+                process = subprocess.Popen(service.argv(), cwd=self.base, stdout=log, stderr=subprocess.STDOUT,
                                            start_new_session=True)
             except OSError as exc:
                 raise UserError(f"cannot start {configuration.name}/{service.name}: {exc}") from None
-            finally:
-                log.close()
-            started.append((service, process))
-            console.print(f"started {configuration.name}/{service.name} (pid {process.pid})")
-            _wait_ready(configuration, service, process, logs)
-        yield
-    finally:
-        stop_groups([process for _, process in reversed(started)], grace_s=20.0)
+        console.print(f"started {configuration.name}/{service.name} (pid {process.pid})")
+        try:
+            _wait_ready(configuration, service, process, self.logs)
+        except BaseException:
+            stop_groups([process], grace_s=5.0)
+            raise
+        return process
+
+    def close(self) -> None:
+        stop_groups(list(reversed(self.running.values())), grace_s=20.0)
+        self.running.clear()
 
 
 def _wait_ready(configuration: Configuration, service: Service, process: subprocess.Popen[bytes], logs: Path) -> None:

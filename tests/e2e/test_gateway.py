@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -84,6 +86,49 @@ def test_openai_sdk_streams_and_routes_like_the_classifier(stack, classifier):
         assert "".join(c.choices[0].text for c in chunks) == " t0 t1 t2 t3 t4"
         assert chunks[-1].choices[0].finish_reason == "length"
         assert experts.get_json("/stats")[1]["last_body"]["model"] == f"expert-{cluster}"
+
+
+def test_an_http_1_0_client_gets_an_unframed_stream(stack):
+    """HTTP/1.0 has no chunked encoding: the relay must write raw SSE bytes and end with the connection."""
+    gw, _ = stack
+    body = json.dumps({"prompt": PROMPTS[0], "max_tokens": 3, "stream": True}).encode()
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(body), body))
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.") and b" 200 " in head.split(b"\r\n")[0]
+    assert b"transfer-encoding: chunked" not in head.lower()
+    assert payload.startswith(b"data: ") and payload.rstrip().endswith(b"data: [DONE]")
+    assert [json.loads(e)["choices"][0]["text"] for e in sse_events(payload)[:-1]] == [" t0", " t1", " t2"]
+
+
+def test_unknown_paths_and_methods_get_json_errors(stack):
+    gw, _ = stack
+    for method, path, status in (("GET", "/v2/nothing", 404), ("GET", "/v1/completions", 405)):
+        connection = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+        connection.request(method, path)
+        response = connection.getresponse()
+        assert response.status == status
+        assert json.loads(response.read())["error"]["code"] == status
+        connection.close()
+
+
+def test_content_encodings_are_decoded_or_refused_with_json(stack):
+    gw, _ = stack
+    body = json.dumps({"prompt": PROMPTS[0], "max_tokens": 2}).encode()
+    cases = ((gzip.compress(body), "gzip", 200), (body, "gzip", 400), (body, "compress", 415), (body, "identity", 200))
+    for payload, encoding, status in cases:
+        connection = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+        connection.request("POST", "/v1/completions", body=payload,
+                           headers={"Content-Type": "application/json", "Content-Encoding": encoding})
+        response = connection.getresponse()
+        answer = json.loads(response.read())
+        connection.close()
+        assert response.status == status, (encoding, answer)
+        assert ("choices" in answer) if status == 200 else answer["error"]["code"] == status
 
 
 def test_chat_streaming_and_non_streaming(stack):

@@ -110,3 +110,9 @@ def test_public_api_is_curated():
     ])
     for name in expert_router.__all__:
         assert getattr(expert_router, name) is not None
+
+
+def test_every_export_is_loaded_lazily_and_listed_once():
+    from expert_router import _EXPORTS  # type: ignore[attr-defined]
+
+    assert set(expert_router.__all__) == {"__version__", *_EXPORTS}

@@ -171,14 +171,25 @@ def _finish(args: argparse.Namespace, records: list[RequestRecord], checks: list
     if summary.requests and summary.failed / summary.requests > 0.5 and not any("failed" in r for r in reasons):
         reasons.append(f"{summary.failed} of {summary.requests} requests failed")
     valid = not reasons
-    document = {"meta": meta, "summary": summary.as_dict(), "self_check": checks, "valid": valid, "reasons": reasons}
+    flags = itl_flags(summary, checks)
+    document = {"meta": meta, "summary": summary.as_dict(), "self_check": checks, "valid": valid, "reasons": reasons,
+                "flags": flags}
     (args.out / "summary.json").write_text(json.dumps(document, indent=2))
     output.print(_summary_table(args.url, summary, checks, valid))
-    for reason in dict.fromkeys(reasons):
+    for reason in dict.fromkeys(reasons + flags):
         console.print(f"[yellow]note:[/] {reason}")
     console.print(f"records: {args.out / 'records.jsonl'}")
     interrupted = any("interrupted" in r for r in reasons)
     return 130 if interrupted else 0
+
+
+def itl_flags(summary: Summary, checks: list[dict[str, Any]]) -> list[str]:
+    """Inter-chunk gaps are read no finer than the simulator's loop lag: say so when the two are alike."""
+    lag_s = max((c["lag_p99_ms"] for c in checks), default=0.0) / 1000
+    if summary.icl_median_s is not None and lag_s > 0.25 * summary.icl_median_s:
+        return [f"inter-chunk latency (median {summary.icl_median_s * 1000:.1f} ms) is comparable to the simulator's "
+                f"loop lag (p99 {lag_s * 1000:.1f} ms): its percentiles are blurred by the client"]
+    return []
 
 
 def _summary_table(url: str, summary: Summary, checks: list[dict[str, Any]], valid: bool) -> Table:

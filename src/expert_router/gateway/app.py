@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
 
 from expert_router.classifier import Classifier
 from expert_router.config import Deployment
@@ -154,9 +155,19 @@ async def generate(request: web.Request, chat: bool) -> web.StreamResponse:
     return response
 
 
+CONTENT_ENCODINGS = frozenset({"identity", "gzip", "deflate", "br", "zstd"})
+"""What aiohttp's parser decodes (br and zstd when their packages are installed)."""
+
+
 async def read_body(request: web.Request, limit: int) -> bytes:
-    """The request body, decoded from its Content-Encoding; a client's mistake is a 4xx."""
+    """The request body, decoded from its Content-Encoding; a client's mistake is a 4xx, never a 5xx."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower() or "identity"
+    if encoding not in CONTENT_ENCODINGS:
+        raise BadRequest(f"Content-Encoding {encoding!r} is not supported; use one of {sorted(CONTENT_ENCODINGS)}",
+                         status=415)
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise BadRequest(f"the request body is larger than {limit} bytes", status=413) from None
+    except ContentEncodingError as exc:
+        raise BadRequest(f"the request body is not valid {encoding}: {exc.message}", status=400) from None

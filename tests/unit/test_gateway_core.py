@@ -1,0 +1,127 @@
+"""The gateway's steps without a server: parsing, the routing plan, and the HTTP parser fed canned bytes."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from expert_router.classifier import Classifier, ClassifierSettings
+from expert_router.config import Deployment, ExpertConfig
+from expert_router.errors import BadRequest, ConnectionFailed
+from expert_router.gateway.requests import parse_request
+from expert_router.gateway.routing import Router
+from expert_router.wire import HttpConnection
+
+
+@pytest.fixture(scope="module")
+def classifier(small_corpus) -> Classifier:
+    return Classifier.fit([text for text, _ in small_corpus], ClassifierSettings(k=4, dims=10))
+
+
+def deployment(clusters: list[int], fallback: str = "nearest") -> Deployment:
+    experts = [ExpertConfig(cluster=c, model=f"expert-{c}", endpoints=["http://127.0.0.1:9"])  # type: ignore[list-item]
+               for c in clusters]
+    return Deployment(classifier=Path("unused"), experts=experts, gateway={"fallback": fallback})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("raw", "chat", "message"), [
+    (b"{", False, "not valid JSON"),
+    (b"[1]", False, "JSON object"),
+    (b'{"prompt": 3}', False, "'prompt'"),
+    (b'{"prompt": ["a", 1]}', False, "token ids"),
+    (b'{"prompt": "  "}', False, "empty"),
+    (b'{"prompt": "x", "stream": "yes"}', False, "'stream'"),
+    (b'{"prompt": "x", "max_tokens": 0}', False, "max_tokens"),
+    (b'{"prompt": "x", "model": 5}', False, "'model'"),
+    (b'{"messages": []}', True, "non-empty list"),
+    (b'{"messages": [{"role": "robot", "content": "x"}]}', True, "role"),
+    (b'{"messages": [{"role": "user", "content": [{"text": "x"}]}]}', True, "'type'"),
+])
+def test_bad_requests_are_named(raw, chat, message):
+    with pytest.raises(BadRequest, match=message) as caught:
+        parse_request(raw, chat)
+    assert caught.value.status == 400
+
+
+def test_chat_routes_on_the_user_messages():
+    request = parse_request(b'{"messages": [{"role": "system", "content": "be brief"}, '
+                            b'{"role": "user", "content": [{"type": "text", "text": "bake bread"}]}]}', chat=True)
+    assert request.text == "bake bread" and request.chat and not request.stream
+
+
+def test_the_plan_follows_the_classifier_nearest_first(classifier):
+    router = Router(classifier, deployment([0, 1, 2, 3]))
+    request = parse_request(b'{"prompt": "compiler kernel pointer segfault thread"}', chat=False)
+    plan = router.plan(request)
+    ranked = classifier.route(request.text).ranked(0).tolist()
+    assert plan.routed == ranked[0] and plan.order == ranked and plan.classified
+
+
+def test_named_experts_skip_routing_and_unknown_models_are_404(classifier):
+    router = Router(classifier, deployment([0, 1, 2, 3]))
+    plan = router.plan(parse_request(b'{"prompt": "anything", "model": "expert-2"}', chat=False))
+    assert plan.order == [2] and not plan.classified
+    with pytest.raises(BadRequest) as caught:
+        router.plan(parse_request(b'{"prompt": "x", "model": "gpt-9"}', chat=False))
+    assert caught.value.status == 404 and caught.value.code == "model_not_found"
+
+
+def test_fallback_none_and_clusters_without_an_expert(classifier):
+    request = parse_request(b'{"prompt": "court judge lease tenant"}', chat=False)
+    assert len(Router(classifier, deployment([0, 1, 2, 3], "none")).plan(request).order) == 1
+    plan = Router(classifier, deployment([0, 1])).plan(request)
+    assert set(plan.order) <= {0, 1} and len(plan.order) == 2
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = b""
+        self.closing = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += bytes(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def abort(self) -> None:
+        self.closing = True
+
+
+async def feed(*pieces: bytes) -> tuple[HttpConnection, list[bytes]]:
+    connection = HttpConnection()
+    connection.connection_made(FakeTransport())
+    seen: list[bytes] = []
+    connection.send(b"POST / HTTP/1.1\r\n\r\n", sink=seen.append)
+    for piece in pieces:
+        connection.data_received(piece)
+    return connection, seen
+
+
+def test_the_parser_hands_each_chunk_to_the_sink():
+    async def main() -> None:
+        connection, seen = await feed(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked",
+                                      b"\r\nServer-Timing: route;dur=1\r\n\r\n6\r\ndata: ", b"\r\n",
+                                      b"5\r\n\n\nxyz\r\n0\r\n\r\n")
+        assert connection.status == 200 and connection.content_type == b"text/event-stream"
+        assert connection.headers[b"server-timing"] == b"route;dur=1"
+        assert b"".join(seen) == b"data: \n\nxyz" and connection.done.done() and connection.reusable
+
+    asyncio.run(main())
+
+
+def test_garbage_and_early_close_fail_the_request():
+    async def main() -> None:
+        connection, _ = await feed(b"NOT HTTP AT ALL\r\n\r\n")
+        with pytest.raises(ConnectionFailed, match="invalid HTTP"):
+            await connection.headers_done
+        connection, _ = await feed(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+        connection.connection_lost(None)
+        with pytest.raises(ConnectionFailed, match="closed"):
+            await connection.done
+        assert not connection.reusable
+
+    asyncio.run(main())
