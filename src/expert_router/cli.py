@@ -14,6 +14,7 @@ from expert_router.commands import (
     demo,
     experiment,
     experts,
+    extproc,
     load,
     serve,
     synthetic,
@@ -21,7 +22,7 @@ from expert_router.commands import (
 from expert_router.errors import UserError
 from expert_router.progress import console
 
-COMMANDS = (demo, classifier, experts, serve, synthetic, load, experiment)
+COMMANDS = (demo, classifier, experts, serve, extproc, synthetic, load, experiment)
 
 
 def build_parser() -> argparse.ArgumentParser:
