@@ -19,7 +19,7 @@ ERROR_TYPES = {
 
 
 def error_body(status: int, message: str, type_: str | None = None, code: str | None = None,
-               param: str | None = None) -> dict:
+               param: str | None = None) -> dict[str, dict[str, object]]:
     """The body OpenAI's API (and vLLM) send with an error: {"error": {"message", "type", "param", "code"}}."""
     return {"error": {"message": message, "type": type_ or ERROR_TYPES.get(status, "server_error"), "param": param,
                       "code": code if code is not None else status}}

@@ -25,7 +25,7 @@ by the processor. Health: gRPC health service (grpc.health.v1), NOT_SERVING once
 """
 
 
-def add_parser(commands: argparse._SubParsersAction) -> None:
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "extproc",
         help="run the classifier as an Envoy external processor (gRPC)",

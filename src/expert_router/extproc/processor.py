@@ -26,7 +26,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         self.router = router
         self.metrics = metrics
 
-    async def Process(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:  # noqa: N802
+    async def Process(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
         """Envoy's bidirectional stream for one HTTP request."""
         self.metrics.streams.inc()
         try:
