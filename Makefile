@@ -13,5 +13,6 @@ test: setup
 bench: setup
 	.venv/bin/python bench/classifier.py
 	.venv/bin/python bench/gateway.py
+	.venv/bin/python bench/envoy.py
 	.venv/bin/python bench/loadgen.py
 	.venv/bin/python bench/engine.py
