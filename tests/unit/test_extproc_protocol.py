@@ -130,3 +130,13 @@ def test_the_envoy_template_gets_one_route_and_one_cluster_per_expert():
     assert clusters["expert-cluster-3"]["type"] == "STRICT_DNS" and clusters["expert-cluster-0"]["type"] == "STATIC"
     assert hosts("expert-router-extproc") == [("127.0.0.1", 19002)]
     assert config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] == 18080
+
+
+def test_routing_headers_sent_by_a_client_are_removed(router):
+    from envoy.config.core.v3 import base_pb2
+
+    request = headers_message("POST", "/v1/embeddings")
+    request.request_headers.headers.headers.append(base_pb2.HeaderValue(key=CLUSTER_HEADER, raw_value=b"3"))
+    (reply,) = process(router, request)
+    common = reply.request_headers.response
+    assert list(common.header_mutation.remove_headers) == [CLUSTER_HEADER] and common.clear_route_cache

@@ -31,6 +31,9 @@ MODEL_HEADER = "x-gateway-model-name"
 CLASSIFIED_HEADER = "x-expert-routed-by"
 """`classifier` when the prompt was classified, `model` when the client named an expert, `default` on fail-open."""
 
+ROUTING_HEADERS = (CLUSTER_HEADER, MODEL_HEADER, CLASSIFIED_HEADER)
+"""Set only by the processor: a client's own values are removed, so no one picks a route by sending them."""
+
 ROUTED_PATHS = {"/v1/completions": False, "/v1/chat/completions": True}
 """Paths whose body is classified, and whether they are chat."""
 

@@ -41,6 +41,13 @@ def carry_on(phase: str) -> Any:
     return pb.ProcessingResponse(**{field: message()})
 
 
+def strip_headers(names: list[str]) -> Any:
+    """Remove headers a client sent that only the processor may set, and make Envoy match its route
+    again without them (a route may already have been chosen with them)."""
+    common = pb.CommonResponse(header_mutation=pb.HeaderMutation(remove_headers=names), clear_route_cache=True)
+    return pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=common))
+
+
 def route(decision: Route, original: bytes) -> Any:
     """Answer the request body: set the routing headers, rewrite the body if it changed, and make Envoy
     pick the route again now that the headers are there (`clear_route_cache`)."""

@@ -15,7 +15,7 @@ from typing import Any
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from expert_router.extproc import messages
-from expert_router.extproc.decision import Decision, Reply, Route, Router, routed_path
+from expert_router.extproc.decision import ROUTING_HEADERS, Decision, Reply, Route, Router, routed_path
 from expert_router.extproc.metrics import ExtprocMetrics
 
 MODELS_PATH = "/v1/models"
@@ -36,7 +36,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 if phase == "request_headers":
                     headers = messages.header_map(request.request_headers)
                     method, path = headers.get(":method", ""), headers.get(":path", "")
-                    yield self.on_headers(method, path, request.request_headers.end_of_stream)
+                    spoofed = [name for name in ROUTING_HEADERS if name in headers]
+                    yield self.on_headers(method, path, request.request_headers.end_of_stream, spoofed)
                 elif phase == "request_body":
                     yield self.on_body(method, path, request.request_body.body)
                 elif phase in messages.PHASE_REPLIES:
@@ -44,8 +45,9 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         finally:
             self.metrics.streams.dec()
 
-    def on_headers(self, method: str, path: str, end_of_stream: bool) -> Any:
-        """Headers: most requests just go on to the body phase; a few are answered here."""
+    def on_headers(self, method: str, path: str, end_of_stream: bool, spoofed: list[str]) -> Any:
+        """Headers: most requests just go on to the body phase; a few are answered here. Routing
+        headers the client sent are removed (`spoofed`)."""
         if method == "GET" and path.split("?", 1)[0].rstrip("/") == MODELS_PATH:
             return messages.reply(self.router.models())
         if end_of_stream and method == "POST" and routed_path(path) is not None:
@@ -54,6 +56,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 return messages.route_without_body(decision)
             if isinstance(decision, Reply):
                 return messages.reply(decision)
+        if spoofed:
+            return messages.strip_headers(spoofed)
         return messages.carry_on("request_headers")
 
     def on_body(self, method: str, path: str, body: bytes) -> Any:
