@@ -55,7 +55,7 @@ def classifier(tmp_path_factory: pytest.TempPathFactory, small_corpus: list[tupl
 def stack(tmp_path_factory: pytest.TempPathFactory, classifier: Path):
     """One synthetic server holding all eight experts; our ext_proc; Envoy in front."""
     tmp = tmp_path_factory.mktemp("envoy")
-    with synthetic_expert(tmp, "experts", "--tokens", "6", "--interval-ms", "30") as experts:
+    with synthetic_expert(tmp, "experts", "--tokens", "6", "--interval-ms", "100") as experts:
         deployment = write_deployment(tmp / "deploy.yaml", classifier, {c: [experts.url] for c in range(8)})
         with ExtProc(tmp, deployment) as extproc, Envoy(tmp, deployment, extproc.grpc_port) as envoy:
             yield envoy, experts, extproc
