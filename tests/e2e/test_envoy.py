@@ -206,3 +206,20 @@ def test_the_shipped_config_is_valid_for_this_envoy():
     result = subprocess.run([str(envoy_binary()), "--mode", "validate", "-c", str(REPO / "deploy" / "envoy" / "envoy.yaml"),
                              "--disable-hot-restart"], check=False, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_processor_reports_health_over_grpc_and_stops_on_sigterm(tmp_path, classifier):
+    import signal
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deployment = write_deployment(tmp_path / "deploy.yaml", classifier, {c: ["http://127.0.0.1:9"] for c in range(8)})
+    with ExtProc(tmp_path, deployment) as extproc:
+        with grpc.insecure_channel(f"127.0.0.1:{extproc.grpc_port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for service in ("", "envoy.service.ext_proc.v3.ExternalProcessor"):
+                answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+                assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        extproc.process.send_signal(signal.SIGTERM)
+        assert extproc.process.wait(30) == 0
