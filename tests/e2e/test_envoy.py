@@ -144,8 +144,8 @@ def test_bad_requests_get_openai_errors_from_envoy(stack, body, status, param):
     assert experts.get_json("/stats")[1]["requests"] == before  # nothing went upstream
 
 
-def test_a_client_cannot_pick_a_route_with_the_routing_header(stack, classifier):
-    envoy, experts, _ = stack
+def test_a_client_cannot_pick_a_route_with_the_routing_header(stack):
+    envoy, _, _ = stack
     connection = http.client.HTTPConnection("127.0.0.1", envoy.port, timeout=30)
     try:
         connection.request("POST", "/v1/embeddings", body=b'{"input": "x"}', headers={"x-expert-cluster": "5"})
