@@ -23,5 +23,6 @@ format: setup
 bench: setup
 	.venv/bin/python bench/classifier.py
 	.venv/bin/python bench/gateway.py
+	.venv/bin/python bench/envoy.py
 	.venv/bin/python bench/loadgen.py
 	.venv/bin/python bench/engine.py

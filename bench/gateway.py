@@ -69,7 +69,10 @@ async def user(session: aiohttp.ClientSession, url: str, model: str, tokens: int
             route_ms.append(float(timing.split("route;dur=")[1].split(",")[0]))
 
 
-async def measure(url: str, model: str, streams: int, seconds: float, tokens: int, pids: list[int]) -> dict:
+async def measure(url: str, model: str, streams: int, seconds: float, tokens: int, pids: list[int],
+                  part_pids: list[int] | None = None) -> dict:
+    """TTFTs, tokens and CPU seconds of `pids` over the measured window (and of `part_pids`, a subset
+    whose share is wanted, as `part_cpu_s`)."""
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, read_bufsize=2**18) as session:
         # warm-up: connections, caches
@@ -80,13 +83,15 @@ async def measure(url: str, model: str, streams: int, seconds: float, tokens: in
         counts: list[int] = []
         route_ms: list[float] = []
         cpu_before = cpu_seconds(pids) if pids else 0.0
+        part_before = cpu_seconds(part_pids) if part_pids else 0.0
         started = time.perf_counter()
         await asyncio.gather(*(user(session, url, model, tokens, started + seconds, ttfts, counts, route_ms, i)
                                for i in range(streams)))
         elapsed = time.perf_counter() - started
         cpu = cpu_seconds(pids) - cpu_before if pids else 0.0
+        part_cpu = cpu_seconds(part_pids) - part_before if part_pids else 0.0
     return {"ttft": np.array(ttfts), "tokens": int(sum(counts)), "elapsed": elapsed, "cpu_s": cpu,
-            "route_ms": np.array(route_ms)}
+            "part_cpu_s": part_cpu, "route_ms": np.array(route_ms)}
 
 
 def main() -> None:

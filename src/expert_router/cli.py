@@ -14,6 +14,7 @@ from expert_router.commands import (
     demo,
     experiment,
     experts,
+    extproc,
     load,
     report,
     serve,
@@ -22,7 +23,7 @@ from expert_router.commands import (
 from expert_router.errors import UserError
 from expert_router.progress import console
 
-COMMANDS = (demo, classifier, experts, serve, synthetic, load, experiment, report)
+COMMANDS = (demo, classifier, experts, serve, extproc, synthetic, load, experiment, report)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -66,6 +66,7 @@ class GatewaySettings(Strict):
     max_attempts: int = Field(3, ge=1, description="upstreams tried before the first token, fail-over included")
     health_interval_s: float = Field(2.0, gt=0)
     failures_to_down: int = Field(2, ge=1, description="consecutive failures that mark a replica down")
+    drain_timeout_s: float = Field(30.0, ge=0, description="after SIGTERM: how long streams in flight may run on")
 
 
 class EngineSettings(Strict):

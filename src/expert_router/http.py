@@ -8,7 +8,6 @@ import contextlib
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import orjson
 from aiohttp import web
@@ -26,7 +25,7 @@ ERROR_TYPES = {
 
 
 def error_body(status: int, message: str, type_: str | None = None, code: str | int | None = None,
-               param: str | None = None) -> dict[str, Any]:
+               param: str | None = None) -> dict[str, dict[str, object]]:
     """The body OpenAI's API (and vLLM) send with an error: {"error": {"message", "type", "param", "code"}}."""
     return {"error": {"message": message, "type": type_ or ERROR_TYPES.get(status, "server_error"), "param": param,
                       "code": code if code is not None else status}}
@@ -75,33 +74,95 @@ def install_uvloop() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+class Drain:
+    """Requests in flight, and whether the server is draining (SIGTERM came: finish, take nothing new)."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.inflight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+
+DRAIN_KEY = web.AppKey("drain", Drain)
+DRAIN_EXEMPT = frozenset({"/metrics"})
+"""Paths still answered while draining (a last scrape); /health answers 503 `draining`."""
+
+
+@web.middleware
+async def drain_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                           ) -> web.StreamResponse:
+    """Counts requests in flight; while draining, turns new ones away (they arrived on connections that
+    were open before the listener closed) so that a client or proxy retries elsewhere."""
+    drain = request.app[DRAIN_KEY]
+    if drain.draining and request.path not in DRAIN_EXEMPT:
+        headers = {"Connection": "close"}
+        if request.path == "/health":
+            return web.json_response({"status": "draining"}, status=503, headers=headers)
+        return error_response(503, "this instance is shutting down; retry the request", headers=headers)
+    drain.inflight += 1
+    drain.idle.clear()
+    try:
+        return await handler(request)
+    finally:
+        drain.inflight -= 1
+        if drain.inflight == 0:
+            drain.idle.set()
+
+
 async def serve_until_stopped(
     app: web.Application,
     host: str,
     port: int,
     reuse_port: bool = False,
     on_started: Callable[[], Awaitable[None] | None] | None = None,
+    drain_timeout_s: float = 2.0,
 ) -> None:
-    """Serve `app` until SIGINT or SIGTERM, then shut down cleanly (open streams are closed)."""
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=2.0)
+    """Serve `app` until SIGINT or SIGTERM, then drain, as a rolling update needs.
+
+    Draining: the listener closes (new connections are refused, so a readiness probe fails and
+    nginx moves on to the next instance), idle kept-alive connections close, a request that still
+    arrives on an open one gets 503 (/health: `{"status": "draining"}`), and requests in flight,
+    streams included, run to their end. After `drain_timeout_s`, or at a second signal, what is left
+    is cancelled and the server exits.
+    """
+    drain = Drain()
+    app[DRAIN_KEY] = drain
+    app.middlewares.insert(0, drain_middleware)
+    # The drain below is the grace period; after it, aiohttp's own shutdown only cancels what is left.
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.1)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=4096)
     await site.start()
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    _on_signals(stop.set)
     if on_started is not None:
         result = on_started()
         if asyncio.iscoroutine(result):
             await result
     try:
         await stop.wait()
+        drain.draining = True
+        await site.stop()
+        if runner.server is not None:
+            runner.server.pre_shutdown()  # close idle kept-alive connections; busy ones close after their answer
+        hurry = asyncio.Event()
+        _on_signals(hurry.set)
+        waits = [asyncio.ensure_future(drain.idle.wait()), asyncio.ensure_future(hurry.wait())]
+        await asyncio.wait(waits, timeout=drain_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        for wait in waits:
+            wait.cancel()
     finally:
         await runner.cleanup()
 
 
+def _on_signals(callback: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, callback)
+
+
 def run_app(app: web.Application, host: str, port: int, reuse_port: bool = False,
-            on_started: Callable[[], Awaitable[None] | None] | None = None) -> None:
+            on_started: Callable[[], Awaitable[None] | None] | None = None, drain_timeout_s: float = 2.0) -> None:
     install_uvloop()
-    asyncio.run(serve_until_stopped(app, host, port, reuse_port, on_started))
+    asyncio.run(serve_until_stopped(app, host, port, reuse_port, on_started, drain_timeout_s))

@@ -161,3 +161,41 @@ class Nginx:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+
+
+class ExtProc(Server):
+    """`expert-router extproc DEPLOYMENT` on free ports; ready once its /metrics answers (started last)."""
+
+    def __init__(self, tmp: Path, deployment: Path, *flags: str):
+        self.grpc_port = free_port()
+        metrics_port = free_port()
+        super().__init__(cli_args("extproc", str(deployment), "--port", str(self.grpc_port), "--metrics-port",
+                                  str(metrics_port), *flags), metrics_port, tmp / "extproc.log", ready_path="/metrics")
+
+
+class Envoy(Server):
+    """Envoy running the project's deploy/envoy/envoy.yaml fitted to a deployment; `url` is its listener."""
+
+    def __init__(self, tmp: Path, deployment: Path, extproc_port: int,
+                 template: Path = REPO / "deploy" / "envoy" / "envoy.yaml"):
+        import yaml
+
+        from expert_router.config import load_deployment
+        from expert_router.extproc.envoy import Addresses, envoy_binary, render_config
+
+        listen_port, admin_port = free_port(), free_port()
+        addresses = Addresses(listen_port=listen_port, extproc_port=extproc_port, admin_port=admin_port)
+        config = render_config(yaml.safe_load(template.read_text()), load_deployment(deployment), addresses)
+        path = tmp / "envoy.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        args = [str(envoy_binary()), "-c", str(path), "--disable-hot-restart", "--concurrency", "1",
+                "--log-level", "warn"]
+        super().__init__(args, admin_port, tmp / "envoy.log", ready_path="/ready")
+        self.admin_url = self.url
+        try:  # the admin port answers before the listeners are up; /ready says 200 once they are
+            wait_until(lambda: http_ok(self.admin_url + "/ready"), "envoy", 30.0, self.process, self.log)
+        except BaseException:
+            self.stop()
+            raise
+        self.port = listen_port
+        self.url = f"http://127.0.0.1:{listen_port}"

@@ -88,9 +88,10 @@ def test_serve_streams_from_every_expert_and_stops_cleanly(built):
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(60)
+        process.stdout.close()
     time.sleep(1)
     alive = [pid for pid in children if os.path.exists(f"/proc/{pid}")
-             and "State:\tZ" not in open(f"/proc/{pid}/status").read()]
+             and "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()]
     assert alive == [], "orphaned processes after SIGTERM"
 
 

@@ -26,9 +26,14 @@ Clients ask for model "expert-router" (or leave it out) to be routed, or name an
 reach that expert directly. Responses carry X-Expert-Cluster, X-Expert-Model, X-Expert-Fallback
 (when the request went elsewhere) and Server-Timing (route;dur= milliseconds spent before the
 request went upstream).
+
+On SIGTERM the gateway drains, as a rolling update needs: it refuses new connections (so /health
+probes fail and nginx or a Kubernetes Service move on), answers 503 to requests on connections still
+open, lets streams in flight finish for up to --drain-timeout-s, then exits. A second signal ends it.
 """
 
-OVERRIDES = ("max_inflight_per_expert", "queue_timeout_s", "first_token_timeout_s", "idle_timeout_s", "fallback")
+OVERRIDES = ("max_inflight_per_expert", "queue_timeout_s", "first_token_timeout_s", "idle_timeout_s", "fallback",
+             "drain_timeout_s")
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -49,6 +54,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--first-token-timeout-s", type=float, help="override gateway.first_token_timeout_s")
     parser.add_argument("--idle-timeout-s", type=float, help="override gateway.idle_timeout_s")
     parser.add_argument("--fallback", choices=("nearest", "none"), help="override gateway.fallback")
+    parser.add_argument("--drain-timeout-s", type=float, help="override gateway.drain_timeout_s (SIGTERM: streams "
+                        "in flight run on this long; new connections are refused at once)")
     parser.set_defaults(handler=run)
 
 
@@ -126,7 +133,8 @@ def _serve(deployment: Deployment, host: str, port: int, reuse_port: bool) -> No
         print(f"gateway ready on http://{host}:{port}/v1 ({experts} experts)", file=sys.stderr, flush=True)
 
     try:
-        run_app(app, host, port, reuse_port=reuse_port, on_started=announce)
+        run_app(app, host, port, reuse_port=reuse_port, on_started=announce,
+                drain_timeout_s=deployment.gateway.drain_timeout_s)
     except OSError as exc:
         console.print(f"error: cannot listen on {host}:{port}: {exc.strerror}")
         sys.exit(2)

@@ -12,6 +12,7 @@ abort the request.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -145,6 +146,9 @@ async def generate(request: web.Request, chat: bool) -> web.StreamResponse:
         timing = Timing(received, clock())
         gateway.metrics.classify_seconds.observe(timing.classified - timing.received)
         response = await gateway.forwarder.forward(request, client, plan, timing)
+    except asyncio.CancelledError:  # the client went away (or its proxy closed): counted, not lost
+        gateway.metrics.requests.labels("chat" if chat else "completions", "", "499").inc()
+        raise
     except ClientError as exc:
         response = client_error_response(exc)
     except Exception:  # a bug, not the client's fault: say so in the API's own words, keep the trace in the log

@@ -1,0 +1,97 @@
+"""The external processor in process: routing decisions, and ext_proc messages fed to the servicer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from expert_router.classifier import Classifier, ClassifierSettings
+from expert_router.config import Deployment, ExpertConfig
+from expert_router.extproc import CLUSTER_HEADER, MODEL_HEADER, Reply, Route, Router
+
+
+@pytest.fixture(scope="module")
+def classifier(small_corpus) -> Classifier:
+    return Classifier.fit([text for text, _ in small_corpus], ClassifierSettings(k=4, dims=20))
+
+
+def deployment(clusters=(0, 1, 2, 3)) -> Deployment:
+    return Deployment(classifier=Path("unused"), experts=[
+        ExpertConfig(cluster=c, model=f"expert-{c}", endpoints=[f"http://127.0.0.1:{8100 + c}"]) for c in clusters])
+
+
+@pytest.fixture
+def router(classifier) -> Router:
+    return Router(deployment(), classifier)
+
+
+class Broken:
+    """A classifier that fails: stands in for a bug in routing."""
+
+    def route(self, text):
+        raise RuntimeError("boom")
+
+
+PROMPT = "the kernel compiler segfaults on a pointer in linux"
+
+
+# -- decisions -----------------------------------------------------------------------------------
+def test_a_prompt_is_classified_and_its_model_rewritten(router, classifier):
+    raw = json.dumps({"model": "expert-router", "prompt": PROMPT, "max_tokens": 3, "stream": True}).encode()
+    decision = router.decide("/v1/completions", raw)
+    cluster = int(classifier.route(PROMPT).cluster[0])
+    assert isinstance(decision, Route) and decision.cluster == cluster and decision.routed_by == "classifier"
+    assert json.loads(decision.body) == {"model": f"expert-{cluster}", "prompt": PROMPT, "max_tokens": 3, "stream": True}
+    assert decision.headers()[CLUSTER_HEADER] == str(cluster) and decision.headers()[MODEL_HEADER] == f"expert-{cluster}"
+
+
+def test_chat_routes_on_the_user_messages(router, classifier):
+    body = {"messages": [{"role": "system", "content": "court judge lease"}, {"role": "user", "content": PROMPT}]}
+    decision = router.decide("/v1/chat/completions?x=1", json.dumps(body).encode())
+    assert isinstance(decision, Route) and decision.cluster == int(classifier.route(PROMPT).cluster[0])
+
+
+def test_a_named_expert_is_not_classified_and_its_body_kept(router):
+    raw = json.dumps({"model": "expert-2", "prompt": PROMPT}).encode()
+    decision = router.decide("/v1/completions", raw)
+    assert isinstance(decision, Route) and (decision.cluster, decision.routed_by, decision.body) == (2, "model", raw)
+
+
+def test_a_cluster_without_expert_goes_to_the_nearest_that_has_one(classifier):
+    cluster = int(classifier.route(PROMPT).cluster[0])
+    router = Router(deployment([c for c in range(4) if c != cluster]), classifier)
+    decision = router.decide("/v1/completions", json.dumps({"prompt": PROMPT}).encode())
+    assert isinstance(decision, Route) and decision.cluster == int(classifier.route(PROMPT).ranked(0)[1])
+
+
+@pytest.mark.parametrize(
+    "raw, status, code, param",
+    [
+        (b"{oops", 400, 400, None),
+        (b"[1, 2]", 400, 400, None),
+        (b'{"prompt": ""}', 400, 400, "prompt"),
+        (b'{"prompt": "hi", "stream": "yes"}', 400, 400, "stream"),
+        (b'{"prompt": "hi", "model": "gpt-4"}', 404, "model_not_found", "model"),
+    ],
+)
+def test_bad_bodies_become_openai_errors(router, raw, status, code, param):
+    decision = router.decide("/v1/completions", raw)
+    assert isinstance(decision, Reply) and decision.status == status
+    error = json.loads(decision.body)["error"]
+    assert (error["code"], error["param"], error["type"]) == (code, param, "invalid_request_error")
+
+
+def test_other_paths_are_not_ours(router):
+    assert router.decide("/v1/embeddings", b"{}") is None and router.decide("/health", b"") is None
+
+
+def test_internal_errors_fail_closed_or_open():
+    closed = Router(deployment(), Broken(), on_error="closed").decide("/v1/completions", b'{"prompt": "hi"}')
+    assert isinstance(closed, Reply) and closed.status == 503 and closed.reason == "internal_error"
+    raw = b'{"prompt": "hi"}'
+    opened = Router(deployment(), Broken(), on_error="open", default_cluster=2).decide("/v1/completions", raw)
+    assert isinstance(opened, Route) and (opened.cluster, opened.routed_by, opened.body) == (2, "default", raw)
+    with pytest.raises(ValueError):
+        Router(deployment(), Broken(), default_cluster=9)
