@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from expert_router.classifier import Classifier
 from expert_router.config import Deployment
@@ -173,5 +174,5 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise BadRequest(f"the request body is larger than {limit} bytes", status=413) from None
-    except ContentEncodingError as exc:
-        raise BadRequest(f"the request body is not valid {encoding}: {exc.message}", status=400) from None
+    except (ContentEncodingError, RequestPayloadError):  # aiohttp wraps the decoder's error in the latter
+        raise BadRequest(f"the request body cannot be decoded as Content-Encoding {encoding!r}", status=400) from None
