@@ -56,6 +56,11 @@ class GatewaySettings(Strict):
 
     model_name: str = Field("expert-router", min_length=1, description="the model name clients ask for to be routed")
     max_inflight_per_expert: int = Field(256, ge=1, description="requests in flight per expert before queueing")
+    limit_scope: Literal["process", "replicas"] = Field(
+        "process", description="what max_inflight_per_expert counts: this process's requests, or what the expert's "
+        "replicas report carrying from every gateway (holds across workers and instances)")
+    load_aware: bool = Field(True, description="pick replicas by their own /metrics load report (vLLM's names)")
+    load_interval_s: float = Field(0.25, gt=0, description="how often each replica's /metrics is read")
     queue_timeout_s: float = Field(5.0, ge=0, description="how long a request may wait for a slot before 429")
     connect_timeout_s: float = Field(5.0, gt=0)
     first_token_timeout_s: float = Field(120.0, gt=0, description="upstream silence allowed before the first token")

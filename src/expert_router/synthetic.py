@@ -42,6 +42,8 @@ class SyntheticSettings:
     """End streams with `data: [DONE]` (vLLM, OpenAI) or just close them (some servers)."""
     tokens_per_chunk: int = 1
     """Tokens packed into one chunk."""
+    reported_waiting: int = 0
+    """Added to `vllm:num_requests_waiting` in /metrics: a replica that says it has a queue."""
     usage: str = "asked"
     """`asked`: usage as the request's stream_options ask; `final`: only at the end; `none`: never."""
 
@@ -52,6 +54,7 @@ class SyntheticStats:
     completed: int = 0
     cancelled: int = 0
     inflight: int = 0
+    max_inflight: int = 0
     models: dict[str, int] = field(default_factory=dict)
     last_body: dict | None = None
 
@@ -69,6 +72,7 @@ def build_app(settings: SyntheticSettings) -> web.Application:
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
     app.router.add_get("/stats", stats)
+    app.router.add_get("/metrics", metrics)
     return app
 
 
@@ -81,10 +85,20 @@ async def models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": [{"id": n, "object": "model", "owned_by": "synthetic"} for n in names]})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """vLLM's load gauges under vLLM's names, so gateways read this server as they read vLLM."""
+    s, settings = request.app[STATS_KEY], request.app[SETTINGS_KEY]
+    text = (f"# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{{model_name=\"synthetic\"}} {s.inflight}\n"
+            f"# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{{model_name=\"synthetic\"}} "
+            f"{settings.reported_waiting}\n")
+    return web.Response(text=text, content_type="text/plain")
+
+
 async def stats(request: web.Request) -> web.Response:
     s = request.app[STATS_KEY]
     return web.json_response(
         {"requests": s.requests, "completed": s.completed, "cancelled": s.cancelled, "inflight": s.inflight,
+         "max_inflight": s.max_inflight,
          "models": s.models, "last_body": s.last_body}
     )
 
@@ -108,6 +122,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     chat = request.path.endswith("/chat/completions")
     n_tokens = min(int(body.get("max_tokens") or settings.tokens), settings.tokens)
     stats.inflight += 1
+    stats.max_inflight = max(stats.max_inflight, stats.inflight)
     try:
         if body.get("stream"):
             return await _stream(request, settings, body, chat, n_tokens)

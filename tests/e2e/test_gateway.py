@@ -396,3 +396,45 @@ def test_a_stale_kept_alive_connection_is_not_a_failure(tmp_path, classifier):
             assert status == 200 and "x-expert-fallback" not in headers
             assert sse_events(raw)[-1] == "[DONE]" and len(sse_events(raw)) == 4
             assert gw.get_json("/health")[1]["experts"]["1"]["healthy_replicas"] == 1
+
+
+def test_a_replica_that_reports_a_queue_gets_fewer_requests(tmp_path, classifier):
+    """Load-aware choice: the gateway reads each replica's vLLM-named /metrics and avoids the queued one."""
+    with synthetic_expert(tmp_path, "queued", "--tokens", "2", "--reported-waiting", "50") as queued, \
+            synthetic_expert(tmp_path, "idle", "--tokens", "2") as idle:
+        deployment = write_deployment(tmp_path / "deploy.yaml", classifier, {c: [queued.url, idle.url] for c in range(8)},
+                                      load_interval_s=0.05)
+        with gateway(tmp_path, deployment) as gw:
+            time.sleep(1.0)  # a few load reads
+            for i in range(20):
+                status, _, _ = request(gw, "/v1/completions", {"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": 2})
+                assert status == 200
+        assert queued.get_json("/stats")[1]["requests"] <= 1
+        assert idle.get_json("/stats")[1]["requests"] >= 19
+
+
+def test_a_per_expert_limit_holds_across_gateway_instances(tmp_path, classifier):
+    """Two gateways with limit L=3 (limit_scope: replicas) in front of one expert: it never carries much more
+    than L. Stated margin: requests the other gateway admits within one load interval (here +1)."""
+    limit = 3
+    with synthetic_expert(tmp_path, "expert", "--tokens", "30", "--interval-ms", "50") as expert:
+        deployment = write_deployment(tmp_path / "deploy.yaml", classifier, {c: [expert.url] for c in range(8)},
+                                      max_inflight_per_expert=limit, limit_scope="replicas", load_interval_s=0.05,
+                                      queue_timeout_s=30)
+        with gateway(tmp_path, deployment, name="gw1") as gw1, gateway(tmp_path, deployment, name="gw2") as gw2:
+            time.sleep(0.5)
+            results: list[int] = []
+            threads = []
+            for i in range(10):
+                target = gw1 if i % 2 else gw2
+                body = {"prompt": PROMPTS[0], "max_tokens": 30, "stream": True}
+                thread = threading.Thread(target=lambda t=target, b=body: results.append(request(t, "/v1/completions", b, 120)[0]))
+                thread.start()
+                threads.append(thread)
+                time.sleep(0.15)  # arrivals slower than the load interval
+            for thread in threads:
+                thread.join(120)
+        stats = expert.get_json("/stats")[1]
+    assert results == [200] * 10
+    assert stats["completed"] == 10
+    assert stats["max_inflight"] <= limit + 1, stats

@@ -4,7 +4,7 @@ import pytest
 
 from expert_router.config import ExpertConfig, GatewaySettings
 from expert_router.errors import Saturated
-from expert_router.gateway.replicas import Expert
+from expert_router.gateway.replicas import Expert, Replica
 
 
 def make_pool(**settings) -> Expert:
@@ -59,3 +59,35 @@ def test_a_queued_request_gets_the_slot_when_it_frees():
         assert order == ["first", "second"]
 
     asyncio.run(scenario())
+
+
+def test_a_replica_reporting_a_queue_comes_after_an_idle_one():
+    expert = make_pool()
+    busy, idle, silent = expert.replicas
+    busy.load.update('vllm:num_requests_running{model_name="m"} 3\nvllm:num_requests_waiting{model_name="m"} 40\n')
+    idle.load.update('vllm:num_requests_running{model_name="m"} 1\nvllm:kv_cache_usage_perc{model_name="m"} 0.5\n')
+    assert busy.load.reporting and busy.busy() == 43 and idle.busy() == 1 and silent.busy() == 0
+    assert expert.healthy() == [silent, idle, busy]
+    idle.sent()  # our own sends count until the next report
+    assert idle.busy() == 2 and expert.carried() == 45
+
+
+def test_no_report_falls_back_to_our_own_count():
+    replica = Replica("http://127.0.0.1:1", "http://127.0.0.1:1/health")
+    replica.load.update("")  # unreadable /metrics
+    replica.sent()
+    assert not replica.load.reporting and replica.busy() == 1
+
+
+def test_the_shared_limit_counts_every_gateways_requests():
+    async def main() -> None:
+        expert = make_pool(max_inflight_per_expert=4, limit_scope="replicas", queue_timeout_s=0.05)
+        expert.replicas[0].load.update("vllm:num_requests_running 4\n")  # others already fill the expert
+        with pytest.raises(Saturated):
+            async with expert.slot():
+                pass
+        expert.replicas[0].load.update("vllm:num_requests_running 3\n")
+        async with expert.slot():
+            assert expert.inflight == 1
+
+    asyncio.run(main())

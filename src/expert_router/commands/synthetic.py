@@ -40,6 +40,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--fail-status", type=int, help="answer every request with this HTTP status")
     parser.add_argument("--die-after-tokens", type=int, help="drop the connection after this many tokens")
     parser.add_argument("--no-done", action="store_true", help="close streams without `data: [DONE]`")
+    parser.add_argument("--reported-waiting", type=int, default=0,
+                        help="requests this server claims to queue in /metrics (vllm:num_requests_waiting)")
     parser.set_defaults(handler=run)
 
 
@@ -53,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         tokens=args.tokens, interval_ms=args.interval_ms, first_token_ms=args.first_token_ms,
         models=tuple(args.models), fail_status=args.fail_status, die_after_tokens=args.die_after_tokens,
         send_done=not args.no_done, tokens_per_chunk=args.tokens_per_chunk, usage=args.usage,
+        reported_waiting=args.reported_waiting,
     )
 
     def announce() -> None:

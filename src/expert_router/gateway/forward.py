@@ -109,7 +109,7 @@ class Forwarder:
         path = "/v1/chat/completions" if client.chat else "/v1/completions"
         message = self.connections.post_json(replica.url, path, payload, client.stream)
         connection: HttpConnection | None = None
-        replica.inflight += 1
+        replica.sent()
         try:
             try:
                 async with asyncio.timeout(settings.first_token_timeout_s if client.stream

@@ -1,7 +1,9 @@
 """The experts and their replicas: which are up, which is least busy, how many requests may be in flight.
 
-State lives in one process (one gateway instance or worker); instances share nothing, which is what
-lets them scale out behind a load balancer.
+State lives in one process (one gateway instance or worker). With `load_aware` (the default) each
+replica's own load report (`gateway.load`) is read on a short interval, so instances and workers in
+front of the same experts pick replicas, and with `limit_scope: replicas` admit requests, by the same
+numbers; nothing else is shared, which is what lets them scale out behind a load balancer.
 """
 
 from __future__ import annotations
@@ -9,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
 
 from expert_router.config import ExpertConfig, GatewaySettings
 from expert_router.errors import Saturated
+from expert_router.gateway.load import ReportedLoad
 
 log = logging.getLogger("expert_router.gateway")
 
@@ -25,9 +29,19 @@ class Replica:
     def __init__(self, url: str, health_url: str):
         self.url = url
         self.health_url = health_url
+        self.metrics_url = url + "/metrics"
         self.inflight = 0
         self.healthy = True
         self.failures = 0
+        self.load = ReportedLoad()
+
+    def busy(self) -> float:
+        """How loaded the replica is: its own report when it gives one, never less than our own count."""
+        return max(float(self.inflight), self.load.requests()) if self.load.reporting else float(self.inflight)
+
+    def sent(self) -> None:
+        self.inflight += 1
+        self.load.sent_since += 1
 
     def record_failure(self, failures_to_down: int, why: str) -> None:
         self.failures += 1
@@ -57,12 +71,29 @@ class Expert:
         return self.config.model
 
     def healthy(self) -> list[Replica]:
-        """Healthy replicas, least requests in flight first."""
-        return sorted((r for r in self.replicas if r.healthy), key=lambda r: r.inflight)
+        """Healthy replicas, least busy first (then least KV cache in use)."""
+        return sorted((r for r in self.replicas if r.healthy), key=lambda r: (r.busy(), r.load.kv_usage))
+
+    def carried(self) -> float:
+        """Requests the expert's replicas carry by their own reports (all gateways' requests together)."""
+        return sum(r.busy() for r in self.replicas)
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        """Admission control: wait up to the queue timeout for one of the expert's in-flight slots."""
+        """Admission control: wait up to the queue timeout for one of the expert's in-flight slots.
+
+        `limit_scope: process` counts this process's requests (a semaphore); `replicas` counts what the
+        replicas report carrying, from every gateway, so the limit holds across workers and instances
+        (overshoot: what other gateways send within one load interval).
+        """
+        if self.settings.limit_scope == "replicas":
+            await self._shared_slot()
+            self.inflight += 1
+            try:
+                yield
+            finally:
+                self.inflight -= 1
+            return
         if not self._slots.locked():
             await self._slots.acquire()  # free slot: no waiting, and no timer to set up
         elif self.settings.queue_timeout_s == 0:
@@ -80,6 +111,13 @@ class Expert:
             self._slots.release()
 
 
+    async def _shared_slot(self) -> None:
+        deadline = time.monotonic() + self.settings.queue_timeout_s
+        while self.carried() >= self.settings.max_inflight_per_expert:
+            if time.monotonic() >= deadline:
+                raise self._saturated()
+            await asyncio.sleep(min(0.01, self.settings.load_interval_s / 4))
+
     def _saturated(self) -> Saturated:
         s = self.settings
         return Saturated(f"expert {self.model} (cluster {self.config.cluster}) has {s.max_inflight_per_expert} "
@@ -89,21 +127,45 @@ class Expert:
 
 
 class Experts:
-    """Every expert by cluster, plus the background health checks of their replicas."""
+    """Every expert by cluster, plus the background health checks and load reads of their replicas."""
 
     def __init__(self, experts: list[ExpertConfig], settings: GatewaySettings):
         self.settings = settings
         self.by_cluster = {e.cluster: Expert(e, settings) for e in experts}
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     def start_health_checks(self, session: aiohttp.ClientSession) -> None:
-        self._task = asyncio.create_task(self._check_forever(session))
+        self._tasks.append(asyncio.create_task(self._check_forever(session)))
+        if self.settings.load_aware or self.settings.limit_scope == "replicas":
+            self._tasks.append(asyncio.create_task(self._read_load_forever(session)))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
+
+    async def _read_load_forever(self, session: aiohttp.ClientSession) -> None:
+        """Every replica's /metrics once per load interval, all at once. A server (one vLLM holding several
+        LoRA experts) is read once and its report shared by every expert it serves."""
+        by_url: dict[str, list[Replica]] = {}
+        for expert in self.by_cluster.values():
+            for replica in expert.replicas:
+                by_url.setdefault(replica.url, []).append(replica)
+        timeout = aiohttp.ClientTimeout(total=max(1.0, 4 * self.settings.load_interval_s))
+        while True:
+            await asyncio.gather(*(self._read_load(session, replicas, timeout) for replicas in by_url.values()))
+            await asyncio.sleep(self.settings.load_interval_s)
+
+    @staticmethod
+    async def _read_load(session: aiohttp.ClientSession, replicas: list[Replica], timeout: aiohttp.ClientTimeout) -> None:
+        try:
+            async with session.get(replicas[0].metrics_url, timeout=timeout) as response:
+                text = await response.text() if response.status == 200 else ""
+        except (aiohttp.ClientError, TimeoutError, UnicodeDecodeError):
+            text = ""
+        for replica in replicas:
+            replica.load.update(text)  # an unreadable report: back to this gateway's own counts
 
     async def _check_forever(self, session: aiohttp.ClientSession) -> None:
         replicas = [r for pool in self.by_cluster.values() for r in pool.replicas]
