@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import openai
 import pytest
 
-from expert_router.testing import cli_args, free_port
+from expert_router.testing import cli_args, free_port, gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -44,6 +47,29 @@ def descendants(pid: int) -> set[int]:
         found |= children
         frontier = children
     return found
+
+
+def _running(url: str) -> float:
+    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("vllm:num_requests_running"))
+
+
+def _a_client_that_hangs_up_aborts_a_whole_answer(built: Path, url: str) -> None:
+    """Non-streaming through the gateway: the client goes away, the gateway closes the upstream, vLLM aborts."""
+    with gateway(built, built / "deployment.yaml") as gw:
+        body = json.dumps({"model": "expert-0", "prompt": "The computer", "max_tokens": 1500, "ignore_eos": True}).encode()
+        sock = socket.create_connection(("127.0.0.1", gw.port), timeout=30)
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        deadline = time.monotonic() + 30
+        while _running(url) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _running(url) >= 1, "the request never reached vLLM"
+        sock.close()  # 1,500 tokens take many seconds on CPU: only an abort ends it this soon
+        deadline = time.monotonic() + 3
+        while _running(url) > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _running(url) == 0, "vLLM kept generating for a client that had hung up"
 
 
 def test_build_writes_models_adapters_and_deployments(built):
@@ -85,6 +111,7 @@ def test_serve_streams_from_every_expert_and_stops_cleanly(built):
                 whole = client.completions.create(model=expert, prompt="A", max_tokens=60)
                 finishes.append(whole.choices[0].finish_reason)
         assert "stop" in finishes  # the experts learned to end their answers
+        _a_client_that_hangs_up_aborts_a_whole_answer(built, url)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(60)
