@@ -2,12 +2,18 @@
 
 One run starts a synthetic expert (known token timing), nginx proxying to it (the paper's load
 balancer; `deploy/nginx.conf` with one worker), and one gateway process routing to it. The same
-streaming client then runs closed-loop users against each path in turn, at 1 and at `--streams`
-concurrent streams, and records time to first token (TTFT). Overhead = TTFT through a path minus TTFT
-direct, per percentile. CPU per relayed token is read from /proc for the gateway and nginx processes,
-with 256-token answers (`cpu_us_per_token_*`) and with the short answers of the latency cases (`_short`).
+streaming client then runs closed-loop users against each path, at 1 and at each of `--streams`
+concurrent streams, and records time to first token (TTFT). Paths are interleaved and the whole set is
+repeated `--repeats` times: each repetition's overhead is TTFT through a path minus TTFT direct, per
+percentile, measured back to back; the line reports the median over repetitions with its spread
+(min, max), because on 2 shared cores one pass at 500 streams is mostly noise. CPU per relayed token
+is read from /proc for the gateway and nginx processes, with 256-token answers (`cpu_us_per_token_*`)
+and with the short answers of the latency cases (`_short`); `requests_per_s_per_core_*` is requests
+answered per CPU-second of the proxy with the short answers. `--soak-minutes N` also runs N minutes at
+the first loaded level through the gateway and reports lost requests and resident-memory and
+open-file growth after warm-up.
 
-Prints one JSON line. Run: python bench/gateway.py [--streams 500] [--seconds 8]
+Prints one JSON line. Run: python bench/gateway.py [--streams 500 1000] [--seconds 8] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import numpy as np
 
 from expert_router.classifier import Classifier
 from expert_router.corpus import load_corpus
-from expert_router.http import install_uvloop
+from expert_router.http import install_uvloop, parse_server_timing
 from expert_router.testing import Nginx, gateway, synthetic_expert, write_deployment
 
 PROMPTS = [d.text for d in load_corpus("demo", limit=400)]
@@ -65,8 +71,8 @@ async def user(session: aiohttp.ClientSession, url: str, model: str, tokens: int
                         first = time.perf_counter()
         ttfts.append((first - started) * 1000)
         counts.append(n)
-        if timing:
-            route_ms.append(float(timing.split("route;dur=")[1].split(",")[0]))
+        if timing and "route" in parse_server_timing(timing):
+            route_ms.append(parse_server_timing(timing)["route"] * 1000)
 
 
 async def measure(url: str, model: str, streams: int, seconds: float, tokens: int, pids: list[int],
@@ -90,83 +96,153 @@ async def measure(url: str, model: str, streams: int, seconds: float, tokens: in
         elapsed = time.perf_counter() - started
         cpu = cpu_seconds(pids) - cpu_before if pids else 0.0
         part_cpu = cpu_seconds(part_pids) - part_before if part_pids else 0.0
-    return {"ttft": np.array(ttfts), "tokens": int(sum(counts)), "elapsed": elapsed, "cpu_s": cpu,
-            "part_cpu_s": part_cpu, "route_ms": np.array(route_ms)}
+    return {"ttft": np.array(ttfts), "tokens": int(sum(counts)), "requests": len(counts), "elapsed": elapsed,
+            "cpu_s": cpu, "part_cpu_s": part_cpu, "route_ms": np.array(route_ms)}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--streams", type=int, default=500, help="concurrent streams of the loaded case")
-    parser.add_argument("--seconds", type=float, default=8.0, help="measured time per path and level")
+    parser.add_argument("--streams", type=int, nargs="+", default=[500, 1000], help="concurrent streams, loaded cases")
+    parser.add_argument("--seconds", type=float, default=6.0, help="measured time per path, level and repetition")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repetitions of every path and level")
     parser.add_argument("--tokens", type=int, default=32, help="tokens per answer")
     parser.add_argument("--interval-ms", type=float, default=40.0, help="upstream gap between tokens")
     parser.add_argument("--long-tokens", type=int, default=256, help="answer length of the CPU-per-token case")
     parser.add_argument("--long-streams", type=int, default=100, help="concurrent streams of the CPU-per-token case")
-    args = parser.parse_args()
-    install_uvloop()
+    parser.add_argument("--soak-minutes", type=float, default=0.0, help="also soak the gateway this long (not in CI)")
+    return parser.parse_args()
 
+
+def latency_cases(args: argparse.Namespace, tmp: Path, classifier_dir: Path) -> tuple[list[dict], dict | None]:
+    """Every repetition of every level and path, interleaved; plus the soak when asked."""
+    models = [f"expert-{c}" for c in range(8)]
+    repeats: list[dict] = []
+    soak = None
+    with synthetic_expert(tmp, "upstream", "--tokens", str(args.tokens), "--interval-ms", str(args.interval_ms),
+                          models=models) as upstream:
+        deployment = write_deployment(tmp / "deploy.yaml", classifier_dir, {c: [upstream.url] for c in range(8)},
+                                      max_inflight_per_expert=100_000, health_interval_s=5.0)
+        with gateway(tmp, deployment) as gw, Nginx(tmp, [upstream.url]) as nginx:
+            paths = {
+                "direct": (upstream.url, "expert-0", []),
+                "nginx": (nginx.url, "expert-0", process_tree(nginx.process.pid)),
+                "gateway": (gw.url, "expert-router", process_tree(gw.process.pid)),
+            }
+            for repeat in range(args.repeats):
+                results: dict = {name: {} for name in paths}
+                for streams in (1, *args.streams):
+                    order = list(paths)[repeat % 3:] + list(paths)[:repeat % 3]  # no path always first
+                    for name in order:
+                        url, model, pids = paths[name]
+                        tokens = 2 if streams == 1 else args.tokens  # TTFT does not depend on length
+                        results[name][streams] = asyncio.run(measure(url, model, streams, args.seconds, tokens, pids))
+                repeats.append(results)
+            if args.soak_minutes > 0:
+                soak = asyncio.run(run_soak(gw, args.streams[0], args.soak_minutes * 60, args.tokens))
+    return repeats, soak
+
+
+def cpu_cases(args: argparse.Namespace, tmp: Path, classifier_dir: Path) -> dict:
+    """CPU per relayed token with answers of a realistic length (MLPerf's reference averages ~294 output
+    tokens), where per-request work is amortised as it is in real serving."""
+    models = [f"expert-{c}" for c in range(8)]
+    with synthetic_expert(tmp, "long", "--tokens", str(args.long_tokens), "--interval-ms", "10",
+                          models=models) as upstream:
+        deployment = write_deployment(tmp / "long.yaml", classifier_dir, {c: [upstream.url] for c in range(8)},
+                                      max_inflight_per_expert=100_000, health_interval_s=5.0)
+        with gateway(tmp, deployment, name="gateway-long") as gw, Nginx(tmp / "long", [upstream.url]) as nginx:
+            return {name: asyncio.run(measure(url, model, args.long_streams, args.seconds * 2, args.long_tokens,
+                                              process_tree(server.process.pid)))
+                    for name, url, model, server in (("nginx", nginx.url, "expert-0", nginx),
+                                                     ("gateway", gw.url, "expert-router", gw))}
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": round(float(np.median(values)), 3), "min": round(min(values), 3), "max": round(max(values), 3)}
+
+
+def summarize_latency(repeats: list[dict], levels: list[int]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for streams in (1, *levels):
+        suffix = f"c{streams}"
+        for name, prefix in (("gateway", "route"), ("nginx", "nginx")):
+            for q in (50, 99):
+                diffs = [float(np.percentile(r[name][streams]["ttft"], q) - np.percentile(r["direct"][streams]["ttft"], q))
+                         for r in repeats]
+                out[f"{prefix}_overhead_p{q}_ms_{suffix}"] = spread(diffs)
+        for q in (50, 99):
+            gw = spread([float(np.percentile(r["gateway"][streams]["ttft"], q) - np.percentile(r["direct"][streams]["ttft"], q))
+                         for r in repeats])["median"]
+            ng = spread([float(np.percentile(r["nginx"][streams]["ttft"], q) - np.percentile(r["direct"][streams]["ttft"], q))
+                         for r in repeats])["median"]
+            out[f"overhead_ratio_p{q}_gateway_vs_nginx_{suffix}"] = round(gw / ng, 2) if ng > 0 else None
+        route = np.concatenate([r["gateway"][streams]["route_ms"] for r in repeats])
+        out[f"server_timing_route_p50_ms_{suffix}"] = round(float(np.percentile(route, 50)), 3)
+        out[f"server_timing_route_p99_ms_{suffix}"] = round(float(np.percentile(route, 99)), 3)
+    return out
+
+
+def summarize_cpu(repeats: list[dict], loaded: int, long_answers: dict) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for name in ("gateway", "nginx"):
+        cases = [r[name][loaded] for r in repeats]
+        out[f"cpu_us_per_token_{name}_short"] = round(
+            sum(c["cpu_s"] for c in cases) / max(sum(c["tokens"] for c in cases), 1) * 1e6, 2)
+        out[f"requests_per_s_per_core_{name}"] = round(
+            sum(c["requests"] for c in cases) / max(sum(c["cpu_s"] for c in cases), 1e-9), 1)
+        r = long_answers[name]
+        out[f"cpu_us_per_token_{name}"] = round(r["cpu_s"] / max(r["tokens"], 1) * 1e6, 2)
+    out["cpu_ratio_gateway_vs_nginx"] = round(out["cpu_us_per_token_gateway"] / max(out["cpu_us_per_token_nginx"], 1e-9), 2)
+    out["cpu_ratio_gateway_vs_nginx_short"] = round(
+        out["cpu_us_per_token_gateway_short"] / max(out["cpu_us_per_token_nginx_short"], 1e-9), 2)
+    return out
+
+
+async def run_soak(gw: object, streams: int, seconds: float, tokens: int) -> dict[str, object]:
+    """`streams` users for `seconds` through the gateway; memory and descriptors sampled every 5 s."""
+    pid = gw.process.pid  # type: ignore[attr-defined]
+    samples: list[tuple[int, int]] = []
+    stop_at = time.perf_counter() + seconds
+
+    async def sample() -> None:
+        while time.perf_counter() < stop_at:
+            rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            samples.append((rss, len(os.listdir(f"/proc/{pid}/fd"))))
+            await asyncio.sleep(5)
+
+    ttfts: list[float] = []
+    counts: list[int] = []
+    errors: list[str] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                     timeout=aiohttp.ClientTimeout(total=120)) as session:
+        sampler = asyncio.create_task(sample())
+        results = await asyncio.gather(*(user(session, gw.url, "expert-router", tokens, stop_at, ttfts, counts, [], i)  # type: ignore[attr-defined]
+                                         for i in range(streams)), return_exceptions=True)
+        sampler.cancel()
+    errors = [repr(r) for r in results if isinstance(r, BaseException)]
+    warm = samples[len(samples) // 5:] or samples
+    return {"soak_seconds": seconds, "soak_requests": len(counts), "soak_lost_or_hung": len(errors),
+            "soak_short_answers": sum(1 for c in counts if c < tokens),
+            "soak_rss_growth_after_warmup": round(warm[-1][0] / warm[0][0] - 1, 3) if warm else None,
+            "soak_fd_growth_after_warmup": warm[-1][1] - warm[0][1] if warm else None}
+
+
+def main() -> None:
+    args = parse_args()
+    install_uvloop()
     with tempfile.TemporaryDirectory() as scratch:
         tmp = Path(scratch)
         classifier_dir = tmp / "classifier"
         Classifier.fit([d.text for d in load_corpus("demo")]).save(classifier_dir)
-        models = [f"expert-{c}" for c in range(8)]
-        with synthetic_expert(tmp, "upstream", "--tokens", str(args.tokens), "--interval-ms", str(args.interval_ms),
-                              models=models) as upstream:
-            deployment = write_deployment(tmp / "deploy.yaml", classifier_dir, {c: [upstream.url] for c in range(8)},
-                                          max_inflight_per_expert=100_000, health_interval_s=5.0)
-            with gateway(tmp, deployment) as gw, Nginx(tmp, [upstream.url]) as nginx:
-                paths = {
-                    "direct": (upstream.url, "expert-0", []),
-                    "nginx": (nginx.url, "expert-0", process_tree(nginx.process.pid)),
-                    "gateway": (gw.url, "expert-router", process_tree(gw.process.pid)),
-                }
-                results: dict[str, dict[int, dict]] = {name: {} for name in paths}
-                for streams in (1, args.streams):
-                    for name, (url, model, pids) in paths.items():
-                        # c1 uses 2-token answers: TTFT does not depend on length, and many requests give
-                        # stable percentiles.
-                        tokens = 2 if streams == 1 else args.tokens
-                        results[name][streams] = asyncio.run(measure(url, model, streams, args.seconds, tokens, pids))
-            # CPU per relayed token with answers of a realistic length (MLPerf's reference averages ~294
-            # output tokens), where per-request work is amortised as it is in real serving.
-            with synthetic_expert(tmp, "long", "--tokens", str(args.long_tokens), "--interval-ms", "10",
-                                  models=models) as upstream:
-                deployment = write_deployment(tmp / "long.yaml", classifier_dir, {c: [upstream.url] for c in range(8)},
-                                              max_inflight_per_expert=100_000, health_interval_s=5.0)
-                with gateway(tmp, deployment, name="gateway-long") as gw, Nginx(tmp / "long", [upstream.url]) as nginx:
-                    long_answers = {
-                        name: asyncio.run(measure(url, model, args.long_streams, args.seconds * 2, args.long_tokens,
-                                                  process_tree(server.process.pid)))
-                        for name, url, model, server in (("nginx", nginx.url, "expert-0", nginx),
-                                                         ("gateway", gw.url, "expert-router", gw))
-                    }
-
+        repeats, soak = latency_cases(args, tmp, classifier_dir)
+        long_answers = cpu_cases(args, tmp, classifier_dir)
     out: dict[str, object] = {"bench": "gateway", "streams": args.streams, "tokens_per_answer": args.tokens,
-                              "interval_ms": args.interval_ms, "seconds_per_case": args.seconds}
-    for streams, suffix in ((1, "c1"), (args.streams, f"c{args.streams}")):
-        direct = results["direct"][streams]["ttft"]
-        for name in ("gateway", "nginx"):
-            ttft = results[name][streams]["ttft"]
-            prefix = "route" if name == "gateway" else "nginx"
-            out[f"{prefix}_overhead_p50_ms_{suffix}"] = round(float(np.percentile(ttft, 50) - np.percentile(direct, 50)), 3)
-            out[f"{prefix}_overhead_p99_ms_{suffix}"] = round(float(np.percentile(ttft, 99) - np.percentile(direct, 99)), 3)
-        for name in paths:
-            r = results[name][streams]
-            out[f"ttft_p50_ms_{name}_{suffix}"] = round(float(np.percentile(r["ttft"], 50)), 3)
-            out[f"tokens_per_s_{name}_{suffix}"] = round(r["tokens"] / r["elapsed"], 1)
-        route = results["gateway"][streams]["route_ms"]
-        out[f"server_timing_route_p50_ms_{suffix}"] = round(float(np.percentile(route, 50)), 3)
-        out[f"server_timing_route_p99_ms_{suffix}"] = round(float(np.percentile(route, 99)), 3)
-    loaded = args.streams
-    for name in ("gateway", "nginx"):
-        r = results[name][loaded]
-        out[f"cpu_us_per_token_{name}_short"] = round(r["cpu_s"] / max(r["tokens"], 1) * 1e6, 2)
-        r = long_answers[name]
-        out[f"cpu_us_per_token_{name}"] = round(r["cpu_s"] / max(r["tokens"], 1) * 1e6, 2)
-    out["long_answer_tokens"] = args.long_tokens
-    out["cpu_ratio_gateway_vs_nginx"] = round(out["cpu_us_per_token_gateway"] / max(out["cpu_us_per_token_nginx"], 1e-9), 2)
-    out["cpu_ratio_gateway_vs_nginx_short"] = round(
-        out["cpu_us_per_token_gateway_short"] / max(out["cpu_us_per_token_nginx_short"], 1e-9), 2)
+                              "interval_ms": args.interval_ms, "seconds_per_case": args.seconds, "repeats": args.repeats,
+                              "long_answer_tokens": args.long_tokens}
+    out.update(summarize_latency(repeats, args.streams))
+    out.update(summarize_cpu(repeats, args.streams[0], long_answers))
+    if soak is not None:
+        out.update(soak)
     print(json.dumps(out))
 
 
