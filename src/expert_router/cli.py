@@ -10,8 +10,9 @@ from rich.text import Text
 
 from expert_router import __version__
 from expert_router.commands import (
-    cluster,
+    classifier,
     demo,
+    emulate,
     experiment,
     experts,
     load,
@@ -21,7 +22,7 @@ from expert_router.commands import (
 from expert_router.errors import UserError
 from expert_router.progress import console
 
-COMMANDS = (demo, cluster, experts, serve, synthetic, load, experiment)
+COMMANDS = (demo, classifier, experts, serve, synthetic, emulate, load, experiment)
 
 
 def build_parser() -> argparse.ArgumentParser:
