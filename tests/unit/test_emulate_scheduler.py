@@ -19,9 +19,7 @@ def advance(scheduler: Scheduler, batch) -> list[int]:
     """What the engine does after a step: returns ids that produced a token, finishing the done ones."""
     produced = []
     for s, n in batch.items:
-        s.computed += n
-        if s.computed == s.length:
-            s.generated += 1
+        if s.advance(n):
             produced.append(s.id)
             if s.generated >= s.stop_after:
                 scheduler.finish(s)

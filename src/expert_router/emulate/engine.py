@@ -104,9 +104,9 @@ class Engine:
         batch = self.scheduler.schedule()
         if not batch:
             return None
-        parts = self.perf.step(batch.work())
-        result = StepResult(parts.total, self._emit(batch), parts, sum(n for _, n in batch.items),
-                            len(batch.preempted))
+        work = batch.work()
+        parts = self.perf.step(work)
+        result = StepResult(parts.total, self._emit(batch), parts, work.tokens, len(batch.preempted))
         self._account(result)
         return result
 
@@ -114,13 +114,11 @@ class Engine:
         """Advance every scheduled sequence; those that reach their end produce one token each."""
         events = []
         for seq, n in batch.items:
-            seq.computed += n
-            if seq.computed < seq.length:
+            if not seq.advance(n):
                 continue  # a prefill chunk that is not the last
-            index = seq.generated
+            index = seq.generated - 1
             if index == 0:
                 self.stats.prompt_tokens += seq.prompt_tokens
-            seq.generated += 1
             if seq.generated >= seq.stop_after:
                 events.append(TokenEvent(seq.id, index, seq.finish_reason))
                 self.scheduler.finish(seq)

@@ -42,15 +42,27 @@ class Sequence:
     generated: int = 0
     computed: int = 0
     preemptions: int = 0
+    length: int = 0
+    """Tokens known: prompt plus generated (kept as a field: it is read on every step)."""
+    kv_tokens: int = 0
+    """Tokens its KV blocks can hold now (a cache of the block manager's count, for the hot path)."""
 
-    @property
-    def length(self) -> int:
-        return self.prompt_tokens + self.generated
+    def __post_init__(self) -> None:
+        self.length = self.prompt_tokens + self.generated
 
     @property
     def remaining(self) -> int:
         """Tokens this sequence still has to run through the model before its next output token."""
         return self.length - self.computed
+
+    def advance(self, n: int) -> bool:
+        """`n` more tokens computed; True when that produced an output token (the sequence grew by one)."""
+        self.computed += n
+        if self.computed < self.length:
+            return False
+        self.generated += 1
+        self.length += 1
+        return True
 
     @property
     def finish_reason(self) -> str:
@@ -112,11 +124,11 @@ class Scheduler:
             self.running.remove(seq)
         elif seq in self.waiting:
             self.waiting.remove(seq)
-        self.blocks.release(seq.id)
+        self._release(seq)
 
     def finish(self, seq: Sequence) -> None:
         self.running.remove(seq)
-        self.blocks.release(seq.id)
+        self._release(seq)
 
     def schedule(self) -> Batch:
         batch = Batch()
@@ -126,24 +138,32 @@ class Scheduler:
 
     def _schedule_running(self, batch: Batch, budget: int) -> int:
         index = 0
+        items = batch.items
         while index < len(self.running) and budget > 0:
             seq = self.running[index]
-            n = min(seq.remaining, budget)
-            if not self.chunked_prefill and n < seq.remaining:
+            remaining = seq.length - seq.computed
+            n = remaining if remaining < budget else budget
+            if n < remaining and not self.chunked_prefill:
                 index += 1
                 continue
-            if not self._grow_or_preempt(seq, seq.computed + n, batch):
+            if seq.computed + n > seq.kv_tokens and not self._grow_or_preempt(seq, seq.computed + n, batch):
                 break  # seq itself was preempted: everything after it already was
-            batch.items.append((seq, n))
+            items.append((seq, n))
             budget -= n
             index += 1
         return budget
 
+    def _grow(self, seq: Sequence, tokens: int) -> bool:
+        if not self.blocks.grow(seq.id, tokens):
+            return False
+        seq.kv_tokens = self.blocks.owned(seq.id) * self.blocks.block_size
+        return True
+
     def _grow_or_preempt(self, seq: Sequence, tokens: int, batch: Batch) -> bool:
         """Blocks for `tokens` tokens of `seq`, preempting the newest sequences until they fit."""
-        while not self.blocks.grow(seq.id, tokens):
+        while not self._grow(seq, tokens):
             victim = self.running.pop()
-            self.blocks.release(victim.id)
+            self._release(victim)
             victim.computed = 0
             victim.preemptions += 1
             self.waiting.appendleft(victim)
@@ -152,6 +172,10 @@ class Scheduler:
                 return False
         return True
 
+    def _release(self, seq: Sequence) -> None:
+        self.blocks.release(seq.id)
+        seq.kv_tokens = 0
+
     def _admit_waiting(self, batch: Batch, budget: int) -> None:
         while self.waiting and budget > 0 and len(self.running) < self.max_batch_size:
             seq = self.waiting[0]
@@ -159,7 +183,7 @@ class Scheduler:
             if not self.chunked_prefill and n < seq.remaining:
                 return
             reserve = seq.prompt_tokens + seq.max_tokens if self.policy == "guaranteed_no_evict" else seq.computed + n
-            if not self.blocks.grow(seq.id, reserve):
+            if not self._grow(seq, reserve):
                 return  # first come, first served: the head of the queue waits for blocks
             self.waiting.popleft()
             self.running.append(seq)

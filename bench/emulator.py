@@ -1,0 +1,105 @@
+"""How many emulated tokens per second one core serves in real time, and how close the emulator is to GPUs.
+
+Real time: one emulated engine (Llama 3 8B FP16 on an H100, answers of 200 tokens) in its own process,
+pinned to one core; the user simulator on the other core runs closed-loop users at rising concurrency.
+For each level the server reports its timing error: how far each step's token delivery was from the
+emulated timeline (`/stats` lateness, early or late). `max_tokens_per_s_1ms` is the highest delivered
+token rate whose mean error stays under 1 ms.
+
+Validation: the emulator against the published single-server table (profiles/published.yaml), in virtual
+time; `validation_mean_error` is the mean absolute relative error over its rows (`--scale` sends that
+share of the published request counts; 1.0 is the full table of docs/emulator.md).
+
+Prints one JSON line. Run: python bench/emulator.py [--levels 32 128 256 512] [--seconds 10] [--scale 0.1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from expert_router.testing import Server, cli_args, free_port
+
+from expert_router.emulate import validation
+from expert_router.loadgen.workload import WorkItem, save_workload
+
+ANSWER = 200
+
+
+def pinned(args: list[str], core: int | None) -> list[str]:
+    return ["taskset", "-c", str(core), *args] if core is not None and shutil.which("taskset") else args
+
+
+def server_stats(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url + "/stats", timeout=10) as response:
+        stats: dict[str, Any] = json.loads(response.read())
+        return stats
+
+
+def measure(url: str, workload: Path, users: int, seconds: float, out: Path, core: int | None) -> dict[str, Any]:
+    before = server_stats(url)
+    started = time.monotonic()
+    args = cli_args("load", url, "--model", "expert-0", "--workload", str(workload), "--users", str(users),
+                    "--duration", str(seconds), "--out", str(out))
+    result = subprocess.run(pinned(args, core), capture_output=True, text=True, timeout=seconds + 120)
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr[-2000:])
+    elapsed = time.monotonic() - started
+    after = server_stats(url)
+    steps = after["lateness_ms"]["steps"] - before["lateness_ms"]["steps"]
+    error_sum = (after["lateness_ms"]["mean"] * after["lateness_ms"]["steps"]
+                 - before["lateness_ms"]["mean"] * before["lateness_ms"]["steps"])
+    tokens = after["generation_tokens"] - before["generation_tokens"]
+    return {"users": users, "tokens_per_s": round(tokens / elapsed, 1), "steps": steps,
+            "timing_error_mean_ms": round(error_sum / max(steps, 1), 3),
+            "timing_error_max_ms": round(after["lateness_ms"]["max"], 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--levels", type=int, nargs="+", default=[32, 128, 256, 512])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--scale", type=float, default=0.1, help="share of the published request counts")
+    args = parser.parse_args()
+    cores = sorted(os.sched_getaffinity(0))
+    client_core = cores[0] if len(cores) > 1 else None
+    server_core = cores[1] if len(cores) > 1 else None
+
+    levels = []
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = Path(scratch)
+        workload = tmp / "workload.jsonl"
+        prompt = " ".join(["word"] * 100)
+        save_workload([WorkItem(i, 0, prompt, 100, ANSWER) for i in range(100)], workload)
+        port = free_port()
+        server_args = cli_args("emulate", "--port", str(port), "--served-model-name", "expert-0",
+                               "--max-batch-size", "1024", "--output-lengths", f"fixed:{ANSWER}")
+        with Server(pinned(server_args, server_core), port, tmp / "emulate.log") as server:
+            for users in args.levels:
+                levels.append(measure(server.url, workload, users, args.seconds, tmp / f"u{users}", client_core))
+    within = [lv for lv in levels if lv["timing_error_mean_ms"] < 1.0]
+    best = max(within, key=lambda lv: lv["tokens_per_s"]) if within else None
+    rows = validation.run(scale=args.scale)
+    print(json.dumps({
+        "bench": "emulator",
+        "server_cores": 1 if server_core is not None else len(cores),
+        "max_tokens_per_s_1ms": best["tokens_per_s"] if best else 0,
+        "timing_error_mean_ms_at_max": best["timing_error_mean_ms"] if best else None,
+        "levels": levels,
+        "validation_rows": len(rows),
+        "validation_scale": args.scale,
+        "validation_mean_error": round(validation.mean_abs_error(rows), 4),
+        "validation_mean_error_held_out": round(validation.mean_abs_error([r for r in rows if r.gpu != "h100-sxm"]), 4),
+    }))
+
+
+if __name__ == "__main__":
+    main()
