@@ -28,6 +28,7 @@ class OutputLengths:
     values: tuple[int, ...] = ()
 
     def sample(self, rng: np.random.Generator) -> int:
+        value: float
         if self.kind == "exponential":
             value = rng.geometric(min(1.0, 1.0 / self.a))  # support 1, 2, ...; mean self.a
         elif self.kind == "fixed":
