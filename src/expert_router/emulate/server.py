@@ -17,7 +17,7 @@ import orjson
 from aiohttp import web
 
 from expert_router.emulate.metrics import EngineMetrics
-from expert_router.emulate.realtime import RealtimeDriver, Stream
+from expert_router.emulate.realtime import Lateness, RealtimeDriver, Stream
 from expert_router.errors import UserError
 from expert_router.http import error_response
 
@@ -63,6 +63,8 @@ async def prometheus(request: web.Request) -> web.Response:
 
 async def stats(request: web.Request) -> web.Response:
     driver = request.app[DRIVER_KEY]
+    if request.query.get("reset") == "lateness":  # benchmarks measure one load level at a time
+        driver.lateness = Lateness()
     engine, late = driver.engine, driver.lateness
     s = engine.stats
     return web.json_response({
@@ -71,7 +73,8 @@ async def stats(request: web.Request) -> web.Response:
         "finished": s.finished, "finish_reasons": s.finish_reasons, "preemptions": s.preemptions,
         "running": engine.running, "waiting": engine.waiting, "kv_cache_usage": engine.blocks.usage,
         "kv_capacity_tokens": engine.blocks.capacity_tokens,
-        "lateness_ms": {"mean": late.mean * 1000, "max": late.worst * 1000, "steps": late.steps},
+        "lateness_ms": {"mean": late.mean * 1000, "p50": late.percentile(50) * 1000, "p99": late.percentile(99) * 1000,
+                        "max": late.worst * 1000, "steps": late.steps},
     })
 
 
