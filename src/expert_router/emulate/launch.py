@@ -30,13 +30,11 @@ class Instance:
 
 
 def plan(config: EngineConfig, instances: int, port: int, names: list[str]) -> list[Instance]:
-    """`instances` engines on ports port, port+1, ...; `{i}` in a served name becomes the instance index.
+    """`instances` engines on ports port, port+1, ...; `{i}` in a served name becomes the instance index
+    (without it, every instance answers to the same names: replicas, as C's two TP4 engines).
 
     Each instance draws its answer lengths from its own seed (seed + i), as separate servers would.
     """
-    if instances > 1 and not any("{i}" in n for n in names):
-        raise UserError("with --instances > 1 every instance needs its own name: put {i} in --served-model-name, "
-                        "e.g. expert-{i}")
     return [Instance(replace(config, seed=config.seed + i), port + i, tuple(n.replace("{i}", str(i)) for n in names))
             for i in range(instances)]
 
