@@ -11,7 +11,7 @@ Validation: the emulator against the published single-server table (profiles/pub
 time; `validation_mean_error` is the mean absolute relative error over its rows (`--scale` sends that
 share of the published request counts; 1.0 is the full table of docs/emulator.md).
 
-Prints one JSON line. Run: python bench/emulator.py [--levels 32 128 256 512] [--seconds 10] [--scale 0.1]
+Prints one JSON line. Run: python bench/emulator.py [--levels 16 32 64 128 256] [--seconds 10] [--scale 1.0]
 """
 
 from __future__ import annotations
@@ -64,9 +64,9 @@ def measure(url: str, workload: Path, users: int, seconds: float, out: Path, cor
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--levels", type=int, nargs="+", default=[32, 128, 256, 512])
+    parser.add_argument("--levels", type=int, nargs="+", default=[16, 32, 64, 128, 256])
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--scale", type=float, default=0.1, help="share of the published request counts")
+    parser.add_argument("--scale", type=float, default=1.0, help="share of the published request counts")
     args = parser.parse_args()
     cores = sorted(os.sched_getaffinity(0))
     client_core = cores[0] if len(cores) > 1 else None
