@@ -17,12 +17,13 @@ from expert_router.commands import (
     experts,
     load,
     serve,
+    simulate,
     synthetic,
 )
 from expert_router.errors import UserError
 from expert_router.progress import console
 
-COMMANDS = (demo, classifier, experts, serve, synthetic, emulate, load, experiment)
+COMMANDS = (demo, classifier, experts, serve, synthetic, emulate, simulate, load, experiment)
 
 
 def build_parser() -> argparse.ArgumentParser:
