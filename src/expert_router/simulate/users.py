@@ -9,6 +9,7 @@ up front, every arrival a user of its own. Requests take workload items in turn,
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ class Users:
         self._load = load
         if load.mode == "closed":
             for user in range(load.users):
-                self.events.at(0.0, lambda user=user: self._send(user))
+                self.events.at(0.0, functools.partial(self._send, user))
         else:
             if not load.rate or load.rate <= 0:
                 raise UserError("open loop needs a positive rate")
