@@ -121,3 +121,25 @@ def test_through_the_gateway_and_the_user_simulator(tmp_path, experts, classifie
     tpot = [(r["token_times"][-1] - r["t_first_token"]) / (ANSWER - 1) for r in records]
     assert np.median(tpot) > 0.0048
     assert np.median(tpot) < 0.2  # loose: a shared 2-core machine, but not stalled
+
+
+def test_a_client_that_leaves_frees_its_place(experts):
+    urls, _ = experts
+    import http.client
+    import time
+
+    connection = http.client.HTTPConnection("127.0.0.1", int(urls[5].rsplit(":", 1)[1]), timeout=10)
+    body = {"model": "expert-5", "prompt": "tell me a long story", "max_tokens": 5000, "ignore_eos": True,
+            "stream": True}
+    connection.request("POST", "/v1/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 200 and response.read(6) == b"data: "  # it is generating
+    connection.close()  # the client goes away mid-answer
+    deadline = time.monotonic() + 10
+    stats = {}
+    while time.monotonic() < deadline:
+        stats = json.loads(urllib.request.urlopen(urls[5] + "/stats", timeout=10).read())
+        if stats["running"] == 0:
+            break
+        time.sleep(0.1)
+    assert stats["running"] == 0 and stats["kv_cache_usage"] == 0 and stats["generation_tokens"] < 5000

@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+
 from expert_router.analysis.metrics import summarize
 from expert_router.analysis.results import CELL_FILE, cell_folder
 from expert_router.experiment import Configuration, Experiment, load_experiment
@@ -47,7 +49,7 @@ def simulate_cell(cell: Cell, base: Path, items: list[WorkItem], routes: list[in
     for record in records:
         writer.write(record)
     writer.close()
-    dicts = [json.loads(r.to_json()) for r in records]
+    dicts = [orjson.loads(r.to_json()) for r in records]
     check = {"lag_p99_ms": 0.0, "lag_max_ms": 0.0, "cpu_share": 0.0, "valid": True, "reasons": [], "virtual": True}
     document: dict[str, object] = {"meta": meta, "summary": summarize(dicts).as_dict(), "self_check": [check],
                                    "valid": True, "reasons": []}
