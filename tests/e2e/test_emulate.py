@@ -118,6 +118,10 @@ def test_through_the_gateway_and_the_user_simulator(tmp_path, experts, classifie
     assert sum(a["finished"] for a in after) - sum(before) == 96
     assert all(a["kv_cache_usage"] == 0 and a["running"] == 0 for a in after)
     # an 8B FP16 decode step streams 16 GB of weights: at least 4.8 ms on an H100 (3.35 TB/s), never less
+    t0 = json.loads((out / "records.jsonl").read_text().splitlines()[0])["t0_monotonic"]
+    for r in records:  # each chunk says when the emulated GPU produced its token; none is read before it
+        assert len(r["server_stamps"]) == ANSWER
+        assert (np.array(r["token_times"]) + t0 >= np.array(r["server_stamps"]) - 1e-4).all()
     tpot = [(r["token_times"][-1] - r["t_first_token"]) / (ANSWER - 1) for r in records]
     assert np.median(tpot) > 0.0048
     assert np.median(tpot) < 0.2  # loose: a shared 2-core machine, but not stalled

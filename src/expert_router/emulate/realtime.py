@@ -40,14 +40,15 @@ class Stream:
     request_id: int
     prompt_tokens: int
     submitted: float
-    queue: asyncio.Queue[TokenEvent] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[tuple[TokenEvent, float]] = field(default_factory=asyncio.Queue)
     first_token: float | None = None
     tokens: int = 0
 
-    async def events(self) -> AsyncIterator[TokenEvent]:
+    async def events(self) -> AsyncIterator[tuple[TokenEvent, float]]:
+        """Each token with the time the emulated GPU produced it (on `clock`)."""
         while True:
-            event = await self.queue.get()
-            yield event
+            event, at = await self.queue.get()
+            yield event, at
             if event.finish_reason is not None:
                 return
 
@@ -145,7 +146,7 @@ class RealtimeDriver:
             if stream.first_token is None:
                 stream.first_token = at
             stream.tokens += 1
-            stream.queue.put_nowait(event)
+            stream.queue.put_nowait((event, at))
             if event.finish_reason is not None:
                 del self._streams[event.request_id]
                 self._record(stream, event.finish_reason, at)

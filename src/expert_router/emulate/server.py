@@ -160,13 +160,15 @@ async def _stream(request: web.Request, body: dict[str, Any], chat: bool, stream
     if chat:  # vLLM's first chat chunk carries the role and no token
         role = {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
         await response.write(b"data: " + orjson.dumps(role) + b"\n\n")
-    async for event in stream.events():
+    async for event, at in stream.events():
         text = FILLER[event.index % len(FILLER)]
         if chat:
             choice: dict[str, Any] = {"index": 0, "delta": {"content": text}, "finish_reason": event.finish_reason}
         else:
             choice = {"index": 0, "text": text, "finish_reason": event.finish_reason, "logprobs": None}
-        await response.write(b"data: " + orjson.dumps({**head, "choices": [choice]}) + b"\n\n")
+        # "t": when the emulated GPU produced the token (time.monotonic, shared by every process here), as
+        # the synthetic expert stamps its chunks: the user simulator keeps it, so timing error is measurable
+        await response.write(b"data: " + orjson.dumps({**head, "choices": [choice], "t": at}) + b"\n\n")
     if (body.get("stream_options") or {}).get("include_usage"):
         await response.write(b"data: " + orjson.dumps({**head, "choices": [], "usage": _usage(stream)}) + b"\n\n")
     await response.write(b"data: [DONE]\n\n")
@@ -176,7 +178,7 @@ async def _stream(request: web.Request, body: dict[str, Any], chat: bool, stream
 
 async def _whole(body: dict[str, Any], chat: bool, stream: Stream) -> web.Response:
     parts, finish = [], "length"
-    async for event in stream.events():
+    async for event, _ in stream.events():
         parts.append(FILLER[event.index % len(FILLER)])
         finish = event.finish_reason or finish
     text = "".join(parts)
