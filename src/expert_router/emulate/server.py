@@ -9,6 +9,7 @@ count (what the user simulator counts when it has no tokenizer), or the length o
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 import uuid
 from typing import Any
@@ -41,11 +42,23 @@ def build_app(driver: RealtimeDriver, metrics: EngineMetrics, names: tuple[str, 
 
     async def start_driver(app: web.Application) -> Any:
         task = asyncio.create_task(driver.run())
+        task.add_done_callback(_report_crash)
         yield
         task.cancel()
 
     app.cleanup_ctx.append(start_driver)
     return app
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    """An engine that stops would leave every stream hanging: say so loudly and stop the process."""
+    if not task.cancelled() and task.exception() is not None:
+        import os
+        import signal
+        import traceback
+
+        traceback.print_exception(task.exception(), file=sys.stderr)
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 async def health(request: web.Request) -> web.Response:
