@@ -110,7 +110,10 @@ def main() -> None:
         "validation_rows": len(rows),
         "validation_scale": args.scale,
         "validation_mean_error": round(validation.mean_abs_error(rows), 4),
-        "validation_mean_error_held_out": round(validation.mean_abs_error([r for r in rows if r.gpu != "h100-sxm"]), 4),
+        "validation_mean_error_held_out": round(validation.mean_abs_error(
+            [r for r in rows if not (r.gpu == "h100-sxm" and r.model == "llama-3-8b")]), 4),
+        "validation_mean_error_single_gpu": round(validation.mean_abs_error([r for r in rows if r.tp == 1]), 4),
+        "validation_mean_error_tp8": round(validation.mean_abs_error([r for r in rows if r.tp > 1]), 4),
     }))
 
 
