@@ -12,18 +12,20 @@ from expert_router import __version__
 from expert_router.commands import (
     classifier,
     demo,
+    emulate,
     experiment,
     experts,
     extproc,
     load,
     report,
     serve,
+    simulate,
     synthetic,
 )
 from expert_router.errors import UserError
 from expert_router.progress import console
 
-COMMANDS = (demo, classifier, experts, serve, extproc, synthetic, load, experiment, report)
+COMMANDS = (demo, classifier, experts, serve, extproc, synthetic, emulate, simulate, load, experiment, report)
 
 
 def build_parser() -> argparse.ArgumentParser:

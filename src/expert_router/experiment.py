@@ -167,12 +167,12 @@ def _run_cells(experiment: Experiment, configuration: Configuration,
     for number, (_, mix, users, repetition) in enumerate(cells, 1):
         console.print(f"[bold]{configuration.name}[/] {mix} mix, {users} users, repetition {repetition + 1}"
                       f" ({number}/{len(cells)})")
-        workload = _workload(experiment, mix, users, repetition, results)
+        workload = cell_workload(experiment, mix, users, repetition, results)
         _run_cell(experiment, configuration, mix, users, repetition, workload, results)
         time.sleep(experiment.cooldown_s)
 
 
-def _workload(experiment: Experiment, mix: str, users: int, repetition: int, results: Path) -> Path:
+def cell_workload(experiment: Experiment, mix: str, users: int, repetition: int, results: Path) -> Path:
     """The prompts of one cell, drawn once and shared by its configurations: they differ only in serving."""
     spec = experiment.workload(mix, users, repetition)
     path = results / "workloads" / f"{mix}-seed{spec.seed}.jsonl"

@@ -1,0 +1,139 @@
+"""The emulated engine's spine: schedule -> step time -> emit tokens, one iteration per `step()`.
+
+The engine has no clock. `step()` returns how long the iteration takes on the emulated GPU and which
+tokens it produced; whoever drives it decides what that duration means. The real-time server
+(`realtime.py`) sleeps for it and then streams the tokens; a virtual-time simulation would advance its
+clock by it. Both therefore run exactly the same scheduling and timing code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from expert_router.emulate.config import EngineConfig
+from expert_router.emulate.kvcache import BlockManager
+from expert_router.emulate.perfmodel import PerfModel, StepTime
+from expert_router.emulate.scheduler import Batch, Scheduler, Sequence
+from expert_router.errors import UserError
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """Output token `index` (0-based) of request `request_id`; the last one carries its finish reason."""
+
+    request_id: int
+    index: int
+    finish_reason: str | None = None
+
+
+@dataclass
+class StepResult:
+    duration: float
+    """Seconds the iteration takes on the emulated GPU."""
+    events: list[TokenEvent] = field(default_factory=list)
+    parts: StepTime | None = None
+    tokens: int = 0
+    """Tokens run through the model (prefill and decode)."""
+    preempted: int = 0
+
+
+@dataclass
+class EngineStats:
+    """Counters that the metrics endpoint exports (vLLM's names are given in metrics.py)."""
+
+    steps: int = 0
+    busy_s: float = 0.0
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    finished: int = 0
+    preemptions: int = 0
+    finish_reasons: dict[str, int] = field(default_factory=dict)
+
+
+class Engine:
+    """One inference engine (one model on `tp` GPUs) with continuous batching."""
+
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.perf = PerfModel(config.model, config.dtype, config.gpu, config.tp, config.efficiency,
+                              config.kv_bytes)
+        self.blocks = BlockManager.from_bytes(config.kv_capacity_bytes(self.perf.weight_bytes),
+                                              self.perf.kv_bytes_per_token(), config.block_size)
+        self.scheduler = Scheduler(self.blocks, config.max_batch_size, config.max_num_tokens,
+                                   config.chunked_prefill, config.policy)
+        self.stats = EngineStats()
+        self._rng = np.random.default_rng(config.seed)
+        self._sequences: dict[int, Sequence] = {}
+
+    # -- requests in and out -----------------------------------------------------------------------
+    def submit(self, request_id: int, prompt_tokens: int, max_tokens: int, ignore_eos: bool = False) -> Sequence:
+        """Queue a request; its end of sequence is drawn now. Raises UserError if it can never fit."""
+        if prompt_tokens < 1 or max_tokens < 1:
+            raise UserError("a request needs at least one prompt token and max_tokens of at least 1")
+        stop_after = max_tokens if ignore_eos else min(max_tokens, self.config.output_lengths.sample(self._rng))
+        seq = Sequence(request_id, prompt_tokens, max_tokens, stop_after)
+        problem = self.scheduler.check(seq)
+        if problem is not None:
+            raise UserError(problem)
+        self._sequences[request_id] = seq
+        self.scheduler.add(seq)
+        return seq
+
+    def abort(self, request_id: int) -> None:
+        seq = self._sequences.pop(request_id, None)
+        if seq is not None:
+            self.scheduler.abort(seq)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self._sequences)
+
+    @property
+    def running(self) -> int:
+        return len(self.scheduler.running)
+
+    @property
+    def waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    # -- the spine ---------------------------------------------------------------------------------
+    def step(self) -> StepResult | None:
+        """Run one iteration: None when there is nothing to run (idle, or all waiting on the cache)."""
+        batch = self.scheduler.schedule()
+        if not batch:
+            return None
+        work = batch.work()
+        parts = self.perf.step(work)
+        result = StepResult(parts.total, self._emit(batch), parts, work.tokens, len(batch.preempted))
+        self._account(result)
+        return result
+
+    def _emit(self, batch: Batch) -> list[TokenEvent]:
+        """Advance every scheduled sequence; those that reach their end produce one token each."""
+        events = []
+        for seq, n in batch.items:
+            if not seq.advance(n):
+                continue  # a prefill chunk that is not the last
+            index = seq.generated - 1
+            if index == 0:
+                self.stats.prompt_tokens += seq.prompt_tokens
+            if seq.generated >= seq.stop_after:
+                events.append(TokenEvent(seq.id, index, seq.finish_reason))
+                self.scheduler.finish(seq)
+                del self._sequences[seq.id]
+            else:
+                events.append(TokenEvent(seq.id, index))
+        return events
+
+    def _account(self, result: StepResult) -> None:
+        stats = self.stats
+        stats.steps += 1
+        stats.busy_s += result.duration
+        stats.preemptions += result.preempted
+        stats.generation_tokens += len(result.events)
+        for event in result.events:
+            if event.finish_reason is not None:
+                stats.finished += 1
+                stats.finish_reasons[event.finish_reason] = stats.finish_reasons.get(event.finish_reason, 0) + 1

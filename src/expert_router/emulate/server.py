@@ -1,0 +1,204 @@
+"""The emulated engine behind an OpenAI-compatible HTTP API, streaming like vLLM.
+
+Routes: POST /v1/completions and /v1/chat/completions (streaming or whole answers, usage, ignore_eos),
+GET /v1/models, /health, /metrics (vLLM's metric names), /stats (the emulator's own numbers). Text is
+filler: what is emulated is timing. Prompt length in tokens is the prompt's whitespace-separated word
+count (what the user simulator counts when it has no tokenizer), or the length of a token-id list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import uuid
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from expert_router.emulate.metrics import EngineMetrics
+from expert_router.emulate.realtime import Lateness, RealtimeDriver, Stream
+from expert_router.errors import UserError
+from expert_router.http import error_response
+
+DRIVER_KEY = web.AppKey("driver", RealtimeDriver)
+METRICS_KEY = web.AppKey("metrics", EngineMetrics)
+NAMES_KEY = web.AppKey("names", tuple)
+FILLER = (" the", " model", " says", " this", " and", " that", ".", " It", " is", " emulated")
+DEFAULT_MAX_TOKENS = 16
+"""OpenAI's default max_tokens for completions."""
+
+
+def build_app(driver: RealtimeDriver, metrics: EngineMetrics, names: tuple[str, ...]) -> web.Application:
+    app = web.Application(client_max_size=16 * 1024 * 1024)
+    app[DRIVER_KEY], app[METRICS_KEY], app[NAMES_KEY] = driver, metrics, names
+    app.router.add_post("/v1/completions", generate)
+    app.router.add_post("/v1/chat/completions", generate)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", prometheus)
+    app.router.add_get("/stats", stats)
+
+    async def start_driver(app: web.Application) -> Any:
+        task = asyncio.create_task(driver.run())
+        task.add_done_callback(_report_crash)
+        yield
+        task.cancel()
+
+    app.cleanup_ctx.append(start_driver)
+    return app
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    """An engine that stops would leave every stream hanging: say so loudly and stop the process."""
+    if not task.cancelled() and task.exception() is not None:
+        import os
+        import signal
+        import traceback
+
+        traceback.print_exception(task.exception(), file=sys.stderr)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def models(request: web.Request) -> web.Response:
+    data = [{"id": n, "object": "model", "owned_by": "expert-router-emulator"} for n in request.app[NAMES_KEY]]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def prometheus(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[METRICS_KEY].exposition(), content_type="text/plain")
+
+
+async def stats(request: web.Request) -> web.Response:
+    driver = request.app[DRIVER_KEY]
+    if request.query.get("reset") == "lateness":  # benchmarks measure one load level at a time
+        driver.lateness = Lateness()
+    engine, late = driver.engine, driver.lateness
+    s = engine.stats
+    return web.json_response({
+        "engine": engine.config.describe(), "time_dilation": driver.dilation, "steps": s.steps,
+        "busy_s": s.busy_s, "prompt_tokens": s.prompt_tokens, "generation_tokens": s.generation_tokens,
+        "finished": s.finished, "finish_reasons": s.finish_reasons, "preemptions": s.preemptions,
+        "running": engine.running, "waiting": engine.waiting, "kv_cache_usage": engine.blocks.usage,
+        "kv_capacity_tokens": engine.blocks.capacity_tokens,
+        "lateness_ms": {"mean": late.mean * 1000, "p50": late.percentile(50) * 1000, "p99": late.percentile(99) * 1000,
+                        "max": late.worst * 1000, "steps": late.steps},
+    })
+
+
+def prompt_tokens(body: dict[str, Any], chat: bool) -> int:
+    """Prompt length: token ids are counted, text is counted in words."""
+    if chat:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise UserError("'messages' must be a non-empty list")
+        return sum(_count(m.get("content") if isinstance(m, dict) else None) for m in messages) or 1
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]  # a batch of prompts: this emulator answers the first, as n=1
+    if prompt is None:
+        raise UserError("'prompt' is required")
+    return _count(prompt) or 1
+
+
+def _count(content: Any) -> int:
+    if isinstance(content, str):
+        return len(content.split())
+    if isinstance(content, list):
+        if all(isinstance(x, int) for x in content):
+            return len(content)
+        return sum(_count(part.get("text") if isinstance(part, dict) else part) for part in content)
+    return 0
+
+
+def _parse(raw: bytes, chat: bool, names: tuple[str, ...]) -> tuple[dict[str, Any], int, int] | web.Response:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return error_response(400, "request body is not valid JSON")
+    if not isinstance(body, dict):
+        return error_response(400, "request body must be a JSON object")
+    if body.get("model") not in names:
+        return error_response(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError",
+                              code="model_not_found", param="model")
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS
+    if not isinstance(max_tokens, int) or max_tokens < 1:
+        return error_response(400, "max_tokens must be a positive integer", param="max_tokens")
+    try:
+        return body, prompt_tokens(body, chat), max_tokens
+    except UserError as exc:
+        return error_response(400, str(exc))
+
+
+async def generate(request: web.Request) -> web.StreamResponse:
+    chat = request.path.endswith("/chat/completions")
+    parsed = _parse(await request.read(), chat, request.app[NAMES_KEY])
+    if isinstance(parsed, web.Response):
+        return parsed
+    body, n_prompt, max_tokens = parsed
+    driver = request.app[DRIVER_KEY]
+    try:
+        stream = driver.submit(n_prompt, max_tokens, bool(body.get("ignore_eos")))
+    except UserError as exc:
+        return error_response(400, str(exc))
+    try:
+        if body.get("stream"):
+            return await _stream(request, body, chat, stream)
+        return await _whole(body, chat, stream)
+    finally:
+        driver.cancel(stream)  # a no-op when it finished; frees its KV blocks when the client left
+
+
+def _head(body: dict[str, Any], chat: bool) -> dict[str, Any]:
+    return {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
+            "object": "chat.completion.chunk" if chat else "text_completion", "created": int(time.time()),
+            "model": body["model"]}
+
+
+def _usage(stream: Stream) -> dict[str, int]:
+    return {"prompt_tokens": stream.prompt_tokens, "completion_tokens": stream.tokens,
+            "total_tokens": stream.prompt_tokens + stream.tokens}
+
+
+async def _stream(request: web.Request, body: dict[str, Any], chat: bool, stream: Stream) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           "X-Emulator-Time-Dilation": str(request.app[DRIVER_KEY].dilation)})
+    await response.prepare(request)
+    head = _head(body, chat)
+    if chat:  # vLLM's first chat chunk carries the role and no token
+        role = {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+        await response.write(b"data: " + orjson.dumps(role) + b"\n\n")
+    async for event, at in stream.events():
+        text = FILLER[event.index % len(FILLER)]
+        if chat:
+            choice: dict[str, Any] = {"index": 0, "delta": {"content": text}, "finish_reason": event.finish_reason}
+        else:
+            choice = {"index": 0, "text": text, "finish_reason": event.finish_reason, "logprobs": None}
+        # "t": when the emulated GPU produced the token (time.monotonic, shared by every process here), as
+        # the synthetic expert stamps its chunks: the user simulator keeps it, so timing error is measurable
+        await response.write(b"data: " + orjson.dumps({**head, "choices": [choice], "t": at}) + b"\n\n")
+    if (body.get("stream_options") or {}).get("include_usage"):
+        await response.write(b"data: " + orjson.dumps({**head, "choices": [], "usage": _usage(stream)}) + b"\n\n")
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
+
+
+async def _whole(body: dict[str, Any], chat: bool, stream: Stream) -> web.Response:
+    parts, finish = [], "length"
+    async for event, _ in stream.events():
+        parts.append(FILLER[event.index % len(FILLER)])
+        finish = event.finish_reason or finish
+    text = "".join(parts)
+    head = _head(body, chat)
+    if chat:
+        head["object"] = "chat.completion"
+        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+    else:
+        choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+    return web.json_response({**head, "choices": [choice], "usage": _usage(stream)})

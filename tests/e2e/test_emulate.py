@@ -1,0 +1,149 @@
+"""Emulated engines as a real process: directly, then behind the real gateway and the real user simulator."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from expert_router.testing import Server, cli_args, gateway, write_deployment
+
+from expert_router.loadgen.records import read_records
+
+pytestmark = pytest.mark.e2e
+
+ANSWER = 20  # every answer ends after 20 tokens (--output-lengths fixed:20) unless max_tokens is lower
+
+
+def consecutive_free_ports(n: int) -> int:
+    """A first port p such that p .. p+n-1 are all free now."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + n >= 65535:
+            continue
+        try:
+            sockets = []
+            for port in range(base, base + n):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError("no run of free ports")
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory) -> Path:
+    from expert_router.classifier import Classifier
+    from expert_router.corpus import load_corpus
+
+    out = tmp_path_factory.mktemp("classifier") / "classifier"
+    Classifier.fit([d.text for d in load_corpus("demo")]).save(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def experts(tmp_path_factory):
+    """Configuration E: eight emulated 8B engines in one process, ports base .. base+7."""
+    tmp = tmp_path_factory.mktemp("emulated")
+    base = consecutive_free_ports(8)
+    args = cli_args("emulate", "--preset", "paper-e", "--port", str(base), "--served-model-name", "expert-{i}",
+                    "--output-lengths", f"fixed:{ANSWER}")
+    with Server(args, base, tmp / "emulate.log") as server:
+        yield [f"http://127.0.0.1:{base + i}" for i in range(8)], server
+
+
+def post(url: str, body: dict) -> bytes:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.read()
+
+
+def events(raw: bytes) -> list[dict]:
+    lines = [line[6:] for line in raw.decode().split("\n") if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(line) for line in lines[:-1]]
+
+
+def test_streams_like_vllm_and_exports_its_metrics(experts):
+    urls, _ = experts
+    body = {"model": "expert-3", "prompt": "one two three four", "max_tokens": 100, "stream": True,
+            "stream_options": {"include_usage": True}}
+    chunks = events(post(urls[3] + "/v1/completions", body))
+    tokens = [c for c in chunks if c["choices"]]
+    assert len(tokens) == ANSWER and tokens[-1]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["usage"] == {"prompt_tokens": 4, "completion_tokens": ANSWER, "total_tokens": ANSWER + 4}
+    chat = events(post(urls[3] + "/v1/chat/completions", {**body, "messages": [{"role": "user", "content": "hi"}],
+                                                          "max_tokens": 30, "ignore_eos": True}))
+    assert sum(1 for c in chat if c["choices"] and c["choices"][0]["delta"].get("content")) == 30
+    whole = json.loads(post(urls[3] + "/v1/completions", {"model": "expert-3", "prompt": "x", "max_tokens": 5}))
+    assert whole["usage"]["completion_tokens"] == 5 and whole["choices"][0]["finish_reason"] == "length"
+    with urllib.request.urlopen(urls[3] + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
+                 "vllm:time_to_first_token_seconds_bucket", "vllm:time_per_output_token_seconds_bucket"):
+        assert name in text
+    assert 'vllm:generation_tokens_total{model_name="expert-3"} 55.0' in text
+    with pytest.raises(urllib.error.HTTPError) as error:
+        post(urls[3] + "/v1/completions", {**body, "model": "expert-4"})
+    assert error.value.code == 404 and json.loads(error.value.read())["error"]["code"] == "model_not_found"
+
+
+def test_through_the_gateway_and_the_user_simulator(tmp_path, experts, classifier):
+    urls, _ = experts
+    deployment = write_deployment(tmp_path / "deploy.yaml", classifier, {c: [urls[c]] for c in range(8)})
+    before = [json.loads(urllib.request.urlopen(u + "/stats", timeout=10).read())["finished"] for u in urls]
+    with gateway(tmp_path, deployment) as gw:
+        out = tmp_path / "run"
+        result = subprocess.run(cli_args("load", gw.url, "--classifier", str(classifier), "--users", "16",
+                                         "--requests", "96", "--max-tokens", "50", "--input-lengths", "fixed",
+                                         "--input-mean", "100", "--out", str(out)),
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+    records = read_records(out / "records.jsonl")
+    assert len(records) == 96 and all(r.status == "ok" for r in records)
+    assert all(r.output_tokens == ANSWER == len(r.chunk_times) for r in records)
+    assert all(r.expert == f"expert-{r.cluster_routed}" for r in records)
+    after = [json.loads(urllib.request.urlopen(u + "/stats", timeout=10).read()) for u in urls]
+    assert sum(a["finished"] for a in after) - sum(before) == 96
+    assert all(a["kv_cache_usage"] == 0 and a["running"] == 0 for a in after)
+    # an 8B FP16 decode step streams 16 GB of weights: at least 4.8 ms on an H100 (3.35 TB/s), never less
+    t0 = json.loads((out / "records.jsonl").read_text().splitlines()[0])["t0_monotonic"]
+    for r in records:  # each chunk says when the emulated GPU produced its token; none is read before it
+        assert len(r.server_stamps) == ANSWER
+        assert (np.array(r.chunk_times) + t0 >= np.array(r.server_stamps) - 1e-4).all()
+    tpot = [(r.chunk_times[-1] - r.t_first_token) / (ANSWER - 1) for r in records]
+    assert np.median(tpot) > 0.0048
+    assert np.median(tpot) < 0.2  # loose: a shared 2-core machine, but not stalled
+
+
+def test_a_client_that_leaves_frees_its_place(experts):
+    urls, _ = experts
+    import http.client
+    import time
+
+    connection = http.client.HTTPConnection("127.0.0.1", int(urls[5].rsplit(":", 1)[1]), timeout=10)
+    body = {"model": "expert-5", "prompt": "tell me a long story", "max_tokens": 5000, "ignore_eos": True,
+            "stream": True}
+    connection.request("POST", "/v1/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 200 and response.read(6) == b"data: "  # it is generating
+    connection.close()  # the client goes away mid-answer
+    deadline = time.monotonic() + 10
+    stats = {}
+    while time.monotonic() < deadline:
+        stats = json.loads(urllib.request.urlopen(urls[5] + "/stats", timeout=10).read())
+        if stats["running"] == 0:
+            break
+        time.sleep(0.1)
+    assert stats["running"] == 0 and stats["kv_cache_usage"] == 0 and stats["generation_tokens"] < 5000
