@@ -10,7 +10,7 @@ from rich.text import Text
 
 from expert_router import __version__
 from expert_router.commands import (
-    cluster,
+    classifier,
     demo,
     experiment,
     experts,
@@ -21,7 +21,7 @@ from expert_router.commands import (
 from expert_router.errors import UserError
 from expert_router.progress import console
 
-COMMANDS = (demo, cluster, experts, serve, synthetic, load, experiment)
+COMMANDS = (demo, classifier, experts, serve, synthetic, load, experiment)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,7 +3,8 @@
 Every reader streams documents one at a time, so a corpus larger than memory can be cut with `limit`
 without being read whole. A corpus is named by one string (`CORPUS` on the command line):
 
-- `demo`: the offline demo corpus (Debian's `fortunes` package, labelled by category);
+- `demo`: the offline demo corpus, eight balanced topics from Debian packages (see `expert_router.corpora`);
+- `fortunes`: the older fortunes-only corpus (Debian's `fortunes` package, labelled by category);
 - `hf:NAME` (optionally `hf:NAME:CONFIG`): a Hugging Face dataset, streamed, e.g. `hf:allenai/c4:en`;
   NAME may also be a local dataset folder;
 - a `.jsonl` / `.jsonl.gz` / `.json` file (one JSON object per line), a `.parquet` file, a `.txt` file
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
+from expert_router.corpora.fortunes import fortune_entries
 from expert_router.errors import UserError
 from expert_router.progress import counted
 
@@ -40,6 +42,7 @@ MIN_DOCUMENT_CHARS = 20
 class Document:
     text: str
     label: str | None = None
+    source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -51,9 +54,11 @@ class CorpusOptions:
 
 def read_corpus(spec: str, options: CorpusOptions | None = None, limit: int | None = None) -> Iterator[Document]:
     """Stream the documents of corpus `spec` (see the module docstring), at most `limit` of them."""
+    from expert_router.corpora import NAMED_CORPORA, read_named
+
     options = options or CorpusOptions()
-    if spec == "demo":
-        documents = read_fortunes()
+    if spec in NAMED_CORPORA:
+        documents = read_named(spec)
     elif spec.startswith("hf:"):
         documents = read_hf_dataset(spec[3:], options)
     else:
@@ -215,8 +220,7 @@ def read_fortunes(categories: Iterable[str] = DEMO_CATEGORIES) -> Iterator[Docum
         path = root / category
         if not path.is_file():
             raise UserError(f"fortune category {category!r} is missing from {root}")
-        entries = path.read_text(encoding="utf-8", errors="replace").split("\n%\n")
-        texts = [e.strip().strip("%").strip() for e in entries]
+        texts = fortune_entries(path)
         per_category.append([Document(t, category) for t in texts if len(t) >= MIN_DOCUMENT_CHARS])
     longest = max(len(docs) for docs in per_category)
     for i in range(longest):
