@@ -12,6 +12,7 @@ from expert_router import __version__
 from expert_router.commands import (
     classifier,
     demo,
+    evaluate,
     experiment,
     experts,
     load,
@@ -21,7 +22,7 @@ from expert_router.commands import (
 from expert_router.errors import UserError
 from expert_router.progress import console
 
-COMMANDS = (demo, classifier, experts, serve, synthetic, load, experiment)
+COMMANDS = (demo, classifier, experts, evaluate, serve, synthetic, load, experiment)
 
 
 def build_parser() -> argparse.ArgumentParser:
