@@ -40,7 +40,7 @@ def fitted_demo(tmp_path_factory) -> Path:
 
 def test_fit_prints_sizes_and_time(fitted_demo):
     manifest = json.loads((fitted_demo / "classifier.json").read_text())
-    assert manifest["settings"]["k"] == 8 and sum(manifest["train_sizes"]) > 5000
+    assert manifest["settings"]["k"] == 8 and sum(manifest["train_sizes"]) > 1500
 
 
 def test_inspect_shows_sizes_and_top_terms(fitted_demo):
@@ -66,9 +66,10 @@ def test_route_arguments_and_stdin_agree_with_the_library(fitted_demo):
 
 
 def test_clusters_agree_with_topic_labels_well_above_chance(fitted_demo):
-    """Quality on the offline labelled corpus (18 fortune categories).
+    """Quality on the offline labelled corpus (8 topics from Debian packages).
 
-    A random assignment scores about 0.005 here; the fitted classifier about 0.12 (seed 0).
+    A random assignment scores about 0.005 here; the fitted classifier about 0.72 (seed 0; the
+    fortunes-only corpus scored 0.12).
     """
     documents = load_corpus("demo")
     labels = [d.label for d in documents]
@@ -76,7 +77,7 @@ def test_clusters_agree_with_topic_labels_well_above_chance(fitted_demo):
     score = normalized_mutual_info_score(labels, clusters)
     shuffled = normalized_mutual_info_score(labels, np.random.default_rng(0).permutation(clusters))
     print(f"NMI {score:.3f} (shuffled {shuffled:.3f})")
-    assert score >= 0.06
+    assert score >= 0.5
     assert score >= 10 * shuffled
 
 

@@ -18,7 +18,7 @@ from expert_router.corpora.text import squash
 
 _PRONUNCIATION = re.compile(r"\\[^\\\n]*\\")
 _MARKED_PARENS = re.compile(r"\([^()]*[\[*\"][^()]*\)")
-_ACCENT = re.compile(r"\[[=~.\-\"'`]?([a-zA-Z]{1,2})[\^'`\"~]?\]")
+_ACCENT = re.compile(r"\[[=~.\-\"'`^]?([a-zA-Z]{1,2})[\^'`\"~]?\]")
 _BRACKETS = re.compile(r"\[[^\[\]]*\]")
 _CITATION = re.compile(r"--\s?[A-Z][^\n]*")
 _SEGMENTS = re.compile(r"\n\s*\n|\n(?=\s+\d+\.\s)")

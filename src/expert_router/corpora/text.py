@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 
 _SPACE = re.compile(r"\s+")
+_SPACE_BEFORE_PUNCTUATION = re.compile(r"\s+(?=[.,;:!?](?:\s|$))")
 _SENTENCE_END = re.compile(r"[.!?](?=\s)")
 
 
 def squash(text: str) -> str:
-    """One line: every run of white space becomes one space."""
-    return _SPACE.sub(" ", text).strip()
+    """One line: every run of white space becomes one space, none before punctuation (left by removed markup)."""
+    return _SPACE_BEFORE_PUNCTUATION.sub("", _SPACE.sub(" ", text)).strip()
 
 
 def clip(text: str, max_chars: int) -> str:
