@@ -93,7 +93,7 @@ def _train(model, ids: np.ndarray, labels: np.ndarray, steps: int, settings: Bui
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         schedule.step()
-        loss_value = float(loss)
+        loss_value = float(loss.detach())
         progress(name, step + 1, steps)
     model.eval()
     return loss_value
