@@ -15,3 +15,4 @@ bench: setup
 	.venv/bin/python bench/gateway.py
 	.venv/bin/python bench/loadgen.py
 	.venv/bin/python bench/engine.py
+	.venv/bin/python bench/quality.py

@@ -80,8 +80,8 @@ def test_fortune_entries_split_on_percent_lines():
 def test_python_docs_prose_only_with_roles_resolved(samples):
     paragraphs = [t for _, t in pydocs.read_python_docs(pydocs.python_docs_dir(), ("tutorial",))]
     assert paragraphs == [
-        "Lists are mutable sequences; use list.sort to sort one in place, or sorted to get a new list. "
-        "See the sorting guide.",
+        ("Lists are mutable sequences; use list.sort to sort one in place, or sorted to get a new list. "
+        "See the sorting guide."),
         "A second prose paragraph about key functions and dict objects.",
     ]
 

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import make_corpus
+
 from expert_router.classifier import Classifier, ClassifierSettings
 from expert_router.errors import UserError
 from expert_router.quality import answer_quality_section, evaluate_experts, is_held_out, read_held_out, write_held_out

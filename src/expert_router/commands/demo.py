@@ -82,23 +82,26 @@ def run(args: argparse.Namespace) -> int:
     if args.classifier_only:
         return 0
 
-    from expert_router.commands.experiment import _report
-    from expert_router.experiment import run_experiment
-
     import subprocess
     import sys
+
+    from expert_router.commands.experiment import _report
+    from expert_router.experiment import run_experiment
 
     experts = out / "experts"
     if not (experts / "deployment.yaml").is_file():
         console.print("building the experts (tokenizer, base model, one LoRA adapter per cluster)")
         result = subprocess.run([sys.executable, "-m", "expert_router", "experts", "build", "demo",
                                  "--classifier", str(classifier_dir), "--out", str(experts),
-                                 "--port", str(ROUTER_PORT)])
+                                 "--port", str(ROUTER_PORT)], check=False)
         if result.returncode != 0:
             raise UserError("building the experts failed (see above)")
-    if not (experts / "quality" / "quality.json").is_file():
+    if not (experts / "held-out.json").is_file():
+        console.print("the experts were built without a held-out split: not measuring their answer quality "
+                      f"(delete {experts} to build them again)")
+    elif not (experts / "quality" / "quality.json").is_file():
         console.print("measuring the experts' answer quality on held-out text")
-        result = subprocess.run([sys.executable, "-m", "expert_router", "evaluate", str(experts)])
+        result = subprocess.run([sys.executable, "-m", "expert_router", "evaluate", str(experts)], check=False)
         if result.returncode != 0:
             raise UserError("evaluating the experts failed (see above)")
     experiment = write_experiment(out, args)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import gzip
 import os
-from functools import lru_cache
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from expert_router.errors import UserError

@@ -15,6 +15,7 @@ import random
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from expert_router.corpora.dictd import dictd_path, read_dictd
 from expert_router.corpora.fortunes import fortune_entries
@@ -22,6 +23,9 @@ from expert_router.corpora.gcide import read_gcide
 from expert_router.corpora.glossaries import read_foldoc, read_jargon, wordnet_text
 from expert_router.corpora.pydocs import python_docs_dir, read_python_docs
 from expert_router.corpora.text import clip, squash
+
+if TYPE_CHECKING:
+    from expert_router.corpus import Document
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,9 @@ def balanced_topic(sources: Sequence[Source], per_topic: int, min_chars: int, ma
     """(source name, document) pairs of one topic: round-robin over its sources, each in seeded random order."""
     pools = []
     for source in sources:
-        documents = list(pack(source.read(), min_chars, max_chars))
+        # Without repeats: a text twice in a source (the law fortunes have one) would tie exactly in
+        # balanced k-means and could sit on both sides of the held-out split.
+        documents = list(pack(dict.fromkeys(source.read()), min_chars, max_chars))
         random.Random(f"{seed}:{source.name}").shuffle(documents)
         pools.append((source.name, documents))
     chosen: list[tuple[str, str]] = []

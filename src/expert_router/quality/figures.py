@@ -15,10 +15,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from expert_router.quality.evaluate import Evaluation  # noqa: E402
+from expert_router.quality.evaluate import Evaluation
 
 COLUMNS = [
     ("cluster", "cluster"), ("topic", "topic"), ("held-out docs", "documents"),
