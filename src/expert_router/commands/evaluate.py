@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.table import Table
 
 from expert_router.commands import HelpFormatter
+from expert_router.errors import UserError
 from expert_router.progress import console, output
 
 EXAMPLES = """examples:
@@ -29,8 +30,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Does routing help? Each expert and the base model on each cluster's held-out text.",
         epilog=EXAMPLES, formatter_class=HelpFormatter)
     parser.add_argument("experts", metavar="EXPERTS", type=Path, help="folder written by `experts build`")
-    parser.add_argument("--out", type=Path, help="output folder (default: EXPERTS/quality)")
-    parser.add_argument("--max-documents", type=int, help="held-out documents per cluster at most")
+    parser.add_argument("--out", type=Path, help="output folder; when left out, EXPERTS/quality")
+    parser.add_argument("--max-documents", type=int, help="held-out documents per cluster at most; when left out, all")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON line on stdout")
     parser.set_defaults(handler=run)
 
@@ -38,6 +39,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def run(args: argparse.Namespace) -> int:
     from expert_router.quality import answer_quality_section, evaluate_experts
 
+    if args.max_documents is not None and args.max_documents < 1:
+        raise UserError("--max-documents must be at least 1")
     with console.status("measuring perplexities") as status:
         evaluation = evaluate_experts(args.experts, args.max_documents, lambda what: status.update(what))
     section = answer_quality_section(evaluation, args.out or args.experts / "quality")
