@@ -120,3 +120,24 @@ def test_help_explains_every_command():
         result = cli(*args)
         assert result.returncode == 0 and "usage:" in result.stdout
     assert "example" in cli("classifier", "fit", "--help").stdout
+
+
+def test_balanced_demo_clusters_are_topics_and_examples_reach_their_topic():
+    """The issue-16 goals on the demo corpus: NMI >= 0.5, no cluster over 2x the mean with --balanced, and
+    the demo's and the README's example prompts routed to the cluster whose documents are their topic."""
+    from expert_router.classifier import ClassifierSettings
+    from expert_router.commands.demo import SAMPLE_PROMPTS
+    from expert_router.quality.heldout import majority_labels
+
+    documents = load_corpus("demo")
+    texts, labels = [d.text for d in documents], [d.label for d in documents]
+    classifier = Classifier.fit(texts, ClassifierSettings(k=8, balanced=True))
+    clusters = classifier.route(texts).cluster
+    sizes = np.bincount(clusters, minlength=8)
+    assert normalized_mutual_info_score(labels, clusters) >= 0.5
+    assert sizes.max() <= 2 * sizes.mean()
+    topics = majority_labels(clusters.tolist(), labels)
+    examples = [*SAMPLE_PROMPTS, ("computing", "How do I mount a USB disk?"), ("food", "What is the best pasta sauce?"),
+                ("astronomy", "Tell me about the stars"), ("law", "law and order")]
+    routed = classifier.route([prompt for _, prompt in examples]).cluster.tolist()
+    assert [topics[c] for c in routed] == [topic for topic, _ in examples]
