@@ -26,3 +26,4 @@ bench: setup
 	.venv/bin/python bench/envoy.py
 	.venv/bin/python bench/loadgen.py
 	.venv/bin/python bench/engine.py
+	.venv/bin/python bench/quality.py

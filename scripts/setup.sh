@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(fortunes nginx)  # the offline demo corpus; the load balancer of the scale-out tests
+# The offline demo corpus (fortunes, dictionaries, the Python manual); the load balancer of the scale-out tests.
+APT_PACKAGES=(fortunes dict-gcide dict-foldoc dict-jargon dict-wn python3-doc nginx)
 PYTHON=${PYTHON:-python3}
 
 missing=()
@@ -17,7 +18,7 @@ if ((${#missing[@]})); then
     [[ $(id -u) -ne 0 ]] && sudo_cmd="sudo"
     echo "setup: installing ${missing[*]} with apt-get"
     $sudo_cmd apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
     echo "setup: please install ${missing[*]} with your package manager (Debian names)" >&2
   fi

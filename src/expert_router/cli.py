@@ -13,6 +13,7 @@ from expert_router.commands import (
     classifier,
     demo,
     emulate,
+    evaluate,
     experiment,
     experts,
     extproc,
@@ -25,7 +26,8 @@ from expert_router.commands import (
 from expert_router.errors import UserError
 from expert_router.progress import console
 
-COMMANDS = (demo, classifier, experts, serve, extproc, synthetic, emulate, simulate, load, experiment, report)
+COMMANDS = (demo, classifier, experts, evaluate, serve, extproc, synthetic, emulate, simulate, load, experiment,
+            report)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,7 +3,8 @@
 Every reader streams documents one at a time, so a corpus larger than memory can be cut with `limit`
 without being read whole. A corpus is named by one string (`CORPUS` on the command line):
 
-- `demo`: the offline demo corpus (Debian's `fortunes` package, labelled by category);
+- `demo`: the offline demo corpus, eight balanced topics from Debian packages (see `expert_router.corpora`);
+- `fortunes`: the older fortunes-only corpus (Debian's `fortunes` package, labelled by category);
 - `hf:NAME` (optionally `hf:NAME:CONFIG`): a Hugging Face dataset, streamed, e.g. `hf:allenai/c4:en`;
   NAME may also be a local dataset folder;
 - a `.jsonl` / `.jsonl.gz` / `.json` file (one JSON object per line), a `.parquet` file, a `.txt` file
@@ -15,31 +16,14 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
+from expert_router.corpora.document import Document
 from expert_router.errors import UserError
 from expert_router.progress import counted
-
-FORTUNE_DIRS = ("/usr/share/games/fortunes", "/usr/share/fortunes", "/opt/homebrew/share/games/fortunes")
-"""Where Debian, other Linux distributions and Homebrew install fortune files."""
-
-DEMO_CATEGORIES = (
-    "art", "computers", "drugs", "education", "food", "kids", "law", "linux", "literature", "love",
-    "medicine", "pets", "politics", "science", "songs-poems", "sports", "startrek", "work",
-)  # fmt: skip
-"""Fortune categories of the demo corpus: the topical ones (not 'miscellaneous', 'zippy', ascii art)."""
-
-MIN_DOCUMENT_CHARS = 20
-
-
-@dataclass(frozen=True)
-class Document:
-    text: str
-    label: str | None = None
 
 
 @dataclass(frozen=True)
@@ -51,9 +35,11 @@ class CorpusOptions:
 
 def read_corpus(spec: str, options: CorpusOptions | None = None, limit: int | None = None) -> Iterator[Document]:
     """Stream the documents of corpus `spec` (see the module docstring), at most `limit` of them."""
+    from expert_router.corpora import NAMED_CORPORA, read_named
+
     options = options or CorpusOptions()
-    if spec == "demo":
-        documents = read_fortunes()
+    if spec in NAMED_CORPORA:
+        documents = read_named(spec)
     elif spec.startswith("hf:"):
         documents = read_hf_dataset(spec[3:], options)
     else:
@@ -188,38 +174,3 @@ def read_hf_dataset(name: str, options: CorpusOptions) -> Iterator[Document]:
         raise UserError(f"cannot open Hugging Face dataset {name!r}: {exc}") from None
     where = f"dataset {name!r}"
     return (_document_from_record(row, options, where) for row in dataset)
-
-
-# -- the offline demo corpus ---------------------------------------------------------------------
-def fortunes_dir() -> Path:
-    """The folder of installed fortune files, or a UserError that says how to install them."""
-    candidates = [os.environ["EXPERT_ROUTER_FORTUNES"]] if "EXPERT_ROUTER_FORTUNES" in os.environ else FORTUNE_DIRS
-    for candidate in candidates:
-        if (Path(candidate) / "computers").is_file():
-            return Path(candidate)
-    raise UserError(
-        "the demo corpus is Debian's 'fortunes' package, which is not installed: "
-        "run `sudo apt-get install fortunes` (or `make setup`), or set EXPERT_ROUTER_FORTUNES to its folder"
-    )
-
-
-def read_fortunes(categories: Iterable[str] = DEMO_CATEGORIES) -> Iterator[Document]:
-    """Fortune cookies of the given categories, each labelled with its category.
-
-    Categories are interleaved (one of each in turn) so that any prefix, such as `--limit 2000`,
-    holds every topic.
-    """
-    root = fortunes_dir()
-    per_category = []
-    for category in categories:
-        path = root / category
-        if not path.is_file():
-            raise UserError(f"fortune category {category!r} is missing from {root}")
-        entries = path.read_text(encoding="utf-8", errors="replace").split("\n%\n")
-        texts = [e.strip().strip("%").strip() for e in entries]
-        per_category.append([Document(t, category) for t in texts if len(t) >= MIN_DOCUMENT_CHARS])
-    longest = max(len(docs) for docs in per_category)
-    for i in range(longest):
-        for docs in per_category:
-            if i < len(docs):
-                yield docs[i]

@@ -71,8 +71,17 @@ def _a_client_that_hangs_up_aborts_a_whole_answer(built: Path, url: str) -> None
 
 def test_build_writes_models_adapters_and_deployments(built):
     for name in ("base/config.json", "base/tokenizer.json", "adapters/expert-0/adapter_config.json",
-                 "experts/expert-2/config.json", "deployment.yaml", "deployment-per-expert.yaml", "classifier/classifier.json"):
+                 "experts/expert-2/config.json", "deployment.yaml", "deployment-per-expert.yaml", "classifier/classifier.json",
+                 "held-out.json"):
         assert (built / name).is_file(), name
+
+
+def test_evaluate_measures_every_expert_on_every_cluster(built, tmp_path):
+    result = run("evaluate", str(built), "--out", str(tmp_path), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["clusters"] == 3 and summary["held_out_documents"] > 0
+    assert len(json.loads((tmp_path / "quality.json").read_text())["perplexity"]) == 3
 
 
 def test_serve_streams_from_every_expert_and_stops_cleanly(built):

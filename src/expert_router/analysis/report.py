@@ -5,9 +5,12 @@ from __future__ import annotations
 import base64
 import html
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from expert_router.analysis import metrics, plots
 from expert_router.analysis.overhead import overhead_rows
@@ -89,14 +92,22 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
-def write_report(results: Path, out: Path | None = None, fig7_users: list[int] | None = None) -> Report:
+def write_report(results: Path, out: Path | None = None, fig7_users: list[int] | None = None,
+                 quality: Path | None = None) -> Report:
+    """The report of a results folder; with `quality` (a folder written by `expert-router evaluate`) it
+    also shows the experts' answer quality beside the speed figures."""
     cells = load_cells(results)
     out = out or results / "report"
     out.mkdir(parents=True, exist_ok=True)
     figures = _figures(cells, out, fig7_users)
+    answer_quality = quality_section(quality, out) if quality is not None else None
+    if answer_quality is not None:
+        figures.extend(answer_quality[1])
     rows = [table_row(cell) for _, cell in sorted(cells.items(), key=lambda kv: (kv[0].mix, kv[0].configuration, kv[0].users))]
     invalid = [r for r in rows if r["valid"] == "no"]
     sections = [Section("Every cell", COLUMNS, rows, _invalid_note(invalid))]
+    if answer_quality is not None:
+        sections.append(answer_quality[0])
     overhead = overhead_rows(cells, _direct_pairs(results))
     if overhead:
         sections.append(Section("Routing overhead: TTFT through the gateway minus TTFT direct, same load",
@@ -122,6 +133,33 @@ def _figures(cells: dict[CellKey, Cell], out: Path, fig7_users: list[int] | None
     for mix in mixes:
         figures.append(plots.fig7_system_throughput(cells, mix, chosen, out / f"fig7_system_throughput_{mix}.png"))
     return figures
+
+
+def quality_section(folder: Path, out: Path) -> tuple[Section, list[Path]] | None:
+    """The answer-quality table and heat map from `expert-router evaluate`'s folder (None if absent)."""
+    from expert_router.quality.evaluate import Evaluation
+    from expert_router.quality.figures import COLUMNS as QUALITY_COLUMNS
+    from expert_router.quality.figures import table_rows
+
+    path = folder / "quality.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    evaluation = Evaluation(np.array(data["perplexity"], dtype=float), np.array(data["base_perplexity"], dtype=float),
+                            data["documents"], {int(c): v for c, v in data["cluster_labels"].items()},
+                            data.get("routing_accuracy"))
+    figures = []
+    heat_map = folder / "quality_perplexity.png"
+    if heat_map.is_file():
+        figures.append(Path(shutil.copy(heat_map, out / heat_map.name)))
+    summary = evaluation.summary()
+    note = (f"The cluster's own expert has the lowest perplexity in {summary['diagonal_lowest_rows']} of "
+            f"{summary['rows_with_held_out']} rows; routed expert / base model {summary['routed_vs_base']:.2f}, "
+            f"routed / random other expert {summary['routed_vs_random']:.2f}; routing accuracy on held-out "
+            f"labelled prompts " + ("-" if summary["routing_accuracy"] is None else f"{summary['routing_accuracy']:.0%}")
+            + ".")
+    return Section("Answer quality: perplexity on each cluster's held-out text (lower is better)",
+                   list(QUALITY_COLUMNS), table_rows(evaluation), note), figures
 
 
 def _direct_pairs(results: Path) -> dict[str, str]:

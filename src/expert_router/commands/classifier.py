@@ -23,8 +23,9 @@ FIT_EXAMPLES = """examples:
   expert-router classifier fit hf:allenai/c4:en --limit 200000 --out artifacts/c4-k8   (online)
   expert-router classifier fit docs/ --scaling standard --dims 50 --out artifacts/docs
 
-CORPUS is `demo` (offline, Debian's fortunes), `hf:NAME[:CONFIG]` (a Hugging Face dataset, streamed),
-a .jsonl/.jsonl.gz/.parquet/.txt file, or a folder of .txt files (sub-folder names become labels).
+CORPUS is `demo` (offline: 8 topics from Debian packages), `fortunes` (the older fortunes-only corpus),
+`hf:NAME[:CONFIG]` (a Hugging Face dataset, streamed), a .jsonl/.jsonl.gz/.parquet/.txt file, or a folder
+of .txt files (sub-folder names become labels).
 """
 
 ROUTE_EXAMPLES = """examples:

@@ -19,6 +19,7 @@ from expert_router.commands import HelpFormatter
 from expert_router.corpus import load_corpus
 from expert_router.errors import UserError
 from expert_router.progress import Stages, cluster_table, console, output
+from expert_router.quality.heldout import majority_labels
 
 ROUTER_PORT, GATEWAY_PORT, BASELINE_PORT = 8100, 8000, 8200
 
@@ -27,7 +28,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "demo",
         help="run the whole study offline: classifier, experts, router vs baseline, report",
-        description="Fit the classifier on the offline demo corpus, build one LoRA expert per cluster, serve "
+        description="Fit the classifier on the offline demo corpus, build one LoRA expert per cluster, measure "
+        "each expert's perplexity on every cluster's held-out text, serve "
         "them with vLLM's CPU build behind the gateway, compare against one base-model server under a small "
         "sweep of users and both workload mixes, and write the report.",
         epilog="examples:\n  expert-router demo --out demo-out\n  expert-router demo --out demo-out --users 1 4 16 "
@@ -44,55 +46,78 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 SAMPLE_PROMPTS = (
-    "My program crashes with a segmentation fault when I free the same pointer twice.",
-    "Which vegetables go well with a slow-cooked beef stew?",
-    "Captain, the warp core is failing and the Klingons are hailing us.",
-    "Can a landlord keep my deposit if the lease says nothing about cleaning?",
+    ("computing", "My program crashes with a segmentation fault when I free the same pointer twice."),
+    ("food", "Which vegetables go well with a slow-cooked beef stew?"),
+    ("startrek", "Captain, the warp core is failing and the Klingons are hailing us."),
+    ("law", "Can a landlord keep my deposit if the lease says nothing about cleaning?"),
+    ("astronomy", "Tell me about the stars and the planets."),
+    ("python", "How do I sort a list of dictionaries by a key in Python?"),
 )
+"""(topic, prompt): each should reach the expert of the cluster whose documents are mostly that topic."""
 
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     out: Path = args.out.resolve()
     classifier_dir = out / "classifier"
+    documents = load_corpus("demo")
     if (classifier_dir / "classifier.json").is_file():
         classifier = Classifier.load(classifier_dir)
         console.print(f"classifier: reusing {classifier_dir}")
     else:
-        documents = load_corpus("demo")
         stages = Stages(f"fitting the classifier on {len(documents):,} demo documents")
         with stages.running():
-            classifier = Classifier.fit([d.text for d in documents], ClassifierSettings(k=args.k), on_stage=stages)
+            # Balanced, as c-BTM trains it: one expert per topic rather than one for everything.
+            settings = ClassifierSettings(k=args.k, balanced=True)
+            classifier = Classifier.fit([d.text for d in documents], settings, on_stage=stages)
             classifier.save(classifier_dir)
     output.print(cluster_table(classifier, "Clusters of the demo corpus (one expert each)", 8))
-    routes = classifier.route(list(SAMPLE_PROMPTS))
-    for row, prompt in enumerate(SAMPLE_PROMPTS):
-        console.print(f"  cluster {routes.cluster[row]} <- {prompt}")
+    topics = majority_labels(classifier.route([d.text for d in documents]).cluster.tolist(),
+                             [d.label for d in documents])
+    routes = classifier.route([prompt for _, prompt in SAMPLE_PROMPTS])
+    for row, (topic, prompt) in enumerate(SAMPLE_PROMPTS):
+        cluster = int(routes.cluster[row])
+        mark = "" if topics.get(cluster) == topic else f"  (a {topic} prompt)"
+        console.print(f"  cluster {cluster} ({topics.get(cluster, '?')}) <- {prompt}{mark}", highlight=False)
     if args.classifier_only:
         return 0
 
     from expert_router.analysis.report import write_report
     from expert_router.experiment import run_experiment
 
-    experts = out / "experts"
-    if not (experts / "deployment.yaml").is_file():
-        import subprocess
-        import sys
-
-        console.print("building the experts (tokenizer, base model, one LoRA adapter per cluster)")
-        result = subprocess.run([sys.executable, "-m", "expert_router", "experts", "build", "demo",
-                                 "--classifier", str(classifier_dir), "--out", str(experts),
-                                 "--port", str(ROUTER_PORT)])
-        if result.returncode != 0:
-            raise UserError("building the experts failed (see above)")
+    experts = build_and_evaluate(out, classifier_dir)
     experiment = write_experiment(out, args)
     console.print(f"experiment file: {experiment}")
     results = run_experiment(experiment, out / "results")
-    report = write_report(results)
+    report = write_report(results, quality=experts / "quality")
     console.print(f"report: {report.html} ({len(report.figures)} figures)")
     console.print(f"demo finished in {(time.perf_counter() - started) / 60:.1f} min; "
                   f"open {results / 'report' / 'report.html'}")
     return 0
+
+
+def build_and_evaluate(out: Path, classifier_dir: Path) -> Path:
+    """The experts (built once) and their answer quality on held-out text (measured once)."""
+    import subprocess
+    import sys
+
+    experts = out / "experts"
+    if not (experts / "deployment.yaml").is_file():
+        console.print("building the experts (tokenizer, base model, one LoRA adapter per cluster)")
+        result = subprocess.run([sys.executable, "-m", "expert_router", "experts", "build", "demo",
+                                 "--classifier", str(classifier_dir), "--out", str(experts),
+                                 "--port", str(ROUTER_PORT)], check=False)
+        if result.returncode != 0:
+            raise UserError("building the experts failed (see above)")
+    if not (experts / "held-out.json").is_file():
+        console.print("the experts were built without a held-out split: not measuring their answer quality "
+                      f"(delete {experts} to build them again)")
+    elif not (experts / "quality" / "quality.json").is_file():
+        console.print("measuring the experts' answer quality on held-out text")
+        result = subprocess.run([sys.executable, "-m", "expert_router", "evaluate", str(experts)], check=False)
+        if result.returncode != 0:
+            raise UserError("evaluating the experts failed (see above)")
+    return experts
 
 
 def write_experiment(out: Path, args: argparse.Namespace) -> Path:

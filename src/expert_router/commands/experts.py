@@ -73,6 +73,7 @@ def run_build(args: argparse.Namespace) -> int:
         build_experts,
         write_deployments,
     )
+    from expert_router.quality.heldout import split_documents, write_held_out
 
     try:
         settings = BuildSettings(**{name: getattr(args, name) for name in BuildSettings.model_fields})
@@ -81,9 +82,8 @@ def run_build(args: argparse.Namespace) -> int:
     classifier = Classifier.load(args.classifier)
     documents = load_corpus(args.corpus, CorpusOptions(), args.limit, show_progress=True)
     texts = [d.text for d in documents]
-    by_cluster: dict[int, list[str]] = {c: [] for c in range(classifier.k)}
-    for text, cluster in zip(texts, classifier.route(texts).cluster.tolist()):
-        by_cluster[cluster].append(text)
+    by_cluster, held_out = split_documents(texts, [d.label for d in documents], classifier.route(texts).cluster.tolist(),
+                                           classifier.k, settings.held_out)
     empty = [c for c, t in by_cluster.items() if not t]
     if empty:
         raise UserError(f"clusters {empty} hold no documents of {args.corpus!r}: use a larger corpus")
@@ -102,10 +102,11 @@ def run_build(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UserError(str(exc)) from None
     paths = write_deployments(args.out, args.classifier, sorted(by_cluster), args.port, args.merge, settings.lora_rank)
+    write_held_out(args.out, held_out, settings.held_out)
     table = Table(title=f"{classifier.k} experts built in {time.perf_counter() - started:.0f} s")
     for column in ("expert", "documents", "final loss"):
         table.add_column(column, justify="right")
-    table.add_row("base", f"{len(texts):,}", f"{info['final_loss']['base']:.2f}")
+    table.add_row("base", f"{sum(len(t) for t in by_cluster.values()):,}", f"{info['final_loss']['base']:.2f}")
     for cluster in sorted(by_cluster):
         table.add_row(f"expert-{cluster}", f"{len(by_cluster[cluster]):,}", f"{info['final_loss'][f'expert-{cluster}']:.2f}")
     output.print(table)

@@ -33,10 +33,13 @@ class BuildSettings(BaseModel):
     heads: int = Field(2, ge=1)
     seq_len: int = Field(96, ge=16, description="training window in tokens")
     base_steps: int = Field(400, ge=1)
-    adapter_steps: int = Field(60, ge=1)
+    adapter_steps: int = Field(150, ge=1, description="steps per LoRA adapter: enough for each expert to beat the "
+                               "base model on its cluster's held-out text")
     batch_size: int = Field(16, ge=1)
     learning_rate: float = Field(3e-3, gt=0)
     lora_rank: int = Field(8, ge=1)
+    held_out: float = Field(0.15, ge=0, lt=1, description="share of documents kept out of training, for "
+                            "`expert-router evaluate` (written to OUT/held-out.json)")
     seed: int = 0
 
 
@@ -60,7 +63,7 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int):
     return fast
 
 
-def _encode(tokenizer, texts: Sequence[str], seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+def encode_documents(tokenizer, texts: Sequence[str], seq_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Each document as bos + tokens + eos, cut or padded to seq_len; labels -100 on padding."""
     ids = np.full((len(texts), seq_len), tokenizer.pad_token_id, dtype=np.int64)
     labels = np.full((len(texts), seq_len), -100, dtype=np.int64)
@@ -90,7 +93,7 @@ def _train(model, ids: np.ndarray, labels: np.ndarray, steps: int, settings: Bui
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         schedule.step()
-        loss_value = float(loss)
+        loss_value = float(loss.detach())
         progress(name, step + 1, steps)
     model.eval()
     return loss_value
@@ -117,7 +120,7 @@ def build_experts(texts_by_cluster: dict[int, list[str]], out: Path, settings: B
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
     )
     base = LlamaForCausalLM(config)
-    ids, labels = _encode(tokenizer, all_texts, settings.seq_len)
+    ids, labels = encode_documents(tokenizer, all_texts, settings.seq_len)
     losses = {"base": _train(base, ids, labels, settings.base_steps, settings, "base model", progress)}
     base_dir = out / "base"
     base.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -129,7 +132,7 @@ def build_experts(texts_by_cluster: dict[int, list[str]], out: Path, settings: B
     for cluster, texts in sorted(texts_by_cluster.items()):
         name = f"expert-{cluster}"
         model = get_peft_model(LlamaForCausalLM.from_pretrained(base_dir), lora)
-        ids, labels = _encode(tokenizer, texts, settings.seq_len)
+        ids, labels = encode_documents(tokenizer, texts, settings.seq_len)
         losses[name] = _train(model, ids, labels, settings.adapter_steps, settings, f"adapter {name}", progress)
         model.save_pretrained(str(out / "adapters" / name))
         tokenizer.save_pretrained(out / "adapters" / name)
