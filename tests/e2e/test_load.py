@@ -152,7 +152,8 @@ def test_ctrl_c_keeps_every_finished_request(tmp_path, classifier):
     lines = (out / "records.jsonl").read_text().splitlines()
     records = [RequestRecord.from_dict(json.loads(line)) for line in lines[1:]]  # every line is valid JSON
     assert sum(r.status == "ok" for r in records) == completed - 10  # 10 warm-up requests are not recorded
-    assert b"Traceback" not in process.stderr.read()
+    _, stderr = process.communicate()  # reads and closes both pipes
+    assert b"Traceback" not in stderr
     assert all(r.status in ("ok", "cancelled") for r in records)
     assert json.loads((out / "summary.json").read_text())["valid"] is False
 
