@@ -37,9 +37,11 @@ from expert_router.loadgen.workload import WorkItem, save_workload
 from expert_router.testing import cli_args, synthetic_expert
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TQDM_DISABLE": "1"}
-VLLM_MAIN = ("import sys; from vllm.utils.argparse_utils import FlexibleArgumentParser; "
-             "from vllm.benchmarks.serve import add_cli_args, main; "
-             "p = FlexibleArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))")
+VLLM_MAIN = (
+    "import sys; from vllm.utils.argparse_utils import FlexibleArgumentParser; "
+    "from vllm.benchmarks.serve import add_cli_args, main; "
+    "p = FlexibleArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))"
+)
 
 
 def build_tokenizer(folder: Path, words: int = 1000) -> Path:
@@ -62,8 +64,23 @@ def run_ours(url: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     prompt = " ".join(f"w{i}" for i in range(args.input_len))
     save_workload([WorkItem(i, 0, prompt, args.input_len, args.tokens) for i in range(args.requests)], workload)
     out = tmp / "ours"
-    command = cli_args("load", url, "--model", "expert-0", "--workload", str(workload), "--users", str(args.streams),
-                       "--requests", str(args.requests), "--warmup", "1", "--ignore-eos", "--out", str(out))
+    command = cli_args(
+        "load",
+        url,
+        "--model",
+        "expert-0",
+        "--workload",
+        str(workload),
+        "--users",
+        str(args.streams),
+        "--requests",
+        str(args.requests),
+        "--warmup",
+        "1",
+        "--ignore-eos",
+        "--out",
+        str(out),
+    )
     result = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
     if result.returncode != 0:
         raise RuntimeError(f"expert-router load failed:\n{result.stderr[-3000:]}")
@@ -78,34 +95,80 @@ def run_ours(url: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     stamps = [(r, r.server_stamps) for r in good if r.server_stamps]
     sent_first = [s[0] - t0 - r.t_start for r, s in stamps]
     sent_tpot = [(s[-1] - s[0]) / (r.output_tokens - 1) for r, s in stamps]
-    return {"ok": len(good), "failed": summary.failed, "ttft_median_ms": ms(float(np.median(ttft(records)))),
-            "tpot_median_ms": ms(float(np.median(tpot(records)))), "total_tps": round(tokens / duration, 1),
-            "steady_tps": round(summary.system_throughput_mean or 0.0, 1), "steady_windows": summary.steady_windows,
-            "duration_s": round(duration, 3), "output_tokens": tokens,
-            "server_sent_ttft_median_ms": ms(float(np.median(sent_first))) if stamps else None,
-            "server_sent_tpot_median_ms": ms(float(np.median(sent_tpot))) if stamps else None,
-            "simulator_valid": check["valid"], "simulator_reasons": check["reasons"]}
+    return {
+        "ok": len(good),
+        "failed": summary.failed,
+        "ttft_median_ms": ms(float(np.median(ttft(records)))),
+        "tpot_median_ms": ms(float(np.median(tpot(records)))),
+        "total_tps": round(tokens / duration, 1),
+        "steady_tps": round(summary.system_throughput_mean or 0.0, 1),
+        "steady_windows": summary.steady_windows,
+        "duration_s": round(duration, 3),
+        "output_tokens": tokens,
+        "server_sent_ttft_median_ms": ms(float(np.median(sent_first))) if stamps else None,
+        "server_sent_tpot_median_ms": ms(float(np.median(sent_tpot))) if stamps else None,
+        "simulator_valid": check["valid"],
+        "simulator_reasons": check["reasons"],
+    }
 
 
 def run_vllm(url: str, args: argparse.Namespace, tokenizer: Path, tmp: Path) -> dict[str, Any]:
     result_dir = tmp / "vllm"
-    command = [sys.executable, "-c", VLLM_MAIN, "--backend", "openai", "--base-url", url,
-               "--endpoint", "/v1/completions", "--model", "expert-0", "--tokenizer", str(tokenizer),
-               "--dataset-name", "random", "--random-input-len", str(args.input_len),
-               "--random-output-len", str(args.tokens), "--max-concurrency", str(args.streams),
-               "--num-prompts", str(args.requests), "--num-warmups", str(args.streams), "--ignore-eos",
-               "--temperature", "0", "--disable-tqdm", "--percentile-metrics", "ttft,tpot,itl,e2el",
-               "--save-result", "--result-dir", str(result_dir), "--result-filename", "vllm.json"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout,
-                            env={**os.environ, **OFFLINE})
+    command = [
+        sys.executable,
+        "-c",
+        VLLM_MAIN,
+        "--backend",
+        "openai",
+        "--base-url",
+        url,
+        "--endpoint",
+        "/v1/completions",
+        "--model",
+        "expert-0",
+        "--tokenizer",
+        str(tokenizer),
+        "--dataset-name",
+        "random",
+        "--random-input-len",
+        str(args.input_len),
+        "--random-output-len",
+        str(args.tokens),
+        "--max-concurrency",
+        str(args.streams),
+        "--num-prompts",
+        str(args.requests),
+        "--num-warmups",
+        str(args.streams),
+        "--ignore-eos",
+        "--temperature",
+        "0",
+        "--disable-tqdm",
+        "--percentile-metrics",
+        "ttft,tpot,itl,e2el",
+        "--save-result",
+        "--result-dir",
+        str(result_dir),
+        "--result-filename",
+        "vllm.json",
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=args.timeout, env={**os.environ, **OFFLINE}
+    )
     if result.returncode != 0:
         raise RuntimeError(f"vllm bench serve failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
     data = json.loads((result_dir / "vllm.json").read_text())
-    return {"ok": data["completed"], "failed": data["failed"], "ttft_median_ms": round(data["median_ttft_ms"], 3),
-            "tpot_median_ms": round(data["median_tpot_ms"], 3), "total_tps": round(data["output_throughput"], 1),
-            "duration_s": round(data["duration"], 3), "output_tokens": data["total_output_tokens"],
-            "itl_median_ms": round(data["median_itl_ms"], 3),
-            "max_output_tokens_per_s": data.get("max_output_tokens_per_s")}
+    return {
+        "ok": data["completed"],
+        "failed": data["failed"],
+        "ttft_median_ms": round(data["median_ttft_ms"], 3),
+        "tpot_median_ms": round(data["median_tpot_ms"], 3),
+        "total_tps": round(data["output_throughput"], 1),
+        "duration_s": round(data["duration"], 3),
+        "output_tokens": data["total_output_tokens"],
+        "itl_median_ms": round(data["median_itl_ms"], 3),
+        "max_output_tokens_per_s": data.get("max_output_tokens_per_s"),
+    }
 
 
 def run_aiperf(url: str, args: argparse.Namespace, tokenizer: Path, tmp: Path) -> dict[str, Any] | None:
@@ -114,12 +177,40 @@ def run_aiperf(url: str, args: argparse.Namespace, tokenizer: Path, tmp: Path) -
     if not binary:
         return None
     out = tmp / "aiperf"
-    command = [binary, "profile", "--model", "expert-0", "--url", url, "--endpoint-type", "completions",
-               "--streaming", "--concurrency", str(args.streams), "--request-count", str(args.requests),
-               "--warmup-request-count", str(args.streams), "--synthetic-input-tokens-mean", str(args.input_len),
-               "--synthetic-input-tokens-stddev", "0", "--output-tokens-mean", str(args.tokens),
-               "--output-tokens-stddev", "0", "--use-legacy-max-tokens", "--extra-inputs", "ignore_eos:true",
-               "--tokenizer", str(tokenizer), "--artifact-dir", str(out), "--ui-type", "none"]
+    command = [
+        binary,
+        "profile",
+        "--model",
+        "expert-0",
+        "--url",
+        url,
+        "--endpoint-type",
+        "completions",
+        "--streaming",
+        "--concurrency",
+        str(args.streams),
+        "--request-count",
+        str(args.requests),
+        "--warmup-request-count",
+        str(args.streams),
+        "--synthetic-input-tokens-mean",
+        str(args.input_len),
+        "--synthetic-input-tokens-stddev",
+        "0",
+        "--output-tokens-mean",
+        str(args.tokens),
+        "--output-tokens-stddev",
+        "0",
+        "--use-legacy-max-tokens",
+        "--extra-inputs",
+        "ignore_eos:true",
+        "--tokenizer",
+        str(tokenizer),
+        "--artifact-dir",
+        str(out),
+        "--ui-type",
+        "none",
+    ]
     # not HF_HUB_OFFLINE: AIPerf 0.13 then looks a local tokenizer folder up as a hub cache entry and fails
     result = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
     exports = sorted(out.rglob("profile_export_aiperf.json"))
@@ -131,9 +222,14 @@ def run_aiperf(url: str, args: argparse.Namespace, tokenizer: Path, tmp: Path) -
         metric = data.get(name) or {}
         return None if metric.get(key) is None else round(float(metric[key]), 3)
 
-    return {"ttft_median_ms": stat("time_to_first_token"), "tpot_median_ms": stat("inter_token_latency"),
-            "total_tps": stat("output_token_throughput", "avg"), "duration_s": stat("benchmark_duration", "avg"),
-            "ok": stat("request_count", "avg"), "version": data.get("aiperf_version")}
+    return {
+        "ttft_median_ms": stat("time_to_first_token"),
+        "tpot_median_ms": stat("inter_token_latency"),
+        "total_tps": stat("output_token_throughput", "avg"),
+        "duration_s": stat("benchmark_duration", "avg"),
+        "ok": stat("request_count", "avg"),
+        "version": data.get("aiperf_version"),
+    }
 
 
 def ms(seconds: float) -> float:
@@ -148,9 +244,12 @@ def truth(args: argparse.Namespace) -> dict[str, float]:
     chunks = math.ceil(args.tokens / args.tokens_per_chunk)
     first = args.first_token_ms + (min(args.tokens_per_chunk, args.tokens) - 1) * args.interval_ms
     request_ms = args.first_token_ms + (args.tokens - 1) * args.interval_ms
-    return {"ttft_ms": round(first, 3),
-            "tpot_ms": round((chunks - 1) * args.tokens_per_chunk * args.interval_ms / (args.tokens - 1), 3),
-            "request_ms": round(request_ms, 3), "tps_bound": round(args.streams * args.tokens / request_ms * 1000, 1)}
+    return {
+        "ttft_ms": round(first, 3),
+        "tpot_ms": round((chunks - 1) * args.tokens_per_chunk * args.interval_ms / (args.tokens - 1), 3),
+        "request_ms": round(request_ms, 3),
+        "tps_bound": round(args.streams * args.tokens / request_ms * 1000, 1),
+    }
 
 
 def main() -> None:
@@ -162,8 +261,9 @@ def main() -> None:
     parser.add_argument("--interval-ms", type=float, default=10.0, help="server gap between tokens")
     parser.add_argument("--first-token-ms", type=float, default=50.0, help="server delay before the first token")
     parser.add_argument("--input-len", type=int, default=16, help="prompt tokens")
-    parser.add_argument("--aiperf",
-                        help="aiperf executable (from its own venv); default: `aiperf` on PATH, else skipped")
+    parser.add_argument(
+        "--aiperf", help="aiperf executable (from its own venv); default: `aiperf` on PATH, else skipped"
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds each client may run")
     args = parser.parse_args()
     if args.tokens < 2:
@@ -172,8 +272,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="crosscheck-") as scratch:
         tmp = Path(scratch)
         tokenizer = build_tokenizer(tmp / "tokenizer")
-        flags = ["--tokens", str(args.tokens), "--tokens-per-chunk", str(args.tokens_per_chunk),
-                 "--interval-ms", str(args.interval_ms), "--first-token-ms", str(args.first_token_ms)]
+        flags = [
+            "--tokens",
+            str(args.tokens),
+            "--tokens-per-chunk",
+            str(args.tokens_per_chunk),
+            "--interval-ms",
+            str(args.interval_ms),
+            "--first-token-ms",
+            str(args.first_token_ms),
+        ]
         with synthetic_expert(tmp, "expert", *flags, models=["expert-0"]) as server:
             ours = run_ours(server.url, args, tmp)
             theirs = run_vllm(server.url, args, tokenizer, tmp)
@@ -182,14 +290,22 @@ def main() -> None:
                 aiperf_note = None if aiperf else "no aiperf executable (pass --aiperf PATH from a separate venv)"
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 aiperf, aiperf_note = None, str(exc)[-600:]
-    ratios = {"ttft_median": ratio(ours["ttft_median_ms"], theirs["ttft_median_ms"]),
-              "tpot_median": ratio(ours["tpot_median_ms"], theirs["tpot_median_ms"]),
-              "throughput": ratio(ours["total_tps"], theirs["total_tps"]),
-              "throughput_steady_vs_total": ratio(ours["steady_tps"], theirs["total_tps"])}
+    ratios = {
+        "ttft_median": ratio(ours["ttft_median_ms"], theirs["ttft_median_ms"]),
+        "tpot_median": ratio(ours["tpot_median_ms"], theirs["tpot_median_ms"]),
+        "throughput": ratio(ours["total_tps"], theirs["total_tps"]),
+        "throughput_steady_vs_total": ratio(ours["steady_tps"], theirs["total_tps"]),
+    }
     line = {
-        "settings": {k: getattr(args, k) for k in ("streams", "requests", "tokens", "tokens_per_chunk",
-                                                   "interval_ms", "first_token_ms", "input_len")},
-        "truth": truth(args), "ours": ours, "vllm": theirs, "aiperf": aiperf, "aiperf_note": aiperf_note,
+        "settings": {
+            k: getattr(args, k)
+            for k in ("streams", "requests", "tokens", "tokens_per_chunk", "interval_ms", "first_token_ms", "input_len")
+        },
+        "truth": truth(args),
+        "ours": ours,
+        "vllm": theirs,
+        "aiperf": aiperf,
+        "aiperf_note": aiperf_note,
         "ratio_ours_vllm": ratios,
         "throughput_ratio_uses": "ours total_tps (output tokens / first send to last token) vs vLLM output_throughput",
         "within_5pct": all(r is not None and abs(r - 1) <= 0.05 for r in (ratios["tpot_median"], ratios["throughput"])),

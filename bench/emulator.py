@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from expert_router.testing import Server, cli_args, free_port
 
 from expert_router.emulate import validation
 from expert_router.loadgen.records import read_records
 from expert_router.loadgen.workload import WorkItem, save_workload
+from expert_router.testing import Server, cli_args, free_port
 
 ANSWER = 200
 
@@ -52,8 +52,20 @@ def server_stats(url: str, reset: bool = False) -> dict[str, Any]:
 def measure(url: str, workload: Path, users: int, seconds: float, out: Path, core: int | None) -> dict[str, Any]:
     before = server_stats(url, reset=True)
     started = time.monotonic()
-    args = cli_args("load", url, "--model", "expert-0", "--workload", str(workload), "--users", str(users),
-                    "--duration", str(seconds), "--out", str(out))
+    args = cli_args(
+        "load",
+        url,
+        "--model",
+        "expert-0",
+        "--workload",
+        str(workload),
+        "--users",
+        str(users),
+        "--duration",
+        str(seconds),
+        "--out",
+        str(out),
+    )
     result = subprocess.run(pinned(args, core), capture_output=True, text=True, timeout=seconds + 120)
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-2000:])
@@ -62,14 +74,23 @@ def measure(url: str, workload: Path, users: int, seconds: float, out: Path, cor
     late = after["lateness_ms"]
     tokens = after["generation_tokens"] - before["generation_tokens"]
     t0 = json.loads((out / "records.jsonl").read_text().splitlines()[0])["t0_monotonic"]
-    client = [np.array(r.chunk_times) + t0 - np.array(r.server_stamps)
-              for r in read_records(out / "records.jsonl") if r.status == "ok" and r.server_stamps]
+    client = [
+        np.array(r.chunk_times) + t0 - np.array(r.server_stamps)
+        for r in read_records(out / "records.jsonl")
+        if r.status == "ok" and r.server_stamps
+    ]
     seen = np.concatenate(client) * 1000 if client else np.array([np.nan])
-    return {"users": users, "tokens_per_s": round(tokens / elapsed, 1), "steps": late["steps"],
-            "timing_error_mean_ms": round(late["mean"], 3), "timing_error_p50_ms": round(late["p50"], 3),
-            "timing_error_p99_ms": round(late["p99"], 3), "timing_error_max_ms": round(late["max"], 3),
-            "client_error_mean_ms": round(float(np.mean(np.abs(seen))), 3),
-            "client_error_p50_ms": round(float(np.median(seen)), 3)}
+    return {
+        "users": users,
+        "tokens_per_s": round(tokens / elapsed, 1),
+        "steps": late["steps"],
+        "timing_error_mean_ms": round(late["mean"], 3),
+        "timing_error_p50_ms": round(late["p50"], 3),
+        "timing_error_p99_ms": round(late["p99"], 3),
+        "timing_error_max_ms": round(late["max"], 3),
+        "client_error_mean_ms": round(float(np.mean(np.abs(seen))), 3),
+        "client_error_p50_ms": round(float(np.median(seen)), 3),
+    }
 
 
 def main() -> None:
@@ -89,8 +110,17 @@ def main() -> None:
         prompt = " ".join(["word"] * 100)
         save_workload([WorkItem(i, 0, prompt, 100, ANSWER) for i in range(100)], workload)
         port = free_port()
-        server_args = cli_args("emulate", "--port", str(port), "--served-model-name", "expert-0",
-                               "--max-batch-size", "1024", "--output-lengths", f"fixed:{ANSWER}")
+        server_args = cli_args(
+            "emulate",
+            "--port",
+            str(port),
+            "--served-model-name",
+            "expert-0",
+            "--max-batch-size",
+            "1024",
+            "--output-lengths",
+            f"fixed:{ANSWER}",
+        )
         with Server(pinned(server_args, server_core), port, tmp / "emulate.log") as server:
             for users in args.levels:
                 levels.append(measure(server.url, workload, users, args.seconds, tmp / f"u{users}", client_core))
@@ -99,22 +129,30 @@ def main() -> None:
     within_p50 = [lv for lv in levels if lv["timing_error_p50_ms"] < 1.0]
     best_p50 = max(within_p50, key=lambda lv: lv["tokens_per_s"]) if within_p50 else None
     rows = validation.run(scale=args.scale)
-    print(json.dumps({
-        "bench": "emulator",
-        "server_cores": 1 if server_core is not None else len(cores),
-        "max_tokens_per_s_1ms": best["tokens_per_s"] if best else 0,
-        "timing_error_mean_ms_at_max": best["timing_error_mean_ms"] if best else None,
-        "max_tokens_per_s_p50_1ms": best_p50["tokens_per_s"] if best_p50 else 0,
-        "load_average_1min": round(os.getloadavg()[0], 2),
-        "levels": levels,
-        "validation_rows": len(rows),
-        "validation_scale": args.scale,
-        "validation_mean_error": round(validation.mean_abs_error(rows), 4),
-        "validation_mean_error_held_out": round(validation.mean_abs_error(
-            [r for r in rows if not (r.gpu == "h100-sxm" and r.model == "llama-3-8b")]), 4),
-        "validation_mean_error_single_gpu": round(validation.mean_abs_error([r for r in rows if r.tp == 1]), 4),
-        "validation_mean_error_tp8": round(validation.mean_abs_error([r for r in rows if r.tp > 1]), 4),
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "emulator",
+                "server_cores": 1 if server_core is not None else len(cores),
+                "max_tokens_per_s_1ms": best["tokens_per_s"] if best else 0,
+                "timing_error_mean_ms_at_max": best["timing_error_mean_ms"] if best else None,
+                "max_tokens_per_s_p50_1ms": best_p50["tokens_per_s"] if best_p50 else 0,
+                "load_average_1min": round(os.getloadavg()[0], 2),
+                "levels": levels,
+                "validation_rows": len(rows),
+                "validation_scale": args.scale,
+                "validation_mean_error": round(validation.mean_abs_error(rows), 4),
+                "validation_mean_error_held_out": round(
+                    validation.mean_abs_error(
+                        [r for r in rows if not (r.gpu == "h100-sxm" and r.model == "llama-3-8b")]
+                    ),
+                    4,
+                ),
+                "validation_mean_error_single_gpu": round(validation.mean_abs_error([r for r in rows if r.tp == 1]), 4),
+                "validation_mean_error_tp8": round(validation.mean_abs_error([r for r in rows if r.tp > 1]), 4),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

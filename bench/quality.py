@@ -35,10 +35,13 @@ def classifier_figures(classifier: Classifier, texts: list[str], labels: list[st
     topics = majority_labels(clusters.tolist(), labels)
     routed = classifier.route([prompt for _, prompt in SAMPLE_PROMPTS]).cluster.tolist()
     on_topic = sum(topics.get(c) == topic for c, (topic, _) in zip(routed, SAMPLE_PROMPTS))
-    return {"documents": len(texts), "nmi": round(float(normalized_mutual_info_score(labels, clusters)), 4),
-            "largest_cluster_share": round(float(sizes.max() / sizes.sum()), 4),
-            "largest_over_mean": round(float(sizes.max() / sizes.mean()), 3),
-            "sample_prompts_on_topic": f"{on_topic}/{len(SAMPLE_PROMPTS)}"}
+    return {
+        "documents": len(texts),
+        "nmi": round(float(normalized_mutual_info_score(labels, clusters)), 4),
+        "largest_cluster_share": round(float(sizes.max() / sizes.sum()), 4),
+        "largest_over_mean": round(float(sizes.max() / sizes.mean()), 3),
+        "sample_prompts_on_topic": f"{on_topic}/{len(SAMPLE_PROMPTS)}",
+    }
 
 
 def main() -> None:
@@ -56,8 +59,22 @@ def main() -> None:
     if experts is None:
         experts = work / "experts"
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "expert_router", "experts", "build", "demo", "--classifier",
-                        str(work / "classifier"), "--out", str(experts)], check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "expert_router",
+                "experts",
+                "build",
+                "demo",
+                "--classifier",
+                str(work / "classifier"),
+                "--out",
+                str(experts),
+            ],
+            check=True,
+            capture_output=True,
+        )
         result["build_s"] = round(time.perf_counter() - started, 1)
     started = time.perf_counter()
     evaluation = evaluate_experts(experts)
@@ -66,7 +83,9 @@ def main() -> None:
     result.update({key: summary[key] for key in ("diagonal_lowest_rows", "rows_with_held_out", "routing_accuracy")})
     result["routed_vs_base"] = round(summary["routed_vs_base"], 4)
     result["routed_vs_random"] = round(summary["routed_vs_random"], 4)
-    result["routing_accuracy"] = round(summary["routing_accuracy"], 4) if summary["routing_accuracy"] is not None else None
+    result["routing_accuracy"] = (
+        round(summary["routing_accuracy"], 4) if summary["routing_accuracy"] is not None else None
+    )
     print(json.dumps(result))
 
 

@@ -57,8 +57,10 @@ class GatewaySettings(Strict):
     model_name: str = Field("expert-router", min_length=1, description="the model name clients ask for to be routed")
     max_inflight_per_expert: int = Field(256, ge=1, description="requests in flight per expert before queueing")
     limit_scope: Literal["process", "replicas"] = Field(
-        "process", description="what max_inflight_per_expert counts: this process's requests, or what the expert's "
-        "replicas report carrying from every gateway (holds across workers and instances)")
+        "process",
+        description="what max_inflight_per_expert counts: this process's requests, or what the expert's "
+        "replicas report carrying from every gateway (holds across workers and instances)",
+    )
     load_aware: bool = Field(True, description="pick replicas by their own /metrics load report (vLLM's names)")
     load_interval_s: float = Field(0.25, gt=0, description="how often each replica's /metrics is read")
     queue_timeout_s: float = Field(5.0, ge=0, description="how long a request may wait for a slot before 429")
@@ -129,8 +131,10 @@ def describe_validation_error(exc: ValidationError, source: str, what: str = "de
 
 def describe_flag_error(exc: ValidationError) -> str:
     """A settings error raised from command-line flags, named as the flag: `--max-tokens: ...`."""
-    return "\n".join(f"--{str(error['loc'][0]).replace('_', '-')}: {error['msg']}" if error["loc"] else error["msg"]
-                     for error in exc.errors())
+    return "\n".join(
+        f"--{str(error['loc'][0]).replace('_', '-')}: {error['msg']}" if error["loc"] else error["msg"]
+        for error in exc.errors()
+    )
 
 
 def parse_deployment(data: object, source: str = "deployment", base: Path | None = None) -> Deployment:
@@ -142,8 +146,9 @@ def parse_deployment(data: object, source: str = "deployment", base: Path | None
     except ValidationError as exc:
         raise UserError(describe_validation_error(exc, source)) from None
     if base is not None:
-        deployment.classifier = base / deployment.classifier if not deployment.classifier.is_absolute() else \
-            deployment.classifier
+        deployment.classifier = (
+            base / deployment.classifier if not deployment.classifier.is_absolute() else deployment.classifier
+        )
         deployment.classifier = deployment.classifier.resolve()
         deployment.engine.base_model = _resolve(base, deployment.engine.base_model)
         for expert in deployment.experts:

@@ -47,8 +47,9 @@ def read_corpus(spec: str, options: CorpusOptions | None = None, limit: int | No
     return islice(documents, limit)
 
 
-def load_corpus(spec: str, options: CorpusOptions | None = None, limit: int | None = None,
-                show_progress: bool = False) -> list[Document]:
+def load_corpus(
+    spec: str, options: CorpusOptions | None = None, limit: int | None = None, show_progress: bool = False
+) -> list[Document]:
     """`read_corpus` into a list without blank documents, refusing an empty corpus."""
     if limit is not None and limit < 1:
         raise UserError("--limit must be at least 1")

@@ -31,8 +31,14 @@ class ClientError(ExpertRouterError):
     status = 500
     error_type: str | None = None
 
-    def __init__(self, message: str, status: int | None = None, code: str | None = None, param: str | None = None,
-                 headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        message: str,
+        status: int | None = None,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status = status if status is not None else type(self).status
         self.code = code

@@ -50,8 +50,11 @@ class Configuration(Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     url: str = Field(description="base URL the user simulator sends to")
     model: str | None = Field(None, description="model name to send (none: the gateway routes)")
-    direct_of: str | None = Field(None, description="this configuration reaches the experts of the named one "
-                                  "without its gateway: the report shows the gateway's overhead as the difference")
+    direct_of: str | None = Field(
+        None,
+        description="this configuration reaches the experts of the named one "
+        "without its gateway: the report shows the gateway's overhead as the difference",
+    )
     services: list[Service] = []
 
 
@@ -72,8 +75,11 @@ class Experiment(Strict):
     tokenizer: Path | None = Field(None, description="tokenizer.json of the served model: lengths in its tokens")
     pool: int = Field(1000, ge=1)
     seed: int = 0
-    fresh_prompts: bool = Field(True, description="a new prompt draw per cell (the same for every configuration "
-                                "of that cell), so prefix caches of long-lived servers do not carry over")
+    fresh_prompts: bool = Field(
+        True,
+        description="a new prompt draw per cell (the same for every configuration "
+        "of that cell), so prefix caches of long-lived servers do not carry over",
+    )
     warmup: int = Field(1, ge=0, description="requests per user answered before each cell is measured")
     processes: int = Field(1, ge=1, description="user-simulator processes per cell")
     cooldown_s: float = Field(1.0, ge=0, description="pause between cells")
@@ -84,10 +90,18 @@ class Experiment(Strict):
         if self.fresh_prompts:
             digest = hashlib.sha256(f"{self.seed}/{mix}/{users}/{repetition}".encode()).digest()
             seed = int.from_bytes(digest[:4], "little")
-        return WorkloadSpec(classifier=self.classifier, corpus=self.corpus, tokenizer=self.tokenizer,
-                            mix=mix, input_lengths=self.input_lengths,
-                            input_mean=self.input_mean, input_std=self.input_std, max_tokens=self.max_tokens,
-                            pool=self.pool, seed=seed)
+        return WorkloadSpec(
+            classifier=self.classifier,
+            corpus=self.corpus,
+            tokenizer=self.tokenizer,
+            mix=mix,
+            input_lengths=self.input_lengths,
+            input_mean=self.input_mean,
+            input_std=self.input_std,
+            max_tokens=self.max_tokens,
+            pool=self.pool,
+            seed=seed,
+        )
 
     @field_validator("users")
     @classmethod
@@ -127,11 +141,21 @@ def _manifest(experiment: Experiment, path: Path) -> dict[str, Any]:
     import sklearn
 
     return {
-        "experiment": experiment.model_dump(mode="json"), "experiment_file": str(path),
-        "versions": {"expert_router": __version__, "python": platform.python_version(), "numpy": numpy.__version__,
-                     "scikit_learn": sklearn.__version__, "aiohttp": aiohttp.__version__},
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "host": platform.node()},
+        "experiment": experiment.model_dump(mode="json"),
+        "experiment_file": str(path),
+        "versions": {
+            "expert_router": __version__,
+            "python": platform.python_version(),
+            "numpy": numpy.__version__,
+            "scikit_learn": sklearn.__version__,
+            "aiohttp": aiohttp.__version__,
+        },
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "host": platform.node(),
+        },
     }
 
 
@@ -143,11 +167,18 @@ def run_experiment(path: Path, results: Path) -> Path:
     manifest.setdefault("runs", []).append({"started_at": time.time()})
     manifest_path.write_text(json.dumps(manifest, indent=2))
 
-    cells = [(c, mix, u, r) for c in experiment.configurations for mix in experiment.mixes
-             for u in experiment.users for r in range(experiment.repetitions)]
+    cells = [
+        (c, mix, u, r)
+        for c in experiment.configurations
+        for mix in experiment.mixes
+        for u in experiment.users
+        for r in range(experiment.repetitions)
+    ]
     todo = [cell for cell in cells if not _done(results, *cell)]
-    console.print(f"{len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run "
-                  f"(about {len(todo) * (experiment.duration_s + experiment.cooldown_s) / 60:.0f} min)")
+    console.print(
+        f"{len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run "
+        f"(about {len(todo) * (experiment.duration_s + experiment.cooldown_s) / 60:.0f} min)"
+    )
     services = Services(base, results / "logs")
     try:
         for configuration in experiment.configurations:
@@ -162,11 +193,17 @@ def run_experiment(path: Path, results: Path) -> Path:
     return results
 
 
-def _run_cells(experiment: Experiment, configuration: Configuration,
-               cells: Sequence[tuple[Configuration, str, int, int]], results: Path) -> None:
+def _run_cells(
+    experiment: Experiment,
+    configuration: Configuration,
+    cells: Sequence[tuple[Configuration, str, int, int]],
+    results: Path,
+) -> None:
     for number, (_, mix, users, repetition) in enumerate(cells, 1):
-        console.print(f"[bold]{configuration.name}[/] {mix} mix, {users} users, repetition {repetition + 1}"
-                      f" ({number}/{len(cells)})")
+        console.print(
+            f"[bold]{configuration.name}[/] {mix} mix, {users} users, repetition {repetition + 1}"
+            f" ({number}/{len(cells)})"
+        )
         workload = cell_workload(experiment, mix, users, repetition, results)
         _run_cell(experiment, configuration, mix, users, repetition, workload, results)
         time.sleep(experiment.cooldown_s)
@@ -185,24 +222,50 @@ def _done(results: Path, configuration: Configuration, mix: str, users: int, rep
     return (cell_folder(results, configuration.name, mix, users, repetition) / "summary.json").is_file()
 
 
-def _run_cell(experiment: Experiment, configuration: Configuration, mix: str, users: int, repetition: int,
-              workload: Path, results: Path) -> None:
+def _run_cell(
+    experiment: Experiment,
+    configuration: Configuration,
+    mix: str,
+    users: int,
+    repetition: int,
+    workload: Path,
+    results: Path,
+) -> None:
     folder = cell_folder(results, configuration.name, mix, users, repetition)
     if folder.exists():
         shutil.rmtree(folder)  # half-finished: redo it whole
     out = folder.parent / (folder.name + ".tmp")
     if out.exists():
         shutil.rmtree(out)
-    args = [sys.executable, "-m", "expert_router", "load", configuration.url, "--workload", str(workload),
-            "--users", str(users), "--duration", str(experiment.duration_s), "--endpoint", experiment.endpoint,
-            "--warmup", str(experiment.warmup), "--processes", str(min(experiment.processes, users)), "--out", str(out)]
+    args = [
+        sys.executable,
+        "-m",
+        "expert_router",
+        "load",
+        configuration.url,
+        "--workload",
+        str(workload),
+        "--users",
+        str(users),
+        "--duration",
+        str(experiment.duration_s),
+        "--endpoint",
+        experiment.endpoint,
+        "--warmup",
+        str(experiment.warmup),
+        "--processes",
+        str(min(experiment.processes, users)),
+        "--out",
+        str(out),
+    ]
     if configuration.model:
         args += ["--model", configuration.model]
     result = subprocess.run(args, capture_output=True, text=True)
     if result.returncode != 0:
         raise UserError(f"the user simulator failed for {configuration.name}/{mix}/u{users}:\n{result.stderr[-2000:]}")
-    (out / CELL_FILE).write_text(json.dumps({"configuration": configuration.name, "mix": mix, "users": users,
-                                             "repetition": repetition}))
+    (out / CELL_FILE).write_text(
+        json.dumps({"configuration": configuration.name, "mix": mix, "users": users, "repetition": repetition})
+    )
     out.rename(folder)  # a cell appears only when complete
 
 
@@ -232,8 +295,9 @@ class Services:
         self.logs.mkdir(parents=True, exist_ok=True)
         with open(self.logs / f"{configuration.name}-{service.name}.log", "ab") as log:
             try:
-                process = subprocess.Popen(service.argv(), cwd=self.base, stdout=log, stderr=subprocess.STDOUT,
-                                           start_new_session=True)
+                process = subprocess.Popen(
+                    service.argv(), cwd=self.base, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
             except OSError as exc:
                 raise UserError(f"cannot start {configuration.name}/{service.name}: {exc}") from None
         console.print(f"started {configuration.name}/{service.name} (pid {process.pid})")
@@ -252,5 +316,11 @@ class Services:
 def _wait_ready(configuration: Configuration, service: Service, process: subprocess.Popen[bytes], logs: Path) -> None:
     if service.ready_url is not None:
         url = service.ready_url
-        wait_until(lambda: http_ok(url), f"{configuration.name}/{service.name}", service.ready_timeout_s, process,
-                   logs / f"{configuration.name}-{service.name}.log", interval_s=0.2)
+        wait_until(
+            lambda: http_ok(url),
+            f"{configuration.name}/{service.name}",
+            service.ready_timeout_s,
+            process,
+            logs / f"{configuration.name}-{service.name}.log",
+            interval_s=0.2,
+        )

@@ -24,20 +24,33 @@ ERROR_TYPES = {
 }
 
 
-def error_body(status: int, message: str, type_: str | None = None, code: str | int | None = None,
-               param: str | None = None) -> dict[str, dict[str, object]]:
+def error_body(
+    status: int, message: str, type_: str | None = None, code: str | int | None = None, param: str | None = None
+) -> dict[str, dict[str, object]]:
     """The body OpenAI's API (and vLLM) send with an error: {"error": {"message", "type", "param", "code"}}."""
-    return {"error": {"message": message, "type": type_ or ERROR_TYPES.get(status, "server_error"), "param": param,
-                      "code": code if code is not None else status}}
+    return {
+        "error": {
+            "message": message,
+            "type": type_ or ERROR_TYPES.get(status, "server_error"),
+            "param": param,
+            "code": code if code is not None else status,
+        }
+    }
 
 
 def error_response(
-    status: int, message: str, type_: str | None = None, code: str | None = None, headers: dict[str, str] | None = None,
+    status: int,
+    message: str,
+    type_: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
     param: str | None = None,
 ) -> web.Response:
     return web.Response(
-        status=status, body=orjson.dumps(error_body(status, message, type_, code, param)),
-        content_type="application/json", headers=headers,
+        status=status,
+        body=orjson.dumps(error_body(status, message, type_, code, param)),
+        content_type="application/json",
+        headers=headers,
     )
 
 
@@ -90,8 +103,10 @@ DRAIN_EXEMPT = frozenset({"/metrics"})
 
 
 @web.middleware
-async def drain_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-                           ) -> web.StreamResponse:
+async def drain_middleware(
+    request: web.Request,
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> web.StreamResponse:
     """Counts requests in flight; while draining, turns new ones away (they arrived on connections that
     were open before the listener closed) so that a client or proxy retries elsewhere."""
     drain = request.app[DRAIN_KEY]
@@ -162,7 +177,13 @@ def _on_signals(callback: Callable[[], None]) -> None:
         loop.add_signal_handler(sig, callback)
 
 
-def run_app(app: web.Application, host: str, port: int, reuse_port: bool = False,
-            on_started: Callable[[], Awaitable[None] | None] | None = None, drain_timeout_s: float = 2.0) -> None:
+def run_app(
+    app: web.Application,
+    host: str,
+    port: int,
+    reuse_port: bool = False,
+    on_started: Callable[[], Awaitable[None] | None] | None = None,
+    drain_timeout_s: float = 2.0,
+) -> None:
     install_uvloop()
     asyncio.run(serve_until_stopped(app, host, port, reuse_port, on_started, drain_timeout_s))

@@ -58,9 +58,15 @@ def tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def wait_until(ready: Callable[[], bool], what: str, timeout_s: float,
-               process: subprocess.Popen[bytes] | None = None, log: Path | None = None,
-               interval_s: float = 0.05, on_wait: Callable[[], None] | None = None) -> None:
+def wait_until(
+    ready: Callable[[], bool],
+    what: str,
+    timeout_s: float,
+    process: subprocess.Popen[bytes] | None = None,
+    log: Path | None = None,
+    interval_s: float = 0.05,
+    on_wait: Callable[[], None] | None = None,
+) -> None:
     """Poll `ready()` until it is true. Raises UserError when `process` exits first or time runs out."""
     deadline = time.monotonic() + timeout_s
     where = f"; its log: {log}\n{tail(log)}" if log is not None else ""

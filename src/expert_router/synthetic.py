@@ -82,24 +82,34 @@ async def health(request: web.Request) -> web.Response:
 
 async def models(request: web.Request) -> web.Response:
     names = request.app[SETTINGS_KEY].models
-    return web.json_response({"object": "list", "data": [{"id": n, "object": "model", "owned_by": "synthetic"} for n in names]})
+    return web.json_response(
+        {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "synthetic"} for n in names]}
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:
     """vLLM's load gauges under vLLM's names, so gateways read this server as they read vLLM."""
     s, settings = request.app[STATS_KEY], request.app[SETTINGS_KEY]
-    text = (f"# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{{model_name=\"synthetic\"}} {s.inflight}\n"
-            f"# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{{model_name=\"synthetic\"}} "
-            f"{settings.reported_waiting}\n")
+    text = (
+        f'# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{{model_name="synthetic"}} {s.inflight}\n'
+        f'# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{{model_name="synthetic"}} '
+        f"{settings.reported_waiting}\n"
+    )
     return web.Response(text=text, content_type="text/plain")
 
 
 async def stats(request: web.Request) -> web.Response:
     s = request.app[STATS_KEY]
     return web.json_response(
-        {"requests": s.requests, "completed": s.completed, "cancelled": s.cancelled, "inflight": s.inflight,
-         "max_inflight": s.max_inflight,
-         "models": s.models, "last_body": s.last_body}
+        {
+            "requests": s.requests,
+            "completed": s.completed,
+            "cancelled": s.cancelled,
+            "inflight": s.inflight,
+            "max_inflight": s.max_inflight,
+            "models": s.models,
+            "last_body": s.last_body,
+        }
     )
 
 
@@ -146,20 +156,37 @@ def _whole_answer(model: str, chat: bool, n_tokens: int) -> dict:
     finish = "length"
     if chat:
         choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
-        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-                "model": model, "choices": [choice], "usage": usage}
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [choice],
+            "usage": usage,
+        }
     choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
-    return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-            "model": model, "choices": [choice], "usage": usage}
+    return {
+        "id": f"cmpl-{uuid.uuid4().hex}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [choice],
+        "usage": usage,
+    }
 
 
-async def _stream(request: web.Request, settings: SyntheticSettings, body: dict[str, Any], chat: bool,
-                  n_tokens: int) -> web.StreamResponse:
+async def _stream(
+    request: web.Request, settings: SyntheticSettings, body: dict[str, Any], chat: bool, n_tokens: int
+) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
     model = body["model"]
-    head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
-            "object": "chat.completion.chunk" if chat else "text_completion", "created": int(time.time()), "model": model}
+    head = {
+        "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": model,
+    }
     options = body.get("stream_options") or {}
     final_usage = settings.usage != "none" and bool(options.get("include_usage"))
     running_usage = settings.usage == "asked" and final_usage and bool(options.get("continuous_usage_stats"))
@@ -181,8 +208,11 @@ async def _stream(request: web.Request, settings: SyntheticSettings, body: dict[
             await asyncio.sleep(delay)
         text = "".join(_token(i) for i in range(first, last + 1))
         finish = "length" if last == n_tokens - 1 else None
-        choice = ({"index": 0, "delta": {"content": text}, "finish_reason": finish} if chat
-                  else {"index": 0, "text": text, "finish_reason": finish, "logprobs": None})
+        choice = (
+            {"index": 0, "delta": {"content": text}, "finish_reason": finish}
+            if chat
+            else {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+        )
         chunk: dict[str, Any] = {**head, "choices": [choice], "t": time.monotonic()}
         if running_usage:
             chunk["usage"] = _usage(last + 1)

@@ -39,19 +39,34 @@ def cli_args(*args: str) -> list[str]:
 class Server:
     """A child process serving HTTP on 127.0.0.1:port; `stop()` (or the context exit) ends it."""
 
-    def __init__(self, args: list[str], port: int, log: Path, ready_path: str = "/v1/models",
-                 env: dict[str, str] | None = None, timeout_s: float = 60.0):
+    def __init__(
+        self,
+        args: list[str],
+        port: int,
+        log: Path,
+        ready_path: str = "/v1/models",
+        env: dict[str, str] | None = None,
+        timeout_s: float = 60.0,
+    ):
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log = log
         self._log_file = open(log, "wb")
         self.process = subprocess.Popen(
-            args, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            args,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
             env={**os.environ, **(env or {})},
         )
         try:
-            wait_until(lambda: http_ok(self.url + ready_path, 1.0, any_status=True), f"server {args[3:5]}",
-                       timeout_s, self.process, log)
+            wait_until(
+                lambda: http_ok(self.url + ready_path, 1.0, any_status=True),
+                f"server {args[3:5]}",
+                timeout_s,
+                self.process,
+                log,
+            )
         except BaseException:
             self.stop()
             raise
@@ -95,8 +110,9 @@ def synthetic_expert(tmp: Path, name: str, *flags: str, models: list[str] | None
     """`expert-router synthetic-expert` serving `expert-0..7` (or `models`) on a free port."""
     port = free_port()
     models = models or [f"expert-{c}" for c in range(8)]
-    return Server(cli_args("synthetic-expert", "--port", str(port), "--models", *models, *flags), port,
-                  tmp / f"{name}.log")
+    return Server(
+        cli_args("synthetic-expert", "--port", str(port), "--models", *models, *flags), port, tmp / f"{name}.log"
+    )
 
 
 def gateway(tmp: Path, deployment: Path, *flags: str, name: str = "gateway") -> Server:
@@ -111,8 +127,10 @@ def write_deployment(path: Path, classifier: Path, endpoints: dict[int, list[str
 
     deployment = Deployment(
         classifier=classifier,
-        experts=[ExpertConfig(cluster=c, model=f"expert-{c}", endpoints=urls)  # pydantic parses the str URLs
-                 for c, urls in sorted(endpoints.items())],
+        experts=[
+            ExpertConfig(cluster=c, model=f"expert-{c}", endpoints=urls)  # pydantic parses the str URLs
+            for c, urls in sorted(endpoints.items())
+        ],
         gateway=GatewaySettings(**{"health_interval_s": 0.2, **gateway_settings}),
     )
     return deployment.write(path)
@@ -137,7 +155,9 @@ class Nginx:
         with open(self.stderr, "wb") as stderr:
             self.process = subprocess.Popen(
                 [binary, "-p", str(self.prefix), "-c", str(self.prefix / "nginx.conf"), "-g", "daemon off;"],
-                stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,
             )
         try:
             wait_until(self._listening, "nginx", 10.0, self.process, self.stderr)
@@ -162,22 +182,28 @@ class Nginx:
         self.stop()
 
 
-
 class ExtProc(Server):
     """`expert-router extproc DEPLOYMENT` on free ports; ready once its /metrics answers (started last)."""
 
     def __init__(self, tmp: Path, deployment: Path, *flags: str):
         self.grpc_port = free_port()
         metrics_port = free_port()
-        super().__init__(cli_args("extproc", str(deployment), "--port", str(self.grpc_port), "--metrics-port",
-                                  str(metrics_port), *flags), metrics_port, tmp / "extproc.log", ready_path="/metrics")
+        super().__init__(
+            cli_args(
+                "extproc", str(deployment), "--port", str(self.grpc_port), "--metrics-port", str(metrics_port), *flags
+            ),
+            metrics_port,
+            tmp / "extproc.log",
+            ready_path="/metrics",
+        )
 
 
 class Envoy(Server):
     """Envoy running the project's deploy/envoy/envoy.yaml fitted to a deployment; `url` is its listener."""
 
-    def __init__(self, tmp: Path, deployment: Path, extproc_port: int,
-                 template: Path = REPO / "deploy" / "envoy" / "envoy.yaml"):
+    def __init__(
+        self, tmp: Path, deployment: Path, extproc_port: int, template: Path = REPO / "deploy" / "envoy" / "envoy.yaml"
+    ):
         import yaml
 
         from expert_router.config import load_deployment
@@ -188,8 +214,16 @@ class Envoy(Server):
         config = render_config(yaml.safe_load(template.read_text()), load_deployment(deployment), addresses)
         path = tmp / "envoy.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
-        args = [str(envoy_binary()), "-c", str(path), "--disable-hot-restart", "--concurrency", "1",
-                "--log-level", "warn"]
+        args = [
+            str(envoy_binary()),
+            "-c",
+            str(path),
+            "--disable-hot-restart",
+            "--concurrency",
+            "1",
+            "--log-level",
+            "warn",
+        ]
         super().__init__(args, admin_port, tmp / "envoy.log", ready_path="/ready")
         self.admin_url = self.url
         try:  # the admin port answers before the listeners are up; /ready says 200 once they are

@@ -183,8 +183,10 @@ class ConnectionPool:
         """The bytes of a JSON POST to `base_url` + `path` (Accept: an event stream or JSON)."""
         _, _, host, _ = self._target(base_url)
         accept = b"text/event-stream" if stream else b"application/json"
-        return (b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nAccept: %s\r\n"
-                b"Content-Length: %d\r\n\r\n%s" % (path.encode(), host, accept, len(payload), payload))
+        return (
+            b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nAccept: %s\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (path.encode(), host, accept, len(payload), payload)
+        )
 
     def close(self) -> None:
         for connections in self._idle.values():

@@ -116,7 +116,13 @@ def test_demo_command_fits_and_routes(tmp_path):
 
 
 def test_help_explains_every_command():
-    for args in (("--help",), ("classifier", "fit", "--help"), ("classifier", "inspect", "--help"), ("classifier", "route", "--help"), ("demo", "--help")):
+    for args in (
+        ("--help",),
+        ("classifier", "fit", "--help"),
+        ("classifier", "inspect", "--help"),
+        ("classifier", "route", "--help"),
+        ("demo", "--help"),
+    ):
         result = cli(*args)
         assert result.returncode == 0 and "usage:" in result.stdout
     assert "example" in cli("classifier", "fit", "--help").stdout
@@ -137,7 +143,12 @@ def test_balanced_demo_clusters_are_topics_and_examples_reach_their_topic():
     assert normalized_mutual_info_score(labels, clusters) >= 0.5
     assert sizes.max() <= 2 * sizes.mean()
     topics = majority_labels(clusters.tolist(), labels)
-    examples = [*SAMPLE_PROMPTS, ("computing", "How do I mount a USB disk?"), ("food", "What is the best pasta sauce?"),
-                ("astronomy", "Tell me about the stars"), ("law", "law and order")]
+    examples = [
+        *SAMPLE_PROMPTS,
+        ("computing", "How do I mount a USB disk?"),
+        ("food", "What is the best pasta sauce?"),
+        ("astronomy", "Tell me about the stars"),
+        ("law", "law and order"),
+    ]
     routed = classifier.route([prompt for _, prompt in examples]).cluster.tolist()
     assert [topics[c] for c in routed] == [topic for topic, _ in examples]

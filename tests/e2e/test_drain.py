@@ -68,8 +68,9 @@ def refused(port: int) -> bool:
 @pytest.fixture(scope="module")
 def experts(tmp_path_factory: pytest.TempPathFactory):
     """Answers as long as max_tokens asks (up to 1000), a token every 100 ms."""
-    with synthetic_expert(tmp_path_factory.mktemp("experts"), "experts", "--tokens", "1000",
-                          "--interval-ms", "100") as server:
+    with synthetic_expert(
+        tmp_path_factory.mktemp("experts"), "experts", "--tokens", "1000", "--interval-ms", "100"
+    ) as server:
         yield server
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from expert_router.testing import Server, cli_args, gateway, write_deployment
 
 from expert_router.loadgen.records import read_records
+from expert_router.testing import Server, cli_args, gateway, write_deployment
 
 pytestmark = pytest.mark.e2e
 
@@ -57,8 +57,17 @@ def experts(tmp_path_factory):
     """Configuration E: eight emulated 8B engines in one process, ports base .. base+7."""
     tmp = tmp_path_factory.mktemp("emulated")
     base = consecutive_free_ports(8)
-    args = cli_args("emulate", "--preset", "paper-e", "--port", str(base), "--served-model-name", "expert-{i}",
-                    "--output-lengths", f"fixed:{ANSWER}")
+    args = cli_args(
+        "emulate",
+        "--preset",
+        "paper-e",
+        "--port",
+        str(base),
+        "--served-model-name",
+        "expert-{i}",
+        "--output-lengths",
+        f"fixed:{ANSWER}",
+    )
     with Server(args, base, tmp / "emulate.log") as server:
         yield [f"http://127.0.0.1:{base + i}" for i in range(8)], server
 
@@ -77,21 +86,35 @@ def events(raw: bytes) -> list[dict]:
 
 def test_streams_like_vllm_and_exports_its_metrics(experts):
     urls, _ = experts
-    body = {"model": "expert-3", "prompt": "one two three four", "max_tokens": 100, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "model": "expert-3",
+        "prompt": "one two three four",
+        "max_tokens": 100,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     chunks = events(post(urls[3] + "/v1/completions", body))
     tokens = [c for c in chunks if c["choices"]]
     assert len(tokens) == ANSWER and tokens[-1]["choices"][0]["finish_reason"] == "stop"
     assert chunks[-1]["usage"] == {"prompt_tokens": 4, "completion_tokens": ANSWER, "total_tokens": ANSWER + 4}
-    chat = events(post(urls[3] + "/v1/chat/completions", {**body, "messages": [{"role": "user", "content": "hi"}],
-                                                          "max_tokens": 30, "ignore_eos": True}))
+    chat = events(
+        post(
+            urls[3] + "/v1/chat/completions",
+            {**body, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 30, "ignore_eos": True},
+        )
+    )
     assert sum(1 for c in chat if c["choices"] and c["choices"][0]["delta"].get("content")) == 30
     whole = json.loads(post(urls[3] + "/v1/completions", {"model": "expert-3", "prompt": "x", "max_tokens": 5}))
     assert whole["usage"]["completion_tokens"] == 5 and whole["choices"][0]["finish_reason"] == "length"
     with urllib.request.urlopen(urls[3] + "/metrics", timeout=10) as response:
         text = response.read().decode()
-    for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
-                 "vllm:time_to_first_token_seconds_bucket", "vllm:time_per_output_token_seconds_bucket"):
+    for name in (
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+        "vllm:kv_cache_usage_perc",
+        "vllm:time_to_first_token_seconds_bucket",
+        "vllm:time_per_output_token_seconds_bucket",
+    ):
         assert name in text
     assert 'vllm:generation_tokens_total{model_name="expert-3"} 55.0' in text
     with pytest.raises(urllib.error.HTTPError) as error:
@@ -105,10 +128,29 @@ def test_through_the_gateway_and_the_user_simulator(tmp_path, experts, classifie
     before = [json.loads(urllib.request.urlopen(u + "/stats", timeout=10).read())["finished"] for u in urls]
     with gateway(tmp_path, deployment) as gw:
         out = tmp_path / "run"
-        result = subprocess.run(cli_args("load", gw.url, "--classifier", str(classifier), "--users", "16",
-                                         "--requests", "96", "--max-tokens", "50", "--input-lengths", "fixed",
-                                         "--input-mean", "100", "--out", str(out)),
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            cli_args(
+                "load",
+                gw.url,
+                "--classifier",
+                str(classifier),
+                "--users",
+                "16",
+                "--requests",
+                "96",
+                "--max-tokens",
+                "50",
+                "--input-lengths",
+                "fixed",
+                "--input-mean",
+                "100",
+                "--out",
+                str(out),
+            ),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode == 0, result.stderr
     records = read_records(out / "records.jsonl")
     assert len(records) == 96 and all(r.status == "ok" for r in records)
@@ -133,8 +175,13 @@ def test_a_client_that_leaves_frees_its_place(experts):
     import time
 
     connection = http.client.HTTPConnection("127.0.0.1", int(urls[5].rsplit(":", 1)[1]), timeout=10)
-    body = {"model": "expert-5", "prompt": "tell me a long story", "max_tokens": 5000, "ignore_eos": True,
-            "stream": True}
+    body = {
+        "model": "expert-5",
+        "prompt": "tell me a long story",
+        "max_tokens": 5000,
+        "ignore_eos": True,
+        "stream": True,
+    }
     connection.request("POST", "/v1/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
     response = connection.getresponse()
     assert response.status == 200 and response.read(6) == b"data: "  # it is generating

@@ -17,8 +17,9 @@ from expert_router.testing import Envoy, ExtProc, Server, free_port, synthetic_e
 pytestmark = pytest.mark.e2e
 
 pytest.importorskip("grpc", reason="the envoy extra (grpcio) is not installed")
-pytest.importorskip("envoy.service.ext_proc.v3.external_processor_pb2",
-                    reason="the envoy extra (xds-protos) is not installed")
+pytest.importorskip(
+    "envoy.service.ext_proc.v3.external_processor_pb2", reason="the envoy extra (xds-protos) is not installed"
+)
 
 
 def _envoy_installed() -> bool:
@@ -76,8 +77,9 @@ def stream_events(server: Server, body: dict) -> tuple[dict[str, str], list[tupl
     """POST a streaming request; each SSE data line with the client's monotonic time it was read."""
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     try:
-        connection.request("POST", "/v1/completions", body=json.dumps(body).encode(),
-                           headers={"Content-Type": "application/json"})
+        connection.request(
+            "POST", "/v1/completions", body=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
         response = connection.getresponse()
         assert response.status == 200, response.read()
         events = []
@@ -94,8 +96,9 @@ def test_envoy_routes_each_prompt_to_its_classified_expert(stack, classifier):
     expected = Classifier.load(classifier).route(PROMPTS).cluster.tolist()
     assert len(set(expected)) > 1  # the prompts do go to different experts
     for prompt, cluster in zip(PROMPTS, expected):
-        status, headers, raw = post(envoy, "/v1/completions", {"model": "expert-router", "prompt": prompt,
-                                                               "max_tokens": 2})
+        status, headers, raw = post(
+            envoy, "/v1/completions", {"model": "expert-router", "prompt": prompt, "max_tokens": 2}
+        )
         assert status == 200, raw
         assert headers["x-expert-cluster"] == str(cluster) and headers["x-expert-model"] == f"expert-{cluster}"
         assert json.loads(raw)["choices"][0]["text"] == " t0 t1"
@@ -104,8 +107,10 @@ def test_envoy_routes_each_prompt_to_its_classified_expert(stack, classifier):
 
 def test_chat_and_a_named_expert(stack):
     envoy, experts, _ = stack
-    chat = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PROMPTS[0]}],
-            "max_tokens": 3}
+    chat = {
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PROMPTS[0]}],
+        "max_tokens": 3,
+    }
     status, headers, raw = post(envoy, "/v1/chat/completions", chat)
     assert status == 200 and json.loads(raw)["choices"][0]["message"]["content"] == " t0 t1 t2"
     status, headers, _ = post(envoy, "/v1/completions", {"model": "expert-6", "prompt": PROMPTS[0], "max_tokens": 1})
@@ -169,8 +174,10 @@ def test_models_listing_and_metrics(stack):
 def test_fail_over_to_another_host_before_the_first_byte(tmp_path, classifier):
     """Cluster replicas: one refuses connections, one answers 503; every request still streams from the third."""
     dead = f"http://127.0.0.1:{free_port()}"
-    with synthetic_expert(tmp_path, "good", "--tokens", "3", "--interval-ms", "1") as good, \
-            synthetic_expert(tmp_path, "broken", "--fail-status", "503") as broken:
+    with (
+        synthetic_expert(tmp_path, "good", "--tokens", "3", "--interval-ms", "1") as good,
+        synthetic_expert(tmp_path, "broken", "--fail-status", "503") as broken,
+    ):
         endpoints = {c: [dead, broken.url, good.url] for c in range(8)}
         deployment = write_deployment(tmp_path / "deploy.yaml", classifier, endpoints)
         with ExtProc(tmp_path, deployment) as extproc, Envoy(tmp_path, deployment, extproc.grpc_port) as envoy:
@@ -203,8 +210,20 @@ def test_the_shipped_config_is_valid_for_this_envoy():
     from expert_router.extproc.envoy import envoy_binary
     from expert_router.testing import REPO
 
-    result = subprocess.run([str(envoy_binary()), "--mode", "validate", "-c", str(REPO / "deploy" / "envoy" / "envoy.yaml"),
-                             "--disable-hot-restart"], check=False, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            str(envoy_binary()),
+            "--mode",
+            "validate",
+            "-c",
+            str(REPO / "deploy" / "envoy" / "envoy.yaml"),
+            "--disable-hot-restart",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

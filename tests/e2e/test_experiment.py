@@ -20,34 +20,81 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("experiment")
-    subprocess.run(cli_args("classifier", "fit", "demo", "--out", str(tmp / "classifier")), check=True, capture_output=True)
+    subprocess.run(
+        cli_args("classifier", "fit", "demo", "--out", str(tmp / "classifier")), check=True, capture_output=True
+    )
     experts_port, gateway_port, baseline_port, direct_port = free_port(), free_port(), free_port(), free_port()
     models = " ".join(f"expert-{c}" for c in range(8))
-    deployment = {"classifier": "classifier",
-                  "experts": [{"cluster": c, "model": f"expert-{c}", "endpoints": [f"http://127.0.0.1:{experts_port}"]}
-                              for c in range(8)]}
+    deployment = {
+        "classifier": "classifier",
+        "experts": [
+            {"cluster": c, "model": f"expert-{c}", "endpoints": [f"http://127.0.0.1:{experts_port}"]} for c in range(8)
+        ],
+    }
     (tmp / "deploy.yaml").write_text(yaml.safe_dump(deployment))
     document = {
-        "name": "tiny", "classifier": "classifier", "users": [1, 3], "mixes": ["uniform", "normal"],
-        "duration_s": 2, "max_tokens": 12, "cooldown_s": 0.1, "pool": 50,
+        "name": "tiny",
+        "classifier": "classifier",
+        "users": [1, 3],
+        "mixes": ["uniform", "normal"],
+        "duration_s": 2,
+        "max_tokens": 12,
+        "cooldown_s": 0.1,
+        "pool": 50,
         "configurations": [
-            {"name": "router", "url": f"http://127.0.0.1:{gateway_port}", "services": [
-                {"name": "experts", "command": f"expert-router synthetic-expert --port {experts_port} --models {models} "
-                 "--tokens 12 --interval-ms 15", "ready_url": f"http://127.0.0.1:{experts_port}/health"},
-                {"name": "gateway", "command": f"expert-router serve deploy.yaml --port {gateway_port}",
-                 "ready_url": f"http://127.0.0.1:{gateway_port}/health"}]},
-            {"name": "direct", "url": f"http://127.0.0.1:{direct_port}", "model": "expert-{cluster}",
-             "direct_of": "router", "services": [
-                {"name": "experts", "command": f"expert-router synthetic-expert --port {direct_port} --models {models} "
-                 "--tokens 12 --interval-ms 15", "ready_url": f"http://127.0.0.1:{direct_port}/health"}]},
-            {"name": "baseline", "url": f"http://127.0.0.1:{baseline_port}", "model": "expert-0", "services": [
-                {"name": "model", "command": f"expert-router synthetic-expert --port {baseline_port} --models expert-0 "
-                 "--tokens 12 --interval-ms 25", "ready_url": f"http://127.0.0.1:{baseline_port}/health"}]},
+            {
+                "name": "router",
+                "url": f"http://127.0.0.1:{gateway_port}",
+                "services": [
+                    {
+                        "name": "experts",
+                        "command": f"expert-router synthetic-expert --port {experts_port} --models {models} "
+                        "--tokens 12 --interval-ms 15",
+                        "ready_url": f"http://127.0.0.1:{experts_port}/health",
+                    },
+                    {
+                        "name": "gateway",
+                        "command": f"expert-router serve deploy.yaml --port {gateway_port}",
+                        "ready_url": f"http://127.0.0.1:{gateway_port}/health",
+                    },
+                ],
+            },
+            {
+                "name": "direct",
+                "url": f"http://127.0.0.1:{direct_port}",
+                "model": "expert-{cluster}",
+                "direct_of": "router",
+                "services": [
+                    {
+                        "name": "experts",
+                        "command": f"expert-router synthetic-expert --port {direct_port} --models {models} "
+                        "--tokens 12 --interval-ms 15",
+                        "ready_url": f"http://127.0.0.1:{direct_port}/health",
+                    }
+                ],
+            },
+            {
+                "name": "baseline",
+                "url": f"http://127.0.0.1:{baseline_port}",
+                "model": "expert-0",
+                "services": [
+                    {
+                        "name": "model",
+                        "command": f"expert-router synthetic-expert --port {baseline_port} --models expert-0 "
+                        "--tokens 12 --interval-ms 25",
+                        "ready_url": f"http://127.0.0.1:{baseline_port}/health",
+                    }
+                ],
+            },
         ],
     }
     (tmp / "experiment.yaml").write_text(yaml.safe_dump(document))
-    result = subprocess.run(cli_args("experiment", "run", str(tmp / "experiment.yaml"), "--results", str(tmp / "results")),
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        cli_args("experiment", "run", str(tmp / "experiment.yaml"), "--results", str(tmp / "results")),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return tmp
 
@@ -73,7 +120,11 @@ def test_report_has_all_figures_and_tables_match_the_records(experiment):
     rows = json.loads((report / "rows.json").read_text())
     cells = load_cells(experiment / "results")
     for row in rows:
-        cell = next(c for k, c in cells.items() if (k.configuration, k.mix, k.users) == (row["configuration"], row["mix"], row["users"]))
+        cell = next(
+            c
+            for k, c in cells.items()
+            if (k.configuration, k.mix, k.users) == (row["configuration"], row["mix"], row["users"])
+        )
         assert row["requests"] == len(cell.records)
         assert row["ttft_median_ms"] == pytest.approx(np.median(metrics.ttft(cell.records)) * 1000)
         assert row["tpot_median_ms"] == pytest.approx(np.median(metrics.tpot(cell.records)) * 1000)
@@ -89,8 +140,12 @@ def test_resume_skips_finished_cells_and_redoes_half_finished(experiment):
     victim = results / "runs" / "baseline" / "normal" / "u3" / "r0"
     before = (results / "runs" / "router" / "uniform" / "u1" / "r0" / "records.jsonl").read_bytes()
     (victim / "summary.json").unlink()  # as if the run died in this cell
-    result = subprocess.run(cli_args("experiment", "run", str(experiment / "experiment.yaml"), "--results", str(results)),
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        cli_args("experiment", "run", str(experiment / "experiment.yaml"), "--results", str(results)),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "11 already done, 1 to run" in result.stderr.replace("\n", " ")
     assert (victim / "summary.json").is_file()
@@ -98,10 +153,14 @@ def test_resume_skips_finished_cells_and_redoes_half_finished(experiment):
 
 
 def test_bad_experiment_files_name_the_key(tmp_path):
-    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"classifier": "c", "users": [0], "configurations": [],
-                                                       "durations": 3}))
-    result = subprocess.run(cli_args("experiment", "run", str(tmp_path / "bad.yaml"), "--results", str(tmp_path / "r")),
-                            capture_output=True, text=True)
+    (tmp_path / "bad.yaml").write_text(
+        yaml.safe_dump({"classifier": "c", "users": [0], "configurations": [], "durations": 3})
+    )
+    result = subprocess.run(
+        cli_args("experiment", "run", str(tmp_path / "bad.yaml"), "--results", str(tmp_path / "r")),
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     for key in ("users", "configurations", "durations: unknown key"):
         assert key in result.stderr

@@ -28,11 +28,32 @@ def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 def built(tmp_path_factory) -> Path:
     """A small corpus, 3 clusters, tiny experts: seconds to build."""
     tmp = tmp_path_factory.mktemp("experts")
-    result = run("classifier", "fit", "demo", "--limit", "900", "--k", "3", "--dims", "20", "--out", str(tmp / "classifier"))
+    result = run(
+        "classifier", "fit", "demo", "--limit", "900", "--k", "3", "--dims", "20", "--out", str(tmp / "classifier")
+    )
     assert result.returncode == 0, result.stderr
-    result = run("experts", "build", "demo", "--limit", "900", "--classifier", str(tmp / "classifier"),
-                 "--out", str(tmp / "experts"), "--port", str(free_port()), "--base-steps", "150",
-                 "--adapter-steps", "10", "--seq-len", "48", "--vocab-size", "600", "--merge")
+    result = run(
+        "experts",
+        "build",
+        "demo",
+        "--limit",
+        "900",
+        "--classifier",
+        str(tmp / "classifier"),
+        "--out",
+        str(tmp / "experts"),
+        "--port",
+        str(free_port()),
+        "--base-steps",
+        "150",
+        "--adapter-steps",
+        "10",
+        "--seq-len",
+        "48",
+        "--vocab-size",
+        "600",
+        "--merge",
+    )
     assert result.returncode == 0, result.stderr
     return tmp / "experts"
 
@@ -57,10 +78,14 @@ def _a_client_that_hangs_up_aborts_a_whole_answer(built: Path, url: str) -> None
     aborts the request (it logs "Aborted request(s) ..." as it does)."""
     before = _aborted(built)
     with gateway(built, built / "deployment.yaml") as gw:
-        body = json.dumps({"model": "expert-0", "prompt": "The computer", "max_tokens": 1500, "ignore_eos": True}).encode()
+        body = json.dumps(
+            {"model": "expert-0", "prompt": "The computer", "max_tokens": 1500, "ignore_eos": True}
+        ).encode()
         sock = socket.create_connection(("127.0.0.1", gw.port), timeout=30)
-        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        sock.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
         time.sleep(1.0)  # generating by now: 1,500 tokens take many seconds on CPU
         sock.close()
         deadline = time.monotonic() + 20
@@ -70,9 +95,16 @@ def _a_client_that_hangs_up_aborts_a_whole_answer(built: Path, url: str) -> None
 
 
 def test_build_writes_models_adapters_and_deployments(built):
-    for name in ("base/config.json", "base/tokenizer.json", "adapters/expert-0/adapter_config.json",
-                 "experts/expert-2/config.json", "deployment.yaml", "deployment-per-expert.yaml", "classifier/classifier.json",
-                 "held-out.json"):
+    for name in (
+        "base/config.json",
+        "base/tokenizer.json",
+        "adapters/expert-0/adapter_config.json",
+        "experts/expert-2/config.json",
+        "deployment.yaml",
+        "deployment-per-expert.yaml",
+        "classifier/classifier.json",
+        "held-out.json",
+    ):
         assert (built / name).is_file(), name
 
 
@@ -85,8 +117,12 @@ def test_evaluate_measures_every_expert_on_every_cluster(built, tmp_path):
 
 
 def test_serve_streams_from_every_expert_and_stops_cleanly(built):
-    process = subprocess.Popen(cli_args("experts", "serve", str(built / "deployment.yaml")),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        cli_args("experts", "serve", str(built / "deployment.yaml")),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     children: set[int] = set()
     try:
         output = ""
@@ -109,8 +145,13 @@ def test_serve_streams_from_every_expert_and_stops_cleanly(built):
             assert sum(1 for c in chunks if c.choices and c.choices[0].text) >= 1
             finishes.append(next(c.choices[0].finish_reason for c in reversed(chunks) if c.choices))
             # min_tokens (a vLLM extension): a tiny model may answer a chat turn with end-of-sequence at once
-            chat = client.chat.completions.create(model=expert, messages=[{"role": "user", "content": "Tell me"}],
-                                                  max_tokens=60, stream=True, extra_body={"min_tokens": 2})
+            chat = client.chat.completions.create(
+                model=expert,
+                messages=[{"role": "user", "content": "Tell me"}],
+                max_tokens=60,
+                stream=True,
+                extra_body={"min_tokens": 2},
+            )
             pieces = [c.choices[0].delta.content for c in chat if c.choices and c.choices[0].delta.content]
             assert pieces
             for _ in range(3):
@@ -123,8 +164,11 @@ def test_serve_streams_from_every_expert_and_stops_cleanly(built):
         process.wait(60)
         process.stdout.close()
     time.sleep(1)
-    alive = [pid for pid in children if os.path.exists(f"/proc/{pid}")
-             and "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()]
+    alive = [
+        pid
+        for pid in children
+        if os.path.exists(f"/proc/{pid}") and "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    ]
     assert alive == [], "orphaned processes after SIGTERM"
 
 

@@ -51,8 +51,9 @@ def stack(tmp_path_factory, classifier):
     """One synthetic server holding all eight experts, and a gateway in front of it."""
     tmp = tmp_path_factory.mktemp("stack")
     with synthetic_expert(tmp, "experts", "--tokens", "8", "--interval-ms", "2") as experts:
-        deployment = write_deployment(tmp / "deploy.yaml", classifier, {c: [experts.url] for c in range(8)},
-                                      max_body_bytes=64 * 1024)
+        deployment = write_deployment(
+            tmp / "deploy.yaml", classifier, {c: [experts.url] for c in range(8)}, max_body_bytes=64 * 1024
+        )
         with gateway(tmp, deployment) as gw:
             yield gw, experts
 
@@ -69,7 +70,7 @@ def request(server: Server, path: str, body: dict | bytes, timeout: float = 30) 
 
 
 def sse_events(raw: bytes) -> list[str]:
-    return [line[len(b"data: "):].decode() for line in raw.split(b"\n") if line.startswith(b"data: ")]
+    return [line[len(b"data: ") :].decode() for line in raw.split(b"\n") if line.startswith(b"data: ")]
 
 
 # -- the happy path ------------------------------------------------------------------------------
@@ -78,7 +79,9 @@ def test_openai_sdk_streams_and_routes_like_the_classifier(stack, classifier):
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0)
     expected = Classifier.load(classifier).route(PROMPTS).cluster.tolist()
     for prompt, cluster in zip(PROMPTS, expected):
-        raw = client.completions.with_raw_response.create(model="expert-router", prompt=prompt, max_tokens=5, stream=True)
+        raw = client.completions.with_raw_response.create(
+            model="expert-router", prompt=prompt, max_tokens=5, stream=True
+        )
         assert raw.headers["x-expert-cluster"] == str(cluster)
         assert raw.headers["x-expert-model"] == f"expert-{cluster}"
         assert "route;dur=" in raw.headers["server-timing"]
@@ -93,8 +96,10 @@ def test_an_http_1_0_client_gets_an_unframed_stream(stack):
     gw, _ = stack
     body = json.dumps({"prompt": PROMPTS[0], "max_tokens": 3, "stream": True}).encode()
     with socket.create_connection(("127.0.0.1", gw.port), timeout=30) as sock:
-        sock.sendall(b"POST /v1/completions HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                     % (len(body), body))
+        sock.sendall(
+            b"POST /v1/completions HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
         raw = b""
         while chunk := sock.recv(65536):
             raw += chunk
@@ -122,8 +127,12 @@ def test_content_encodings_are_decoded_or_refused_with_json(stack):
     cases = ((gzip.compress(body), "gzip", 200), (body, "gzip", 400), (body, "compress", 415), (body, "identity", 200))
     for payload, encoding, status in cases:
         connection = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
-        connection.request("POST", "/v1/completions", body=payload,
-                           headers={"Content-Type": "application/json", "Content-Encoding": encoding})
+        connection.request(
+            "POST",
+            "/v1/completions",
+            body=payload,
+            headers={"Content-Type": "application/json", "Content-Encoding": encoding},
+        )
         response = connection.getresponse()
         answer = json.loads(response.read())
         connection.close()
@@ -194,8 +203,10 @@ def test_bad_input_gets_an_openai_style_4xx(stack, path, body, status):
 def test_fail_over_to_the_next_nearest_expert_when_one_is_killed(tmp_path, classifier):
     routes = Classifier.load(classifier).route(PROMPTS[0])
     first, second = routes.ranked(0)[:2].tolist()
-    with synthetic_expert(tmp_path, "doomed", "--tokens", "3", "--interval-ms", "1") as doomed, \
-         synthetic_expert(tmp_path, "others", "--tokens", "3", "--interval-ms", "1") as others:
+    with (
+        synthetic_expert(tmp_path, "doomed", "--tokens", "3", "--interval-ms", "1") as doomed,
+        synthetic_expert(tmp_path, "others", "--tokens", "3", "--interval-ms", "1") as others,
+    ):
         endpoints = {c: [others.url] for c in range(8)}
         endpoints[first] = [doomed.url]
         deployment = write_deployment(tmp_path / "deploy.yaml", classifier, endpoints, failures_to_down=1)
@@ -204,7 +215,9 @@ def test_fail_over_to_the_next_nearest_expert_when_one_is_killed(tmp_path, class
             assert status == 200 and headers["x-expert-cluster"] == str(first)
             doomed.kill()
             # Right after the kill (before any health check noticed): the connection fails, the request moves on.
-            status, headers, raw = request(gw, "/v1/completions", {"prompt": PROMPTS[0], "max_tokens": 2, "stream": True})
+            status, headers, raw = request(
+                gw, "/v1/completions", {"prompt": PROMPTS[0], "max_tokens": 2, "stream": True}
+            )
             assert status == 200, raw
             assert headers["x-expert-cluster"] == str(second)
             assert headers["x-expert-routed-cluster"] == str(first)
@@ -215,8 +228,9 @@ def test_fail_over_to_the_next_nearest_expert_when_one_is_killed(tmp_path, class
             while gw.get_json("/health")[1]["experts"][str(first)]["healthy_replicas"] and time.monotonic() < deadline:
                 time.sleep(0.1)
             assert gw.get_json("/health")[1]["experts"][str(first)]["healthy_replicas"] == 0
-            status, headers, _ = request(gw, "/v1/chat/completions",
-                                         {"messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 2})
+            status, headers, _ = request(
+                gw, "/v1/chat/completions", {"messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 2}
+            )
             assert status == 200 and "has no healthy replica" in headers["x-expert-fallback"]
 
 
@@ -244,7 +258,9 @@ def test_replica_comes_back_up_after_recovering(tmp_path, classifier):
 
 
 def test_a_stream_that_dies_midway_ends_with_an_error_event(tmp_path, classifier):
-    with synthetic_expert(tmp_path, "flaky", "--tokens", "10", "--interval-ms", "5", "--die-after-tokens", "3") as flaky:
+    with synthetic_expert(
+        tmp_path, "flaky", "--tokens", "10", "--interval-ms", "5", "--die-after-tokens", "3"
+    ) as flaky:
         deployment = write_deployment(tmp_path / "deploy.yaml", classifier, {c: [flaky.url] for c in range(8)})
         with gateway(tmp_path, deployment) as gw:
             status, _, raw = request(gw, "/v1/completions", {"prompt": PROMPTS[0], "stream": True})
@@ -267,8 +283,10 @@ def test_streams_that_just_close_get_a_done(tmp_path, classifier):
 
 def test_upstream_errors_before_the_first_token_fail_over(tmp_path, classifier):
     first = Classifier.load(classifier).route(PROMPTS[1]).cluster[0]
-    with synthetic_expert(tmp_path, "broken", "--fail-status", "503") as broken, \
-         synthetic_expert(tmp_path, "good", "--tokens", "2") as good:
+    with (
+        synthetic_expert(tmp_path, "broken", "--fail-status", "503") as broken,
+        synthetic_expert(tmp_path, "good", "--tokens", "2") as good,
+    ):
         endpoints = {c: [good.url] for c in range(8)}
         endpoints[first] = [broken.url]
         deployment = write_deployment(tmp_path / "deploy.yaml", classifier, endpoints)
@@ -283,8 +301,13 @@ def test_upstream_errors_before_the_first_token_fail_over(tmp_path, classifier):
 
 def test_first_token_timeout(tmp_path, classifier):
     with synthetic_expert(tmp_path, "slow", "--first-token-ms", "5000") as slow:
-        deployment = write_deployment(tmp_path / "deploy.yaml", classifier, {c: [slow.url] for c in range(8)},
-                                      first_token_timeout_s=0.3, max_attempts=1)
+        deployment = write_deployment(
+            tmp_path / "deploy.yaml",
+            classifier,
+            {c: [slow.url] for c in range(8)},
+            first_token_timeout_s=0.3,
+            max_attempts=1,
+        )
         with gateway(tmp_path, deployment) as gw:
             started = time.monotonic()
             status, _, raw = request(gw, "/v1/completions", {"prompt": PROMPTS[0], "stream": True})
@@ -294,8 +317,13 @@ def test_first_token_timeout(tmp_path, classifier):
 
 def test_429_with_retry_after_past_the_in_flight_limit(tmp_path, classifier):
     with synthetic_expert(tmp_path, "slow", "--tokens", "10", "--interval-ms", "100") as slow:
-        deployment = write_deployment(tmp_path / "deploy.yaml", classifier, {c: [slow.url] for c in range(8)},
-                                      max_inflight_per_expert=1, queue_timeout_s=0.2)
+        deployment = write_deployment(
+            tmp_path / "deploy.yaml",
+            classifier,
+            {c: [slow.url] for c in range(8)},
+            max_inflight_per_expert=1,
+            queue_timeout_s=0.2,
+        )
         with gateway(tmp_path, deployment) as gw:
             body = {"model": "expert-2", "prompt": "anything at all", "stream": True}
             first: list = []
@@ -316,8 +344,12 @@ def test_client_disconnect_cancels_the_upstream_request(tmp_path, classifier):
         deployment = write_deployment(tmp_path / "deploy.yaml", classifier, {c: [slow.url] for c in range(8)})
         with gateway(tmp_path, deployment) as gw:
             connection = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
-            connection.request("POST", "/v1/completions", body=json.dumps({"prompt": PROMPTS[0], "stream": True}),
-                               headers={"Content-Type": "application/json"})
+            connection.request(
+                "POST",
+                "/v1/completions",
+                body=json.dumps({"prompt": PROMPTS[0], "stream": True}),
+                headers={"Content-Type": "application/json"},
+            )
             response = connection.getresponse()
             assert response.read(6) == b"data: "
             assert slow.get_json("/stats")[1]["inflight"] == 1
@@ -342,15 +374,22 @@ def test_workers_share_one_port_and_stop_together(tmp_path, classifier, stack):
         assert len(children) >= 2
         # Whichever worker answers the scrape, /metrics counts every worker's requests.
         for _ in range(4):
-            lines = [line for line in gw.get_text("/metrics").splitlines()
-                     if line.startswith("expert_router_requests_total{")]
+            lines = [
+                line
+                for line in gw.get_text("/metrics").splitlines()
+                if line.startswith("expert_router_requests_total{")
+            ]
             assert sum(float(line.rsplit(" ", 1)[1]) for line in lines) == len(PROMPTS)
     finally:
         gw.process.send_signal(signal.SIGTERM)
         gw.process.wait(15)
         gw.stop()
     time.sleep(0.5)
-    alive = [pid for pid in children if Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()]
+    alive = [
+        pid
+        for pid in children
+        if Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    ]
     assert alive == []
 
 
@@ -364,13 +403,18 @@ def test_two_gateways_behind_a_real_nginx(tmp_path, classifier, stack):
             client = openai.OpenAI(base_url=nginx.url + "/v1", api_key="unused", max_retries=0)
             expected = Classifier.load(classifier).route(PROMPTS).cluster.tolist()
             for prompt, cluster in zip(PROMPTS, expected):
-                raw = client.completions.with_raw_response.create(model="expert-router", prompt=prompt,
-                                                                   max_tokens=4, stream=True)
+                raw = client.completions.with_raw_response.create(
+                    model="expert-router", prompt=prompt, max_tokens=4, stream=True
+                )
                 assert raw.headers["x-expert-cluster"] == str(cluster)
                 assert "".join(c.choices[0].text for c in raw.parse()) == " t0 t1 t2 t3"
 
         def answered(gw: Server) -> float:
-            lines = [line for line in gw.get_text("/metrics").splitlines() if line.startswith("expert_router_requests_total{")]
+            lines = [
+                line
+                for line in gw.get_text("/metrics").splitlines()
+                if line.startswith("expert_router_requests_total{")
+            ]
             return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
 
         deadline = time.monotonic() + 10  # a handler may still be finishing its last stream when nginx stops
@@ -383,10 +427,17 @@ def test_two_gateways_behind_a_real_nginx(tmp_path, classifier, stack):
 def test_a_stale_kept_alive_connection_is_not_a_failure(tmp_path, classifier):
     """The upstream restarts between two streams: the pooled connection is dead, the request still succeeds."""
     port = free_port()
-    args = cli_args("synthetic-expert", "--port", str(port), "--tokens", "3", "--models", *[f"expert-{c}" for c in range(8)])
+    args = cli_args(
+        "synthetic-expert", "--port", str(port), "--tokens", "3", "--models", *[f"expert-{c}" for c in range(8)]
+    )
     first = Server(args, port, tmp_path / "first.log")
-    deployment = write_deployment(tmp_path / "deploy.yaml", classifier, {c: [first.url] for c in range(8)},
-                                  health_interval_s=60, failures_to_down=1)
+    deployment = write_deployment(
+        tmp_path / "deploy.yaml",
+        classifier,
+        {c: [first.url] for c in range(8)},
+        health_interval_s=60,
+        failures_to_down=1,
+    )
     with gateway(tmp_path, deployment) as gw:
         body = {"model": "expert-1", "prompt": "hello there", "stream": True}
         assert request(gw, "/v1/completions", body)[0] == 200
@@ -400,10 +451,13 @@ def test_a_stale_kept_alive_connection_is_not_a_failure(tmp_path, classifier):
 
 def test_a_replica_that_reports_a_queue_gets_fewer_requests(tmp_path, classifier):
     """Load-aware choice: the gateway reads each replica's vLLM-named /metrics and avoids the queued one."""
-    with synthetic_expert(tmp_path, "queued", "--tokens", "2", "--reported-waiting", "50") as queued, \
-            synthetic_expert(tmp_path, "idle", "--tokens", "2") as idle:
-        deployment = write_deployment(tmp_path / "deploy.yaml", classifier, {c: [queued.url, idle.url] for c in range(8)},
-                                      load_interval_s=0.05)
+    with (
+        synthetic_expert(tmp_path, "queued", "--tokens", "2", "--reported-waiting", "50") as queued,
+        synthetic_expert(tmp_path, "idle", "--tokens", "2") as idle,
+    ):
+        deployment = write_deployment(
+            tmp_path / "deploy.yaml", classifier, {c: [queued.url, idle.url] for c in range(8)}, load_interval_s=0.05
+        )
         with gateway(tmp_path, deployment) as gw:
             time.sleep(1.0)  # a few load reads
             for i in range(20):
@@ -418,9 +472,15 @@ def test_a_per_expert_limit_holds_across_gateway_instances(tmp_path, classifier)
     than L. Stated margin: requests the other gateway admits within one load interval (here +1)."""
     limit = 3
     with synthetic_expert(tmp_path, "expert", "--tokens", "30", "--interval-ms", "50") as expert:
-        deployment = write_deployment(tmp_path / "deploy.yaml", classifier, {c: [expert.url] for c in range(8)},
-                                      max_inflight_per_expert=limit, limit_scope="replicas", load_interval_s=0.05,
-                                      queue_timeout_s=30)
+        deployment = write_deployment(
+            tmp_path / "deploy.yaml",
+            classifier,
+            {c: [expert.url] for c in range(8)},
+            max_inflight_per_expert=limit,
+            limit_scope="replicas",
+            load_interval_s=0.05,
+            queue_timeout_s=30,
+        )
         with gateway(tmp_path, deployment, name="gw1") as gw1, gateway(tmp_path, deployment, name="gw2") as gw2:
             time.sleep(0.5)
             results: list[int] = []
@@ -428,7 +488,9 @@ def test_a_per_expert_limit_holds_across_gateway_instances(tmp_path, classifier)
             for i in range(10):
                 target = gw1 if i % 2 else gw2
                 body = {"prompt": PROMPTS[0], "max_tokens": 30, "stream": True}
-                thread = threading.Thread(target=lambda t=target, b=body: results.append(request(t, "/v1/completions", b, 120)[0]))
+                thread = threading.Thread(
+                    target=lambda t=target, b=body: results.append(request(t, "/v1/completions", b, 120)[0])
+                )
                 thread.start()
                 threads.append(thread)
                 time.sleep(0.15)  # arrivals slower than the load interval

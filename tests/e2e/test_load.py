@@ -39,8 +39,19 @@ def meta(out: Path) -> dict:
 def test_token_times_match_the_server_stamps(tmp_path, classifier):
     with synthetic_expert(tmp_path, "stamping", "--tokens", "12", "--interval-ms", "15") as server:
         out = tmp_path / "run"
-        result = load(server.url, "--model", "expert-0", "--classifier", str(classifier), "--users", "20",
-                      "--requests", "80", "--out", str(out))
+        result = load(
+            server.url,
+            "--model",
+            "expert-0",
+            "--classifier",
+            str(classifier),
+            "--users",
+            "20",
+            "--requests",
+            "80",
+            "--out",
+            str(out),
+        )
         assert result.returncode == 0, result.stderr
         stats = server.get_json("/stats")[1]
     records = read_records(out / "records.jsonl")
@@ -66,8 +77,23 @@ def test_chat_endpoint_and_routing_through_the_gateway(tmp_path, classifier):
         deployment = write_deployment(tmp_path / "deploy.yaml", classifier, {c: [experts.url] for c in range(8)})
         with gateway(tmp_path, deployment) as gw:
             out = tmp_path / "run"
-            result = load(gw.url, "--endpoint", "chat", "--classifier", str(classifier), "--users", "8",
-                          "--requests", "200", "--input-lengths", "fixed", "--input-mean", "60", "--out", str(out))
+            result = load(
+                gw.url,
+                "--endpoint",
+                "chat",
+                "--classifier",
+                str(classifier),
+                "--users",
+                "8",
+                "--requests",
+                "200",
+                "--input-lengths",
+                "fixed",
+                "--input-mean",
+                "60",
+                "--out",
+                str(out),
+            )
             assert result.returncode == 0, result.stderr
     records = read_records(out / "records.jsonl")
     assert all(r.status == "ok" and r.output_tokens == 4 for r in records)
@@ -80,14 +106,26 @@ def test_chat_endpoint_and_routing_through_the_gateway(tmp_path, classifier):
 def test_failures_are_recorded_not_dropped(tmp_path, classifier):
     with synthetic_expert(tmp_path, "broken", "--fail-status", "503") as broken:
         out = tmp_path / "broken"
-        result = load(broken.url, "--model", "expert-0", "--classifier", str(classifier), "--users", "3",
-                      "--requests", "9", "--out", str(out))
+        result = load(
+            broken.url,
+            "--model",
+            "expert-0",
+            "--classifier",
+            str(classifier),
+            "--users",
+            "3",
+            "--requests",
+            "9",
+            "--out",
+            str(out),
+        )
     assert result.returncode == 0, result.stderr
     records = read_records(out / "records.jsonl")
     assert len(records) == 9 and all(r.status == "http_error" and "503" in r.error for r in records)
     out = tmp_path / "refused"
-    result = load("http://127.0.0.1:9", "--classifier", str(classifier), "--requests", "3", "--users", "1",
-                  "--out", str(out))
+    result = load(
+        "http://127.0.0.1:9", "--classifier", str(classifier), "--requests", "3", "--users", "1", "--out", str(out)
+    )
     records = read_records(out / "records.jsonl")
     assert len(records) == 3 and all(r.status == "error" and r.error for r in records)
     summary = json.loads((out / "summary.json").read_text())
@@ -97,12 +135,35 @@ def test_failures_are_recorded_not_dropped(tmp_path, classifier):
 @pytest.mark.parametrize("usage", ["asked", "final", "none"])
 def test_a_server_that_packs_tokens_is_measured_by_tokens(tmp_path, classifier, usage):
     """4 tokens per chunk, 40 ms apart: TPOT and throughput within 5% of the truth, whatever usage it sends."""
-    flags = ("--tokens", "32", "--tokens-per-chunk", "4", "--interval-ms", "10", "--first-token-ms", "50",
-             "--usage", usage)
+    flags = (
+        "--tokens",
+        "32",
+        "--tokens-per-chunk",
+        "4",
+        "--interval-ms",
+        "10",
+        "--first-token-ms",
+        "50",
+        "--usage",
+        usage,
+    )
     with synthetic_expert(tmp_path, "packing", *flags) as server:
         out = tmp_path / "run"
-        result = load(server.url, "--model", "expert-0", "--classifier", str(classifier), "--users", "4",
-                      "--requests", "24", "--max-tokens", "32", "--out", str(out))
+        result = load(
+            server.url,
+            "--model",
+            "expert-0",
+            "--classifier",
+            str(classifier),
+            "--users",
+            "4",
+            "--requests",
+            "24",
+            "--max-tokens",
+            "32",
+            "--out",
+            str(out),
+        )
         assert result.returncode == 0, result.stderr
     records = read_records(out / "records.jsonl")
     assert all(r.ok and len(r.chunk_times) == 8 for r in records)
@@ -121,8 +182,25 @@ def test_a_server_that_packs_tokens_is_measured_by_tokens(tmp_path, classifier, 
 def test_processes_send_disjoint_prompts(tmp_path, classifier):
     with synthetic_expert(tmp_path, "experts", "--tokens", "2", "--interval-ms", "1") as server:
         out = tmp_path / "run"
-        result = load(server.url, "--model", "expert-0", "--classifier", str(classifier), "--users", "4",
-                      "--processes", "2", "--requests", "40", "--pool", "40", "--warmup", "0", "--out", str(out))
+        result = load(
+            server.url,
+            "--model",
+            "expert-0",
+            "--classifier",
+            str(classifier),
+            "--users",
+            "4",
+            "--processes",
+            "2",
+            "--requests",
+            "40",
+            "--pool",
+            "40",
+            "--warmup",
+            "0",
+            "--out",
+            str(out),
+        )
         assert result.returncode == 0, result.stderr
     records = read_records(out / "records.jsonl")
     assert len(records) == 40 and len({r.request_id for r in records}) == 40
@@ -132,9 +210,24 @@ def test_processes_send_disjoint_prompts(tmp_path, classifier):
 def test_ctrl_c_keeps_every_finished_request(tmp_path, classifier):
     with synthetic_expert(tmp_path, "slowish", "--tokens", "10", "--interval-ms", "20") as server:
         out = tmp_path / "run"
-        process = subprocess.Popen(cli_args("load", server.url, "--model", "expert-0", "--classifier", str(classifier),
-                                            "--users", "10", "--duration", "60", "--out", str(out)),
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        process = subprocess.Popen(
+            cli_args(
+                "load",
+                server.url,
+                "--model",
+                "expert-0",
+                "--classifier",
+                str(classifier),
+                "--users",
+                "10",
+                "--duration",
+                "60",
+                "--out",
+                str(out),
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         try:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
@@ -161,12 +254,47 @@ def test_ctrl_c_keeps_every_finished_request(tmp_path, classifier):
 def test_normal_mix_and_replay(tmp_path, classifier):
     with synthetic_expert(tmp_path, "experts", "--tokens", "2", "--interval-ms", "0") as server:
         first = tmp_path / "first"
-        assert load(server.url, "--model", "expert-0", "--classifier", str(classifier), "--mix", "normal",
-                    "--mix-mean", "2", "--mix-std", "0.7", "--users", "4", "--requests", "300", "--pool", "300",
-                    "--out", str(first)).returncode == 0
+        assert (
+            load(
+                server.url,
+                "--model",
+                "expert-0",
+                "--classifier",
+                str(classifier),
+                "--mix",
+                "normal",
+                "--mix-mean",
+                "2",
+                "--mix-std",
+                "0.7",
+                "--users",
+                "4",
+                "--requests",
+                "300",
+                "--pool",
+                "300",
+                "--out",
+                str(first),
+            ).returncode
+            == 0
+        )
         again = tmp_path / "again"
-        assert load(server.url, "--model", "expert-0", "--workload", str(first / "workload.jsonl"), "--users", "4",
-                    "--requests", "300", "--out", str(again)).returncode == 0
+        assert (
+            load(
+                server.url,
+                "--model",
+                "expert-0",
+                "--workload",
+                str(first / "workload.jsonl"),
+                "--users",
+                "4",
+                "--requests",
+                "300",
+                "--out",
+                str(again),
+            ).returncode
+            == 0
+        )
     drawn = np.bincount([r.cluster_drawn for r in read_records(first / "records.jsonl")], minlength=8)
     assert drawn.argmax() == 2 and drawn[2] > drawn[5] + drawn[6] + drawn[7]
     assert (first / "workload.jsonl").read_bytes() == (again / "workload.jsonl").read_bytes()

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from expert_router.testing import Server, cli_args, free_port
 
 from expert_router.analysis import metrics
 from expert_router.emulate import scale_times
@@ -17,6 +16,7 @@ from expert_router.loadgen.workload import WorkItem, save_workload
 from expert_router.simulate.run import Cell, simulate_cell
 from expert_router.simulate.system import GatewayOverhead
 from expert_router.simulate.users import Load
+from expert_router.testing import Server, cli_args, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -29,19 +29,56 @@ def test_virtual_time_agrees_with_real_time(tmp_path: Path):
     workload = tmp_path / "workload.jsonl"
     save_workload(items, workload)
     port = free_port()
-    emulate = ["--preset", "paper-e", "--instances", "1", "--port", str(port), "--served-model-name", "m",
-               "--output-lengths", "fixed:30"]
+    emulate = [
+        "--preset",
+        "paper-e",
+        "--instances",
+        "1",
+        "--port",
+        str(port),
+        "--served-model-name",
+        "m",
+        "--output-lengths",
+        "fixed:30",
+    ]
     with Server(cli_args("emulate", *emulate, "--time-dilation", str(K)), port, tmp_path / "emulate.log"):
-        result = subprocess.run(cli_args("load", f"http://127.0.0.1:{port}", "--model", "m", "--workload",
-                                         str(workload), "--users", str(USERS), "--duration", str(SECONDS),
-                                         "--out", str(tmp_path / "real")), capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            cli_args(
+                "load",
+                f"http://127.0.0.1:{port}",
+                "--model",
+                "m",
+                "--workload",
+                str(workload),
+                "--users",
+                str(USERS),
+                "--duration",
+                str(SECONDS),
+                "--out",
+                str(tmp_path / "real"),
+            ),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode == 0, result.stderr
     real = [scale_times(r, K) for r in read_records(tmp_path / "real" / "records.jsonl")]
 
-    configuration = Configuration(name="E1", url=f"http://127.0.0.1:{port}", model="m",
-                                  services=[Service(name="engine", command=" ".join(["expert-router emulate", *emulate]))])
-    simulate_cell(Cell(configuration, "uniform", USERS, 0), tmp_path, items, [0] * len(items),
-                  Load(users=USERS, duration_s=SECONDS / K), GatewayOverhead(), tmp_path / "virtual")
+    configuration = Configuration(
+        name="E1",
+        url=f"http://127.0.0.1:{port}",
+        model="m",
+        services=[Service(name="engine", command=" ".join(["expert-router emulate", *emulate]))],
+    )
+    simulate_cell(
+        Cell(configuration, "uniform", USERS, 0),
+        tmp_path,
+        items,
+        [0] * len(items),
+        Load(users=USERS, duration_s=SECONDS / K),
+        GatewayOverhead(),
+        tmp_path / "virtual",
+    )
     virtual = read_records(tmp_path / "virtual" / "records.jsonl")
 
     assert all(r.status == "ok" and r.output_tokens == 30 for r in real + virtual)

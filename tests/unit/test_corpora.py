@@ -63,7 +63,8 @@ def test_foldoc_subject_tag_links_urls_and_dates_removed():
 
 def test_jargon_pronunciation_part_of_speech_and_usage_tags_removed():
     assert list(glossaries.read_jargon(DICTD / "jargon.index")) == [
-        "segfault: Short for segmentation fault: a program read memory it does not own, and the kernel stopped it."]
+        "segfault: Short for segmentation fault: a program read memory it does not own, and the kernel stopped it."
+    ]
 
 
 def test_wordnet_senses_without_synonym_lists():
@@ -80,8 +81,10 @@ def test_fortune_entries_split_on_percent_lines():
 def test_python_docs_prose_only_with_roles_resolved(samples):
     paragraphs = [t for _, t in pydocs.read_python_docs(pydocs.python_docs_dir(), ("tutorial",))]
     assert paragraphs == [
-        ("Lists are mutable sequences; use list.sort to sort one in place, or sorted to get a new list. "
-        "See the sorting guide."),
+        (
+            "Lists are mutable sequences; use list.sort to sort one in place, or sorted to get a new list. "
+            "See the sorting guide."
+        ),
         "A second prose paragraph about key functions and dict objects.",
     ]
 

@@ -11,15 +11,22 @@ from expert_router.errors import UserError
 NO_OVERHEAD = profiles.Efficiency(compute=1.0, memory=1.0, step_overhead_ms=0.0, source="test")
 
 
-def model(name: str = "llama-3-8b", dtype: str = "fp16", gpu: str = "h100-sxm", tp: int = 1,
-          efficiency: profiles.Efficiency | None = None) -> PerfModel:
-    return PerfModel(profiles.model(name), profiles.dtype(dtype), profiles.gpu(gpu), tp,
-                     efficiency or profiles.efficiency())
+def model(
+    name: str = "llama-3-8b",
+    dtype: str = "fp16",
+    gpu: str = "h100-sxm",
+    tp: int = 1,
+    efficiency: profiles.Efficiency | None = None,
+) -> PerfModel:
+    return PerfModel(
+        profiles.model(name), profiles.dtype(dtype), profiles.gpu(gpu), tp, efficiency or profiles.efficiency()
+    )
 
 
 def decode(batch: int, context: int) -> Iteration:
-    return Iteration(tokens=batch, outputs=batch, attention_pairs=batch * (context + 1),
-                     kv_tokens_read=batch * (context + 1))
+    return Iteration(
+        tokens=batch, outputs=batch, attention_pairs=batch * (context + 1), kv_tokens_read=batch * (context + 1)
+    )
 
 
 def test_parameter_counts_match_the_published_sizes():
@@ -27,10 +34,16 @@ def test_parameter_counts_match_the_published_sizes():
     assert profiles.model("llama-3-70b").params == pytest.approx(70.6e9, rel=0.01)
 
 
-@pytest.mark.parametrize("name,dtype,gpu,tp", [
-    ("llama-3-8b", "fp16", "h100-sxm", 1), ("llama-3-8b", "fp8", "l40s", 1), ("llama-3-70b", "int4-awq", "h100-sxm", 1),
-    ("llama-3-70b", "fp16", "a100-sxm", 8), ("llama-3-70b", "fp8", "h200-sxm", 4),
-])
+@pytest.mark.parametrize(
+    "name,dtype,gpu,tp",
+    [
+        ("llama-3-8b", "fp16", "h100-sxm", 1),
+        ("llama-3-8b", "fp8", "l40s", 1),
+        ("llama-3-70b", "int4-awq", "h100-sxm", 1),
+        ("llama-3-70b", "fp16", "a100-sxm", 8),
+        ("llama-3-70b", "fp8", "h200-sxm", 4),
+    ],
+)
 def test_decode_at_batch_one_is_never_faster_than_weights_over_bandwidth(name, dtype, gpu, tp):
     perf = model(name, dtype, gpu, tp)
     m, d, g = profiles.model(name), profiles.dtype(dtype), profiles.gpu(gpu)
@@ -59,8 +72,10 @@ def test_prefill_is_compute_bound():
 
 
 def test_tensor_parallelism_splits_work_and_adds_all_reduces():
-    one, eight = model("llama-3-70b", "fp8", tp=1, efficiency=NO_OVERHEAD), model("llama-3-70b", "fp8", tp=8,
-                                                                                   efficiency=NO_OVERHEAD)
+    one, eight = (
+        model("llama-3-70b", "fp8", tp=1, efficiency=NO_OVERHEAD),
+        model("llama-3-70b", "fp8", tp=8, efficiency=NO_OVERHEAD),
+    )
     work = decode(64, 500)
     assert eight.step(work).linear == pytest.approx(one.step(work).linear / 8)
     assert one.step(work).allreduce == 0

@@ -24,9 +24,16 @@ def test_every_profile_names_its_source(table):
         assert entry.get("source"), f"profiles/{table}.yaml: {key} has no source"
 
 
-@pytest.mark.parametrize("preset,instances,sequences_at_1k", [
-    ("paper-a", 1, 1060), ("paper-b", 1, 1486), ("paper-c", 2, 675), ("paper-d", 8, 114), ("paper-e", 8, 474),
-])
+@pytest.mark.parametrize(
+    "preset,instances,sequences_at_1k",
+    [
+        ("paper-a", 1, 1060),
+        ("paper-b", 1, 1486),
+        ("paper-c", 2, 675),
+        ("paper-d", 8, 114),
+        ("paper-e", 8, 474),
+    ],
+)
 def test_paper_presets_size_the_kv_cache_from_table_one(preset, instances, sequences_at_1k):
     config, n = build_config(preset)
     assert n == instances

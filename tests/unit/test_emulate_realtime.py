@@ -8,8 +8,8 @@ import time
 import pytest
 
 from expert_router.emulate import RealtimeDriver, build_config, scale_times
-from expert_router.loadgen.records import RequestRecord
 from expert_router.emulate.engine import Engine
+from expert_router.loadgen.records import RequestRecord
 
 
 async def _one_request(dilation: float) -> tuple[list[float], float, float]:
@@ -37,9 +37,21 @@ def test_tokens_follow_the_emulated_timeline(dilation):
 
 
 def test_records_scale_back():
-    record = RequestRecord(request_id=0, workload_id=0, user_id=0, cluster_drawn=0, prompt_tokens=1, max_tokens=2,
-                           t_scheduled=3.0, t_start=3.0, t_first_token=6.0, t_end=9.0, chunk_times=[6.0, 9.0],
-                           chunk_tokens=[1, 1], output_tokens=2)
+    record = RequestRecord(
+        request_id=0,
+        workload_id=0,
+        user_id=0,
+        cluster_drawn=0,
+        prompt_tokens=1,
+        max_tokens=2,
+        t_scheduled=3.0,
+        t_start=3.0,
+        t_first_token=6.0,
+        t_end=9.0,
+        chunk_times=[6.0, 9.0],
+        chunk_tokens=[1, 1],
+        output_tokens=2,
+    )
     scaled = scale_times(record, 3.0)
     assert (scaled.t_start, scaled.t_first_token, scaled.t_end, scaled.chunk_times) == (1.0, 2.0, 3.0, [2.0, 3.0])
     assert scaled.output_tokens == 2 and record.t_start == 3.0

@@ -18,8 +18,12 @@ def classifier(small_corpus) -> Classifier:
 
 
 def deployment(clusters=(0, 1, 2, 3)) -> Deployment:
-    return Deployment(classifier=Path("unused"), experts=[
-        ExpertConfig(cluster=c, model=f"expert-{c}", endpoints=[f"http://127.0.0.1:{8100 + c}"]) for c in clusters])
+    return Deployment(
+        classifier=Path("unused"),
+        experts=[
+            ExpertConfig(cluster=c, model=f"expert-{c}", endpoints=[f"http://127.0.0.1:{8100 + c}"]) for c in clusters
+        ],
+    )
 
 
 @pytest.fixture
@@ -43,8 +47,15 @@ def test_a_prompt_is_classified_and_its_model_rewritten(router, classifier):
     decision = router.decide("/v1/completions", raw)
     cluster = int(classifier.route(PROMPT).cluster[0])
     assert isinstance(decision, Route) and decision.cluster == cluster and decision.routed_by == "classifier"
-    assert json.loads(decision.body) == {"model": f"expert-{cluster}", "prompt": PROMPT, "max_tokens": 3, "stream": True}
-    assert decision.headers()[CLUSTER_HEADER] == str(cluster) and decision.headers()[MODEL_HEADER] == f"expert-{cluster}"
+    assert json.loads(decision.body) == {
+        "model": f"expert-{cluster}",
+        "prompt": PROMPT,
+        "max_tokens": 3,
+        "stream": True,
+    }
+    assert (
+        decision.headers()[CLUSTER_HEADER] == str(cluster) and decision.headers()[MODEL_HEADER] == f"expert-{cluster}"
+    )
 
 
 def test_chat_routes_on_the_user_messages(router, classifier):

@@ -26,21 +26,27 @@ def classifier(small_corpus) -> Classifier:
 
 def deployment(endpoints: dict[int, list[str]] | None = None) -> Deployment:
     endpoints = endpoints or {c: [f"http://127.0.0.1:{8100 + c}"] for c in range(4)}
-    return Deployment(classifier=Path("unused"), experts=[
-        ExpertConfig(cluster=c, model=f"expert-{c}", endpoints=urls) for c, urls in endpoints.items()])
+    return Deployment(
+        classifier=Path("unused"),
+        experts=[ExpertConfig(cluster=c, model=f"expert-{c}", endpoints=urls) for c, urls in endpoints.items()],
+    )
 
 
 @pytest.fixture
 def router(classifier) -> Router:
     return Router(deployment(), classifier)
 
+
 def headers_message(method: str, path: str, end_of_stream: bool = False):
     from envoy.config.core.v3 import base_pb2
 
-    values = [base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in
-              ((":method", method), (":path", path), ("content-type", "application/json"))]
-    return pb.ProcessingRequest(request_headers=pb.HttpHeaders(headers=base_pb2.HeaderMap(headers=values),
-                                                               end_of_stream=end_of_stream))
+    values = [
+        base_pb2.HeaderValue(key=k, raw_value=v.encode())
+        for k, v in ((":method", method), (":path", path), ("content-type", "application/json"))
+    ]
+    return pb.ProcessingRequest(
+        request_headers=pb.HttpHeaders(headers=base_pb2.HeaderMap(headers=values), end_of_stream=end_of_stream)
+    )
 
 
 def body_message(body: bytes):
@@ -77,8 +83,11 @@ def test_the_body_phase_sets_headers_rewrites_the_body_and_clears_the_route_cach
     new_body = common.body_mutation.body
     assert json.loads(new_body)["model"] == f"expert-{cluster}" and common.clear_route_cache
     assert set_headers(common.header_mutation) == {
-        CLUSTER_HEADER: str(cluster), MODEL_HEADER: f"expert-{cluster}", "x-expert-routed-by": "classifier",
-        "content-length": str(len(new_body))}
+        CLUSTER_HEADER: str(cluster),
+        MODEL_HEADER: f"expert-{cluster}",
+        "x-expert-routed-by": "classifier",
+        "content-length": str(len(new_body)),
+    }
 
 
 def test_a_bad_body_gets_an_immediate_response(router):
@@ -96,12 +105,19 @@ def test_a_post_without_body_is_answered_at_the_headers_phase(router):
 def test_models_are_listed_by_the_processor(router):
     (reply,) = process(router, headers_message("GET", "/v1/models", end_of_stream=True))
     names = [m["id"] for m in json.loads(reply.immediate_response.body)["data"]]
-    assert reply.immediate_response.status.code == 200 and names == ["expert-router", *(f"expert-{c}" for c in range(4))]
+    assert reply.immediate_response.status.code == 200 and names == [
+        "expert-router",
+        *(f"expert-{c}" for c in range(4)),
+    ]
 
 
 def test_other_requests_and_phases_pass_unchanged(router):
-    responses = process(router, headers_message("POST", "/v1/embeddings"), body_message(b"{}"),
-                        pb.ProcessingRequest(response_headers=pb.HttpHeaders()))
+    responses = process(
+        router,
+        headers_message("POST", "/v1/embeddings"),
+        body_message(b"{}"),
+        pb.ProcessingRequest(response_headers=pb.HttpHeaders()),
+    )
     assert [r.WhichOneof("response") for r in responses] == ["request_headers", "request_body", "response_headers"]
     assert not responses[1].request_body.response.HasField("header_mutation")
 
@@ -111,8 +127,14 @@ def test_the_envoy_template_gets_one_route_and_one_cluster_per_expert():
     from expert_router.extproc.envoy import Addresses, render_config
 
     template = yaml.safe_load((REPO / "deploy" / "envoy" / "envoy.yaml").read_text())
-    experts = {0: ["http://10.0.0.1:8000", "http://10.0.0.2:8000"], 3: ["http://vllm-expert-3:8000"], 5: ["http://10.0.0.5"]}
-    config = render_config(template, deployment(experts), Addresses(listen_port=18080, extproc_port=19002, admin_port=19901))
+    experts = {
+        0: ["http://10.0.0.1:8000", "http://10.0.0.2:8000"],
+        3: ["http://vllm-expert-3:8000"],
+        5: ["http://10.0.0.5"],
+    }
+    config = render_config(
+        template, deployment(experts), Addresses(listen_port=18080, extproc_port=19002, admin_port=19901)
+    )
     manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     routes = manager["route_config"]["virtual_hosts"][0]["routes"]
     routed = [(r["match"]["headers"][0]["string_match"]["exact"], r["route"]["cluster"]) for r in routes[:-1]]
@@ -123,10 +145,17 @@ def test_the_envoy_template_gets_one_route_and_one_cluster_per_expert():
 
     def hosts(name):
         endpoints = clusters[name]["load_assignment"]["endpoints"][0]["lb_endpoints"]
-        return [(e["endpoint"]["address"]["socket_address"]["address"], e["endpoint"]["address"]["socket_address"]["port_value"])
-                for e in endpoints]
+        return [
+            (
+                e["endpoint"]["address"]["socket_address"]["address"],
+                e["endpoint"]["address"]["socket_address"]["port_value"],
+            )
+            for e in endpoints
+        ]
 
-    assert hosts("expert-cluster-0") == [("10.0.0.1", 8000), ("10.0.0.2", 8000)] and hosts("expert-cluster-5") == [("10.0.0.5", 80)]
+    assert hosts("expert-cluster-0") == [("10.0.0.1", 8000), ("10.0.0.2", 8000)] and hosts("expert-cluster-5") == [
+        ("10.0.0.5", 80)
+    ]
     assert clusters["expert-cluster-3"]["type"] == "STRICT_DNS" and clusters["expert-cluster-0"]["type"] == "STATIC"
     assert hosts("expert-router-extproc") == [("127.0.0.1", 19002)]
     assert config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] == 18080

@@ -21,24 +21,29 @@ def classifier(small_corpus) -> Classifier:
 
 
 def deployment(clusters: list[int], fallback: str = "nearest") -> Deployment:
-    experts = [ExpertConfig(cluster=c, model=f"expert-{c}", endpoints=["http://127.0.0.1:9"])  # type: ignore[list-item]
-               for c in clusters]
+    experts = [
+        ExpertConfig(cluster=c, model=f"expert-{c}", endpoints=["http://127.0.0.1:9"])  # type: ignore[list-item]
+        for c in clusters
+    ]
     return Deployment(classifier=Path("unused"), experts=experts, gateway={"fallback": fallback})  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("raw", "chat", "message"), [
-    (b"{", False, "not valid JSON"),
-    (b"[1]", False, "JSON object"),
-    (b'{"prompt": 3}', False, "'prompt'"),
-    (b'{"prompt": ["a", 1]}', False, "token ids"),
-    (b'{"prompt": "  "}', False, "empty"),
-    (b'{"prompt": "x", "stream": "yes"}', False, "'stream'"),
-    (b'{"prompt": "x", "max_tokens": 0}', False, "max_tokens"),
-    (b'{"prompt": "x", "model": 5}', False, "'model'"),
-    (b'{"messages": []}', True, "non-empty list"),
-    (b'{"messages": [{"role": "robot", "content": "x"}]}', True, "role"),
-    (b'{"messages": [{"role": "user", "content": [{"text": "x"}]}]}', True, "'type'"),
-])
+@pytest.mark.parametrize(
+    ("raw", "chat", "message"),
+    [
+        (b"{", False, "not valid JSON"),
+        (b"[1]", False, "JSON object"),
+        (b'{"prompt": 3}', False, "'prompt'"),
+        (b'{"prompt": ["a", 1]}', False, "token ids"),
+        (b'{"prompt": "  "}', False, "empty"),
+        (b'{"prompt": "x", "stream": "yes"}', False, "'stream'"),
+        (b'{"prompt": "x", "max_tokens": 0}', False, "max_tokens"),
+        (b'{"prompt": "x", "model": 5}', False, "'model'"),
+        (b'{"messages": []}', True, "non-empty list"),
+        (b'{"messages": [{"role": "robot", "content": "x"}]}', True, "role"),
+        (b'{"messages": [{"role": "user", "content": [{"text": "x"}]}]}', True, "'type'"),
+    ],
+)
 def test_bad_requests_are_named(raw, chat, message):
     with pytest.raises(BadRequest, match=message) as caught:
         parse_request(raw, chat)
@@ -46,8 +51,11 @@ def test_bad_requests_are_named(raw, chat, message):
 
 
 def test_chat_routes_on_the_user_messages():
-    request = parse_request(b'{"messages": [{"role": "system", "content": "be brief"}, '
-                            b'{"role": "user", "content": [{"type": "text", "text": "bake bread"}]}]}', chat=True)
+    request = parse_request(
+        b'{"messages": [{"role": "system", "content": "be brief"}, '
+        b'{"role": "user", "content": [{"type": "text", "text": "bake bread"}]}]}',
+        chat=True,
+    )
     assert request.text == "bake bread" and request.chat and not request.stream
 
 
@@ -103,9 +111,12 @@ async def feed(*pieces: bytes) -> tuple[HttpConnection, list[bytes]]:
 
 def test_the_parser_hands_each_chunk_to_the_sink():
     async def main() -> None:
-        connection, seen = await feed(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked",
-                                      b"\r\nServer-Timing: route;dur=1\r\n\r\n6\r\ndata: ", b"\r\n",
-                                      b"5\r\n\n\nxyz\r\n0\r\n\r\n")
+        connection, seen = await feed(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked",
+            b"\r\nServer-Timing: route;dur=1\r\n\r\n6\r\ndata: ",
+            b"\r\n",
+            b"5\r\n\n\nxyz\r\n0\r\n\r\n",
+        )
         assert connection.status == 200 and connection.content_type == b"text/event-stream"
         assert connection.headers[b"server-timing"] == b"route;dur=1"
         assert b"".join(seen) == b"data: \n\nxyz" and connection.done.done() and connection.reusable

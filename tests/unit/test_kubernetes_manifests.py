@@ -39,7 +39,11 @@ def strict(schema: Any) -> Any:
     if not isinstance(schema, dict):
         return schema
     out = {k: strict(v) for k, v in schema.items()}
-    if "properties" in out and "additionalProperties" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
         out["additionalProperties"] = False
     return out
 
@@ -68,19 +72,37 @@ def by_kind(kind: str) -> list[dict[str, Any]]:
 
 def test_every_manifest_is_checked_and_all_kinds_are_there():
     kinds = {doc["kind"] for _, doc in MANIFESTS}
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ConfigMap",
-            "InferencePool", "HTTPRoute", "Gateway", "EnvoyExtensionPolicy"} <= kinds
+    assert {
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "ConfigMap",
+        "InferencePool",
+        "HTTPRoute",
+        "Gateway",
+        "EnvoyExtensionPolicy",
+    } <= kinds
 
 
-@pytest.mark.parametrize("name, doc", [m for m in MANIFESTS if (m[1]["apiVersion"], m[1]["kind"]) not in CRDS
-                                       and "." not in m[1]["apiVersion"].split("/")[0]],
-                         ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    "name, doc",
+    [
+        m
+        for m in MANIFESTS
+        if (m[1]["apiVersion"], m[1]["kind"]) not in CRDS and "." not in m[1]["apiVersion"].split("/")[0]
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
 def test_core_objects_match_kubernetes_schemas(name, doc):
     kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
 
-@pytest.mark.parametrize("name, doc", [m for m in MANIFESTS if (m[1]["apiVersion"], m[1]["kind"]) in CRDS],
-                         ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    "name, doc",
+    [m for m in MANIFESTS if (m[1]["apiVersion"], m[1]["kind"]) in CRDS],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
 def test_custom_resources_match_their_crd_schemas(name, doc):
     jsonschema.validate(doc, CRDS[(doc["apiVersion"], doc["kind"])])
 
@@ -88,9 +110,13 @@ def test_custom_resources_match_their_crd_schemas(name, doc):
 def test_objects_without_a_schema_are_only_the_gateway():
     """Gateway (gateway.networking.k8s.io/v1) is the one object not checked against a schema: a name,
     a class and a listener."""
-    unchecked = {doc["kind"] for _, doc in MANIFESTS
-                 if (doc["apiVersion"], doc["kind"]) not in CRDS and "." in doc["apiVersion"].split("/")[0]
-                 and doc["apiVersion"].split("/")[0] not in ("apps", "autoscaling", "policy")}
+    unchecked = {
+        doc["kind"]
+        for _, doc in MANIFESTS
+        if (doc["apiVersion"], doc["kind"]) not in CRDS
+        and "." in doc["apiVersion"].split("/")[0]
+        and doc["apiVersion"].split("/")[0] not in ("apps", "autoscaling", "policy")
+    }
     assert unchecked == {"Gateway"}
 
 
@@ -123,8 +149,12 @@ def test_the_deployment_config_map_is_a_valid_deployment_naming_existing_service
             host, port = url.removeprefix("http://").split(":")
             assert host in services and int(port) in [p["port"] for p in services[host]["spec"]["ports"]]
     assert by_kind("HTTPRoute")  # and the routes name these models:
-    header_values = {h["value"] for rule in by_kind("HTTPRoute")[0]["spec"]["rules"]
-                     for match in rule["matches"] for h in match.get("headers", [])}
+    header_values = {
+        h["value"]
+        for rule in by_kind("HTTPRoute")[0]["spec"]["rules"]
+        for match in rule["matches"]
+        for h in match.get("headers", [])
+    }
     assert header_values == {e.model for e in deployment.experts}
 
 

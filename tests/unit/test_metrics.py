@@ -10,18 +10,29 @@ def rec(t_start, chunks, t_end=None, status="ok", route_s=None, tokens=None, use
     tokens = tokens or [1] * len(chunks)
     firsts = [t for t, n in zip(chunks, tokens) if n > 0]
     return RequestRecord(
-        request_id=0, workload_id=0, user_id=user, cluster_drawn=0, prompt_tokens=10, max_tokens=100,
-        t_scheduled=t_start if t_scheduled is None else t_scheduled, t_start=t_start,
-        t_first_token=firsts[0] if firsts else None, t_end=t_end if t_end is not None else (chunks[-1] if chunks else t_start),
-        chunk_times=list(chunks), chunk_tokens=list(tokens), output_tokens=sum(tokens), status=status,
-        server_timing={} if route_s is None else {"route": route_s})
+        request_id=0,
+        workload_id=0,
+        user_id=user,
+        cluster_drawn=0,
+        prompt_tokens=10,
+        max_tokens=100,
+        t_scheduled=t_start if t_scheduled is None else t_scheduled,
+        t_start=t_start,
+        t_first_token=firsts[0] if firsts else None,
+        t_end=t_end if t_end is not None else (chunks[-1] if chunks else t_start),
+        chunk_times=list(chunks),
+        chunk_tokens=list(tokens),
+        output_tokens=sum(tokens),
+        status=status,
+        server_timing={} if route_s is None else {"route": route_s},
+    )
 
 
 RECORDS = [
     rec(0.0, [0.5, 0.7, 0.9, 1.1], t_end=1.2, route_s=0.001),  # ttft .5, gaps .2 .2 .2, 4 tokens in 1.2 s
-    rec(1.0, [1.1, 1.5], t_end=2.0, route_s=0.003),            # ttft .1, gap .4, 2 tokens in 1.0 s
-    rec(2.0, [2.3], t_end=2.4),                                 # one token: TTFT, no TPOT
-    rec(0.5, [], t_end=3.0, status="error"),                    # failed: error rate and time to failure
+    rec(1.0, [1.1, 1.5], t_end=2.0, route_s=0.003),  # ttft .1, gap .4, 2 tokens in 1.0 s
+    rec(2.0, [2.3], t_end=2.4),  # one token: TTFT, no TPOT
+    rec(0.5, [], t_end=3.0, status="error"),  # failed: error rate and time to failure
 ]
 
 
@@ -63,7 +74,8 @@ def test_windows_are_marked_ramp_up_steady_and_drain():
     # two closed-loop users: each starts at 0; user 0's first token at 1.0, user 1's at 3.0;
     # user 0 ends last at 9.0, user 1 at 11.0 -> steady from 3.0 to 9.0
     records = [
-        rec(0.0, list(np.arange(1.0, 5.0, 0.5)), t_end=5.0, user=0), rec(5.0, list(np.arange(5.5, 9.0, 0.5)), t_end=9.0, user=0),
+        rec(0.0, list(np.arange(1.0, 5.0, 0.5)), t_end=5.0, user=0),
+        rec(5.0, list(np.arange(5.5, 9.0, 0.5)), t_end=9.0, user=0),
         rec(0.0, list(np.arange(3.0, 11.0, 0.5)), t_end=11.0, user=1),
     ]
     assert metrics.steady_interval(records) == (3.0, 9.0)
@@ -114,9 +126,23 @@ def test_an_answer_that_ends_at_once_is_a_success_without_ttft():
 
 
 def test_old_records_are_read_as_one_token_per_chunk():
-    old = {"request_id": 1, "workload_id": 1, "user_id": 0, "cluster_drawn": 0, "prompt_tokens": 3, "max_tokens": 9,
-           "t_scheduled": 0.0, "t_start": 0.0, "t_first_token": 0.1, "t_end": 0.3, "token_times": [0.1, 0.2, 0.3],
-           "output_tokens": 3, "chunks": 3, "route_ms": 2.0, "status": "ok"}
+    old = {
+        "request_id": 1,
+        "workload_id": 1,
+        "user_id": 0,
+        "cluster_drawn": 0,
+        "prompt_tokens": 3,
+        "max_tokens": 9,
+        "t_scheduled": 0.0,
+        "t_start": 0.0,
+        "t_first_token": 0.1,
+        "t_end": 0.3,
+        "token_times": [0.1, 0.2, 0.3],
+        "output_tokens": 3,
+        "chunks": 3,
+        "route_ms": 2.0,
+        "status": "ok",
+    }
     record = RequestRecord.from_dict(old)
     assert record.chunk_tokens == [1, 1, 1] and record.server_timing == {"route": 0.002}
 
@@ -126,10 +152,15 @@ def test_routing_overhead_is_the_ttft_difference_at_equal_load():
     from expert_router.analysis.results import Cell, CellKey
 
     direct = [rec(0.0, [0.10, 0.2]), rec(0.0, [0.12, 0.2]), rec(0.0, [0.14, 0.2])]
-    routed = [rec(0.0, [0.11, 0.2], route_s=0.001), rec(0.0, [0.13, 0.2], route_s=0.001),
-              rec(0.0, [0.15, 0.2], route_s=0.001)]
-    cells = {CellKey("router", "uniform", 4): Cell(CellKey("router", "uniform", 4), [routed], True, [], []),
-             CellKey("direct", "uniform", 4): Cell(CellKey("direct", "uniform", 4), [direct], True, [], [])}
+    routed = [
+        rec(0.0, [0.11, 0.2], route_s=0.001),
+        rec(0.0, [0.13, 0.2], route_s=0.001),
+        rec(0.0, [0.15, 0.2], route_s=0.001),
+    ]
+    cells = {
+        CellKey("router", "uniform", 4): Cell(CellKey("router", "uniform", 4), [routed], True, [], []),
+        CellKey("direct", "uniform", 4): Cell(CellKey("direct", "uniform", 4), [direct], True, [], []),
+    }
     [row] = overhead_rows(cells, {"direct": "router"})
     assert row["ttft_diff_mean_ms"] == pytest.approx(10.0)
     assert row["ttft_diff_p50_ms"] == pytest.approx(10.0)

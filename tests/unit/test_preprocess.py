@@ -8,7 +8,15 @@ from expert_router.classifier.preprocess import (
 
 
 def test_lowercases_and_substitutes_numbers():
-    assert tokenize("Version 42 of GPT4 beats 3rd place") == ["version", NUMBER_TOKEN, "of", "gpt4", "beats", NUMBER_TOKEN, "place"]
+    assert tokenize("Version 42 of GPT4 beats 3rd place") == [
+        "version",
+        NUMBER_TOKEN,
+        "of",
+        "gpt4",
+        "beats",
+        NUMBER_TOKEN,
+        "place",
+    ]
 
 
 def test_only_a_leading_digit_makes_a_number():

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_corpus
 
+from conftest import make_corpus
 from expert_router.classifier import Classifier, ClassifierSettings
 from expert_router.errors import UserError
 from expert_router.quality import answer_quality_section, evaluate_experts, is_held_out, read_held_out, write_held_out
@@ -60,8 +60,9 @@ def tiny_experts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     classifier = Classifier.fit(texts, ClassifierSettings(k=2, dims=8))
     classifier.save(out / "classifier")
     training, held_out = split_documents(texts, labels, classifier.route(texts).cluster.tolist(), 2, 0.2)
-    settings = BuildSettings(vocab_size=300, hidden_size=64, layers=1, heads=1, seq_len=32, base_steps=30,
-                             adapter_steps=60, batch_size=8)
+    settings = BuildSettings(
+        vocab_size=300, hidden_size=64, layers=1, heads=1, seq_len=32, base_steps=30, adapter_steps=60, batch_size=8
+    )
     build_experts(training, out, settings, lambda *_: None)
     write_held_out(out, held_out, 0.2)
     torch.set_num_threads(threads)

@@ -21,7 +21,7 @@ def test_data_with_or_without_a_space_comments_and_line_endings():
 
 
 def test_events_and_crlf_split_across_reads():
-    assert events_of(b"da", b"ta: {\"x\"", b": 1}\r", b"\n\r", b"\ndata: 2\n", b"\n") == [b'{"x": 1}', b"2"]
+    assert events_of(b"da", b'ta: {"x"', b": 1}\r", b"\n\r", b"\ndata: 2\n", b"\n") == [b'{"x": 1}', b"2"]
 
 
 def test_multi_line_data_is_joined():
@@ -29,8 +29,9 @@ def test_multi_line_data_is_joined():
 
 
 def record() -> RequestRecord:
-    return RequestRecord(request_id=0, workload_id=0, user_id=0, cluster_drawn=0, prompt_tokens=1, max_tokens=99,
-                         t_scheduled=0.0)
+    return RequestRecord(
+        request_id=0, workload_id=0, user_id=0, cluster_drawn=0, prompt_tokens=1, max_tokens=99, t_scheduled=0.0
+    )
 
 
 def chunk(text: str, usage: int | None = None, finish: str | None = None) -> bytes:

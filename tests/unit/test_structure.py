@@ -70,7 +70,7 @@ def test_no_import_cycles():
     def visit(node: str, path: list[str]) -> None:
         for target in edges.get(node, ()):
             if target in path:
-                cycles.append(path[path.index(target):] + [target])
+                cycles.append(path[path.index(target) :] + [target])
             elif target not in done:
                 visit(target, path + [target])
         done.add(node)
@@ -103,11 +103,28 @@ def test_benchmarks_import_the_package_not_the_tests():
 
 
 def test_public_api_is_curated():
-    assert sorted(expert_router.__all__) == sorted([
-        "BadRequest", "Classifier", "ClassifierSettings", "ClientError", "Deployment", "ExpertRouterError",
-        "RequestRecord", "Routes", "RunSettings", "UserError", "WorkItem", "WorkloadSpec", "__version__",
-        "build_app", "draw_workload", "load_deployment", "read_records", "summarize",
-    ])
+    assert sorted(expert_router.__all__) == sorted(
+        [
+            "BadRequest",
+            "Classifier",
+            "ClassifierSettings",
+            "ClientError",
+            "Deployment",
+            "ExpertRouterError",
+            "RequestRecord",
+            "Routes",
+            "RunSettings",
+            "UserError",
+            "WorkItem",
+            "WorkloadSpec",
+            "__version__",
+            "build_app",
+            "draw_workload",
+            "load_deployment",
+            "read_records",
+            "summarize",
+        ]
+    )
     for name in expert_router.__all__:
         assert getattr(expert_router, name) is not None
 

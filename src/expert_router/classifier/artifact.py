@@ -78,8 +78,14 @@ def save(directory: str | Path, stored: Stored) -> Path:
         files[name] = FileEntry(file=f"{name}.npy", sha256=_sha256(payloads[f"{name}.npy"]))
     for file, data in payloads.items():
         (directory / file).write_bytes(data)
-    manifest = Manifest(format=FORMAT, format_version=FORMAT_VERSION, settings=stored.settings,
-                        n_terms=len(stored.vocabulary), train_sizes=stored.train_sizes, files=files)
+    manifest = Manifest(
+        format=FORMAT,
+        format_version=FORMAT_VERSION,
+        settings=stored.settings,
+        n_terms=len(stored.vocabulary),
+        train_sizes=stored.train_sizes,
+        files=files,
+    )
     (directory / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
     return directory
 
@@ -116,8 +122,11 @@ def load(directory: str | Path) -> Stored:
 def _read_manifest(directory: Path) -> tuple[Path, Manifest]:
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file() and (directory / OLD_MANIFEST).is_file():
-        warnings.warn(f"{directory} holds an old-style {OLD_MANIFEST}; save it again to write {MANIFEST}",
-                      DeprecationWarning, stacklevel=3)
+        warnings.warn(
+            f"{directory} holds an old-style {OLD_MANIFEST}; save it again to write {MANIFEST}",
+            DeprecationWarning,
+            stacklevel=3,
+        )
         manifest_path = directory / OLD_MANIFEST
     if not manifest_path.is_file():
         raise UserError(f"{directory} is not a saved classifier: {MANIFEST} is missing")
@@ -138,8 +147,9 @@ def _read_manifest(directory: Path) -> tuple[Path, Manifest]:
         raise UserError(f"{manifest_path} is corrupt: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
 
 
-def _check_shapes(directory: Path, manifest_path: Path, manifest: Manifest, vocabulary: list[str],
-                  arrays: dict[str, Any]) -> None:
+def _check_shapes(
+    directory: Path, manifest_path: Path, manifest: Manifest, vocabulary: list[str], arrays: dict[str, Any]
+) -> None:
     for name in ("idf", "projection", "centroids"):
         if name not in arrays:
             raise UserError(f"{manifest_path} is corrupt: it lists no {name!r} array")

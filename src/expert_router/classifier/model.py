@@ -157,10 +157,16 @@ class Classifier:
         """Read an artifact, refusing one that is corrupt, altered or of another format version."""
         stored = artifact.load(directory)
         arrays = stored.arrays
-        return Classifier(settings=stored.settings, vocabulary=stored.vocabulary, idf=arrays["idf"],  # type: ignore[arg-type]
-                          projection=arrays["projection"], centroids=arrays["centroids"],  # type: ignore[arg-type]
-                          scale_mean=arrays.get("scale_mean"), scale_std=arrays.get("scale_std"),
-                          train_sizes=stored.train_sizes)
+        return Classifier(
+            settings=stored.settings,
+            vocabulary=stored.vocabulary,
+            idf=arrays["idf"],  # type: ignore[arg-type]
+            projection=arrays["projection"],
+            centroids=arrays["centroids"],  # type: ignore[arg-type]
+            scale_mean=arrays.get("scale_mean"),
+            scale_std=arrays.get("scale_std"),
+            train_sizes=stored.train_sizes,
+        )
 
     # -- routing -------------------------------------------------------------------------------
     @property

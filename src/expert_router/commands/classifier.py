@@ -135,7 +135,9 @@ def run_fit(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
 
     labels = [d.label for d in documents]
-    console.print(cluster_table(classifier, f"{settings.k} clusters from {len(documents):,} documents in {elapsed:.1f} s", 6))
+    console.print(
+        cluster_table(classifier, f"{settings.k} clusters from {len(documents):,} documents in {elapsed:.1f} s", 6)
+    )
     if all(label is not None for label in labels):
         from sklearn.metrics import normalized_mutual_info_score
 
@@ -160,8 +162,10 @@ def run_inspect(args: argparse.Namespace) -> int:
         print(json.dumps({"settings": classifier.settings.model_dump(), "clusters": rows}))
         return 0
     s = classifier.settings
-    title = (f"{args.artifact}: k={s.k}, {s.dims} dims, {s.scaling} scaling, "
-             f"{'balanced' if s.balanced else 'plain'} k-means, {len(classifier.vocabulary):,} terms")
+    title = (
+        f"{args.artifact}: k={s.k}, {s.dims} dims, {s.scaling} scaling, "
+        f"{'balanced' if s.balanced else 'plain'} k-means, {len(classifier.vocabulary):,} terms"
+    )
     output.print(cluster_table(classifier, title, args.terms))
     return 0
 

@@ -72,8 +72,9 @@ def run(args: argparse.Namespace) -> int:
             classifier = Classifier.fit([d.text for d in documents], settings, on_stage=stages)
             classifier.save(classifier_dir)
     output.print(cluster_table(classifier, "Clusters of the demo corpus (one expert each)", 8))
-    topics = majority_labels(classifier.route([d.text for d in documents]).cluster.tolist(),
-                             [d.label for d in documents])
+    topics = majority_labels(
+        classifier.route([d.text for d in documents]).cluster.tolist(), [d.label for d in documents]
+    )
     routes = classifier.route([prompt for _, prompt in SAMPLE_PROMPTS])
     for row, (topic, prompt) in enumerate(SAMPLE_PROMPTS):
         cluster = int(routes.cluster[row])
@@ -91,8 +92,9 @@ def run(args: argparse.Namespace) -> int:
     results = run_experiment(experiment, out / "results")
     report = write_report(results, quality=experts / "quality")
     console.print(f"report: {report.html} ({len(report.figures)} figures)")
-    console.print(f"demo finished in {(time.perf_counter() - started) / 60:.1f} min; "
-                  f"open {results / 'report' / 'report.html'}")
+    console.print(
+        f"demo finished in {(time.perf_counter() - started) / 60:.1f} min; open {results / 'report' / 'report.html'}"
+    )
     return 0
 
 
@@ -104,14 +106,30 @@ def build_and_evaluate(out: Path, classifier_dir: Path) -> Path:
     experts = out / "experts"
     if not (experts / "deployment.yaml").is_file():
         console.print("building the experts (tokenizer, base model, one LoRA adapter per cluster)")
-        result = subprocess.run([sys.executable, "-m", "expert_router", "experts", "build", "demo",
-                                 "--classifier", str(classifier_dir), "--out", str(experts),
-                                 "--port", str(ROUTER_PORT)], check=False)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "expert_router",
+                "experts",
+                "build",
+                "demo",
+                "--classifier",
+                str(classifier_dir),
+                "--out",
+                str(experts),
+                "--port",
+                str(ROUTER_PORT),
+            ],
+            check=False,
+        )
         if result.returncode != 0:
             raise UserError("building the experts failed (see above)")
     if not (experts / "held-out.json").is_file():
-        console.print("the experts were built without a held-out split: not measuring their answer quality "
-                      f"(delete {experts} to build them again)")
+        console.print(
+            "the experts were built without a held-out split: not measuring their answer quality "
+            f"(delete {experts} to build them again)"
+        )
     elif not (experts / "quality" / "quality.json").is_file():
         console.print("measuring the experts' answer quality on held-out text")
         result = subprocess.run([sys.executable, "-m", "expert_router", "evaluate", str(experts)], check=False)
@@ -125,11 +143,18 @@ def write_experiment(out: Path, args: argparse.Namespace) -> Path:
     baseline = {
         "classifier": "classifier",
         "engine": {"kind": "vllm"},
-        "experts": [{"cluster": 0, "model": "base", "model_path": "experts/base",
-                     "endpoints": [f"http://127.0.0.1:{BASELINE_PORT}"]}],
+        "experts": [
+            {
+                "cluster": 0,
+                "model": "base",
+                "model_path": "experts/base",
+                "endpoints": [f"http://127.0.0.1:{BASELINE_PORT}"],
+            }
+        ],
     }
-    (out / "baseline.yaml").write_text("# The single-model baseline: one vLLM server, no routing.\n"
-                                       + yaml.safe_dump(baseline, sort_keys=False))
+    (out / "baseline.yaml").write_text(
+        "# The single-model baseline: one vLLM server, no routing.\n" + yaml.safe_dump(baseline, sort_keys=False)
+    )
     experiment = {
         "name": "demo",
         "corpus": "demo",
@@ -142,25 +167,53 @@ def write_experiment(out: Path, args: argparse.Namespace) -> Path:
         "max_tokens": args.max_tokens,
         "input_lengths": "mlperf",
         "configurations": [
-            {"name": "router", "url": f"http://127.0.0.1:{GATEWAY_PORT}", "services": [
-                {"name": "experts", "command": "expert-router experts serve experts/deployment.yaml",
-                 "ready_url": f"http://127.0.0.1:{ROUTER_PORT}/health"},
-                {"name": "gateway", "command": f"expert-router serve experts/deployment.yaml --port {GATEWAY_PORT}",
-                 "ready_url": f"http://127.0.0.1:{GATEWAY_PORT}/health"},
-            ]},
-            {"name": "direct", "url": f"http://127.0.0.1:{ROUTER_PORT}", "model": "expert-{cluster}",
-             "direct_of": "router", "services": [
-                {"name": "experts", "command": "expert-router experts serve experts/deployment.yaml",
-                 "ready_url": f"http://127.0.0.1:{ROUTER_PORT}/health"},
-            ]},
-            {"name": "baseline", "url": f"http://127.0.0.1:{BASELINE_PORT}", "model": "base", "services": [
-                {"name": "base-model", "command": "expert-router experts serve baseline.yaml",
-                 "ready_url": f"http://127.0.0.1:{BASELINE_PORT}/health"},
-            ]},
+            {
+                "name": "router",
+                "url": f"http://127.0.0.1:{GATEWAY_PORT}",
+                "services": [
+                    {
+                        "name": "experts",
+                        "command": "expert-router experts serve experts/deployment.yaml",
+                        "ready_url": f"http://127.0.0.1:{ROUTER_PORT}/health",
+                    },
+                    {
+                        "name": "gateway",
+                        "command": f"expert-router serve experts/deployment.yaml --port {GATEWAY_PORT}",
+                        "ready_url": f"http://127.0.0.1:{GATEWAY_PORT}/health",
+                    },
+                ],
+            },
+            {
+                "name": "direct",
+                "url": f"http://127.0.0.1:{ROUTER_PORT}",
+                "model": "expert-{cluster}",
+                "direct_of": "router",
+                "services": [
+                    {
+                        "name": "experts",
+                        "command": "expert-router experts serve experts/deployment.yaml",
+                        "ready_url": f"http://127.0.0.1:{ROUTER_PORT}/health",
+                    },
+                ],
+            },
+            {
+                "name": "baseline",
+                "url": f"http://127.0.0.1:{BASELINE_PORT}",
+                "model": "base",
+                "services": [
+                    {
+                        "name": "base-model",
+                        "command": "expert-router experts serve baseline.yaml",
+                        "ready_url": f"http://127.0.0.1:{BASELINE_PORT}/health",
+                    },
+                ],
+            },
         ],
     }
     path = out / "experiment.yaml"
-    path.write_text("# Written by `expert-router demo`; run again with:\n"
-                    "#   expert-router experiment run experiment.yaml --results results\n"
-                    + yaml.safe_dump(experiment, sort_keys=False))
+    path.write_text(
+        "# Written by `expert-router demo`; run again with:\n"
+        "#   expert-router experiment run experiment.yaml --results results\n"
+        + yaml.safe_dump(experiment, sort_keys=False)
+    )
     return path

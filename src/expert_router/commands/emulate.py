@@ -27,11 +27,13 @@ With --time-dilation k every emulated duration takes k times as long; divide cli
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
-        "emulate", help="run emulated GPU inference engines (OpenAI-compatible, streaming)",
+        "emulate",
+        help="run emulated GPU inference engines (OpenAI-compatible, streaming)",
         description="Serve one or more emulated inference engines: continuous batching, a paged KV cache and "
         "iteration times from a performance model of the GPU, model and weight format. No model runs; "
         "timing is the product.",
-        epilog=EXAMPLES, formatter_class=HelpFormatter,
+        epilog=EXAMPLES,
+        formatter_class=HelpFormatter,
     )
     add_arguments(parser)
     parser.add_argument("--validate", action="store_true", help="print the validation table and exit")
@@ -49,8 +51,12 @@ def run(args: argparse.Namespace) -> int:
 
     def announce() -> None:
         for instance in planned:
-            print(f"emulated {instance.config.describe()} ready on http://{args.host}:{instance.port}/v1 "
-                  f"as {', '.join(instance.names)} (time dilation {args.time_dilation:g})", file=sys.stderr, flush=True)
+            print(
+                f"emulated {instance.config.describe()} ready on http://{args.host}:{instance.port}/v1 "
+                f"as {', '.join(instance.names)} (time dilation {args.time_dilation:g})",
+                file=sys.stderr,
+                flush=True,
+            )
 
     serve(planned, args.host, args.time_dilation, on_started=announce)
     return 0

@@ -26,9 +26,12 @@ OUT/quality.json and OUT/quality_perplexity.png (a heat map) and prints the tabl
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
-        "evaluate", help="answer quality of built experts: perplexity matrix, routed vs base, routing accuracy",
+        "evaluate",
+        help="answer quality of built experts: perplexity matrix, routed vs base, routing accuracy",
         description="Does routing help? Each expert and the base model on each cluster's held-out text.",
-        epilog=EXAMPLES, formatter_class=HelpFormatter)
+        epilog=EXAMPLES,
+        formatter_class=HelpFormatter,
+    )
     parser.add_argument("experts", metavar="EXPERTS", type=Path, help="folder written by `experts build`")
     parser.add_argument("--out", type=Path, help="output folder; when left out, EXPERTS/quality")
     parser.add_argument("--max-documents", type=int, help="held-out documents per cluster at most; when left out, all")
@@ -55,9 +58,11 @@ def run(args: argparse.Namespace) -> int:
     output.print(table)
     s = section.summary
     accuracy = "-" if s["routing_accuracy"] is None else f"{s['routing_accuracy']:.1%}"
-    console.print(f"own expert lowest in {s['diagonal_lowest_rows']} of {s['rows_with_held_out']} rows; "
-                  f"routed/base {s['routed_vs_base']:.3f}; routed/random other {s['routed_vs_random']:.3f}; "
-                  f"routing accuracy {accuracy}; figure {section.figures[0]}")
+    console.print(
+        f"own expert lowest in {s['diagonal_lowest_rows']} of {s['rows_with_held_out']} rows; "
+        f"routed/base {s['routed_vs_base']:.3f}; routed/random other {s['routed_vs_random']:.3f}; "
+        f"routing accuracy {accuracy}; figure {section.figures[0]}"
+    )
     return 0
 
 

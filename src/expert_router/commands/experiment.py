@@ -17,13 +17,22 @@ gateway), user counts, mixes, repetitions, duration and max tokens; see the READ
 stored under RESULTS/runs/CONFIG/MIX/uUSERS/rREP; the report is written to RESULTS/report.
 """
 
+
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("experiment", help="run a sweep of configurations x users x mixes",
-                                 description="Run an experiment file end to end and write its report.")
+    parser = commands.add_parser(
+        "experiment",
+        help="run a sweep of configurations x users x mixes",
+        description="Run an experiment file end to end and write its report.",
+    )
     sub = parser.add_subparsers(dest="experiment_command", metavar="SUBCOMMAND", required=True)
-    run = sub.add_parser("run", help="run (or resume) an experiment", description="Start each configuration's "
-                         "services, run the user simulator for every cell, stop them, write the report.",
-                         epilog=RUN_EXAMPLES, formatter_class=HelpFormatter)
+    run = sub.add_parser(
+        "run",
+        help="run (or resume) an experiment",
+        description="Start each configuration's "
+        "services, run the user simulator for every cell, stop them, write the report.",
+        epilog=RUN_EXAMPLES,
+        formatter_class=HelpFormatter,
+    )
     run.add_argument("experiment", metavar="EXPERIMENT", type=Path, help="experiment YAML file")
     run.add_argument("--results", type=Path, required=True, help="results folder (resumed if it exists)")
     run.set_defaults(handler=run_experiment)

@@ -38,12 +38,19 @@ every child process. Run `expert-router serve` on the same file for the gateway.
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("experts", help="build expert LMs offline and serve them",
-                                 description="The expert backends: build tiny expert LMs, serve them with vLLM.")
+    parser = commands.add_parser(
+        "experts",
+        help="build expert LMs offline and serve them",
+        description="The expert backends: build tiny expert LMs, serve them with vLLM.",
+    )
     sub = parser.add_subparsers(dest="experts_command", metavar="SUBCOMMAND", required=True)
-    build = sub.add_parser("build", help="train a tokenizer, a tiny base model and one LoRA adapter per cluster",
-                           description="Build one expert per cluster from CORPUS and a fitted classifier.",
-                           epilog=BUILD_EXAMPLES, formatter_class=HelpFormatter)
+    build = sub.add_parser(
+        "build",
+        help="train a tokenizer, a tiny base model and one LoRA adapter per cluster",
+        description="Build one expert per cluster from CORPUS and a fitted classifier.",
+        epilog=BUILD_EXAMPLES,
+        formatter_class=HelpFormatter,
+    )
     build.add_argument("corpus", metavar="CORPUS", help="corpus (as for `classifier fit`)")
     build.add_argument("--classifier", type=Path, required=True, help="classifier that assigns documents to experts")
     build.add_argument("--out", type=Path, required=True, help="output folder")
@@ -53,13 +60,21 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     from expert_router.engine.build import BuildSettings
 
     for name, field in BuildSettings.model_fields.items():
-        build.add_argument(f"--{name.replace('_', '-')}", type=type(field.default), default=field.default,
-                           help=field.description or name.replace("_", " "))
+        build.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=type(field.default),
+            default=field.default,
+            help=field.description or name.replace("_", " "),
+        )
     build.set_defaults(handler=run_build)
 
-    serve = sub.add_parser("serve", help="start the expert servers of a deployment",
-                           description="Start and supervise the expert servers a deployment file names.",
-                           epilog=SERVE_EXAMPLES, formatter_class=HelpFormatter)
+    serve = sub.add_parser(
+        "serve",
+        help="start the expert servers of a deployment",
+        description="Start and supervise the expert servers a deployment file names.",
+        epilog=SERVE_EXAMPLES,
+        formatter_class=HelpFormatter,
+    )
     serve.add_argument("deployment", metavar="DEPLOYMENT", type=Path, help="deployment YAML file")
     serve.add_argument("--logs", type=Path, help="folder for server logs (default: logs/ beside the file)")
     serve.set_defaults(handler=run_serve)
@@ -82,14 +97,21 @@ def run_build(args: argparse.Namespace) -> int:
     classifier = Classifier.load(args.classifier)
     documents = load_corpus(args.corpus, CorpusOptions(), args.limit, show_progress=True)
     texts = [d.text for d in documents]
-    by_cluster, held_out = split_documents(texts, [d.label for d in documents], classifier.route(texts).cluster.tolist(),
-                                           classifier.k, settings.held_out)
+    by_cluster, held_out = split_documents(
+        texts, [d.label for d in documents], classifier.route(texts).cluster.tolist(), classifier.k, settings.held_out
+    )
     empty = [c for c, t in by_cluster.items() if not t]
     if empty:
         raise UserError(f"clusters {empty} hold no documents of {args.corpus!r}: use a larger corpus")
     started = time.perf_counter()
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=console, transient=False) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
         tasks: dict[str, TaskID] = {}
 
         def progress(name: str, done: int, total: int) -> None:
@@ -108,7 +130,9 @@ def run_build(args: argparse.Namespace) -> int:
         table.add_column(column, justify="right")
     table.add_row("base", f"{sum(len(t) for t in by_cluster.values()):,}", f"{info['final_loss']['base']:.2f}")
     for cluster in sorted(by_cluster):
-        table.add_row(f"expert-{cluster}", f"{len(by_cluster[cluster]):,}", f"{info['final_loss'][f'expert-{cluster}']:.2f}")
+        table.add_row(
+            f"expert-{cluster}", f"{len(by_cluster[cluster]):,}", f"{info['final_loss'][f'expert-{cluster}']:.2f}"
+        )
     output.print(table)
     console.print("deployment files: " + ", ".join(str(p) for p in paths))
     return 0
@@ -125,8 +149,10 @@ def run_serve(args: argparse.Namespace) -> int:
         try:
             import vllm  # noqa: F401
         except ImportError:
-            raise UserError("the embedded engine is vLLM's CPU build, which is not installed: run `make setup` "
-                            "(or see the README's 'Expert backends')") from None
+            raise UserError(
+                "the embedded engine is vLLM's CPU build, which is not installed: run `make setup` "
+                "(or see the README's 'Expert backends')"
+            ) from None
     logs = args.logs or args.deployment.parent / "logs"
     servers = kind_of(deployment).servers(deployment, logs)
     stopping = False

@@ -38,13 +38,21 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (gRPC and metrics)")
     parser.add_argument("--port", type=int, default=9002, help="gRPC port (ext_proc and grpc.health.v1)")
     parser.add_argument("--metrics-port", type=int, default=9102, help="Prometheus /metrics port; -1: none")
-    parser.add_argument("--on-error", choices=("closed", "open"), default="closed",
-                        help="when routing fails unexpectedly: answer 503 (closed) or send the request to "
-                        "--default-cluster (open). Client errors always get their 4xx")
+    parser.add_argument(
+        "--on-error",
+        choices=("closed", "open"),
+        default="closed",
+        help="when routing fails unexpectedly: answer 503 (closed) or send the request to "
+        "--default-cluster (open). Client errors always get their 4xx",
+    )
     parser.add_argument("--default-cluster", type=int, help="the fail-open expert (default: the lowest cluster)")
     parser.add_argument("--grace-s", type=float, default=5.0, help="time open streams get after SIGTERM")
-    parser.add_argument("--envoy-config", type=Path, metavar="TEMPLATE",
-                        help="print TEMPLATE (deploy/envoy/envoy.yaml) fitted to DEPLOYMENT and exit")
+    parser.add_argument(
+        "--envoy-config",
+        type=Path,
+        metavar="TEMPLATE",
+        help="print TEMPLATE (deploy/envoy/envoy.yaml) fitted to DEPLOYMENT and exit",
+    )
     parser.add_argument("--envoy-port", type=int, default=8080, help="with --envoy-config: Envoy's listen port")
     parser.add_argument("--envoy-admin-port", type=int, default=9901, help="with --envoy-config: Envoy's admin port")
     parser.set_defaults(handler=run)
@@ -68,8 +76,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         from expert_router.extproc.server import ServeOptions, announce, serve
     except ImportError as exc:
-        raise UserError(f"the ext_proc server needs the envoy extra (`pip install 'expert-router[envoy]'`): "
-                        f"{exc}") from None
+        raise UserError(
+            f"the ext_proc server needs the envoy extra (`pip install 'expert-router[envoy]'`): {exc}"
+        ) from None
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     metrics_port = None if args.metrics_port < 0 else args.metrics_port
     options = ServeOptions(args.host, args.port, metrics_port, args.grace_s)
@@ -99,7 +108,9 @@ def _print_envoy_config(args: argparse.Namespace, deployment: Deployment) -> int
     try:
         config = render_config(template, deployment, addresses)
     except (KeyError, IndexError, TypeError, StopIteration) as exc:
-        raise UserError(f"--envoy-config: {args.envoy_config} does not have the template's shape "
-                        f"(an ext_proc filter, routes and clusters named expert-cluster-N): {exc!r}") from None
+        raise UserError(
+            f"--envoy-config: {args.envoy_config} does not have the template's shape "
+            f"(an ext_proc filter, routes and clusters named expert-cluster-N): {exc!r}"
+        ) from None
     sys.stdout.write(yaml.safe_dump(config, sort_keys=False))
     return 0

@@ -41,25 +41,38 @@ Writes OUT/records.jsonl (one line per finished request, flushed as it ends), OU
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
-        "load", help="simulate N streaming users against an OpenAI-compatible endpoint",
+        "load",
+        help="simulate N streaming users against an OpenAI-compatible endpoint",
         description="The user simulator: closed-loop users (or open-loop Poisson arrivals) sending streaming "
         "prompts drawn per cluster; every token's arrival time is recorded.",
-        epilog=EXAMPLES, formatter_class=HelpFormatter,
+        epilog=EXAMPLES,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("url", metavar="TARGET_URL", help="base URL of the gateway or an expert server")
     parser.add_argument("--out", type=Path, required=True, help="folder for records, workload and summary")
     parser.add_argument("--endpoint", choices=("completions", "chat"), default="completions")
-    parser.add_argument("--model", help="model name to send (default: none; the gateway routes); "
-                        "'expert-{cluster}' names each prompt's drawn cluster (a direct path to the experts)")
+    parser.add_argument(
+        "--model",
+        help="model name to send (default: none; the gateway routes); "
+        "'expert-{cluster}' names each prompt's drawn cluster (a direct path to the experts)",
+    )
     parser.add_argument("--users", type=int, default=10, help="concurrent closed-loop users")
     parser.add_argument("--mode", choices=("closed", "open"), default="closed")
     parser.add_argument("--rate", type=float, help="open loop: mean requests per second (Poisson)")
     parser.add_argument("--duration", type=float, help="seconds to run (default: until --requests are done)")
     parser.add_argument("--requests", type=int, help="total requests to send")
-    parser.add_argument("--processes", type=int, default=1,
-                        help="spread users over this many processes (each takes a disjoint stride of the workload)")
-    parser.add_argument("--warmup", type=int, default=1,
-                        help="requests per user (open loop: in all) answered before measuring, not recorded")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="spread users over this many processes (each takes a disjoint stride of the workload)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="requests per user (open loop: in all) answered before measuring, not recorded",
+    )
     group = parser.add_argument_group("workload")
     group.add_argument("--workload", type=Path, help="replay a saved workload.jsonl instead of drawing one")
     group.add_argument("--corpus", default="demo", help="where prompts come from (as for `classifier fit`)")
@@ -67,7 +80,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     group.add_argument("--mix", choices=("uniform", "normal"), default="uniform", help="share of requests per cluster")
     group.add_argument("--mix-mean", type=float, help="normal mix: mean cluster index (default (k-1)/2)")
     group.add_argument("--mix-std", type=float, help="normal mix: spread in clusters (default k/6)")
-    group.add_argument("--input-lengths", default="mlperf", help="mlperf, fixed (--input-mean/--input-std) or file:PATH")
+    group.add_argument(
+        "--input-lengths", default="mlperf", help="mlperf, fixed (--input-mean/--input-std) or file:PATH"
+    )
     group.add_argument("--input-mean", type=float, default=335.0)
     group.add_argument("--input-std", type=float, default=30.0)
     group.add_argument("--tokenizer", type=Path, help="tokenizer.json file to count prompt tokens (default: words)")
@@ -81,10 +96,20 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def workload_spec(args: argparse.Namespace) -> WorkloadSpec:
     if args.classifier is None:
         raise UserError("give --classifier DIR (to tag prompts with clusters) or --workload FILE")
-    return WorkloadSpec(classifier=args.classifier, corpus=args.corpus, tokenizer=args.tokenizer, mix=args.mix,
-                        mix_mean=args.mix_mean, mix_std=args.mix_std, input_lengths=args.input_lengths,
-                        input_mean=args.input_mean, input_std=args.input_std, max_tokens=args.max_tokens,
-                        pool=args.pool, seed=args.seed)
+    return WorkloadSpec(
+        classifier=args.classifier,
+        corpus=args.corpus,
+        tokenizer=args.tokenizer,
+        mix=args.mix,
+        mix_mean=args.mix_mean,
+        mix_std=args.mix_std,
+        input_lengths=args.input_lengths,
+        input_mean=args.input_mean,
+        input_std=args.input_std,
+        max_tokens=args.max_tokens,
+        pool=args.pool,
+        seed=args.seed,
+    )
 
 
 def check(args: argparse.Namespace) -> None:
@@ -118,12 +143,27 @@ def run(args: argparse.Namespace) -> int:
     if records_path.exists():
         raise UserError(f"{records_path} exists: choose a new --out folder (records are never overwritten)")
     save_workload(items, args.out / "workload.jsonl")
-    settings = RunSettings(url=args.url, chat=args.endpoint == "chat", model=args.model, users=args.users,
-                           mode=args.mode, rate=args.rate, duration_s=args.duration, requests=args.requests,
-                           ignore_eos=args.ignore_eos, warmup=args.warmup)
+    settings = RunSettings(
+        url=args.url,
+        chat=args.endpoint == "chat",
+        model=args.model,
+        users=args.users,
+        mode=args.mode,
+        rate=args.rate,
+        duration_s=args.duration,
+        requests=args.requests,
+        ignore_eos=args.ignore_eos,
+        warmup=args.warmup,
+    )
     t0 = clock()
-    meta = {"t0_monotonic": t0, "started_at": time.time(), "settings": asdict(settings), "host": platform.node(),
-            "processes": args.processes, "token_stamps": "socket read callback (expert_router.wire)"}
+    meta = {
+        "t0_monotonic": t0,
+        "started_at": time.time(),
+        "settings": asdict(settings),
+        "host": platform.node(),
+        "processes": args.processes,
+        "token_stamps": "socket read callback (expert_router.wire)",
+    }
     writer = RecordWriter(records_path)
     writer.write_meta(meta)
     writer.close()
@@ -144,24 +184,42 @@ def _run_with_progress(settings: RunSettings, items: list[WorkItem], records_pat
     stats = LiveStats()
     if not console.is_terminal:
         return run_here(settings, items, records_path, t0, stats)
-    with Live(_progress(stats, settings), console=console, refresh_per_second=2, transient=True,
-              auto_refresh=False) as live:
-        return run_here(settings, items, records_path, t0, stats,
-                        on_tick=lambda: live.update(_progress(stats, settings), refresh=True))
+    with Live(
+        _progress(stats, settings), console=console, refresh_per_second=2, transient=True, auto_refresh=False
+    ) as live:
+        return run_here(
+            settings,
+            items,
+            records_path,
+            t0,
+            stats,
+            on_tick=lambda: live.update(_progress(stats, settings), refresh=True),
+        )
 
 
 def _progress(stats: LiveStats, settings: RunSettings) -> Table:
     elapsed = max(time.monotonic() - stats.started, 1e-9)
     table = Table.grid(padding=(0, 2))
-    table.add_row("done", f"{stats.done:,}", "failed", f"{stats.failed:,}", "in flight", f"{stats.inflight:,}",
-                  "tokens/s", f"{stats.tokens / elapsed:,.0f}",
-                  "last TTFT", "-" if stats.last_ttft_ms is None else f"{stats.last_ttft_ms:,.0f} ms",
-                  "elapsed", f"{elapsed:,.0f} s" + (f" / {settings.duration_s:g} s" if settings.duration_s else ""))
+    table.add_row(
+        "done",
+        f"{stats.done:,}",
+        "failed",
+        f"{stats.failed:,}",
+        "in flight",
+        f"{stats.inflight:,}",
+        "tokens/s",
+        f"{stats.tokens / elapsed:,.0f}",
+        "last TTFT",
+        "-" if stats.last_ttft_ms is None else f"{stats.last_ttft_ms:,.0f} ms",
+        "elapsed",
+        f"{elapsed:,.0f} s" + (f" / {settings.duration_s:g} s" if settings.duration_s else ""),
+    )
     return table
 
 
-def _finish(args: argparse.Namespace, records: list[RequestRecord], checks: list[dict[str, Any]],
-            meta: dict[str, Any]) -> int:
+def _finish(
+    args: argparse.Namespace, records: list[RequestRecord], checks: list[dict[str, Any]], meta: dict[str, Any]
+) -> int:
     from expert_router.analysis.metrics import summarize
 
     summary = summarize(records, mode=args.mode)
@@ -172,8 +230,14 @@ def _finish(args: argparse.Namespace, records: list[RequestRecord], checks: list
         reasons.append(f"{summary.failed} of {summary.requests} requests failed")
     valid = not reasons
     flags = itl_flags(summary, checks)
-    document = {"meta": meta, "summary": summary.as_dict(), "self_check": checks, "valid": valid, "reasons": reasons,
-                "flags": flags}
+    document = {
+        "meta": meta,
+        "summary": summary.as_dict(),
+        "self_check": checks,
+        "valid": valid,
+        "reasons": reasons,
+        "flags": flags,
+    }
     (args.out / "summary.json").write_text(json.dumps(document, indent=2))
     output.print(_summary_table(args.url, summary, checks, valid))
     for reason in dict.fromkeys(reasons + flags):
@@ -187,8 +251,10 @@ def itl_flags(summary: Summary, checks: list[dict[str, Any]]) -> list[str]:
     """Inter-chunk gaps are read no finer than the simulator's loop lag: say so when the two are alike."""
     lag_s = max((c["lag_p99_ms"] for c in checks), default=0.0) / 1000
     if summary.icl_median_s is not None and lag_s > 0.25 * summary.icl_median_s:
-        return [f"inter-chunk latency (median {summary.icl_median_s * 1000:.1f} ms) is comparable to the simulator's "
-                f"loop lag (p99 {lag_s * 1000:.1f} ms): its percentiles are blurred by the client"]
+        return [
+            f"inter-chunk latency (median {summary.icl_median_s * 1000:.1f} ms) is comparable to the simulator's "
+            f"loop lag (p99 {lag_s * 1000:.1f} ms): its percentiles are blurred by the client"
+        ]
     return []
 
 
@@ -200,19 +266,31 @@ def _summary_table(url: str, summary: Summary, checks: list[dict[str, Any]], val
     table.add_column("metric")
     table.add_column("value", justify="right")
     error = f"{summary.ok:,} / {summary.failed:,} ({summary.error_rate:.1%} failed" + (
-        f", median time to failure {ms(summary.time_to_failure_median_s)})" if summary.failed else ")")
+        f", median time to failure {ms(summary.time_to_failure_median_s)})" if summary.failed else ")"
+    )
     rows = [
         ("ok / failed", error),
         ("output tokens (usage / chunks)", f"{summary.output_tokens:,} / {summary.chunk_tokens:,}"),
-        ("system throughput (steady mean, 2 s windows)", "-" if summary.system_throughput_mean is None
-         else f"{summary.system_throughput_mean:,.1f} tokens/s ({summary.steady_windows} windows)"),
+        (
+            "system throughput (steady mean, 2 s windows)",
+            "-"
+            if summary.system_throughput_mean is None
+            else f"{summary.system_throughput_mean:,.1f} tokens/s ({summary.steady_windows} windows)",
+        ),
         ("TTFT median / p99", f"{ms(summary.ttft_median_s)} / {ms(summary.ttft_p99_s)} (n={summary.ttft_n})"),
         ("TPOT median / p99", f"{ms(summary.tpot_median_s)} / {ms(summary.tpot_p99_s)} (n={summary.tpot_n})"),
         ("inter-chunk latency median / p99", f"{ms(summary.icl_median_s)} / {ms(summary.icl_p99_s)}"),
-        ("user throughput mean ± std", "-" if summary.user_throughput_mean is None
-         else f"{summary.user_throughput_mean:,.1f} ± {summary.user_throughput_std or 0:,.1f} tokens/s"),
+        (
+            "user throughput mean ± std",
+            "-"
+            if summary.user_throughput_mean is None
+            else f"{summary.user_throughput_mean:,.1f} ± {summary.user_throughput_std or 0:,.1f} tokens/s",
+        ),
         ("response time p50 / p99", f"{ms(summary.response_time_p50_s)} / {ms(summary.response_time_p99_s)}"),
-        ("simulator loop lag p99 / max", " / ".join(f"{c['lag_p99_ms']:.1f} / {c['lag_max_ms']:.0f} ms" for c in checks)),
+        (
+            "simulator loop lag p99 / max",
+            " / ".join(f"{c['lag_p99_ms']:.1f} / {c['lag_max_ms']:.0f} ms" for c in checks),
+        ),
         ("simulator CPU", " / ".join(f"{c['cpu_share']:.0%}" for c in checks)),
         ("valid measurement", "yes" if valid else "NO"),
     ]

@@ -16,10 +16,14 @@ REPORT_EXAMPLES = """examples:
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser("report", help="write the figures and report of a results folder",
-                                 description="Compute the metrics of every cell and write the paper's figures, "
-                                 "a Markdown summary and a self-contained HTML report.",
-                                 epilog=REPORT_EXAMPLES, formatter_class=HelpFormatter)
+    parser = commands.add_parser(
+        "report",
+        help="write the figures and report of a results folder",
+        description="Compute the metrics of every cell and write the paper's figures, "
+        "a Markdown summary and a self-contained HTML report.",
+        epilog=REPORT_EXAMPLES,
+        formatter_class=HelpFormatter,
+    )
     parser.add_argument("results", metavar="RESULTS_DIR", type=Path, help="folder written by `experiment run`")
     parser.add_argument("--out", type=Path, help="where to write the report (default RESULTS_DIR/report)")
     parser.add_argument("--fig7-users", type=int, nargs="+", help="user counts shown in Fig. 7")

@@ -32,8 +32,14 @@ probes fail and nginx or a Kubernetes Service move on), answers 503 to requests 
 open, lets streams in flight finish for up to --drain-timeout-s, then exits. A second signal ends it.
 """
 
-OVERRIDES = ("max_inflight_per_expert", "queue_timeout_s", "first_token_timeout_s", "idle_timeout_s", "fallback",
-             "drain_timeout_s")
+OVERRIDES = (
+    "max_inflight_per_expert",
+    "queue_timeout_s",
+    "first_token_timeout_s",
+    "idle_timeout_s",
+    "fallback",
+    "drain_timeout_s",
+)
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -54,8 +60,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--first-token-timeout-s", type=float, help="override gateway.first_token_timeout_s")
     parser.add_argument("--idle-timeout-s", type=float, help="override gateway.idle_timeout_s")
     parser.add_argument("--fallback", choices=("nearest", "none"), help="override gateway.fallback")
-    parser.add_argument("--drain-timeout-s", type=float, help="override gateway.drain_timeout_s (SIGTERM: streams "
-                        "in flight run on this long; new connections are refused at once)")
+    parser.add_argument(
+        "--drain-timeout-s",
+        type=float,
+        help="override gateway.drain_timeout_s (SIGTERM: streams "
+        "in flight run on this long; new connections are refused at once)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -100,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         context.Process(target=_serve, args=(deployment, args.host, args.port, True), name=f"gateway-{i}", daemon=False)
         for i in range(args.workers)
     ]
+
     def stop(*_: object) -> None:
         for worker in workers:
             if worker.is_alive():
@@ -133,8 +144,14 @@ def _serve(deployment: Deployment, host: str, port: int, reuse_port: bool) -> No
         print(f"gateway ready on http://{host}:{port}/v1 ({experts} experts)", file=sys.stderr, flush=True)
 
     try:
-        run_app(app, host, port, reuse_port=reuse_port, on_started=announce,
-                drain_timeout_s=deployment.gateway.drain_timeout_s)
+        run_app(
+            app,
+            host,
+            port,
+            reuse_port=reuse_port,
+            on_started=announce,
+            drain_timeout_s=deployment.gateway.drain_timeout_s,
+        )
     except OSError as exc:
         console.print(f"error: cannot listen on {host}:{port}: {exc.strerror}")
         sys.exit(2)

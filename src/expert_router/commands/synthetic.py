@@ -32,16 +32,28 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--models", nargs="+", default=["synthetic"], help="model names to serve")
     parser.add_argument("--tokens", type=int, default=16, help="tokens per answer (fewer if max_tokens asks)")
     parser.add_argument("--interval-ms", type=float, default=10.0, help="gap between tokens")
-    parser.add_argument("--tokens-per-chunk", type=int, default=1,
-                        help="tokens packed into one SSE chunk (as TensorRT-LLM or vLLM --stream-interval send)")
-    parser.add_argument("--usage", choices=("asked", "final", "none"), default="asked",
-                        help="usage in streams: as the request asks (vLLM), only at the end, or never")
+    parser.add_argument(
+        "--tokens-per-chunk",
+        type=int,
+        default=1,
+        help="tokens packed into one SSE chunk (as TensorRT-LLM or vLLM --stream-interval send)",
+    )
+    parser.add_argument(
+        "--usage",
+        choices=("asked", "final", "none"),
+        default="asked",
+        help="usage in streams: as the request asks (vLLM), only at the end, or never",
+    )
     parser.add_argument("--first-token-ms", type=float, default=0.0, help="delay before the first token")
     parser.add_argument("--fail-status", type=int, help="answer every request with this HTTP status")
     parser.add_argument("--die-after-tokens", type=int, help="drop the connection after this many tokens")
     parser.add_argument("--no-done", action="store_true", help="close streams without `data: [DONE]`")
-    parser.add_argument("--reported-waiting", type=int, default=0,
-                        help="requests this server claims to queue in /metrics (vllm:num_requests_waiting)")
+    parser.add_argument(
+        "--reported-waiting",
+        type=int,
+        default=0,
+        help="requests this server claims to queue in /metrics (vllm:num_requests_waiting)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -52,9 +64,15 @@ def run(args: argparse.Namespace) -> int:
     if args.tokens < 1 or args.tokens_per_chunk < 1 or args.interval_ms < 0 or args.first_token_ms < 0:
         raise UserError("--tokens and --tokens-per-chunk must be at least 1 and the delays not negative")
     settings = SyntheticSettings(
-        tokens=args.tokens, interval_ms=args.interval_ms, first_token_ms=args.first_token_ms,
-        models=tuple(args.models), fail_status=args.fail_status, die_after_tokens=args.die_after_tokens,
-        send_done=not args.no_done, tokens_per_chunk=args.tokens_per_chunk, usage=args.usage,
+        tokens=args.tokens,
+        interval_ms=args.interval_ms,
+        first_token_ms=args.first_token_ms,
+        models=tuple(args.models),
+        fail_status=args.fail_status,
+        die_after_tokens=args.die_after_tokens,
+        send_done=not args.no_done,
+        tokens_per_chunk=args.tokens_per_chunk,
+        usage=args.usage,
         reported_waiting=args.reported_waiting,
     )
 

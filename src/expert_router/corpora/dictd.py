@@ -47,8 +47,10 @@ def dictd_path(name: str, package: str) -> Path:
         index = Path(folder) / f"{name}.index"
         if index.is_file():
             return index
-    raise UserError(f"the dictionary {name!r} is not installed: run `sudo apt-get install {package}` "
-                    "(or `make setup`), or set EXPERT_ROUTER_DICTD to the folder of its .index file")
+    raise UserError(
+        f"the dictionary {name!r} is not installed: run `sudo apt-get install {package}` "
+        "(or `make setup`), or set EXPERT_ROUTER_DICTD to the folder of its .index file"
+    )
 
 
 def read_dictd(index: Path) -> Iterator[Entry]:
@@ -80,5 +82,5 @@ def _parse(index: Path) -> Iterator[Entry]:
         span = (decode_number(fields[1]), decode_number(fields[2]))
         spans.setdefault(span, []).append(fields[0])
     for (offset, length), words in sorted(spans.items()):
-        text = data[offset: offset + length].decode("utf-8", errors="replace")
+        text = data[offset : offset + length].decode("utf-8", errors="replace")
         yield Entry(tuple(words), text)

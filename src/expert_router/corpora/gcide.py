@@ -49,7 +49,7 @@ def tagged_senses(entry_text: str, tag: str) -> str | None:
     headword_match = _HEADWORD.match(head)
     headword = squash(headword_match.group(1)) if headword_match else ""
     if marker in head:
-        body = [head[headword_match.end():] if headword_match else head, *segments[1:]]
+        body = [head[headword_match.end() :] if headword_match else head, *segments[1:]]
     else:
         body = [s for s in segments[1:] if marker in s]
     definition = _PART_OF_SPEECH.sub("", clean("\n".join(body), [tag]))

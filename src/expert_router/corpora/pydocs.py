@@ -31,13 +31,18 @@ _HEADING = re.compile(r"^([=\-~^\"'*#+])\1{2,}\s*$")
 def python_docs_dir() -> Path:
     """The `_sources` folder of the installed Python documentation, or a UserError saying how to get it."""
     override = os.environ.get("EXPERT_ROUTER_PYTHON_DOCS")
-    candidates = [Path(override)] if override else sorted(
-        (p for pattern in PYTHON_DOCS_GLOBS for p in Path("/").glob(pattern.lstrip("/"))), reverse=True)
+    candidates = (
+        [Path(override)]
+        if override
+        else sorted((p for pattern in PYTHON_DOCS_GLOBS for p in Path("/").glob(pattern.lstrip("/"))), reverse=True)
+    )
     for candidate in candidates:
         if (candidate / "tutorial").is_dir():
             return candidate
-    raise UserError("the Python documentation is not installed: run `sudo apt-get install python3-doc` "
-                    "(or `make setup`), or set EXPERT_ROUTER_PYTHON_DOCS to its html/_sources folder")
+    raise UserError(
+        "the Python documentation is not installed: run `sudo apt-get install python3-doc` "
+        "(or `make setup`), or set EXPERT_ROUTER_PYTHON_DOCS to its html/_sources folder"
+    )
 
 
 def prose(paragraph: str) -> str | None:

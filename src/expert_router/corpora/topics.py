@@ -39,6 +39,7 @@ class Source:
 def gcide(tag: str) -> Source:
     def read() -> Iterator[str]:
         return (text for _, text in read_gcide(dictd_path("gcide", "dict-gcide"), [tag]))
+
     return Source(f"gcide ({tag})", read)
 
 
@@ -47,6 +48,7 @@ def fortunes(category: str) -> Source:
         from expert_router.corpora.fortunes import fortunes_dir
 
         return [squash(t) for t in fortune_entries(fortunes_dir() / category)]
+
     return Source(f"fortunes/{category}", read)
 
 
@@ -65,11 +67,15 @@ def wordnet(name: str, pattern: str) -> Source:
             head = " ".join(text.partition(":")[2].split()[:6])
             if wanted.search(head) and not _NOT_TOPICAL.search(head):
                 yield text
+
     return Source(f"wordnet ({name})", read)
 
 
-_NOT_TOPICAL = re.compile(r"\b(genus|family|tree|shrub|plant|herb|singer|actor|actress|musician|performer|"
-                          r"film|movie|rock|football|player|shaped)\b", re.IGNORECASE)
+_NOT_TOPICAL = re.compile(
+    r"\b(genus|family|tree|shrub|plant|herb|singer|actor|actress|musician|performer|"
+    r"film|movie|rock|football|player|shaped)\b",
+    re.IGNORECASE,
+)
 
 
 def foldoc() -> Iterator[str]:
@@ -84,8 +90,10 @@ def python_docs() -> Iterator[str]:
     return (text for _, text in read_python_docs(python_docs_dir()))
 
 
-FOOD_WORDS = (r"\b(dish|sauce|soup|stew|bread|cake|pastry|dessert|cheese|pasta|noodles?|salad|pie|"
-              r"casserole|cookie|pudding|sausage|omelet|roll|biscuit|dumplings?)\b")
+FOOD_WORDS = (
+    r"\b(dish|sauce|soup|stew|bread|cake|pastry|dessert|cheese|pasta|noodles?|salad|pie|"
+    r"casserole|cookie|pudding|sausage|omelet|roll|biscuit|dumplings?)\b"
+)
 SKY_WORDS = r"\b(stars?|planets?|constellation|galaxy|comet|celestial|asteroid|nebula|meteors?|meteorites?)\b"
 
 TOPICS: dict[str, tuple[Source, ...]] = {
@@ -123,8 +131,9 @@ def pack(texts: Iterable[str], min_chars: int, max_chars: int) -> Iterator[str]:
         yield "\n".join(parts)
 
 
-def balanced_topic(sources: Sequence[Source], per_topic: int, min_chars: int, max_chars: int,
-                   seed: int) -> list[tuple[str, str]]:
+def balanced_topic(
+    sources: Sequence[Source], per_topic: int, min_chars: int, max_chars: int, seed: int
+) -> list[tuple[str, str]]:
     """(source name, document) pairs of one topic: round-robin over its sources, each in seeded random order."""
     pools = []
     for source in sources:
@@ -143,13 +152,20 @@ def balanced_topic(sources: Sequence[Source], per_topic: int, min_chars: int, ma
     return chosen
 
 
-def read_topics(topics: dict[str, tuple[Source, ...]] | None = None, per_topic: int = 240, min_chars: int = 120,
-                max_chars: int = 600, seed: int = 0) -> Iterator[Document]:
+def read_topics(
+    topics: dict[str, tuple[Source, ...]] | None = None,
+    per_topic: int = 240,
+    min_chars: int = 120,
+    max_chars: int = 600,
+    seed: int = 0,
+) -> Iterator[Document]:
     """The demo corpus: documents labelled with their topic (and source), topics interleaved."""
     from expert_router.corpora.document import Document
 
-    chosen = {topic: balanced_topic(sources, per_topic, min_chars, max_chars, seed)
-              for topic, sources in (topics or TOPICS).items()}
+    chosen = {
+        topic: balanced_topic(sources, per_topic, min_chars, max_chars, seed)
+        for topic, sources in (topics or TOPICS).items()
+    }
     for i in range(max(len(docs) for docs in chosen.values())):
         for topic, docs in chosen.items():
             if i < len(docs):

@@ -23,7 +23,6 @@ from expert_router.emulate.engine import Engine, TokenEvent
 from expert_router.emulate.metrics import EngineMetrics
 from expert_router.loadgen.records import RequestRecord
 
-
 clock = time.monotonic
 """The process-wide clock (the user simulator stamps tokens with it too). Not `loop.time()`: uvloop's is
 cached per loop iteration and counts whole milliseconds."""

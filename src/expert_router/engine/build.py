@@ -33,13 +33,22 @@ class BuildSettings(BaseModel):
     heads: int = Field(2, ge=1)
     seq_len: int = Field(96, ge=16, description="training window in tokens")
     base_steps: int = Field(400, ge=1)
-    adapter_steps: int = Field(150, ge=1, description="steps per LoRA adapter: enough for each expert to beat the "
-                               "base model on its cluster's held-out text")
+    adapter_steps: int = Field(
+        150,
+        ge=1,
+        description="steps per LoRA adapter: enough for each expert to beat the "
+        "base model on its cluster's held-out text",
+    )
     batch_size: int = Field(16, ge=1)
     learning_rate: float = Field(3e-3, gt=0)
     lora_rank: int = Field(8, ge=1)
-    held_out: float = Field(0.15, ge=0, lt=1, description="share of documents kept out of training, for "
-                            "`expert-router evaluate` (written to OUT/held-out.json)")
+    held_out: float = Field(
+        0.15,
+        ge=0,
+        lt=1,
+        description="share of documents kept out of training, for "
+        "`expert-router evaluate` (written to OUT/held-out.json)",
+    )
     seed: int = 0
 
 
@@ -54,11 +63,19 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int):
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tokenizer.train_from_iterator(texts, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=SPECIAL_TOKENS[0],
-                                   eos_token=SPECIAL_TOKENS[1], pad_token=SPECIAL_TOKENS[2])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=SPECIAL_TOKENS[0],
+        eos_token=SPECIAL_TOKENS[1],
+        pad_token=SPECIAL_TOKENS[2],
+    )
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
@@ -74,8 +91,9 @@ def encode_documents(tokenizer, texts: Sequence[str], seq_len: int) -> tuple[np.
     return ids, labels
 
 
-def _train(model, ids: np.ndarray, labels: np.ndarray, steps: int, settings: BuildSettings, name: str,
-           progress: Progress) -> float:
+def _train(
+    model, ids: np.ndarray, labels: np.ndarray, steps: int, settings: BuildSettings, name: str, progress: Progress
+) -> float:
     import torch
 
     generator = np.random.default_rng(settings.seed)
@@ -99,25 +117,42 @@ def _train(model, ids: np.ndarray, labels: np.ndarray, steps: int, settings: Bui
     return loss_value
 
 
-def build_experts(texts_by_cluster: dict[int, list[str]], out: Path, settings: BuildSettings,
-                  progress: Progress, merge: bool = False) -> dict:
+def build_experts(
+    texts_by_cluster: dict[int, list[str]], out: Path, settings: BuildSettings, progress: Progress, merge: bool = False
+) -> dict:
     """Write out/base (model + tokenizer), out/adapters/expert-C and, with `merge`, out/experts/expert-C."""
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    if settings.hidden_size % settings.heads or settings.hidden_size // settings.heads not in (64, 80, 96, 112, 128, 256):
-        raise ValueError("hidden_size / heads must be a head size vLLM's CPU attention supports (64, 80, 96, 112, 128, 256)")
+    if settings.hidden_size % settings.heads or settings.hidden_size // settings.heads not in (
+        64,
+        80,
+        96,
+        112,
+        128,
+        256,
+    ):
+        raise ValueError(
+            "hidden_size / heads must be a head size vLLM's CPU attention supports (64, 80, 96, 112, 128, 256)"
+        )
     torch.manual_seed(settings.seed)
     all_texts = [t for texts in texts_by_cluster.values() for t in texts]
     progress("tokenizer", 0, 1)
     tokenizer = train_tokenizer(all_texts, settings.vocab_size)
     progress("tokenizer", 1, 1)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=settings.hidden_size, intermediate_size=settings.hidden_size * 2,
-        num_hidden_layers=settings.layers, num_attention_heads=settings.heads, num_key_value_heads=settings.heads,
-        max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+        vocab_size=len(tokenizer),
+        hidden_size=settings.hidden_size,
+        intermediate_size=settings.hidden_size * 2,
+        num_hidden_layers=settings.layers,
+        num_attention_heads=settings.heads,
+        num_key_value_heads=settings.heads,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
     )
     base = LlamaForCausalLM(config)
     ids, labels = encode_documents(tokenizer, all_texts, settings.seq_len)
@@ -127,8 +162,13 @@ def build_experts(texts_by_cluster: dict[int, list[str]], out: Path, settings: B
     base.save_pretrained(base_dir)
     tokenizer.save_pretrained(base_dir)
 
-    lora = LoraConfig(r=settings.lora_rank, lora_alpha=2 * settings.lora_rank, lora_dropout=0.0,
-                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=settings.lora_rank,
+        lora_alpha=2 * settings.lora_rank,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        task_type="CAUSAL_LM",
+    )
     for cluster, texts in sorted(texts_by_cluster.items()):
         name = f"expert-{cluster}"
         model = get_peft_model(LlamaForCausalLM.from_pretrained(base_dir), lora)
@@ -140,13 +180,18 @@ def build_experts(texts_by_cluster: dict[int, list[str]], out: Path, settings: B
             merged = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(base_dir), out / "adapters" / name)
             merged.merge_and_unload().save_pretrained(out / "experts" / name)
             tokenizer.save_pretrained(out / "experts" / name)
-    info = {"settings": settings.model_dump(), "final_loss": losses, "documents": {str(c): len(t) for c, t in texts_by_cluster.items()}}
+    info = {
+        "settings": settings.model_dump(),
+        "final_loss": losses,
+        "documents": {str(c): len(t) for c, t in texts_by_cluster.items()},
+    }
     (out / "build.json").write_text(json.dumps(info, indent=2))
     return info
 
 
-def write_deployments(out: Path, classifier_dir: Path, clusters: Sequence[int], port: int, merged: bool,
-                      lora_rank: int) -> list[Path]:
+def write_deployments(
+    out: Path, classifier_dir: Path, clusters: Sequence[int], port: int, merged: bool, lora_rank: int
+) -> list[Path]:
     """deployment.yaml (one vLLM server, one LoRA adapter per expert) and, with merged experts,
     deployment-per-expert.yaml (one vLLM server per expert: the paper's layout)."""
     import yaml
@@ -158,19 +203,32 @@ def write_deployments(out: Path, classifier_dir: Path, clusters: Sequence[int], 
     lora = {
         "classifier": "classifier",
         "engine": {"kind": "vllm-lora", "base_model": "base", "max_lora_rank": max(8, lora_rank)},
-        "experts": [{"cluster": c, "model": f"expert-{c}", "adapter": f"adapters/expert-{c}", "endpoints": [url]}
-                    for c in clusters],
+        "experts": [
+            {"cluster": c, "model": f"expert-{c}", "adapter": f"adapters/expert-{c}", "endpoints": [url]}
+            for c in clusters
+        ],
     }
     paths = [out / "deployment.yaml"]
-    paths[0].write_text("# Written by `expert-router experts build`. Serve: expert-router experts serve deployment.yaml\n"
-                        + yaml.safe_dump(lora, sort_keys=False))
+    paths[0].write_text(
+        "# Written by `expert-router experts build`. Serve: expert-router experts serve deployment.yaml\n"
+        + yaml.safe_dump(lora, sort_keys=False)
+    )
     if merged:
         per_expert = {
             "classifier": "classifier",
             "engine": {"kind": "vllm"},
-            "experts": [{"cluster": c, "model": f"expert-{c}", "model_path": f"experts/expert-{c}",
-                         "endpoints": [f"http://127.0.0.1:{port + i}"]} for i, c in enumerate(clusters)],
+            "experts": [
+                {
+                    "cluster": c,
+                    "model": f"expert-{c}",
+                    "model_path": f"experts/expert-{c}",
+                    "endpoints": [f"http://127.0.0.1:{port + i}"],
+                }
+                for i, c in enumerate(clusters)
+            ],
         }
         paths.append(out / "deployment-per-expert.yaml")
-        paths[1].write_text("# One vLLM server per expert (the paper's layout).\n" + yaml.safe_dump(per_expert, sort_keys=False))
+        paths[1].write_text(
+            "# One vLLM server per expert (the paper's layout).\n" + yaml.safe_dump(per_expert, sort_keys=False)
+        )
     return paths

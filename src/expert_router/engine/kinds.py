@@ -36,8 +36,10 @@ class External(EngineKind):
         for expert in deployment.experts:
             for url in expert.base_urls():
                 by_url.setdefault(url, []).append(expert.model)
-        return [ServerProcess(f"external-{i}", url, models, [], logs / "none.log")
-                for i, (url, models) in enumerate(by_url.items())]
+        return [
+            ServerProcess(f"external-{i}", url, models, [], logs / "none.log")
+            for i, (url, models) in enumerate(by_url.items())
+        ]
 
 
 class VllmLora(EngineKind):
@@ -53,12 +55,16 @@ class VllmLora(EngineKind):
             if expert.adapter is None:
                 problems.append(f"experts.{i}.adapter: required for kind vllm-lora ({expert.model})")
             elif not (expert.adapter / "adapter_config.json").is_file():
-                problems.append(f"experts.{i}.adapter: {expert.adapter} is not a LoRA adapter folder "
-                                f"(no adapter_config.json) ({expert.model})")
+                problems.append(
+                    f"experts.{i}.adapter: {expert.adapter} is not a LoRA adapter folder "
+                    f"(no adapter_config.json) ({expert.model})"
+                )
         ports = {e.base_urls()[0] for e in deployment.experts}
         if len(ports) != 1 or any(len(e.endpoints) != 1 for e in deployment.experts):
-            problems.append("experts.*.endpoints: kind vllm-lora serves every expert from one server: "
-                            "give all experts the same single endpoint")
+            problems.append(
+                "experts.*.endpoints: kind vllm-lora serves every expert from one server: "
+                "give all experts the same single endpoint"
+            )
         return problems
 
     def servers(self, deployment: Deployment, logs: Path) -> list[ServerProcess]:
@@ -66,8 +72,15 @@ class VllmLora(EngineKind):
         url = deployment.experts[0].base_urls()[0]
         host, port = host_port(url)
         argv = vllm_argv(engine.base_model, port, host, deployment, ["base"])
-        argv += ["--enable-lora", "--max-loras", str(len(deployment.experts)), "--max-lora-rank",
-                 str(engine.max_lora_rank), "--lora-modules", *[f"{e.model}={e.adapter}" for e in deployment.experts]]
+        argv += [
+            "--enable-lora",
+            "--max-loras",
+            str(len(deployment.experts)),
+            "--max-lora-rank",
+            str(engine.max_lora_rank),
+            "--lora-modules",
+            *[f"{e.model}={e.adapter}" for e in deployment.experts],
+        ]
         return [ServerProcess("vllm-lora", url, [e.model for e in deployment.experts], argv, logs / "vllm-lora.log")]
 
 
@@ -88,9 +101,15 @@ class VllmPerExpert(EngineKind):
         for expert in deployment.experts:
             url = expert.base_urls()[0]
             host, port = host_port(url)
-            servers.append(ServerProcess(expert.model, url, [expert.model],
-                                         vllm_argv(expert.model_path, port, host, deployment, [expert.model]),
-                                         logs / f"{expert.model}.log"))
+            servers.append(
+                ServerProcess(
+                    expert.model,
+                    url,
+                    [expert.model],
+                    vllm_argv(expert.model_path, port, host, deployment, [expert.model]),
+                    logs / f"{expert.model}.log",
+                )
+            )
         return servers
 
 

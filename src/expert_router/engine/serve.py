@@ -33,12 +33,28 @@ class ServerProcess:
     process: subprocess.Popen[bytes] | None = None
 
 
-def vllm_argv(model: str | Path | None, port: int, host: str, deployment: Deployment, served_names: list[str]) -> list[str]:
+def vllm_argv(
+    model: str | Path | None, port: int, host: str, deployment: Deployment, served_names: list[str]
+) -> list[str]:
     engine = deployment.engine
-    return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-            "--host", host, "--port", str(port), "--served-model-name", *served_names,
-            "--max-model-len", str(engine.max_model_len), "--gpu-memory-utilization", str(engine.memory_fraction),
-            *engine.extra_args]
+    return [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--served-model-name",
+        *served_names,
+        "--max-model-len",
+        str(engine.max_model_len),
+        "--gpu-memory-utilization",
+        str(engine.memory_fraction),
+        *engine.extra_args,
+    ]
 
 
 def host_port(url: str) -> tuple[str, int]:
@@ -52,8 +68,13 @@ def start(servers: list[ServerProcess]) -> None:
             continue
         server.log.parent.mkdir(parents=True, exist_ok=True)
         with open(server.log, "ab") as log:
-            server.process = subprocess.Popen(server.argv, stdout=log, stderr=subprocess.STDOUT,
-                                              start_new_session=True, env={**os.environ, "VLLM_NO_USAGE_STATS": "1"})
+            server.process = subprocess.Popen(
+                server.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "VLLM_NO_USAGE_STATS": "1"},
+            )
 
 
 def listed_models(url: str) -> set[str] | None:
@@ -68,8 +89,14 @@ def wait_ready(servers: list[ServerProcess], timeout_s: float) -> None:
     """Until every server lists all of its experts' models; a server that exits is an error."""
     deadline = time.monotonic() + timeout_s
     for server in servers:
-        wait_until(partial(_lists_all, server), f"{server.name} ({server.url})", max(0.1, deadline - time.monotonic()),
-                   server.process, server.log if server.process else None, interval_s=0.5)
+        wait_until(
+            partial(_lists_all, server),
+            f"{server.name} ({server.url})",
+            max(0.1, deadline - time.monotonic()),
+            server.process,
+            server.log if server.process else None,
+            interval_s=0.5,
+        )
 
 
 def _lists_all(server: ServerProcess) -> bool:
@@ -79,4 +106,3 @@ def _lists_all(server: ServerProcess) -> bool:
 def stop(servers: list[ServerProcess], grace_s: float = 15.0) -> None:
     """SIGTERM every server's process group, then SIGKILL what is left after `grace_s`."""
     stop_groups([s.process for s in servers if s.process is not None], grace_s)
-

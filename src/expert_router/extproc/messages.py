@@ -31,8 +31,9 @@ PHASE_REPLIES = {
 
 def header_map(headers: Any) -> dict[str, str]:
     """An HttpHeaders' header map as a dict (keys lower case, as HTTP/2 and Envoy keep them)."""
-    return {h.key: (h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value)
-            for h in headers.headers.headers}
+    return {
+        h.key: (h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value) for h in headers.headers.headers
+    }
 
 
 def carry_on(phase: str) -> Any:
@@ -56,8 +57,9 @@ def route(decision: Route, original: bytes) -> Any:
     if decision.body != original:
         body_mutation = pb.BodyMutation(body=decision.body)
     headers["content-length"] = str(len(decision.body))
-    common = pb.CommonResponse(header_mutation=_set_headers(headers), body_mutation=body_mutation,
-                               clear_route_cache=True)
+    common = pb.CommonResponse(
+        header_mutation=_set_headers(headers), body_mutation=body_mutation, clear_route_cache=True
+    )
     return pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
 
 
@@ -69,17 +71,23 @@ def route_without_body(decision: Route) -> Any:
 
 def reply(decision: Reply) -> Any:
     """Envoy answers the client itself with this status and JSON body; nothing goes upstream."""
-    return pb.ProcessingResponse(immediate_response=pb.ImmediateResponse(
-        status=http_status_pb2.HttpStatus(code=decision.status),
-        headers=_set_headers({"content-type": "application/json"}),
-        body=decision.body,
-        details=f"expert_router_{decision.reason}",
-    ))
+    return pb.ProcessingResponse(
+        immediate_response=pb.ImmediateResponse(
+            status=http_status_pb2.HttpStatus(code=decision.status),
+            headers=_set_headers({"content-type": "application/json"}),
+            body=decision.body,
+            details=f"expert_router_{decision.reason}",
+        )
+    )
 
 
 def _set_headers(headers: dict[str, str]) -> Any:
     overwrite = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-    return pb.HeaderMutation(set_headers=[
-        base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=k, raw_value=v.encode()), append_action=overwrite)
-        for k, v in headers.items()
-    ])
+    return pb.HeaderMutation(
+        set_headers=[
+            base_pb2.HeaderValueOption(
+                header=base_pb2.HeaderValue(key=k, raw_value=v.encode()), append_action=overwrite
+            )
+            for k, v in headers.items()
+        ]
+    )

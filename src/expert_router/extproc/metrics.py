@@ -15,16 +15,20 @@ class ExtprocMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.classify_seconds = Histogram(
-            "expert_router_extproc_classify_seconds", "Time spent classifying one prompt",
-            buckets=ROUTE_BUCKETS, registry=self.registry,
+            "expert_router_extproc_classify_seconds",
+            "Time spent classifying one prompt",
+            buckets=ROUTE_BUCKETS,
+            registry=self.registry,
         )
         self.decisions = Counter(
             "expert_router_extproc_decisions",
             "Requests decided, by cluster and outcome (classifier, model, default, or an error reply)",
-            ["cluster", "outcome"], registry=self.registry,
+            ["cluster", "outcome"],
+            registry=self.registry,
         )
         self.streams = Gauge(
-            "expert_router_extproc_streams", "ext_proc streams open (one per request Envoy is processing)",
+            "expert_router_extproc_streams",
+            "ext_proc streams open (one per request Envoy is processing)",
             registry=self.registry,
         )
 

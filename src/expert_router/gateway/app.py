@@ -71,9 +71,12 @@ def build_app(deployment: Deployment, classifier: Classifier) -> web.Application
 async def _start(app: web.Application) -> None:
     gateway = app[GATEWAY_KEY]
     settings = gateway.deployment.gateway
-    gateway.forwarder = Forwarder(settings, gateway.experts, gateway.metrics, ConnectionPool(settings.connect_timeout_s))
-    gateway.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
-                                            cookie_jar=aiohttp.DummyCookieJar())
+    gateway.forwarder = Forwarder(
+        settings, gateway.experts, gateway.metrics, ConnectionPool(settings.connect_timeout_s)
+    )
+    gateway.session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), cookie_jar=aiohttp.DummyCookieJar()
+    )
     gateway.experts.start_health_checks(gateway.session)
 
 
@@ -94,8 +97,11 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(exc.status, f"{exc.reason}: {request.method} {request.path}",
-                              headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"})
+        return error_response(
+            exc.status,
+            f"{exc.reason}: {request.method} {request.path}",
+            headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"},
+        )
 
 
 # -- small endpoints -----------------------------------------------------------------------------
@@ -109,8 +115,12 @@ async def models(request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     experts = {
-        str(c): {"model": e.model, "healthy_replicas": len(e.healthy()), "replicas": len(e.replicas),
-                 "inflight": e.inflight}
+        str(c): {
+            "model": e.model,
+            "healthy_replicas": len(e.healthy()),
+            "replicas": len(e.replicas),
+            "inflight": e.inflight,
+        }
         for c, e in sorted(request.app[GATEWAY_KEY].experts.by_cluster.items())
     }
     ok = any(e["healthy_replicas"] for e in experts.values())
@@ -121,8 +131,12 @@ async def metrics(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY_KEY]
     for cluster, expert in gateway.experts.by_cluster.items():
         gateway.metrics.inflight.labels(str(cluster)).set(expert.inflight)
-    return web.Response(body=gateway.metrics.exposition(), content_type="text/plain", charset="utf-8",
-                        headers={"X-Content-Type-Options": "nosniff"})
+    return web.Response(
+        body=gateway.metrics.exposition(),
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )
 
 
 # -- generation: the spine -----------------------------------------------------------------------
@@ -155,8 +169,9 @@ async def generate(request: web.Request, chat: bool) -> web.StreamResponse:
     except Exception:  # a bug, not the client's fault: say so in the API's own words, keep the trace in the log
         log.exception("unexpected error while answering %s", request.path)
         response = error_response(500, "internal error in the gateway; see its log", "server_error")
-    gateway.metrics.requests.labels("chat" if chat else "completions", response.headers.get("X-Expert-Cluster", ""),
-                                    str(response.status)).inc()
+    gateway.metrics.requests.labels(
+        "chat" if chat else "completions", response.headers.get("X-Expert-Cluster", ""), str(response.status)
+    ).inc()
     return response
 
 
@@ -168,8 +183,9 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     """The request body, decoded from its Content-Encoding; a client's mistake is a 4xx, never a 5xx."""
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower() or "identity"
     if encoding not in CONTENT_ENCODINGS:
-        raise BadRequest(f"Content-Encoding {encoding!r} is not supported; use one of {sorted(CONTENT_ENCODINGS)}",
-                         status=415)
+        raise BadRequest(
+            f"Content-Encoding {encoding!r} is not supported; use one of {sorted(CONTENT_ENCODINGS)}", status=415
+        )
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:

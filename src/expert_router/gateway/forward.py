@@ -36,8 +36,12 @@ class Timing:
 
     def durations(self) -> dict[str, float]:
         """Server-Timing's parts: classify, queue (admission), connect (connection and write), route (all)."""
-        return {"route": self.sent - self.received, "classify": self.classified - self.received,
-                "queue": self.admitted - self.classified, "connect": self.sent - self.admitted}
+        return {
+            "route": self.sent - self.received,
+            "classify": self.classified - self.received,
+            "queue": self.admitted - self.classified,
+            "connect": self.sent - self.admitted,
+        }
 
 
 @dataclass
@@ -67,15 +71,17 @@ class Attempt:
 class Forwarder:
     """Sends planned requests to replicas; shared by every request of one gateway process."""
 
-    def __init__(self, settings: GatewaySettings, experts: Experts, metrics: GatewayMetrics,
-                 connections: ConnectionPool):
+    def __init__(
+        self, settings: GatewaySettings, experts: Experts, metrics: GatewayMetrics, connections: ConnectionPool
+    ):
         self.settings = settings
         self.experts = experts
         self.metrics = metrics
         self.connections = connections
 
-    async def forward(self, request: web.Request, client: ClientRequest, plan: Plan,
-                      timing: Timing) -> web.StreamResponse:
+    async def forward(
+        self, request: web.Request, client: ClientRequest, plan: Plan, timing: Timing
+    ) -> web.StreamResponse:
         """The answer of the first replica that starts one. Raises Saturated (429) or Unavailable (503)."""
         notes = [] if plan.order else [f"cluster {plan.routed} has no expert"]
         attempts = 0
@@ -99,11 +105,14 @@ class Forwarder:
                         notes.append(f"{replica.url} failed ({exc})")
             if attempts >= self.settings.max_attempts:
                 break
-        raise Unavailable("no expert could take the request: " + ("; ".join(notes) or "no experts configured"),
-                          headers={"Retry-After": "1"})
+        raise Unavailable(
+            "no expert could take the request: " + ("; ".join(notes) or "no experts configured"),
+            headers={"Retry-After": "1"},
+        )
 
-    async def _try(self, request: web.Request, client: ClientRequest, attempt: Attempt,
-                   payload: bytes) -> web.StreamResponse:
+    async def _try(
+        self, request: web.Request, client: ClientRequest, attempt: Attempt, payload: bytes
+    ) -> web.StreamResponse:
         """Send to one replica. Raises ReplicaFailed while nothing has reached the client yet."""
         replica, settings = attempt.replica, self.settings
         path = "/v1/chat/completions" if client.chat else "/v1/completions"
@@ -112,15 +121,18 @@ class Forwarder:
         replica.sent()
         try:
             try:
-                async with asyncio.timeout(settings.first_token_timeout_s if client.stream
-                                           else settings.request_timeout_s):
+                async with asyncio.timeout(
+                    settings.first_token_timeout_s if client.stream else settings.request_timeout_s
+                ):
                     connection = await self.connections.open(replica.url, message)
                     attempt.timing.sent = connection.sent_at
                     self.metrics.routing_seconds.observe(attempt.timing.sent - attempt.timing.received)
                     await _first_bytes(connection, client.stream)
             except TimeoutError:
-                raise ReplicaFailed("timeout", "no first token within the timeout" if client.stream
-                                    else "no answer within the request timeout") from None
+                raise ReplicaFailed(
+                    "timeout",
+                    "no first token within the timeout" if client.stream else "no answer within the request timeout",
+                ) from None
             except ConnectionFailed as exc:
                 raise ReplicaFailed("connect", str(exc)) from None
             return await self._answer(request, client, attempt, connection)
@@ -129,17 +141,27 @@ class Forwarder:
             if connection is not None:
                 self.connections.release(replica.url, connection)  # closes it unless the answer ended cleanly
 
-    async def _answer(self, request: web.Request, client: ClientRequest, attempt: Attempt,
-                      connection: HttpConnection) -> web.StreamResponse:
+    async def _answer(
+        self, request: web.Request, client: ClientRequest, attempt: Attempt, connection: HttpConnection
+    ) -> web.StreamResponse:
         """The replica has begun to answer: relay a stream, or pass a whole answer (or a 4xx) on."""
         attempt.replica.record_success()
         if attempt.cluster != attempt.plan.routed:
             self.metrics.fallbacks.labels(str(attempt.plan.routed), str(attempt.cluster)).inc()
         if connection.status != 200 or not client.stream:
-            return web.Response(status=connection.status, body=b"".join(connection.buffer), headers={
-                **attempt.headers(), "Content-Type": connection.content_type.decode() or "application/json"})
-        relay = Relay(request, connection, attempt.replica.url, attempt.headers(), self.settings.idle_timeout_s,
-                      self.metrics.streamed_chunks.inc)
+            return web.Response(
+                status=connection.status,
+                body=b"".join(connection.buffer),
+                headers={**attempt.headers(), "Content-Type": connection.content_type.decode() or "application/json"},
+            )
+        relay = Relay(
+            request,
+            connection,
+            attempt.replica.url,
+            attempt.headers(),
+            self.settings.idle_timeout_s,
+            self.metrics.streamed_chunks.inc,
+        )
         return await relay.run()
 
 

@@ -27,31 +27,46 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "expert_router_requests", "Requests answered, by endpoint, routed cluster and HTTP status",
-            ["endpoint", "cluster", "status"], registry=self.registry,
+            "expert_router_requests",
+            "Requests answered, by endpoint, routed cluster and HTTP status",
+            ["endpoint", "cluster", "status"],
+            registry=self.registry,
         )
         self.routing_seconds = Histogram(
-            "expert_router_routing_seconds", "Time from receiving a request to sending it upstream",
-            buckets=ROUTE_BUCKETS, registry=self.registry,
+            "expert_router_routing_seconds",
+            "Time from receiving a request to sending it upstream",
+            buckets=ROUTE_BUCKETS,
+            registry=self.registry,
         )
         self.classify_seconds = Histogram(
-            "expert_router_classify_seconds", "Time spent classifying one prompt",
-            buckets=ROUTE_BUCKETS, registry=self.registry,
+            "expert_router_classify_seconds",
+            "Time spent classifying one prompt",
+            buckets=ROUTE_BUCKETS,
+            registry=self.registry,
         )
         self.inflight = Gauge(
-            "expert_router_inflight", "Requests in flight per cluster", ["cluster"], registry=self.registry,
+            "expert_router_inflight",
+            "Requests in flight per cluster",
+            ["cluster"],
+            registry=self.registry,
             multiprocess_mode="livesum",
         )
         self.fallbacks = Counter(
-            "expert_router_fallbacks", "Requests sent to another cluster's expert than the classifier chose",
-            ["from_cluster", "to_cluster"], registry=self.registry,
+            "expert_router_fallbacks",
+            "Requests sent to another cluster's expert than the classifier chose",
+            ["from_cluster", "to_cluster"],
+            registry=self.registry,
         )
         self.upstream_failures = Counter(
-            "expert_router_upstream_failures", "Upstream failures by replica and kind",
-            ["replica", "kind"], registry=self.registry,
+            "expert_router_upstream_failures",
+            "Upstream failures by replica and kind",
+            ["replica", "kind"],
+            registry=self.registry,
         )
         self.streamed_chunks = Counter(
-            "expert_router_streamed_chunks", "SSE chunks relayed to clients", registry=self.registry,
+            "expert_router_streamed_chunks",
+            "SSE chunks relayed to clients",
+            registry=self.registry,
         )
 
     def exposition(self) -> bytes:

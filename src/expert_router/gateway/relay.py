@@ -40,8 +40,15 @@ WRITE_FAST_LIMIT = 64 * 1024
 class Relay:
     """One stream from `connection` to the client of `request`. `run()` once."""
 
-    def __init__(self, request: web.Request, connection: HttpConnection, upstream_url: str,
-                 headers: dict[str, str], idle_timeout_s: float, on_done: Callable[[int], None]):
+    def __init__(
+        self,
+        request: web.Request,
+        connection: HttpConnection,
+        upstream_url: str,
+        headers: dict[str, str],
+        idle_timeout_s: float,
+        on_done: Callable[[int], None],
+    ):
         self.request = request
         self.connection = connection
         self.upstream_url = upstream_url
@@ -88,8 +95,11 @@ class Relay:
         except ConnectionFailed as exc:
             if self._client_gone():
                 raise asyncio.CancelledError from None  # nothing left to tell the client
-            return "the expert stopped answering (idle timeout)" if self.watchdog.fired \
+            return (
+                "the expert stopped answering (idle timeout)"
+                if self.watchdog.fired
                 else f"the expert's stream broke off: {exc}"
+            )
         finally:
             connection.sink = None
             self.watchdog.cancel()

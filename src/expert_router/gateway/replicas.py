@@ -110,7 +110,6 @@ class Expert:
             self.inflight -= 1
             self._slots.release()
 
-
     async def _shared_slot(self) -> None:
         deadline = time.monotonic() + self.settings.queue_timeout_s
         while self.carried() >= self.settings.max_inflight_per_expert:
@@ -120,10 +119,14 @@ class Expert:
 
     def _saturated(self) -> Saturated:
         s = self.settings
-        return Saturated(f"expert {self.model} (cluster {self.config.cluster}) has {s.max_inflight_per_expert} "
-                         f"requests in flight and no slot freed up within {s.queue_timeout_s:g} s",
-                         headers={"Retry-After": str(max(1, round(s.queue_timeout_s))),
-                                  "X-Expert-Cluster": str(self.config.cluster)})
+        return Saturated(
+            f"expert {self.model} (cluster {self.config.cluster}) has {s.max_inflight_per_expert} "
+            f"requests in flight and no slot freed up within {s.queue_timeout_s:g} s",
+            headers={
+                "Retry-After": str(max(1, round(s.queue_timeout_s))),
+                "X-Expert-Cluster": str(self.config.cluster),
+            },
+        )
 
 
 class Experts:
@@ -158,7 +161,9 @@ class Experts:
             await asyncio.sleep(self.settings.load_interval_s)
 
     @staticmethod
-    async def _read_load(session: aiohttp.ClientSession, replicas: list[Replica], timeout: aiohttp.ClientTimeout) -> None:
+    async def _read_load(
+        session: aiohttp.ClientSession, replicas: list[Replica], timeout: aiohttp.ClientTimeout
+    ) -> None:
         try:
             async with session.get(replicas[0].metrics_url, timeout=timeout) as response:
                 text = await response.text() if response.status == 200 else ""

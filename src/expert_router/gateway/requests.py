@@ -56,8 +56,10 @@ def _prompt_text(body: dict[str, Any]) -> str:
         if not prompt:
             raise BadRequest("'prompt' is empty", param="prompt")
         if not all(isinstance(p, str) for p in prompt):
-            raise BadRequest("'prompt' must be a string or a list of strings: the gateway routes on text, "
-                             "not token ids", param="prompt")
+            raise BadRequest(
+                "'prompt' must be a string or a list of strings: the gateway routes on text, not token ids",
+                param="prompt",
+            )
         text = "\n".join(prompt)
     elif isinstance(prompt, str):
         text = prompt

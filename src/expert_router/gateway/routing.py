@@ -42,8 +42,12 @@ class Router:
             cluster = self.by_model.get(request.model)
             if cluster is None:
                 known = [self.model_name, *self.by_model]
-                raise BadRequest(f"The model `{request.model}` does not exist; this gateway serves {known}",
-                                 status=404, code="model_not_found", param="model")
+                raise BadRequest(
+                    f"The model `{request.model}` does not exist; this gateway serves {known}",
+                    status=404,
+                    code="model_not_found",
+                    param="model",
+                )
             return Plan(cluster, [cluster], classified=False)
         ranked: list[int] = self.classifier.route(request.text).ranked(0).tolist()
         if self.fallback == "none":

@@ -52,8 +52,9 @@ class Target:
         return orjson.dumps(body)
 
 
-async def send(pool: ConnectionPool, target: Target, body: bytes, record: RequestRecord, t0: float,
-               timeout_s: float) -> None:
+async def send(
+    pool: ConnectionPool, target: Target, body: bytes, record: RequestRecord, t0: float, timeout_s: float
+) -> None:
     """Fill `record` from one streaming request. Never raises for a failed request: it records it."""
     record.t_start = clock() - t0
     reader = _Reader(record, target.chat, t0)

@@ -17,8 +17,14 @@ from expert_router.loadgen.users import LiveStats, RunSettings, run
 from expert_router.loadgen.workload import WorkItem
 
 
-def run_here(settings: RunSettings, items: Sequence[WorkItem], records_path: Path, t0: float,
-             stats: LiveStats | None = None, on_tick: Callable[[], None] | None = None) -> dict[str, Any]:
+def run_here(
+    settings: RunSettings,
+    items: Sequence[WorkItem],
+    records_path: Path,
+    t0: float,
+    stats: LiveStats | None = None,
+    on_tick: Callable[[], None] | None = None,
+) -> dict[str, Any]:
     """One process's users; returns its self-check as a dict. Records are appended to `records_path`."""
     install_uvloop()
     writer = RecordWriter(records_path)
@@ -29,14 +35,16 @@ def run_here(settings: RunSettings, items: Sequence[WorkItem], records_path: Pat
     return asdict(result)
 
 
-def _worker(settings: RunSettings, items: Sequence[WorkItem], path: Path, t0: float, offset: int,
-            queue: Queue[dict[str, Any]]) -> None:
+def _worker(
+    settings: RunSettings, items: Sequence[WorkItem], path: Path, t0: float, offset: int, queue: Queue[dict[str, Any]]
+) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent tells the workers to stop (SIGTERM)
     queue.put(run_here(settings, items, path, t0) | {"worker": offset})
 
 
-def run_processes(settings: RunSettings, items: Sequence[WorkItem], records_path: Path, t0: float,
-                  processes: int) -> list[dict[str, Any]]:
+def run_processes(
+    settings: RunSettings, items: Sequence[WorkItem], records_path: Path, t0: float, processes: int
+) -> list[dict[str, Any]]:
     """Users spread over `processes` processes, each with a disjoint stride of the workload; their
     records merged into `records_path` whatever happens. Returns the self-checks that came back."""
     context = multiprocessing.get_context("spawn")
@@ -45,13 +53,17 @@ def run_processes(settings: RunSettings, items: Sequence[WorkItem], records_path
     for p in range(processes):
         share = settings.users // processes + (1 if p < settings.users % processes else 0)
         part = replace(
-            settings, users=max(share, 1), process=p, processes=processes,
+            settings,
+            users=max(share, 1),
+            process=p,
+            processes=processes,
             rate=None if settings.rate is None else settings.rate / processes,
-            requests=None if settings.requests is None else settings.requests // processes
-            + (1 if p < settings.requests % processes else 0))
+            requests=None
+            if settings.requests is None
+            else settings.requests // processes + (1 if p < settings.requests % processes else 0),
+        )
         path = records_path.with_name(f"records.part{p}.jsonl")
-        workers.append((context.Process(target=_worker, args=(part, items, path, t0, p, queue)),
-                        path))
+        workers.append((context.Process(target=_worker, args=(part, items, path, t0, p, queue)), path))
     for process, _ in workers:
         process.start()
     checks = []

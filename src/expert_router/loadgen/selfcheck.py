@@ -35,18 +35,23 @@ class SelfCheck:
     reasons: list[str]
 
 
-def self_check(lag_ms: list[float], cpu_share: float, run_s: float, failed: int = 0, requests: int = 0,
-               interrupted: bool = False) -> SelfCheck:
+def self_check(
+    lag_ms: list[float], cpu_share: float, run_s: float, failed: int = 0, requests: int = 0, interrupted: bool = False
+) -> SelfCheck:
     lag = np.asarray(lag_ms or [0.0])
     p99, worst = float(np.percentile(lag, 99)), float(lag.max())
     stalled = float(lag[lag > LAG_LIMIT_MS].sum()) / 1000 / max(run_s, 1e-9)
     reasons = []
     if p99 > LAG_LIMIT_MS:
-        reasons.append(f"event-loop lag p99 {p99:.1f} ms > {LAG_LIMIT_MS:g} ms: the simulator was too busy to read "
-                       "tokens on time; use --processes or fewer users")
+        reasons.append(
+            f"event-loop lag p99 {p99:.1f} ms > {LAG_LIMIT_MS:g} ms: the simulator was too busy to read "
+            "tokens on time; use --processes or fewer users"
+        )
     if worst > STALL_LIMIT_MS:
-        reasons.append(f"the simulator stalled for {worst:.0f} ms once (limit {STALL_LIMIT_MS:g} ms): token times "
-                       "around it are late")
+        reasons.append(
+            f"the simulator stalled for {worst:.0f} ms once (limit {STALL_LIMIT_MS:g} ms): token times "
+            "around it are late"
+        )
     if stalled > STALLED_SHARE_LIMIT:
         reasons.append(f"the simulator was stalled {stalled:.1%} of the run (limit {STALLED_SHARE_LIMIT:.0%})")
     if cpu_share > CPU_LIMIT:

@@ -93,15 +93,29 @@ class _Run:
     deadline: float | None = None
 
 
-async def run(settings: RunSettings, items: Sequence[WorkItem], writer: RecordWriter, t0: float,
-              stats: LiveStats, on_tick: Callable[[], None] | None = None) -> SelfCheck:
+async def run(
+    settings: RunSettings,
+    items: Sequence[WorkItem],
+    writer: RecordWriter,
+    t0: float,
+    stats: LiveStats,
+    on_tick: Callable[[], None] | None = None,
+) -> SelfCheck:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     pool = ConnectionPool(settings.connect_timeout_s)
-    shared = _Run(settings, settings.target(), pool, Work(items, settings.requests, settings.process,
-                                                          settings.processes), writer, t0, stats, stop)
+    shared = _Run(
+        settings,
+        settings.target(),
+        pool,
+        Work(items, settings.requests, settings.process, settings.processes),
+        writer,
+        t0,
+        stats,
+        stop,
+    )
     thresholds = _quiet_gc()
     cpu_start, wall_start = _cpu_seconds(), time.monotonic()
     monitor = asyncio.create_task(_watch_lag(stats, on_tick))
@@ -118,8 +132,14 @@ async def run(settings: RunSettings, items: Sequence[WorkItem], writer: RecordWr
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     run_s = max(time.monotonic() - wall_start, 1e-9)
-    return self_check(stats.lag_ms, (_cpu_seconds() - cpu_start) / run_s, run_s, stats.failed,
-                      stats.done + stats.failed, interrupted=stop.is_set())
+    return self_check(
+        stats.lag_ms,
+        (_cpu_seconds() - cpu_start) / run_s,
+        run_s,
+        stats.failed,
+        stats.done + stats.failed,
+        interrupted=stop.is_set(),
+    )
 
 
 def _quiet_gc() -> tuple[int, int, int]:
@@ -150,8 +170,10 @@ async def _measure(shared: _Run) -> None:
     settings = shared.settings
     shared.deadline = None if settings.duration_s is None else clock() + settings.duration_s
     if settings.mode == "closed":
-        tasks = [asyncio.create_task(_closed_user(shared, settings.process + u * settings.processes))
-                 for u in range(settings.users)]
+        tasks = [
+            asyncio.create_task(_closed_user(shared, settings.process + u * settings.processes))
+            for u in range(settings.users)
+        ]
     else:
         tasks = [asyncio.create_task(_open_loop(shared))]
     await _until_stopped(shared.stop, tasks)
@@ -191,12 +213,20 @@ async def _watch_lag(stats: LiveStats, on_tick: Callable[[], None] | None) -> No
 async def _one(shared: _Run, work: tuple[int, WorkItem], user: int, t_scheduled: float) -> None:
     request_id, item = work
     stats = shared.stats
-    record = RequestRecord(request_id=request_id, workload_id=item.id, user_id=user, cluster_drawn=item.cluster,
-                           prompt_tokens=item.input_tokens, max_tokens=item.max_tokens, t_scheduled=t_scheduled)
+    record = RequestRecord(
+        request_id=request_id,
+        workload_id=item.id,
+        user_id=user,
+        cluster_drawn=item.cluster,
+        prompt_tokens=item.input_tokens,
+        max_tokens=item.max_tokens,
+        t_scheduled=t_scheduled,
+    )
     stats.inflight += 1
     try:
-        await send(shared.pool, shared.target, shared.target.body(item), record, shared.t0,
-                   shared.settings.request_timeout_s)
+        await send(
+            shared.pool, shared.target, shared.target.body(item), record, shared.t0, shared.settings.request_timeout_s
+        )
     finally:
         stats.inflight -= 1
         if shared.writer is not None:
@@ -224,7 +254,7 @@ async def _open_loop(shared: _Run) -> None:
     which keeps client slip from hiding as coordinated omission). Every arrival is a user of its own."""
     settings = shared.settings
     rng = np.random.default_rng(settings.process)
-    rate = (settings.rate or 1.0)
+    rate = settings.rate or 1.0
     inflight: set[asyncio.Task[None]] = set()
     start, t_next = clock(), 0.0
     try:

@@ -52,18 +52,35 @@ class Evaluation:
     def routed_vs_random(self) -> float:
         """Mean over rows of routed expert / mean of the other experts' perplexity."""
         k = len(self.base)
-        return float(np.mean([self.matrix[i, i] / np.mean([self.matrix[i, j] for j in range(k) if j != i])
-                              for i in self.rows])) if k > 1 else math.nan
+        return (
+            float(
+                np.mean(
+                    [self.matrix[i, i] / np.mean([self.matrix[i, j] for j in range(k) if j != i]) for i in self.rows]
+                )
+            )
+            if k > 1
+            else math.nan
+        )
 
     def summary(self) -> dict[str, Any]:
-        return {"clusters": len(self.base), "rows_with_held_out": len(self.rows),
-                "diagonal_lowest_rows": self.diagonal_lowest, "routed_vs_base": self.routed_vs_base,
-                "routed_vs_random": self.routed_vs_random, "routing_accuracy": self.routing_accuracy,
-                "held_out_documents": sum(self.documents)}
+        return {
+            "clusters": len(self.base),
+            "rows_with_held_out": len(self.rows),
+            "diagonal_lowest_rows": self.diagonal_lowest,
+            "routed_vs_base": self.routed_vs_base,
+            "routed_vs_random": self.routed_vs_random,
+            "routing_accuracy": self.routing_accuracy,
+            "held_out_documents": sum(self.documents),
+        }
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.summary(), "perplexity": self.matrix.tolist(), "base_perplexity": self.base.tolist(),
-                "documents": self.documents, "cluster_labels": {str(c): v for c, v in self.cluster_labels.items()}}
+        return {
+            **self.summary(),
+            "perplexity": self.matrix.tolist(),
+            "base_perplexity": self.base.tolist(),
+            "documents": self.documents,
+            "cluster_labels": {str(c): v for c, v in self.cluster_labels.items()},
+        }
 
 
 def routing_accuracy(classifier_dir: Path, held_out: HeldOut) -> float | None:
@@ -84,18 +101,21 @@ def load_experts(folder: Path) -> tuple[Any, Any, list[int]]:
 
     adapters = sorted((folder / "adapters").glob("expert-*"), key=lambda p: int(p.name.split("-")[1]))
     if not (folder / "base").is_dir() or not adapters:
-        raise UserError(f"{folder} holds no built experts (base/ and adapters/expert-C/): "
-                        "run `expert-router experts build` first")
-    model = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(folder / "base"), adapters[0],
-                                      adapter_name=adapters[0].name)
+        raise UserError(
+            f"{folder} holds no built experts (base/ and adapters/expert-C/): run `expert-router experts build` first"
+        )
+    model = PeftModel.from_pretrained(
+        LlamaForCausalLM.from_pretrained(folder / "base"), adapters[0], adapter_name=adapters[0].name
+    )
     for path in adapters[1:]:
         model.load_adapter(path, adapter_name=path.name)
     model.eval()
     return model, AutoTokenizer.from_pretrained(folder / "base"), [int(p.name.split("-")[1]) for p in adapters]
 
 
-def evaluate_experts(folder: Path, max_documents: int | None = None,
-                     progress: Callable[[str], None] | None = None) -> Evaluation:
+def evaluate_experts(
+    folder: Path, max_documents: int | None = None, progress: Callable[[str], None] | None = None
+) -> Evaluation:
     """The evaluation of the experts built in `folder` on their held-out documents."""
     import torch
 

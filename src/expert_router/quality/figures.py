@@ -21,9 +21,14 @@ import numpy as np
 from expert_router.quality.evaluate import Evaluation
 
 COLUMNS = [
-    ("cluster", "cluster"), ("topic", "topic"), ("held-out docs", "documents"),
-    ("routed expert", "routed"), ("best other expert", "best_other"), ("random other expert", "random_other"),
-    ("base model", "base"), ("routed / base", "routed_vs_base"),
+    ("cluster", "cluster"),
+    ("topic", "topic"),
+    ("held-out docs", "documents"),
+    ("routed expert", "routed"),
+    ("best other expert", "best_other"),
+    ("random other expert", "random_other"),
+    ("base model", "base"),
+    ("routed / base", "routed_vs_base"),
 ]
 """Table columns (header, key): perplexities on the cluster's held-out text."""
 
@@ -47,8 +52,16 @@ def heat_map(evaluation: Evaluation, path: Path) -> Path:
     for i in range(k):
         for j in range(k + 1):
             if not math.isnan(values[i, j]):
-                ax.text(j, i, f"{values[i, j]:.0f}", ha="center", va="center", fontsize=7,
-                        color="white" if j == i else "black", fontweight="bold" if j == i else "normal")
+                ax.text(
+                    j,
+                    i,
+                    f"{values[i, j]:.0f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if j == i else "black",
+                    fontweight="bold" if j == i else "normal",
+                )
     topics = [evaluation.cluster_labels.get(i, "") for i in range(k)]
     ax.set_xticks(range(k + 1), [f"expert-{j}" for j in range(k)] + ["base"], rotation=45, ha="right")
     ax.set_yticks(range(k), [f"{i} {t}".strip() for i, t in enumerate(topics)])
@@ -68,10 +81,18 @@ def table_rows(evaluation: Evaluation) -> list[dict[str, Any]]:
     rows = []
     for i in evaluation.rows:
         others = [float(evaluation.matrix[i, j]) for j in range(k) if j != i]
-        rows.append({"cluster": i, "topic": evaluation.cluster_labels.get(i), "documents": evaluation.documents[i],
-                     "routed": float(evaluation.matrix[i, i]), "best_other": min(others, default=None),
-                     "random_other": float(np.mean(others)) if others else None, "base": float(evaluation.base[i]),
-                     "routed_vs_base": float(evaluation.matrix[i, i] / evaluation.base[i])})
+        rows.append(
+            {
+                "cluster": i,
+                "topic": evaluation.cluster_labels.get(i),
+                "documents": evaluation.documents[i],
+                "routed": float(evaluation.matrix[i, i]),
+                "best_other": min(others, default=None),
+                "random_other": float(np.mean(others)) if others else None,
+                "base": float(evaluation.base[i]),
+                "routed_vs_base": float(evaluation.matrix[i, i] / evaluation.base[i]),
+            }
+        )
     return rows
 
 

@@ -55,10 +55,20 @@ def majority_labels(clusters: Sequence[int], labels: Sequence[str | None]) -> di
 
 def write_held_out(folder: Path, held_out: HeldOut, fraction: float) -> Path:
     path = folder / FILE_NAME
-    documents = [{"cluster": c, "label": label, "text": t}
-                 for t, c, label in zip(held_out.texts, held_out.clusters, held_out.labels)]
-    path.write_text(json.dumps({"fraction": fraction, "cluster_labels": {str(c): v for c, v in
-                                held_out.cluster_labels.items()}, "documents": documents}, indent=1))
+    documents = [
+        {"cluster": c, "label": label, "text": t}
+        for t, c, label in zip(held_out.texts, held_out.clusters, held_out.labels)
+    ]
+    path.write_text(
+        json.dumps(
+            {
+                "fraction": fraction,
+                "cluster_labels": {str(c): v for c, v in held_out.cluster_labels.items()},
+                "documents": documents,
+            },
+            indent=1,
+        )
+    )
     return path
 
 
@@ -66,20 +76,26 @@ def read_held_out(folder: Path) -> HeldOut:
     """The held-out documents an expert build wrote, or a UserError that says how to get them."""
     path = folder / FILE_NAME
     if not path.is_file():
-        raise UserError(f"{folder} has no {FILE_NAME}: experts built before held-out splits existed; "
-                        "build them again with `expert-router experts build` (--held-out above 0)")
+        raise UserError(
+            f"{folder} has no {FILE_NAME}: experts built before held-out splits existed; "
+            "build them again with `expert-router experts build` (--held-out above 0)"
+        )
     try:
         data = json.loads(path.read_text())
         documents = data["documents"]
-        return HeldOut(texts=[str(d["text"]) for d in documents], clusters=[int(d["cluster"]) for d in documents],
-                       labels=[d.get("label") for d in documents],
-                       cluster_labels={int(c): str(v) for c, v in data.get("cluster_labels", {}).items()})
+        return HeldOut(
+            texts=[str(d["text"]) for d in documents],
+            clusters=[int(d["cluster"]) for d in documents],
+            labels=[d.get("label") for d in documents],
+            cluster_labels={int(c): str(v) for c, v in data.get("cluster_labels", {}).items()},
+        )
     except (ValueError, KeyError, TypeError) as exc:
         raise UserError(f"{path} is not a held-out file written by `experts build` ({exc})") from None
 
 
-def split_documents(texts: Sequence[str], labels: Sequence[str | None], clusters: Sequence[int], k: int,
-                    fraction: float) -> tuple[dict[int, list[str]], HeldOut]:
+def split_documents(
+    texts: Sequence[str], labels: Sequence[str | None], clusters: Sequence[int], k: int, fraction: float
+) -> tuple[dict[int, list[str]], HeldOut]:
     """(training texts by cluster, the held-out documents) of a routed corpus."""
     training: dict[int, list[str]] = {c: [] for c in range(k)}
     kept = [(t, c, label) for t, c, label in zip(texts, clusters, labels) if is_held_out(t, fraction)]

@@ -21,12 +21,13 @@ def total_loss(model: Any, ids: np.ndarray, labels: np.ndarray, batch_size: int 
     nll, tokens = 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(ids), batch_size):
-            batch = torch.from_numpy(ids[start: start + batch_size])
-            target = torch.from_numpy(labels[start: start + batch_size])
+            batch = torch.from_numpy(ids[start : start + batch_size])
+            target = torch.from_numpy(labels[start : start + batch_size])
             logits = model(input_ids=batch, attention_mask=(target != -100).long()).logits[:, :-1]
             shifted = target[:, 1:]
             losses = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]).float(), shifted.reshape(-1), ignore_index=-100, reduction="sum")
+                logits.reshape(-1, logits.shape[-1]).float(), shifted.reshape(-1), ignore_index=-100, reduction="sum"
+            )
             nll += float(losses)
             tokens += int((shifted != -100).sum())
     return nll, tokens
