@@ -157,12 +157,14 @@ class Classifier:
         """Read an artifact, refusing one that is corrupt, altered or of another format version."""
         stored = artifact.load(directory)
         arrays = stored.arrays
+        idf, projection, centroids = arrays["idf"], arrays["projection"], arrays["centroids"]
+        assert idf is not None and projection is not None and centroids is not None  # artifact.load checks them
         return Classifier(
             settings=stored.settings,
             vocabulary=stored.vocabulary,
-            idf=arrays["idf"],  # type: ignore[arg-type]
-            projection=arrays["projection"],
-            centroids=arrays["centroids"],  # type: ignore[arg-type]
+            idf=idf,
+            projection=projection,
+            centroids=centroids,
             scale_mean=arrays.get("scale_mean"),
             scale_std=arrays.get("scale_std"),
             train_sizes=stored.train_sizes,

@@ -138,78 +138,40 @@ def build_and_evaluate(out: Path, classifier_dir: Path) -> Path:
     return experts
 
 
+def _service(name: str, command: str, port: int) -> dict[str, str]:
+    return {"name": name, "command": command, "ready_url": f"http://127.0.0.1:{port}/health"}
+
+
+def configurations() -> list[dict[str, object]]:
+    """Router (8 LoRA experts behind the gateway), the same experts reached directly (the gateway's
+    overhead), and the base model alone (the baseline). Router and direct share the expert server."""
+    experts = _service("experts", "expert-router experts serve experts/deployment.yaml", ROUTER_PORT)
+    gateway = _service("gateway", f"expert-router serve experts/deployment.yaml --port {GATEWAY_PORT}", GATEWAY_PORT)
+    return [
+        {"name": "router", "url": f"http://127.0.0.1:{GATEWAY_PORT}", "services": [experts, gateway]},
+        {"name": "direct", "url": f"http://127.0.0.1:{ROUTER_PORT}", "model": "expert-{cluster}",
+         "direct_of": "router", "services": [experts]},
+        {"name": "baseline", "url": f"http://127.0.0.1:{BASELINE_PORT}", "model": "base",
+         "services": [_service("base-model", "expert-router experts serve baseline.yaml", BASELINE_PORT)]},
+    ]  # fmt: skip
+
+
 def write_experiment(out: Path, args: argparse.Namespace) -> Path:
-    """The demo's experiment: router (8 LoRA experts behind the gateway) vs baseline (the base model)."""
+    """The demo's experiment file (and the baseline's deployment file it names)."""
     baseline = {
         "classifier": "classifier",
         "engine": {"kind": "vllm"},
-        "experts": [
-            {
-                "cluster": 0,
-                "model": "base",
-                "model_path": "experts/base",
-                "endpoints": [f"http://127.0.0.1:{BASELINE_PORT}"],
-            }
-        ],
-    }
+        "experts": [{"cluster": 0, "model": "base", "model_path": "experts/base",
+                     "endpoints": [f"http://127.0.0.1:{BASELINE_PORT}"]}],
+    }  # fmt: skip
     (out / "baseline.yaml").write_text(
         "# The single-model baseline: one vLLM server, no routing.\n" + yaml.safe_dump(baseline, sort_keys=False)
     )
     experiment = {
-        "name": "demo",
-        "corpus": "demo",
-        "classifier": "classifier",
-        "tokenizer": "experts/base/tokenizer.json",
-        "users": args.users,
-        "mixes": ["uniform", "normal"],
-        "repetitions": 1,
-        "duration_s": args.duration,
-        "max_tokens": args.max_tokens,
-        "input_lengths": "mlperf",
-        "configurations": [
-            {
-                "name": "router",
-                "url": f"http://127.0.0.1:{GATEWAY_PORT}",
-                "services": [
-                    {
-                        "name": "experts",
-                        "command": "expert-router experts serve experts/deployment.yaml",
-                        "ready_url": f"http://127.0.0.1:{ROUTER_PORT}/health",
-                    },
-                    {
-                        "name": "gateway",
-                        "command": f"expert-router serve experts/deployment.yaml --port {GATEWAY_PORT}",
-                        "ready_url": f"http://127.0.0.1:{GATEWAY_PORT}/health",
-                    },
-                ],
-            },
-            {
-                "name": "direct",
-                "url": f"http://127.0.0.1:{ROUTER_PORT}",
-                "model": "expert-{cluster}",
-                "direct_of": "router",
-                "services": [
-                    {
-                        "name": "experts",
-                        "command": "expert-router experts serve experts/deployment.yaml",
-                        "ready_url": f"http://127.0.0.1:{ROUTER_PORT}/health",
-                    },
-                ],
-            },
-            {
-                "name": "baseline",
-                "url": f"http://127.0.0.1:{BASELINE_PORT}",
-                "model": "base",
-                "services": [
-                    {
-                        "name": "base-model",
-                        "command": "expert-router experts serve baseline.yaml",
-                        "ready_url": f"http://127.0.0.1:{BASELINE_PORT}/health",
-                    },
-                ],
-            },
-        ],
-    }
+        "name": "demo", "corpus": "demo", "classifier": "classifier", "tokenizer": "experts/base/tokenizer.json",
+        "users": args.users, "mixes": ["uniform", "normal"], "repetitions": 1, "duration_s": args.duration,
+        "max_tokens": args.max_tokens, "input_lengths": "mlperf", "configurations": configurations(),
+    }  # fmt: skip
     path = out / "experiment.yaml"
     path.write_text(
         "# Written by `expert-router demo`; run again with:\n"

@@ -6,6 +6,7 @@ import argparse
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -83,11 +84,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run_build(args: argparse.Namespace) -> int:
     from expert_router.classifier import Classifier
     from expert_router.corpus import CorpusOptions, load_corpus
-    from expert_router.engine.build import (
-        BuildSettings,
-        build_experts,
-        write_deployments,
-    )
+    from expert_router.engine.build import BuildSettings, write_deployments
     from expert_router.quality.heldout import split_documents, write_held_out
 
     try:
@@ -104,14 +101,24 @@ def run_build(args: argparse.Namespace) -> int:
     if empty:
         raise UserError(f"clusters {empty} hold no documents of {args.corpus!r}: use a larger corpus")
     started = time.perf_counter()
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    ) as bar:
+    info = _build_with_progress(by_cluster, args, settings)
+    paths = write_deployments(args.out, args.classifier, sorted(by_cluster), args.port, args.merge, settings.lora_rank)
+    write_held_out(args.out, held_out, settings.held_out)
+    output.print(
+        _built_table(
+            f"{classifier.k} experts built in {time.perf_counter() - started:.0f} s", by_cluster, info["final_loss"]
+        )
+    )
+    console.print("deployment files: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _build_with_progress(by_cluster: dict[int, list[str]], args: argparse.Namespace, settings: Any) -> dict[str, Any]:
+    from expert_router.engine.build import build_experts
+
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TimeElapsedColumn())  # fmt: skip
+    with Progress(*columns, console=console, transient=False) as bar:
         tasks: dict[str, TaskID] = {}
 
         def progress(name: str, done: int, total: int) -> None:
@@ -120,22 +127,20 @@ def run_build(args: argparse.Namespace) -> int:
             bar.update(tasks[name], completed=done)
 
         try:
-            info = build_experts(by_cluster, args.out, settings, progress, merge=args.merge)
+            info: dict[str, Any] = build_experts(by_cluster, args.out, settings, progress, merge=args.merge)
         except ValueError as exc:
             raise UserError(str(exc)) from None
-    paths = write_deployments(args.out, args.classifier, sorted(by_cluster), args.port, args.merge, settings.lora_rank)
-    write_held_out(args.out, held_out, settings.held_out)
-    table = Table(title=f"{classifier.k} experts built in {time.perf_counter() - started:.0f} s")
+    return info
+
+
+def _built_table(title: str, by_cluster: dict[int, list[str]], losses: dict[str, float]) -> Table:
+    table = Table(title=title)
     for column in ("expert", "documents", "final loss"):
         table.add_column(column, justify="right")
-    table.add_row("base", f"{sum(len(t) for t in by_cluster.values()):,}", f"{info['final_loss']['base']:.2f}")
+    table.add_row("base", f"{sum(len(t) for t in by_cluster.values()):,}", f"{losses['base']:.2f}")
     for cluster in sorted(by_cluster):
-        table.add_row(
-            f"expert-{cluster}", f"{len(by_cluster[cluster]):,}", f"{info['final_loss'][f'expert-{cluster}']:.2f}"
-        )
-    output.print(table)
-    console.print("deployment files: " + ", ".join(str(p) for p in paths))
-    return 0
+        table.add_row(f"expert-{cluster}", f"{len(by_cluster[cluster]):,}", f"{losses[f'expert-{cluster}']:.2f}")
+    return table
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -73,7 +73,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         default=1,
         help="requests per user (open loop: in all) answered before measuring, not recorded",
     )
-    group = parser.add_argument_group("workload")
+    _add_workload_options(parser.add_argument_group("workload"))
+    parser.set_defaults(handler=run)
+
+
+def _add_workload_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--workload", type=Path, help="replay a saved workload.jsonl instead of drawing one")
     group.add_argument("--corpus", default="demo", help="where prompts come from (as for `classifier fit`)")
     group.add_argument("--classifier", type=Path, help="saved classifier that tags prompts with clusters")
@@ -90,7 +94,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     group.add_argument("--ignore-eos", action="store_true", help="ask the server to always generate --max-tokens")
     group.add_argument("--pool", type=int, default=1000, help="distinct prompts drawn for the workload")
     group.add_argument("--seed", type=int, default=0)
-    parser.set_defaults(handler=run)
 
 
 def workload_spec(args: argparse.Namespace) -> WorkloadSpec:

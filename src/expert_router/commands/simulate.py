@@ -23,15 +23,25 @@ MEAN STD, clipped at 0; default none).
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("simulate", help="run an experiment in virtual time on emulated engines",
-                                 description="Simulate every cell of an experiment file in virtual time (a "
-                                 "discrete-event simulation of the emulated engines, the gateway's overhead and "
-                                 "the users), write the records as a real run does, and the report.",
-                                 epilog=EXAMPLES, formatter_class=HelpFormatter)
+    parser = commands.add_parser(
+        "simulate",
+        help="run an experiment in virtual time on emulated engines",
+        description="Simulate every cell of an experiment file in virtual time (a "
+        "discrete-event simulation of the emulated engines, the gateway's overhead and "
+        "the users), write the records as a real run does, and the report.",
+        epilog=EXAMPLES,
+        formatter_class=HelpFormatter,
+    )
     parser.add_argument("experiment", metavar="EXPERIMENT", type=Path, help="experiment YAML file")
     parser.add_argument("--results", type=Path, required=True, help="results folder (resumed if it exists)")
-    parser.add_argument("--gateway-ms", type=float, nargs=2, metavar=("MEAN", "STD"), default=(0.0, 0.0),
-                        help="gateway overhead per routed request, milliseconds")
+    parser.add_argument(
+        "--gateway-ms",
+        type=float,
+        nargs=2,
+        metavar=("MEAN", "STD"),
+        default=(0.0, 0.0),
+        help="gateway overhead per routed request, milliseconds",
+    )
     parser.add_argument("--no-report", action="store_true", help="only write the cells")
     parser.set_defaults(handler=run)
 

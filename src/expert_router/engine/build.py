@@ -13,6 +13,7 @@ import json
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -122,25 +123,33 @@ def build_experts(
 ) -> dict:
     """Write out/base (model + tokenizer), out/adapters/expert-C and, with `merge`, out/experts/expert-C."""
     import torch
-    from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    if settings.hidden_size % settings.heads or settings.hidden_size // settings.heads not in (
-        64,
-        80,
-        96,
-        112,
-        128,
-        256,
-    ):
-        raise ValueError(
-            "hidden_size / heads must be a head size vLLM's CPU attention supports (64, 80, 96, 112, 128, 256)"
-        )
+    if settings.hidden_size % settings.heads or settings.hidden_size // settings.heads not in HEAD_SIZES:
+        raise ValueError(f"hidden_size / heads must be a head size vLLM's CPU attention supports {HEAD_SIZES}")
     torch.manual_seed(settings.seed)
     all_texts = [t for texts in texts_by_cluster.values() for t in texts]
     progress("tokenizer", 0, 1)
     tokenizer = train_tokenizer(all_texts, settings.vocab_size)
     progress("tokenizer", 1, 1)
+    base_dir, loss = _build_base(tokenizer, all_texts, out, settings, progress)
+    losses = {"base": loss, **_build_adapters(tokenizer, texts_by_cluster, base_dir, out, settings, progress, merge)}
+    info = {
+        "settings": settings.model_dump(),
+        "final_loss": losses,
+        "documents": {str(c): len(t) for c, t in texts_by_cluster.items()},
+    }
+    (out / "build.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+HEAD_SIZES = (64, 80, 96, 112, 128, 256)
+
+
+def _build_base(
+    tokenizer: Any, texts: list[str], out: Path, settings: BuildSettings, progress: Progress
+) -> tuple[Path, float]:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=settings.hidden_size,
@@ -155,13 +164,28 @@ def build_experts(
         tie_word_embeddings=True,
     )
     base = LlamaForCausalLM(config)
-    ids, labels = encode_documents(tokenizer, all_texts, settings.seq_len)
-    losses = {"base": _train(base, ids, labels, settings.base_steps, settings, "base model", progress)}
+    ids, labels = encode_documents(tokenizer, texts, settings.seq_len)
+    loss = _train(base, ids, labels, settings.base_steps, settings, "base model", progress)
     base_dir = out / "base"
     base.generation_config.eos_token_id = tokenizer.eos_token_id
     base.save_pretrained(base_dir)
     tokenizer.save_pretrained(base_dir)
+    return base_dir, loss
 
+
+def _build_adapters(
+    tokenizer: Any,
+    texts_by_cluster: dict[int, list[str]],
+    base_dir: Path,
+    out: Path,
+    settings: BuildSettings,
+    progress: Progress,
+    merge: bool,
+) -> dict[str, float]:
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    losses = {}
     lora = LoraConfig(
         r=settings.lora_rank,
         lora_alpha=2 * settings.lora_rank,
@@ -180,13 +204,7 @@ def build_experts(
             merged = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(base_dir), out / "adapters" / name)
             merged.merge_and_unload().save_pretrained(out / "experts" / name)
             tokenizer.save_pretrained(out / "experts" / name)
-    info = {
-        "settings": settings.model_dump(),
-        "final_loss": losses,
-        "documents": {str(c): len(t) for c, t in texts_by_cluster.items()},
-    }
-    (out / "build.json").write_text(json.dumps(info, indent=2))
-    return info
+    return losses
 
 
 def write_deployments(
