@@ -117,6 +117,11 @@ def test_evaluate_measures_every_expert_on_every_cluster(built, tmp_path):
 
 
 def test_serve_streams_from_every_expert_and_stops_cleanly(built):
+    import yaml
+
+    deployment = yaml.safe_load((built / "deployment.yaml").read_text())
+    deployment.setdefault("engine", {})["extra_args"] = ["--enable-log-requests"]  # aborts show in its log
+    (built / "deployment.yaml").write_text(yaml.safe_dump(deployment))
     process = subprocess.Popen(
         cli_args("experts", "serve", str(built / "deployment.yaml")),
         stdout=subprocess.PIPE,
