@@ -45,16 +45,17 @@ def test_one_request_on_one_engine_has_exact_token_times():
     events = EventQueue()
     config, _ = build_config("paper-e", instances=1, output_lengths="fixed:3")
     engine = VirtualEngine(config, events)
-    arrivals = []
-    events.at(0.5, lambda: engine.submit(7, 100, 50, lambda e, t: arrivals.append((e.index, t))))
+    arrivals: list[float] = []
+    ended = []
+    events.at(0.5, lambda: engine.submit(7, 100, 50, arrivals, lambda reason, t: ended.append((reason, t))))
     events.run()
     expected = 0.5
     times = []
     for duration in step_times(100, 3):
         expected += duration
         times.append(expected)
-    assert [i for i, _ in arrivals] == [0, 1, 2]
-    assert [t for _, t in arrivals] == pytest.approx(times, abs=1e-12)
+    assert arrivals == pytest.approx(times, abs=1e-12)
+    assert ended == [("stop", pytest.approx(times[-1], abs=1e-12))]
 
 
 def test_one_closed_loop_user_sends_back_to_back():

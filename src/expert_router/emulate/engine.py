@@ -9,6 +9,7 @@ clock by it. Both therefore run exactly the same scheduling and timing code.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -19,9 +20,9 @@ from expert_router.emulate.scheduler import Batch, Scheduler, Sequence
 from expert_router.errors import UserError
 
 
-@dataclass(frozen=True)
-class TokenEvent:
-    """Output token `index` (0-based) of request `request_id`; the last one carries its finish reason."""
+class TokenEvent(NamedTuple):
+    """Output token `index` (0-based) of request `request_id`; the last one carries its finish reason.
+    A named tuple, not a dataclass: one is made per emitted token, and tuples are several times cheaper."""
 
     request_id: int
     index: int
@@ -112,7 +113,8 @@ class Engine:
 
     def _emit(self, batch: Batch) -> list[TokenEvent]:
         """Advance every scheduled sequence; those that reach their end produce one token each."""
-        events = []
+        events: list[TokenEvent] = []
+        append = events.append  # the hot loop of a virtual-time sweep: one pass per token
         for seq, n in batch.items:
             if not seq.advance(n):
                 continue  # a prefill chunk that is not the last
@@ -120,11 +122,11 @@ class Engine:
             if index == 0:
                 self.stats.prompt_tokens += seq.prompt_tokens
             if seq.generated >= seq.stop_after:
-                events.append(TokenEvent(seq.id, index, seq.finish_reason))
+                append(TokenEvent(seq.id, index, seq.finish_reason))
                 self.scheduler.finish(seq)
                 del self._sequences[seq.id]
             else:
-                events.append(TokenEvent(seq.id, index))
+                append(TokenEvent(seq.id, index, None))
         return events
 
     def _account(self, result: StepResult) -> None:
