@@ -101,6 +101,10 @@ def write_report(results: Path, out: Path | None = None, fig7_users: list[int] |
     if overhead:
         sections.append(Section("Routing overhead: TTFT through the gateway minus TTFT direct, same load",
                                 OVERHEAD_COLUMNS, overhead))
+    if {"A", "B", "C", "D", "E"} <= {k.configuration for k in cells}:  # the paper's configurations (Table I)
+        from expert_router.analysis.findings import findings_sections
+
+        sections += findings_sections(cells)
     title = f"Expert Router report: {results.name}"
     (out / "summary.md").write_text(render_markdown(title, sections, figures))
     (out / "rows.json").write_text(json.dumps(rows, indent=1))
