@@ -9,6 +9,8 @@ benchmarks measure it: TPOT = (last token time - first token time) / (tokens - 1
 
 from __future__ import annotations
 
+import itertools
+
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -115,8 +117,9 @@ def system_throughput(records: Sequence[RequestRecord], window_s: float = 2.0, m
     window is marked ramp-up, steady or drain by `steady_interval`; with no steady interval at all
     (a run too short for its load) every window is marked steady, and the report says so.
     """
-    times = np.array([t for r in ok(records) for t in r.chunk_times], dtype=float)
-    counts = np.array([n for r in ok(records) for n in r.chunk_tokens], dtype=float)
+    good = ok(records)
+    times = np.fromiter(itertools.chain.from_iterable(r.chunk_times for r in good), dtype=float)
+    counts = np.fromiter(itertools.chain.from_iterable(r.chunk_tokens for r in good), dtype=float)
     if not len(times) or not records:
         return Windows(np.array([]), np.array([]), [])
     start = min(r.t_start for r in records)

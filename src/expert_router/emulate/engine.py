@@ -116,8 +116,12 @@ class Engine:
         events: list[TokenEvent] = []
         append = events.append  # the hot loop of a virtual-time sweep: one pass per token
         for seq, n in batch.items:
-            if not seq.advance(n):
+            # Sequence.advance inlined: this loop runs once per token of a sweep (millions per cell)
+            seq.computed += n
+            if seq.computed < seq.length:
                 continue  # a prefill chunk that is not the last
+            seq.generated += 1
+            seq.length += 1
             index = seq.generated - 1
             if index == 0:
                 self.stats.prompt_tokens += seq.prompt_tokens
