@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from expert_router.analysis import metrics
-from expert_router.analysis.report import Section
 from expert_router.analysis.results import Cell, CellKey
+from expert_router.analysis.sections import Section
 
 CONFIGURATIONS = ("A", "B", "C", "D", "E")
 BASELINES = ("A", "B", "C")

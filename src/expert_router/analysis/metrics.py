@@ -10,7 +10,6 @@ benchmarks measure it: TPOT = (last token time - first token time) / (tokens - 1
 from __future__ import annotations
 
 import itertools
-
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from expert_router.analysis import metrics, plots
+from expert_router.analysis.findings import findings_sections
 from expert_router.analysis.overhead import overhead_rows
 from expert_router.analysis.results import Cell, CellKey, load_cells, prompt_lengths
+from expert_router.analysis.sections import Section
 
 COLUMNS = [
     ("configuration", "configuration"), ("mix", "mix"), ("users", "users"), ("requests (n)", "requests"),
@@ -33,16 +35,6 @@ OVERHEAD_COLUMNS = [
     ("difference of p99s (ms)", "ttft_diff_p99_ms"), ("gateway's own time mean (ms)", "gateway_mean_ms"),
     ("± std (ms)", "gateway_std_ms"),
 ]
-
-
-@dataclass
-class Section:
-    """One table of the report."""
-
-    title: str
-    columns: list[tuple[str, str]]
-    rows: list[dict[str, Any]]
-    note: str = ""
 
 
 @dataclass
@@ -102,8 +94,6 @@ def write_report(results: Path, out: Path | None = None, fig7_users: list[int] |
         sections.append(Section("Routing overhead: TTFT through the gateway minus TTFT direct, same load",
                                 OVERHEAD_COLUMNS, overhead))
     if {"A", "B", "C", "D", "E"} <= {k.configuration for k in cells}:  # the paper's configurations (Table I)
-        from expert_router.analysis.findings import findings_sections
-
         sections += findings_sections(cells)
     title = f"Expert Router report: {results.name}"
     (out / "summary.md").write_text(render_markdown(title, sections, figures))

@@ -47,9 +47,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from expert_router.simulate.run import simulate_experiment
-    from expert_router.simulate.system import GatewayOverhead
-
-    from expert_router.simulate.system import DEFAULT_GATEWAY_MS
+    from expert_router.simulate.system import DEFAULT_GATEWAY_MS, GatewayOverhead
 
     mean, std = args.gateway_ms or DEFAULT_GATEWAY_MS
     if mean < 0 or std < 0:

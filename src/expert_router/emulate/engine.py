@@ -21,11 +21,11 @@ from expert_router.errors import UserError
 
 
 class TokenEvent(NamedTuple):
-    """Output token `index` (0-based) of request `request_id`; the last one carries its finish reason.
+    """Output token `position` (0-based) of request `request_id`; the last one carries its finish reason.
     A named tuple, not a dataclass: one is made per emitted token, and tuples are several times cheaper."""
 
     request_id: int
-    index: int
+    position: int
     finish_reason: str | None = None
 
 

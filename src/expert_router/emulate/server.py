@@ -174,7 +174,7 @@ async def _stream(request: web.Request, body: dict[str, Any], chat: bool, stream
         role = {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
         await response.write(b"data: " + orjson.dumps(role) + b"\n\n")
     async for event, at in stream.events():
-        text = FILLER[event.index % len(FILLER)]
+        text = FILLER[event.position % len(FILLER)]
         if chat:
             choice: dict[str, Any] = {"index": 0, "delta": {"content": text}, "finish_reason": event.finish_reason}
         else:
@@ -192,7 +192,7 @@ async def _stream(request: web.Request, body: dict[str, Any], chat: bool, stream
 async def _whole(body: dict[str, Any], chat: bool, stream: Stream) -> web.Response:
     parts, finish = [], "length"
     async for event, _ in stream.events():
-        parts.append(FILLER[event.index % len(FILLER)])
+        parts.append(FILLER[event.position % len(FILLER)])
         finish = event.finish_reason or finish
     text = "".join(parts)
     head = _head(body, chat)

@@ -24,7 +24,6 @@ from expert_router.loadgen.records import RequestRecord
 from expert_router.simulate.engines import VirtualEngine
 from expert_router.simulate.events import EventQueue
 
-
 DEFAULT_GATEWAY_MS = (0.8, 0.2)
 """The gateway's added time to first token measured on the 2-core development machine (bench/gateway.py,
 one stream: p50 0.8 ms, p99 1.0 ms): routing work plus the second HTTP hop. Not the paper's 442 ms, which
