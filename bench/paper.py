@@ -5,6 +5,8 @@ Sweep: every cell of deploy/paper/experiment.yaml (A-E x 8 user levels x 2 mixes
 answers up to 1,000 tokens) simulated by `expert-router simulate`'s library entry point, `--workers`
 processes side by side, into a fresh folder; `sweep_wall_s` is its wall time, `cells` how many.
 `--duration` shortens every cell (default: the experiment file's duration_s); the JSON says which.
+`sweep_cpu_s` is the CPU time it took (what a quiet machine's wall time x cores would be), and
+`load_average` the machine's load before and after: on a shared machine wall time alone misleads.
 
 Findings: analysis/findings.py on those cells: each claim true/false, and how many hold.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import tempfile
 import time
@@ -47,16 +50,25 @@ EXPERIMENT = ROOT / "deploy" / "paper" / "experiment.yaml"
 
 def sweep(duration: float | None, workers: int, results: Path) -> dict[str, Any]:
     overhead = GatewayOverhead(DEFAULT_GATEWAY_MS[0] / 1000, DEFAULT_GATEWAY_MS[1] / 1000)
-    started = time.monotonic()
+    started, cpu, load = time.monotonic(), _cpu_s(), os.getloadavg()[0]
     done = simulate_experiment(EXPERIMENT, results, overhead, workers=workers, duration_s=duration)
     wall = time.monotonic() - started
+    cpu = _cpu_s() - cpu
     experiment, _ = load_experiment(EXPERIMENT)
     table = findings.Table.of(load_cells(results))
     found = {check.__name__: check(table).holds for check in findings.FINDINGS}
-    return {"sweep_wall_s": round(wall, 1), "cells": len(done), "duration_s": duration or experiment.duration_s,
+    return {"sweep_wall_s": round(wall, 1), "sweep_cpu_s": round(cpu, 1), "load_average": [load, os.getloadavg()[0]],
+            "cells": len(done), "duration_s": duration or experiment.duration_s,
             "workers": workers, "findings": found, "findings_hold": sum(v is True for v in found.values()),
             "findings_total": len(found),
             "capacity": {f"{r['configuration']}/{r['mix']}": r["users"] for r in findings.capacity(table)}}
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process and its finished children (the worker processes): the sweep's cost
+    whatever else the shared machine runs; wall time is that divided by the cores it got."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def medians(records: list[RequestRecord], window_s: float) -> dict[str, float]:
