@@ -103,3 +103,14 @@ def test_sections_from_records_for_the_report():
     assert findings_section.rows[0]["claim"].startswith("E has the lowest TPOT")
     assert findings_section.rows[0]["holds"] == "yes"
     assert [r["users"] for r in capacity_section.rows] == [4] * 5
+
+
+def test_cell_stats_use_the_reports_pooled_definitions():
+    made = cell("C", 5, ttft=0.2, tpot=0.03)
+    # a second repetition: 5 users, 10 requests each, one a second (steady windows from 2 s to 8 s)
+    made.runs.append([record(u, k, 0.1, 0.02 + u / 1000, 30) for u in range(5) for k in range(10)])
+    s, pooled = f.cell_stats(made), f.metrics.pooled(made.runs)
+    assert (s.ttft_median, s.ttft_p99, s.tpot_median, s.tpot_p99) == pytest.approx(
+        (pooled.ttft_median_s, pooled.ttft_p99_s, pooled.tpot_median_s, pooled.tpot_p99_s))
+    assert (s.response_p99, s.user_throughput) == pytest.approx((pooled.response_time_p99_s, pooled.user_throughput_mean))
+    assert (s.system_mean, s.system_peak) == pytest.approx((pooled.system_throughput_mean, pooled.system_throughput_peak))

@@ -55,17 +55,24 @@ class Stats:
 
 
 def cell_stats(cell: Cell) -> Stats:
-    summary = metrics.pooled(cell.runs, mode=cell.mode)
-    ttfts, tpots = metrics.ttft(cell.records), metrics.tpot(cell.records)
+    """Only the metrics the findings read, with `metrics.pooled`'s definitions (per-request metrics over
+    every repetition; system throughput the mean of the runs' steady means, and the highest peak), but
+    without the rest of a Summary: on a full sweep the report's own table already costs minutes."""
+    records = cell.records
+    ttfts, tpots = metrics.ttft(records), metrics.tpot(records)
+    windows = [metrics.system_throughput(run, mode=cell.mode) for run in cell.runs if run]
+    means = [float(w.steady().mean()) for w in windows if len(w.steady())]
+    peaks = [float(w.tokens_per_s.max()) for w in windows if len(w.tokens_per_s)]
 
     def value(x: float | None) -> float:
         return float("nan") if x is None else x
 
-    return Stats(value(summary.ttft_median_s), float(ttfts.min()) if len(ttfts) else float("nan"),
-                 value(summary.ttft_p99_s), value(summary.tpot_median_s),
-                 float(tpots.std()) if len(tpots) else float("nan"), value(summary.tpot_p99_s),
-                 value(summary.response_time_p99_s), value(summary.user_throughput_mean),
-                 value(summary.system_throughput_mean), value(summary.system_throughput_peak))
+    return Stats(value(metrics.percentile(ttfts, 50)), value(metrics.percentile(ttfts, 0)),
+                 value(metrics.percentile(ttfts, 99)), value(metrics.percentile(tpots, 50)),
+                 value(metrics.std(tpots)), value(metrics.percentile(tpots, 99)),
+                 value(metrics.percentile(metrics.response_time(records), 99)),
+                 value(metrics.mean(metrics.user_throughput(records))),
+                 float(np.mean(means)) if means else float("nan"), max(peaks) if peaks else float("nan"))
 
 
 class Table:
