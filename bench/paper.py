@@ -57,11 +57,18 @@ def sweep(duration: float | None, workers: int, results: Path) -> dict[str, Any]
     experiment, _ = load_experiment(EXPERIMENT)
     table = findings.Table.of(load_cells(results))
     found = {check.__name__: check(table).holds for check in findings.FINDINGS}
-    return {"sweep_wall_s": round(wall, 1), "sweep_cpu_s": round(cpu, 1), "load_average": [load, os.getloadavg()[0]],
-            "cells": len(done), "duration_s": duration or experiment.duration_s,
-            "workers": workers, "findings": found, "findings_hold": sum(v is True for v in found.values()),
-            "findings_total": len(found),
-            "capacity": {f"{r['configuration']}/{r['mix']}": r["users"] for r in findings.capacity(table)}}
+    return {
+        "sweep_wall_s": round(wall, 1),
+        "sweep_cpu_s": round(cpu, 1),
+        "load_average": [load, os.getloadavg()[0]],
+        "cells": len(done),
+        "duration_s": duration or experiment.duration_s,
+        "workers": workers,
+        "findings": found,
+        "findings_hold": sum(v is True for v in found.values()),
+        "findings_total": len(found),
+        "capacity": {f"{r['configuration']}/{r['mix']}": r["users"] for r in findings.capacity(table)},
+    }
 
 
 def _cpu_s() -> float:
@@ -73,8 +80,11 @@ def _cpu_s() -> float:
 
 def medians(records: list[RequestRecord], window_s: float) -> dict[str, float]:
     steady = metrics.system_throughput(records, window_s).steady()
-    return {"ttft": float(np.median(metrics.ttft(records))), "tpot": float(np.median(metrics.tpot(records))),
-            "system_throughput": float(np.median(steady))}
+    return {
+        "ttft": float(np.median(metrics.ttft(records))),
+        "tpot": float(np.median(metrics.tpot(records))),
+        "system_throughput": float(np.median(steady)),
+    }
 
 
 def agreement(tmp: Path, users: int, seconds: float, dilation: float) -> dict[str, Any]:
@@ -86,21 +96,49 @@ def agreement(tmp: Path, users: int, seconds: float, dilation: float) -> dict[st
     port = free_port()
     emulate = ["--preset", "paper-e", "--instances", "1", "--port", str(port), "--served-model-name", "m"]
     with Server(cli_args("emulate", *emulate, "--time-dilation", str(dilation)), port, tmp / "emulate.log"):
-        subprocess.run(cli_args("load", f"http://127.0.0.1:{port}", "--model", "m", "--workload",
-                                str(tmp / "workload.jsonl"), "--users", str(users), "--duration", str(seconds),
-                                "--out", str(tmp / "real")), check=True, capture_output=True, timeout=600)
+        subprocess.run(
+            cli_args(
+                "load",
+                f"http://127.0.0.1:{port}",
+                "--model",
+                "m",
+                "--workload",
+                str(tmp / "workload.jsonl"),
+                "--users",
+                str(users),
+                "--duration",
+                str(seconds),
+                "--out",
+                str(tmp / "real"),
+            ),
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
     real = [scale_times(r, dilation) for r in read_records(tmp / "real" / "records.jsonl")]
     service = Service(name="engine", command=" ".join(["expert-router emulate", *emulate]))
     configuration = Configuration(name="E1", url=f"http://127.0.0.1:{port}", model="m", services=[service])
-    simulate_cell(Cell(configuration, "uniform", users, 0), tmp, items, [0] * len(items),
-                  Load(users=users, duration_s=seconds / dilation), GatewayOverhead(), tmp / "virtual")
+    simulate_cell(
+        Cell(configuration, "uniform", users, 0),
+        tmp,
+        items,
+        [0] * len(items),
+        Load(users=users, duration_s=seconds / dilation),
+        GatewayOverhead(),
+        tmp / "virtual",
+    )
     virtual = read_records(tmp / "virtual" / "records.jsonl")
     window = seconds / dilation / 10
     r, v = medians(real, window), medians(virtual, window)
     diffs = {k: abs(r[k] / v[k] - 1) for k in r}
-    return {"agreement_users": users, "agreement_dilation": dilation, "agreement_real": r, "agreement_virtual": v,
-            "agreement_rel_diff": {k: round(d, 4) for k, d in diffs.items()},
-            "agreement_max_rel_diff": round(max(diffs.values()), 4)}
+    return {
+        "agreement_users": users,
+        "agreement_dilation": dilation,
+        "agreement_real": r,
+        "agreement_virtual": v,
+        "agreement_rel_diff": {k: round(d, 4) for k, d in diffs.items()},
+        "agreement_max_rel_diff": round(max(diffs.values()), 4),
+    }
 
 
 def main() -> None:

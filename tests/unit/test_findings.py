@@ -14,10 +14,23 @@ from expert_router.loadgen.records import RequestRecord
 
 def record(user: int, start: float, ttft: float, tpot: float, tokens: int) -> RequestRecord:
     times = [start + ttft + i * tpot for i in range(tokens)]
-    return RequestRecord(request_id=user, workload_id=0, user_id=user, cluster_drawn=0, prompt_tokens=10,
-                         max_tokens=tokens, t_scheduled=start, t_start=start, t_first_token=times[0],
-                         t_end=times[-1], chunk_times=times, chunk_tokens=[1] * tokens, output_tokens=tokens,
-                         finish_reason="stop", http_status=200)
+    return RequestRecord(
+        request_id=user,
+        workload_id=0,
+        user_id=user,
+        cluster_drawn=0,
+        prompt_tokens=10,
+        max_tokens=tokens,
+        t_scheduled=start,
+        t_start=start,
+        t_first_token=times[0],
+        t_end=times[-1],
+        chunk_times=times,
+        chunk_tokens=[1] * tokens,
+        output_tokens=tokens,
+        finish_reason="stop",
+        http_status=200,
+    )
 
 
 def cell(configuration: str, users: int, ttft: float, tpot: float, mix: str = "uniform") -> Cell:
@@ -25,8 +38,14 @@ def cell(configuration: str, users: int, ttft: float, tpot: float, mix: str = "u
     return Cell(CellKey(configuration, mix, users), runs, True, [], [Path(".")])
 
 
-def stats(ttft: float = 0.1, tpot: float = 0.02, system: float = 1000.0, peak: float | None = None,
-          user: float = 40.0, response: float = 10.0) -> f.Stats:
+def stats(
+    ttft: float = 0.1,
+    tpot: float = 0.02,
+    system: float = 1000.0,
+    peak: float | None = None,
+    user: float = 40.0,
+    response: float = 10.0,
+) -> f.Stats:
     return f.Stats(ttft, ttft / 2, ttft * 2, tpot, tpot / 10, tpot * 1.5, response, user, system, peak or system * 1.2)
 
 
@@ -111,6 +130,11 @@ def test_cell_stats_use_the_reports_pooled_definitions():
     made.runs.append([record(u, k, 0.1, 0.02 + u / 1000, 30) for u in range(5) for k in range(10)])
     s, pooled = f.cell_stats(made), f.metrics.pooled(made.runs)
     assert (s.ttft_median, s.ttft_p99, s.tpot_median, s.tpot_p99) == pytest.approx(
-        (pooled.ttft_median_s, pooled.ttft_p99_s, pooled.tpot_median_s, pooled.tpot_p99_s))
-    assert (s.response_p99, s.user_throughput) == pytest.approx((pooled.response_time_p99_s, pooled.user_throughput_mean))
-    assert (s.system_mean, s.system_peak) == pytest.approx((pooled.system_throughput_mean, pooled.system_throughput_peak))
+        (pooled.ttft_median_s, pooled.ttft_p99_s, pooled.tpot_median_s, pooled.tpot_p99_s)
+    )
+    assert (s.response_p99, s.user_throughput) == pytest.approx(
+        (pooled.response_time_p99_s, pooled.user_throughput_mean)
+    )
+    assert (s.system_mean, s.system_peak) == pytest.approx(
+        (pooled.system_throughput_mean, pooled.system_throughput_peak)
+    )

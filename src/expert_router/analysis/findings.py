@@ -67,12 +67,18 @@ def cell_stats(cell: Cell) -> Stats:
     def value(x: float | None) -> float:
         return float("nan") if x is None else x
 
-    return Stats(value(metrics.percentile(ttfts, 50)), value(metrics.percentile(ttfts, 0)),
-                 value(metrics.percentile(ttfts, 99)), value(metrics.percentile(tpots, 50)),
-                 value(metrics.std(tpots)), value(metrics.percentile(tpots, 99)),
-                 value(metrics.percentile(metrics.response_time(records), 99)),
-                 value(metrics.mean(metrics.user_throughput(records))),
-                 float(np.mean(means)) if means else float("nan"), max(peaks) if peaks else float("nan"))
+    return Stats(
+        value(metrics.percentile(ttfts, 50)),
+        value(metrics.percentile(ttfts, 0)),
+        value(metrics.percentile(ttfts, 99)),
+        value(metrics.percentile(tpots, 50)),
+        value(metrics.std(tpots)),
+        value(metrics.percentile(tpots, 99)),
+        value(metrics.percentile(metrics.response_time(records), 99)),
+        value(metrics.mean(metrics.user_throughput(records))),
+        float(np.mean(means)) if means else float("nan"),
+        max(peaks) if peaks else float("nan"),
+    )
 
 
 class Table:
@@ -112,8 +118,15 @@ def _ms(x: float) -> str:
     return f"{x * 1000:.0f}" if x >= 0.01 else f"{x * 1000:.1f}"
 
 
-def _lowest(table: Table, field: str, winner: str, levels: list[int], unit: Callable[[float], str],
-            claim: str, highest: bool = False) -> Finding:
+def _lowest(
+    table: Table,
+    field: str,
+    winner: str,
+    levels: list[int],
+    unit: Callable[[float], str],
+    claim: str,
+    highest: bool = False,
+) -> Finding:
     """`winner` has the lowest (highest) `field` among A..E at every one of `levels`, in every mix."""
     checks, shown = [], []
     for mix in table.mixes:
@@ -126,8 +139,11 @@ def _lowest(table: Table, field: str, winner: str, levels: list[int], unit: Call
             if np.isclose(values[winner], values[best], rtol=1e-9, atol=1e-12):
                 best = winner  # a tie counts for the winner
             checks.append(best == winner)
-            shown.append(f"{mix} u{users}: " + " ".join(f"{c} {unit(v)}" for c, v in values.items())
-                         + ("" if best == winner else f" (best {best})"))
+            shown.append(
+                f"{mix} u{users}: "
+                + " ".join(f"{c} {unit(v)}" for c, v in values.items())
+                + ("" if best == winner else f" (best {best})")
+            )
     if not checks:
         return Finding(claim, None, "cells missing")
     return Finding(claim, all(checks), f"{sum(checks)}/{len(checks)} cells; " + "; ".join(shown[-3:]))
@@ -139,9 +155,12 @@ def lowest_tpot(table: Table) -> Finding:
     spread = _lowest(table, "tpot_std", "E", table.levels, _ms, claim)
     if median.holds is None or spread.holds is None:
         return median
-    return Finding(claim, median.holds and spread.holds,
-                   f"lowest median (ms): {median.numbers.split(';')[0]}; lowest std: {spread.numbers.split(';')[0]}; "
-                   + median.numbers.split("; ", 1)[-1])
+    return Finding(
+        claim,
+        median.holds and spread.holds,
+        f"lowest median (ms): {median.numbers.split(';')[0]}; lowest std: {spread.numbers.split(';')[0]}; "
+        + median.numbers.split("; ", 1)[-1],
+    )
 
 
 def tp_communication(table: Table) -> Finding:
@@ -161,16 +180,27 @@ def tp_communication(table: Table) -> Finding:
 
 
 def lowest_ttft_high_load(table: Table) -> Finding:
-    return _lowest(table, "ttft_median", "C", table.high_levels(), _ms,
-                   f"C has the lowest median TTFT at high load (>= {HIGH_LOAD} users)")
+    return _lowest(
+        table,
+        "ttft_median",
+        "C",
+        table.high_levels(),
+        _ms,
+        f"C has the lowest median TTFT at high load (>= {HIGH_LOAD} users)",
+    )
 
 
 def baselines_lower_min_ttft(table: Table) -> Finding:
     claim = "Baselines show a lower minimum TTFT than the routers (gateway latency)"
     shown, checks = [], []
     for mix in table.mixes:
-        mins = {c: min((s.ttft_min for k, s in table.stats.items() if k.configuration == c and k.mix == mix),
-                       default=float("nan")) for c in CONFIGURATIONS}
+        mins = {
+            c: min(
+                (s.ttft_min for k, s in table.stats.items() if k.configuration == c and k.mix == mix),
+                default=float("nan"),
+            )
+            for c in CONFIGURATIONS
+        }
         if any(np.isnan(v) for v in mins.values()):
             continue
         checks.append(max(mins[c] for c in BASELINES) < min(mins[c] for c in ROUTERS))
@@ -182,8 +212,15 @@ def baselines_lower_min_ttft(table: Table) -> Finding:
 
 def highest_user_throughput(table: Table) -> Finding:
     levels = [u for u in table.levels if u <= 800]
-    return _lowest(table, "user_throughput", "E", levels, lambda v: f"{v:.1f}",
-                   "E has the highest user throughput (tokens/s) up to 800 users", highest=True)
+    return _lowest(
+        table,
+        "user_throughput",
+        "E",
+        levels,
+        lambda v: f"{v:.1f}",
+        "E has the highest user throughput (tokens/s) up to 800 users",
+        highest=True,
+    )
 
 
 def mixes_differ_little(table: Table) -> Finding:
@@ -200,18 +237,27 @@ def mixes_differ_little(table: Table) -> Finding:
     if not gaps:
         return Finding(claim, None, "cells missing")
     worst = max(gaps, key=lambda k: gaps[k])
-    return Finding(claim, gaps[worst] <= MATCH, f"largest difference {gaps[worst]:.1%} at {worst} "
-                   f"({sum(g <= MATCH for g in gaps.values())}/{len(gaps)} cells within)")
+    return Finding(
+        claim,
+        gaps[worst] <= MATCH,
+        f"largest difference {gaps[worst]:.1%} at {worst} "
+        f"({sum(g <= MATCH for g in gaps.values())}/{len(gaps)} cells within)",
+    )
 
 
 def lowest_p99_response(table: Table) -> Finding:
-    return _lowest(table, "response_p99", "C", table.high_levels(), lambda v: f"{v:.1f}s",
-                   f"C has the lowest p99 response time at high concurrency (>= {HIGH_LOAD} users)")
+    return _lowest(
+        table,
+        "response_p99",
+        "C",
+        table.high_levels(),
+        lambda v: f"{v:.1f}s",
+        f"C has the lowest p99 response time at high concurrency (>= {HIGH_LOAD} users)",
+    )
 
 
 def e_matches_c(table: Table) -> Finding:
-    claim = (f"E matches C's mean system throughput at 200 and 600 users (within {MATCH:.0%}) "
-             "and falls behind at 1,000")
+    claim = f"E matches C's mean system throughput at 200 and 600 users (within {MATCH:.0%}) and falls behind at 1,000"
     shown, checks = [], []
     for mix in table.mixes:
         for users, want_match in ((200, True), (600, True), (1000, False)):
@@ -236,13 +282,24 @@ def d_under_2000(table: Table) -> Finding:
     d_mean = max(s.system_mean for s in by_config["D"])
     peaks = {c: max(s.system_peak for s in ss) for c, ss in by_config.items()}
     holds = d_mean < 2000 and min(peaks, key=lambda c: peaks[c]) == "D"
-    return Finding(claim, holds, f"D's highest mean {d_mean:,.0f} tok/s; peaks: "
-                   + " ".join(f"{c} {peaks[c]:,.0f}" for c in CONFIGURATIONS))
+    return Finding(
+        claim,
+        holds,
+        f"D's highest mean {d_mean:,.0f} tok/s; peaks: " + " ".join(f"{c} {peaks[c]:,.0f}" for c in CONFIGURATIONS),
+    )
 
 
 FINDINGS: tuple[Callable[[Table], Finding], ...] = (
-    lowest_tpot, tp_communication, lowest_ttft_high_load, baselines_lower_min_ttft, highest_user_throughput,
-    mixes_differ_little, lowest_p99_response, e_matches_c, d_under_2000)
+    lowest_tpot,
+    tp_communication,
+    lowest_ttft_high_load,
+    baselines_lower_min_ttft,
+    highest_user_throughput,
+    mixes_differ_little,
+    lowest_p99_response,
+    e_matches_c,
+    d_under_2000,
+)
 
 WHY: dict[str, str] = {
     "lowest_tpot": "model: at few users B (70B FP8 on TP8: 8.7 GB of weights per GPU) streams fewer bytes per "
@@ -294,27 +351,45 @@ def capacity(table: Table, targets: Targets = Targets()) -> list[dict[str, objec
                 if s.ttft_p99 <= targets.ttft_p99_s and s.tpot_p99 <= targets.tpot_p99_s:
                     served = users
                     continue
-                first_over = (f"u{users}: p99 TTFT {s.ttft_p99:.2f} s, p99 TPOT {_ms(s.tpot_p99)} ms")
+                first_over = f"u{users}: p99 TTFT {s.ttft_p99:.2f} s, p99 TPOT {_ms(s.tpot_p99)} ms"
                 break
             if any(k.configuration == configuration and k.mix == mix for k in table.stats):
-                rows.append({"configuration": configuration, "mix": mix, "users": served,
-                             "first_over": first_over or "none measured"})
+                rows.append(
+                    {
+                        "configuration": configuration,
+                        "mix": mix,
+                        "users": served,
+                        "first_over": first_over or "none measured",
+                    }
+                )
     return rows
 
 
 FINDING_COLUMNS = [("finding", "claim"), ("holds", "holds"), ("numbers", "numbers"), ("why not", "why")]
-CAPACITY_COLUMNS = [("configuration", "configuration"), ("mix", "mix"), ("most users within targets", "users"),
-                    ("first level over", "first_over")]
+CAPACITY_COLUMNS = [
+    ("configuration", "configuration"),
+    ("mix", "mix"),
+    ("most users within targets", "users"),
+    ("first level over", "first_over"),
+]
 
 
 def findings_sections(cells: dict[CellKey, Cell], targets: Targets = Targets()) -> list[Section]:
     """The findings table and the capacity table, for `write_report` to append."""
     table = Table.of(cells)
     found = findings(table)
-    rows = [{"claim": f.claim, "holds": {True: "yes", False: "no", None: "-"}[f.holds], "numbers": f.numbers,
-             "why": f.why} for f in found]
+    rows = [
+        {"claim": f.claim, "holds": {True: "yes", False: "no", None: "-"}[f.holds], "numbers": f.numbers, "why": f.why}
+        for f in found
+    ]
     held = sum(f.holds is True for f in found)
-    return [Section("The paper's findings", FINDING_COLUMNS, rows, f"{held} of {len(found)} hold."),
-            Section("Capacity", CAPACITY_COLUMNS, capacity(table, targets),
-                    f"Every user level up to the one shown meets p99 TTFT <= {targets.ttft_p99_s:g} s and "
-                    f"p99 TPOT <= {targets.tpot_p99_s * 1000:g} ms (MLPerf Llama-2-70B server limits by default).")]
+    return [
+        Section("The paper's findings", FINDING_COLUMNS, rows, f"{held} of {len(found)} hold."),
+        Section(
+            "Capacity",
+            CAPACITY_COLUMNS,
+            capacity(table, targets),
+            f"Every user level up to the one shown meets p99 TTFT <= {targets.ttft_p99_s:g} s and "
+            f"p99 TPOT <= {targets.tpot_p99_s * 1000:g} ms (MLPerf Llama-2-70B server limits by default).",
+        ),
+    ]
