@@ -126,7 +126,7 @@ def test_engine_emits_every_token_once_and_ends_at_the_drawn_length():
         assert result is not None and result.duration > 0
         steps += 1
         for event in result.events:
-            seen.setdefault(event.request_id, []).append(event.index)
+            seen.setdefault(event.request_id, []).append(event.position)
             if event.finish_reason:
                 finish[event.request_id] = event.finish_reason
     expected = {i: (100 if i == 3 else 5 if i % 2 == 0 else 7) for i in range(10)}

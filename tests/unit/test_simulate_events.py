@@ -16,7 +16,9 @@ from expert_router.simulate.run import Cell, simulate_cell
 from expert_router.simulate.system import GatewayOverhead, System
 from expert_router.simulate.users import Load, Users
 
-EMULATE = "expert-router emulate --preset paper-e --instances 1 --port 9000 --served-model-name m --output-lengths fixed:3"
+EMULATE = (
+    "expert-router emulate --preset paper-e --instances 1 --port 9000 --served-model-name m --output-lengths fixed:3"
+)
 
 
 def step_times(prompt: int, answer: int) -> list[float]:
@@ -45,22 +47,24 @@ def test_one_request_on_one_engine_has_exact_token_times():
     events = EventQueue()
     config, _ = build_config("paper-e", instances=1, output_lengths="fixed:3")
     engine = VirtualEngine(config, events)
-    arrivals = []
-    events.at(0.5, lambda: engine.submit(7, 100, 50, lambda e, t: arrivals.append((e.index, t))))
+    arrivals: list[float] = []
+    ended = []
+    events.at(0.5, lambda: engine.submit(7, 100, 50, arrivals, lambda reason, t: ended.append((reason, t))))
     events.run()
     expected = 0.5
     times = []
     for duration in step_times(100, 3):
         expected += duration
         times.append(expected)
-    assert [i for i, _ in arrivals] == [0, 1, 2]
-    assert [t for _, t in arrivals] == pytest.approx(times, abs=1e-12)
+    assert arrivals == pytest.approx(times, abs=1e-12)
+    assert ended == [("stop", pytest.approx(times[-1], abs=1e-12))]
 
 
 def test_one_closed_loop_user_sends_back_to_back():
     events = EventQueue()
-    configuration = Configuration(name="x", url="http://127.0.0.1:9000", model="m",
-                                  services=[Service(name="engine", command=EMULATE)])
+    configuration = Configuration(
+        name="x", url="http://127.0.0.1:9000", model="m", services=[Service(name="engine", command=EMULATE)]
+    )
     system = System(configuration, Path("."), events)
     items = [WorkItem(0, 0, " ".join(["w"] * 100), 100, 50)]
     records = Users(system, events, items, [0], GatewayOverhead()).run(Load(users=1, duration_s=0.1))
@@ -74,21 +78,42 @@ def test_one_closed_loop_user_sends_back_to_back():
 
 def test_routed_requests_pay_the_gateway_overhead(tmp_path):
     (tmp_path / "deploy.yaml").write_text(
-        "classifier: c\nexperts:\n" + "".join(f"  - {{cluster: {c}, model: expert-{c}, endpoints: "
-                                              f"[http://127.0.0.1:{9100 + c}]}}\n" for c in range(2)))
-    configuration = Configuration(name="r", url="http://127.0.0.1:8000", services=[
-        Service(name="experts", command="expert-router emulate --preset paper-e --instances 2 --port 9100 "
-                "--served-model-name expert-{i} --output-lengths fixed:2"),
-        Service(name="gateway", command="expert-router serve deploy.yaml --port 8000")])
+        "classifier: c\nexperts:\n"
+        + "".join(
+            f"  - {{cluster: {c}, model: expert-{c}, endpoints: [http://127.0.0.1:{9100 + c}]}}\n" for c in range(2)
+        )
+    )
+    configuration = Configuration(
+        name="r",
+        url="http://127.0.0.1:8000",
+        services=[
+            Service(
+                name="experts",
+                command="expert-router emulate --preset paper-e --instances 2 --port 9100 "
+                "--served-model-name expert-{i} --output-lengths fixed:2",
+            ),
+            Service(name="gateway", command="expert-router serve deploy.yaml --port 8000"),
+        ],
+    )
     items = [WorkItem(i, i % 2, "a b c", 3, 10) for i in range(4)]
     out = tmp_path / "cell"
-    document = simulate_cell(Cell(configuration, "uniform", 2, 0), tmp_path, items, [1, 0, 1, 0],
-                             Load(users=2, duration_s=0.05), GatewayOverhead(0.010, 0.0), out)
+    document = simulate_cell(
+        Cell(configuration, "uniform", 2, 0),
+        tmp_path,
+        items,
+        [1, 0, 1, 0],
+        Load(users=2, duration_s=0.05),
+        GatewayOverhead(0.010, 0.0),
+        out,
+    )
     assert (out / "records.jsonl").is_file() and (out / "cell.json").is_file()
     from expert_router.loadgen.records import read_records
 
     records = read_records(out / "records.jsonl")
-    assert all(r.expert == f"expert-{r.cluster_routed}" and r.server_timing["route"] * 1000 == pytest.approx(10) for r in records)
+    assert all(
+        r.expert == f"expert-{r.cluster_routed}" and r.server_timing["route"] * 1000 == pytest.approx(10)
+        for r in records
+    )
     ttft = min(r.t_first_token - r.t_start for r in records)
     assert ttft == pytest.approx(0.010 + step_times(3, 2)[0])
     assert document["summary"]["ok"] == len(records)

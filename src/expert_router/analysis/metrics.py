@@ -9,6 +9,7 @@ benchmarks measure it: TPOT = (last token time - first token time) / (tokens - 1
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -30,8 +31,14 @@ def with_tokens(records: Sequence[RequestRecord]) -> list[RequestRecord]:
 
 def ttft(records: Sequence[RequestRecord], from_schedule: bool = False) -> np.ndarray:
     """Seconds from sending a request (or, `from_schedule`, from when it was due) to its first token."""
-    return np.array([r.t_first_token - (r.t_scheduled if from_schedule else r.t_start)
-                     for r in with_tokens(records) if r.t_first_token is not None], dtype=float)
+    return np.array(
+        [
+            r.t_first_token - (r.t_scheduled if from_schedule else r.t_start)
+            for r in with_tokens(records)
+            if r.t_first_token is not None
+        ],
+        dtype=float,
+    )
 
 
 def tpot(records: Sequence[RequestRecord]) -> np.ndarray:
@@ -64,8 +71,10 @@ def time_to_failure(records: Sequence[RequestRecord]) -> np.ndarray:
 
 def user_throughput(records: Sequence[RequestRecord]) -> np.ndarray:
     """Per request, output tokens / (t_end - t_start): the speed one user experiences."""
-    return np.array([r.output_tokens / (r.t_end - r.t_start) for r in ok(records)
-                     if r.t_end is not None and r.t_end > r.t_start], dtype=float)
+    return np.array(
+        [r.output_tokens / (r.t_end - r.t_start) for r in ok(records) if r.t_end is not None and r.t_end > r.t_start],
+        dtype=float,
+    )
 
 
 def routing_overhead(records: Sequence[RequestRecord]) -> np.ndarray:
@@ -115,8 +124,9 @@ def system_throughput(records: Sequence[RequestRecord], window_s: float = 2.0, m
     window is marked ramp-up, steady or drain by `steady_interval`; with no steady interval at all
     (a run too short for its load) every window is marked steady, and the report says so.
     """
-    times = np.array([t for r in ok(records) for t in r.chunk_times], dtype=float)
-    counts = np.array([n for r in ok(records) for n in r.chunk_tokens], dtype=float)
+    good = ok(records)
+    times = np.fromiter(itertools.chain.from_iterable(r.chunk_times for r in good), dtype=float)
+    counts = np.fromiter(itertools.chain.from_iterable(r.chunk_tokens for r in good), dtype=float)
     if not len(times) or not records:
         return Windows(np.array([]), np.array([]), [])
     start = min(r.t_start for r in records)
@@ -200,30 +210,54 @@ class Summary:
         return asdict(self)
 
 
-def summarize(records: Sequence[RequestRecord], window_s: float = 2.0, mode: str = "closed",
-              ttft_target_s: float = 2.0, tpot_target_s: float = 0.2) -> Summary:
+def summarize(
+    records: Sequence[RequestRecord],
+    window_s: float = 2.0,
+    mode: str = "closed",
+    ttft_target_s: float = 2.0,
+    tpot_target_s: float = 0.2,
+) -> Summary:
     """Every metric of one run. Pool runs with `pooled` instead: throughputs of runs do not add up."""
     good = ok(records)
     ttfts, tpots, icl, rt = ttft(records), tpot(records), inter_chunk_latency(records), response_time(records)
-    users, routes, windows = user_throughput(records), routing_overhead(records), system_throughput(records, window_s, mode)
+    users, routes, windows = (
+        user_throughput(records),
+        routing_overhead(records),
+        system_throughput(records, window_s, mode),
+    )
     steady = windows.steady()
     return Summary(
-        requests=len(records), ok=len(good), failed=len(records) - len(good),
+        requests=len(records),
+        ok=len(good),
+        failed=len(records) - len(good),
         error_rate=(len(records) - len(good)) / len(records) if records else 0.0,
         time_to_failure_median_s=percentile(time_to_failure(records), 50),
         output_tokens=int(sum(r.output_tokens for r in good)),
         chunk_tokens=int(sum(sum(r.chunk_tokens) for r in good)),
-        ttft_n=len(ttfts), ttft_mean_s=mean(ttfts), ttft_median_s=percentile(ttfts, 50),
-        ttft_p99_s=percentile(ttfts, 99), ttft_scheduled_median_s=percentile(ttft(records, from_schedule=True), 50),
-        tpot_n=len(tpots), tpot_mean_s=mean(tpots), tpot_median_s=percentile(tpots, 50),
-        tpot_p99_s=percentile(tpots, 99), icl_median_s=percentile(icl, 50), icl_p99_s=percentile(icl, 99),
-        user_throughput_mean=mean(users), user_throughput_std=std(users),
-        response_time_p50_s=percentile(rt, 50), response_time_p90_s=percentile(rt, 90),
+        ttft_n=len(ttfts),
+        ttft_mean_s=mean(ttfts),
+        ttft_median_s=percentile(ttfts, 50),
+        ttft_p99_s=percentile(ttfts, 99),
+        ttft_scheduled_median_s=percentile(ttft(records, from_schedule=True), 50),
+        tpot_n=len(tpots),
+        tpot_mean_s=mean(tpots),
+        tpot_median_s=percentile(tpots, 50),
+        tpot_p99_s=percentile(tpots, 99),
+        icl_median_s=percentile(icl, 50),
+        icl_p99_s=percentile(icl, 99),
+        user_throughput_mean=mean(users),
+        user_throughput_std=std(users),
+        response_time_p50_s=percentile(rt, 50),
+        response_time_p90_s=percentile(rt, 90),
         response_time_p99_s=percentile(rt, 99),
-        system_throughput_mean=mean(steady), system_throughput_peak=float(windows.tokens_per_s.max())
-        if len(windows.tokens_per_s) else None, steady_windows=len(steady),
-        route_mean_s=mean(routes), route_std_s=std(routes), route_p50_s=percentile(routes, 50),
-        route_p99_s=percentile(routes, 99), goodput=goodput(records, ttft_target_s, tpot_target_s),
+        system_throughput_mean=mean(steady),
+        system_throughput_peak=float(windows.tokens_per_s.max()) if len(windows.tokens_per_s) else None,
+        steady_windows=len(steady),
+        route_mean_s=mean(routes),
+        route_std_s=std(routes),
+        route_p50_s=percentile(routes, 50),
+        route_p99_s=percentile(routes, 99),
+        goodput=goodput(records, ttft_target_s, tpot_target_s),
     )
 
 

@@ -31,14 +31,19 @@ def overhead_rows(cells: dict[CellKey, Cell], pairs: dict[str, str]) -> list[dic
             if not len(r) or not len(d):
                 continue
             gateway = metrics.routing_overhead(cells[key].records)
-            rows.append({
-                "configuration": routed, "direct": direct, "mix": key.mix, "users": key.users,
-                "n": f"{len(r)} / {len(d)}",
-                "ttft_diff_mean_ms": (float(r.mean()) - float(d.mean())) * 1000,
-                "ttft_diff_std_ms": math.sqrt(float(r.var()) + float(d.var())) * 1000,
-                "ttft_diff_p50_ms": (float(np.median(r)) - float(np.median(d))) * 1000,
-                "ttft_diff_p99_ms": (float(np.percentile(r, 99)) - float(np.percentile(d, 99))) * 1000,
-                "gateway_mean_ms": float(gateway.mean()) * 1000 if len(gateway) else None,
-                "gateway_std_ms": float(gateway.std()) * 1000 if len(gateway) else None,
-            })
+            rows.append(
+                {
+                    "configuration": routed,
+                    "direct": direct,
+                    "mix": key.mix,
+                    "users": key.users,
+                    "n": f"{len(r)} / {len(d)}",
+                    "ttft_diff_mean_ms": (float(r.mean()) - float(d.mean())) * 1000,
+                    "ttft_diff_std_ms": math.sqrt(float(r.var()) + float(d.var())) * 1000,
+                    "ttft_diff_p50_ms": (float(np.median(r)) - float(np.median(d))) * 1000,
+                    "ttft_diff_p99_ms": (float(np.percentile(r, 99)) - float(np.percentile(d, 99))) * 1000,
+                    "gateway_mean_ms": float(gateway.mean()) * 1000 if len(gateway) else None,
+                    "gateway_std_ms": float(gateway.std()) * 1000 if len(gateway) else None,
+                }
+            )
     return rows

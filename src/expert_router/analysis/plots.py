@@ -55,7 +55,9 @@ def fig3_response_time(cells: dict[CellKey, Cell], mix: str, path: Path) -> Path
         rt = [metrics.response_time(cells[CellKey(config, mix, u)].records) for u in users]
         color = COLORS[i % len(COLORS)]
         ax.plot(users, [np.median(r) if len(r) else np.nan for r in rt], "o-", color=color, label=f"{config} median")
-        ax.plot(users, [np.percentile(r, 99) if len(r) else np.nan for r in rt], "s--", color=color, label=f"{config} p99")
+        ax.plot(
+            users, [np.percentile(r, 99) if len(r) else np.nan for r in rt], "s--", color=color, label=f"{config} p99"
+        )
     ax.set_xlabel("concurrent users")
     ax.set_ylabel("response time (s)")
     ax.set_title(f"Fig. 3 - response time vs users ({mix} mix)")
@@ -82,8 +84,15 @@ def _boxes(cells: dict[CellKey, Cell], mix: str, values_of, ylabel: str, title: 
             continue
         color = COLORS[i % len(COLORS)]
         # Whiskers at the minimum and maximum, as the paper's box plots are read (not 1.5 IQR).
-        ax.boxplot(data, positions=positions, widths=width * 0.9, patch_artist=True, whis=(0, 100),
-                   boxprops={"facecolor": color, "alpha": 0.35}, medianprops={"color": color})
+        ax.boxplot(
+            data,
+            positions=positions,
+            widths=width * 0.9,
+            patch_artist=True,
+            whis=(0, 100),
+            boxprops={"facecolor": color, "alpha": 0.35},
+            medianprops={"color": color},
+        )
         ax.plot(positions, medians, "o-", color=color, label=f"{config} median")
     ax.set_xticks(range(len(users)), [str(u) for u in users])
     ax.set_xlabel("concurrent users")
@@ -103,8 +112,9 @@ def _mark_quality(ax: Axes, cell: Cell, x: float, y: float) -> None:
     if not cell.valid:
         notes.append("not valid")
     if notes:
-        ax.annotate("\n".join(notes), (x, y), textcoords="offset points", xytext=(0, 4), ha="center",
-                    fontsize=7, color="#b00")
+        ax.annotate(
+            "\n".join(notes), (x, y), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=7, color="#b00"
+        )
 
 
 def fig4_ttft(cells: dict[CellKey, Cell], mix: str, path: Path) -> Path:
@@ -127,19 +137,25 @@ def fig6_user_throughput_and_p99(cells: dict[CellKey, Cell], path: Path) -> Path
             std = np.array([np.std(t) if len(t) else np.nan for t in throughput])
             style = styles.get(mix, "^-.")
             left.errorbar(users, mean, yerr=std, fmt=style, color=color, capsize=3, label=f"{config}, {mix}")
-            p99 = [np.percentile(r, 99) if len(r) else np.nan
-                   for r in (metrics.response_time(cells[CellKey(config, mix, u)].records) for u in users)]
+            p99 = [
+                np.percentile(r, 99) if len(r) else np.nan
+                for r in (metrics.response_time(cells[CellKey(config, mix, u)].records) for u in users)
+            ]
             right.plot(users, p99, style, color=color, label=f"{config}, {mix}")
-    left.set(xlabel="concurrent users", ylabel="user throughput (tokens/s, mean ± std)",
-             title="Fig. 6a - user throughput, uniform vs normal")
+    left.set(
+        xlabel="concurrent users",
+        ylabel="user throughput (tokens/s, mean ± std)",
+        title="Fig. 6a - user throughput, uniform vs normal",
+    )
     right.set(xlabel="concurrent users", ylabel="p99 response time (s)", title="Fig. 6b - p99 response time")
     left.legend()
     right.legend()
     return _save(fig, path)
 
 
-def fig7_system_throughput(cells: dict[CellKey, Cell], mix: str, users: Sequence[int], path: Path,
-                           window_s: float = 2.0) -> Path:
+def fig7_system_throughput(
+    cells: dict[CellKey, Cell], mix: str, users: Sequence[int], path: Path, window_s: float = 2.0
+) -> Path:
     configs = _configurations(cells)
     fig, axes = plt.subplots(len(users), 1, figsize=(9, 2.6 * len(users)), squeeze=False)
     for row, u in enumerate(users):
@@ -155,8 +171,14 @@ def fig7_system_throughput(cells: dict[CellKey, Cell], mix: str, users: Sequence
                 if not len(windows.tokens_per_s):
                     continue
                 edges = np.append(windows.starts, windows.starts[-1] + window_s)
-                ax.step(edges, np.append(windows.tokens_per_s, windows.tokens_per_s[-1]), where="post", color=color,
-                        alpha=1.0 if rep == 0 else 0.35, label=config if rep == 0 else None)
+                ax.step(
+                    edges,
+                    np.append(windows.tokens_per_s, windows.tokens_per_s[-1]),
+                    where="post",
+                    color=color,
+                    alpha=1.0 if rep == 0 else 0.35,
+                    label=config if rep == 0 else None,
+                )
                 steady = [s for s, phase in zip(windows.starts, windows.phases) if phase == "steady"]
                 if rep == 0 and steady:
                     ax.axvspan(steady[0], steady[-1] + window_s, color=color, alpha=0.06)
@@ -164,8 +186,12 @@ def fig7_system_throughput(cells: dict[CellKey, Cell], mix: str, users: Sequence
                     steady_means.append(float(np.mean(windows.steady())))
             if steady_means:
                 mean = float(np.mean(steady_means))
-                ax.axhline(mean, color=color, linestyle=":", label=f"{config} steady mean {mean:,.0f}"
-                           + ("" if cell.valid else " (not valid)"))
+                ax.axhline(
+                    mean,
+                    color=color,
+                    linestyle=":",
+                    label=f"{config} steady mean {mean:,.0f}" + ("" if cell.valid else " (not valid)"),
+                )
         ax.set(ylabel="tokens/s", title=f"{u} users")
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=8)

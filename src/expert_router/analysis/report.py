@@ -13,16 +13,28 @@ from typing import Any
 import numpy as np
 
 from expert_router.analysis import metrics, plots
+from expert_router.analysis.findings import findings_sections
 from expert_router.analysis.overhead import overhead_rows
 from expert_router.analysis.results import Cell, CellKey, load_cells, prompt_lengths
+from expert_router.analysis.sections import Section
 
 COLUMNS = [
-    ("configuration", "configuration"), ("mix", "mix"), ("users", "users"), ("requests (n)", "requests"),
-    ("error rate", "error_rate"), ("TTFT median (ms)", "ttft_median_ms"), ("TTFT p99 (ms)", "ttft_p99_ms"),
-    ("TPOT median (ms)", "tpot_median_ms"), ("TPOT p99 (ms)", "tpot_p99_ms"),
-    ("user throughput (tok/s)", "user_throughput"), ("p99 response time (s)", "response_time_p99_s"),
-    ("system throughput, steady mean (tok/s)", "system_throughput_mean"), ("peak (tok/s)", "system_throughput_peak"),
-    ("tokens: usage / chunks", "tokens"), ("goodput", "goodput"), ("gateway time (ms, mean ± std)", "route"),
+    ("configuration", "configuration"),
+    ("mix", "mix"),
+    ("users", "users"),
+    ("requests (n)", "requests"),
+    ("error rate", "error_rate"),
+    ("TTFT median (ms)", "ttft_median_ms"),
+    ("TTFT p99 (ms)", "ttft_p99_ms"),
+    ("TPOT median (ms)", "tpot_median_ms"),
+    ("TPOT p99 (ms)", "tpot_p99_ms"),
+    ("user throughput (tok/s)", "user_throughput"),
+    ("p99 response time (s)", "response_time_p99_s"),
+    ("system throughput, steady mean (tok/s)", "system_throughput_mean"),
+    ("peak (tok/s)", "system_throughput_peak"),
+    ("tokens: usage / chunks", "tokens"),
+    ("goodput", "goodput"),
+    ("gateway time (ms, mean ± std)", "route"),
     ("valid", "valid"),
 ]
 ERROR_RATE_FLAG = 0.01
@@ -30,22 +42,18 @@ ERROR_RATE_FLAG = 0.01
 
 
 OVERHEAD_COLUMNS = [
-    ("via gateway", "configuration"), ("direct", "direct"), ("mix", "mix"), ("users", "users"),
-    ("n (gateway / direct)", "n"), ("TTFT difference mean (ms)", "ttft_diff_mean_ms"),
-    ("± std (ms)", "ttft_diff_std_ms"), ("difference of p50s (ms)", "ttft_diff_p50_ms"),
-    ("difference of p99s (ms)", "ttft_diff_p99_ms"), ("gateway's own time mean (ms)", "gateway_mean_ms"),
+    ("via gateway", "configuration"),
+    ("direct", "direct"),
+    ("mix", "mix"),
+    ("users", "users"),
+    ("n (gateway / direct)", "n"),
+    ("TTFT difference mean (ms)", "ttft_diff_mean_ms"),
+    ("± std (ms)", "ttft_diff_std_ms"),
+    ("difference of p50s (ms)", "ttft_diff_p50_ms"),
+    ("difference of p99s (ms)", "ttft_diff_p99_ms"),
+    ("gateway's own time mean (ms)", "gateway_mean_ms"),
     ("± std (ms)", "gateway_std_ms"),
 ]
-
-
-@dataclass
-class Section:
-    """One table of the report."""
-
-    title: str
-    columns: list[tuple[str, str]]
-    rows: list[dict[str, Any]]
-    note: str = ""
 
 
 @dataclass
@@ -69,17 +77,31 @@ def table_row(cell: Cell, window_s: float = 2.0) -> dict[str, Any]:
 
     flagged = s.error_rate > ERROR_RATE_FLAG
     return {
-        "configuration": cell.key.configuration, "mix": cell.key.mix, "users": cell.key.users, "requests": s.requests,
-        "error_rate": f"{s.error_rate:.1%}" + (" (!)" if flagged else ""), "error_rate_value": s.error_rate,
-        "ttft_median_ms": ms(s.ttft_median_s), "ttft_p99_ms": ms(s.ttft_p99_s), "ttft_n": s.ttft_n,
-        "tpot_median_ms": ms(s.tpot_median_s), "tpot_p99_ms": ms(s.tpot_p99_s), "tpot_n": s.tpot_n,
+        "configuration": cell.key.configuration,
+        "mix": cell.key.mix,
+        "users": cell.key.users,
+        "requests": s.requests,
+        "error_rate": f"{s.error_rate:.1%}" + (" (!)" if flagged else ""),
+        "error_rate_value": s.error_rate,
+        "ttft_median_ms": ms(s.ttft_median_s),
+        "ttft_p99_ms": ms(s.ttft_p99_s),
+        "ttft_n": s.ttft_n,
+        "tpot_median_ms": ms(s.tpot_median_s),
+        "tpot_p99_ms": ms(s.tpot_p99_s),
+        "tpot_n": s.tpot_n,
         "user_throughput": pm(s.user_throughput_mean, s.user_throughput_std),
-        "user_throughput_mean": s.user_throughput_mean, "user_throughput_std": s.user_throughput_std,
-        "response_time_p99_s": s.response_time_p99_s, "system_throughput_mean": s.system_throughput_mean,
-        "system_throughput_peak": s.system_throughput_peak, "steady_windows": s.steady_windows,
-        "tokens": f"{s.output_tokens:,} / {s.chunk_tokens:,}", "goodput": s.goodput,
-        "route": pm(s.route_mean_s, s.route_std_s, 1000), "route_p50_ms": ms(s.route_p50_s),
-        "route_p99_ms": ms(s.route_p99_s), "valid": "yes" if cell.valid else "no",
+        "user_throughput_mean": s.user_throughput_mean,
+        "user_throughput_std": s.user_throughput_std,
+        "response_time_p99_s": s.response_time_p99_s,
+        "system_throughput_mean": s.system_throughput_mean,
+        "system_throughput_peak": s.system_throughput_peak,
+        "steady_windows": s.steady_windows,
+        "tokens": f"{s.output_tokens:,} / {s.chunk_tokens:,}",
+        "goodput": s.goodput,
+        "route": pm(s.route_mean_s, s.route_std_s, 1000),
+        "route_p50_ms": ms(s.route_p50_s),
+        "route_p99_ms": ms(s.route_p99_s),
+        "valid": "yes" if cell.valid else "no",
         "reasons": sorted(set(cell.reasons)),
     }
 
@@ -92,8 +114,9 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
-def write_report(results: Path, out: Path | None = None, fig7_users: list[int] | None = None,
-                 quality: Path | None = None) -> Report:
+def write_report(
+    results: Path, out: Path | None = None, fig7_users: list[int] | None = None, quality: Path | None = None
+) -> Report:
     """The report of a results folder; with `quality` (a folder written by `expert-router evaluate`) it
     also shows the experts' answer quality beside the speed figures."""
     cells = load_cells(results)
@@ -103,15 +126,23 @@ def write_report(results: Path, out: Path | None = None, fig7_users: list[int] |
     answer_quality = quality_section(quality, out) if quality is not None else None
     if answer_quality is not None:
         figures.extend(answer_quality[1])
-    rows = [table_row(cell) for _, cell in sorted(cells.items(), key=lambda kv: (kv[0].mix, kv[0].configuration, kv[0].users))]
+    rows = [
+        table_row(cell)
+        for _, cell in sorted(cells.items(), key=lambda kv: (kv[0].mix, kv[0].configuration, kv[0].users))
+    ]
     invalid = [r for r in rows if r["valid"] == "no"]
     sections = [Section("Every cell", COLUMNS, rows, _invalid_note(invalid))]
     if answer_quality is not None:
         sections.append(answer_quality[0])
     overhead = overhead_rows(cells, _direct_pairs(results))
     if overhead:
-        sections.append(Section("Routing overhead: TTFT through the gateway minus TTFT direct, same load",
-                                OVERHEAD_COLUMNS, overhead))
+        sections.append(
+            Section(
+                "Routing overhead: TTFT through the gateway minus TTFT direct, same load", OVERHEAD_COLUMNS, overhead
+            )
+        )
+    if {"A", "B", "C", "D", "E"} <= {k.configuration for k in cells}:  # the paper's configurations (Table I)
+        sections += findings_sections(cells)
     title = f"Expert Router report: {results.name}"
     (out / "summary.md").write_text(render_markdown(title, sections, figures))
     (out / "rows.json").write_text(json.dumps(rows, indent=1))
@@ -145,21 +176,32 @@ def quality_section(folder: Path, out: Path) -> tuple[Section, list[Path]] | Non
     if not path.is_file():
         return None
     data = json.loads(path.read_text())
-    evaluation = Evaluation(np.array(data["perplexity"], dtype=float), np.array(data["base_perplexity"], dtype=float),
-                            data["documents"], {int(c): v for c, v in data["cluster_labels"].items()},
-                            data.get("routing_accuracy"))
+    evaluation = Evaluation(
+        np.array(data["perplexity"], dtype=float),
+        np.array(data["base_perplexity"], dtype=float),
+        data["documents"],
+        {int(c): v for c, v in data["cluster_labels"].items()},
+        data.get("routing_accuracy"),
+    )
     figures = []
     heat_map = folder / "quality_perplexity.png"
     if heat_map.is_file():
         figures.append(Path(shutil.copy(heat_map, out / heat_map.name)))
     summary = evaluation.summary()
-    note = (f"The cluster's own expert has the lowest perplexity in {summary['diagonal_lowest_rows']} of "
-            f"{summary['rows_with_held_out']} rows; routed expert / base model {summary['routed_vs_base']:.2f}, "
-            f"routed / random other expert {summary['routed_vs_random']:.2f}; routing accuracy on held-out "
-            f"labelled prompts " + ("-" if summary["routing_accuracy"] is None else f"{summary['routing_accuracy']:.0%}")
-            + ".")
-    return Section("Answer quality: perplexity on each cluster's held-out text (lower is better)",
-                   list(QUALITY_COLUMNS), table_rows(evaluation), note), figures
+    note = (
+        f"The cluster's own expert has the lowest perplexity in {summary['diagonal_lowest_rows']} of "
+        f"{summary['rows_with_held_out']} rows; routed expert / base model {summary['routed_vs_base']:.2f}, "
+        f"routed / random other expert {summary['routed_vs_random']:.2f}; routing accuracy on held-out "
+        f"labelled prompts "
+        + ("-" if summary["routing_accuracy"] is None else f"{summary['routing_accuracy']:.0%}")
+        + "."
+    )
+    return Section(
+        "Answer quality: perplexity on each cluster's held-out text (lower is better)",
+        list(QUALITY_COLUMNS),
+        table_rows(evaluation),
+        note,
+    ), figures
 
 
 def _direct_pairs(results: Path) -> dict[str, str]:
@@ -175,14 +217,18 @@ def _invalid_note(invalid: list[dict[str, Any]]) -> str:
     if not invalid:
         return ""
     reasons = sorted({reason for row in invalid for reason in row["reasons"]})
-    return (f"{len(invalid)} cell(s) were not measured well (marked valid: no); treat their numbers with care. "
-            "Why: " + "; ".join(reasons[:6]))
+    return (
+        f"{len(invalid)} cell(s) were not measured well (marked valid: no); treat their numbers with care. "
+        "Why: " + "; ".join(reasons[:6])
+    )
 
 
-DEFINITIONS = ("Repetitions pooled. TTFT: send to first token. TPOT: (last token - first token) / (tokens - 1), "
-               "tokens counted per chunk. User throughput: tokens / response time. System throughput: tokens per "
-               "2-second window; the mean is over steady-state windows only (after ramp-up, before drain). "
-               "Error rate beside every latency; (!) marks more than 1% failed. See the README's Metrics section.")
+DEFINITIONS = (
+    "Repetitions pooled. TTFT: send to first token. TPOT: (last token - first token) / (tokens - 1), "
+    "tokens counted per chunk. User throughput: tokens / response time. System throughput: tokens per "
+    "2-second window; the mean is over steady-state windows only (after ramp-up, before drain). "
+    "Error rate beside every latency; (!) marks more than 1% failed. See the README's Metrics section."
+)
 
 
 def render_markdown(title: str, sections: list[Section], figures: list[Path]) -> str:
@@ -202,12 +248,15 @@ def render_html(title: str, sections: list[Section], figures: list[Path]) -> str
     tables = "".join(_html_table(section) for section in sections)
     images = "".join(
         f'<figure><img alt="{f.stem}" src="data:image/png;base64,{base64.b64encode(f.read_bytes()).decode()}">'
-        f"<figcaption>{html.escape(f.stem)}</figcaption></figure>" for f in figures)
+        f"<figcaption>{html.escape(f.stem)}</figcaption></figure>"
+        for f in figures
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }}
-table {{ border-collapse: collapse; font-size: 0.9em; }} th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
+table {{ border-collapse: collapse; font-size: 0.9em; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
 th {{ background: #f3f3f3; }} figure {{ margin: 2em 0; }} img {{ max-width: 100%; }} .note {{ color: #a60; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
@@ -220,7 +269,9 @@ th {{ background: #f3f3f3; }} figure {{ margin: 2em 0; }} img {{ max-width: 100%
 
 def _html_table(section: Section) -> str:
     head = "".join(f"<th>{html.escape(name)}</th>" for name, _ in section.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(row[key]))}</td>" for _, key in section.columns) + "</tr>"
-                   for row in section.rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(row[key]))}</td>" for _, key in section.columns) + "</tr>"
+        for row in section.rows
+    )
     note = f'<p class="note">{html.escape(section.note)}</p>' if section.note else ""
     return f"<h2>{html.escape(section.title)}</h2>{note}<table><tr>{head}</tr>{body}</table>"

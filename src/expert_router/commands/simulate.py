@@ -18,7 +18,8 @@ Reads the same experiment file as `experiment run`: its `expert-router emulate` 
 simulated engines, an `expert-router serve` service makes a configuration a router (its deployment maps
 clusters to engines). Cells are written as a real run writes them, then the same report. Times are
 emulated seconds; the gateway's overhead per request is drawn from a normal distribution (--gateway-ms
-MEAN STD, clipped at 0; default none).
+MEAN STD, clipped at 0; default 0.8 0.2, measured on a 2-core machine), or from a real run's
+Server-Timing route values (--gateway-from RECORDS).
 """
 
 
@@ -39,8 +40,27 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         type=float,
         nargs=2,
         metavar=("MEAN", "STD"),
-        default=(0.0, 0.0),
-        help="gateway overhead per routed request, milliseconds",
+        default=None,
+        help="gateway overhead per routed request, milliseconds (default: 0.8 0.2, measured "
+        "on a 2-core machine by bench/gateway.py)",
+    )
+    parser.add_argument(
+        "--gateway-from",
+        type=Path,
+        metavar="RECORDS",
+        help="draw the gateway overhead from the Server-Timing route values of a real run's records.jsonl instead",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="cells simulated side by side, one process each (default: one per core)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="emulated seconds per cell (default: the experiment file's duration_s)",
     )
     parser.add_argument("--no-report", action="store_true", help="only write the cells")
     parser.set_defaults(handler=run)
@@ -48,13 +68,21 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from expert_router.simulate.run import simulate_experiment
-    from expert_router.simulate.system import GatewayOverhead
+    from expert_router.simulate.system import DEFAULT_GATEWAY_MS, GatewayOverhead
 
-    mean, std = args.gateway_ms
+    mean, std = args.gateway_ms or DEFAULT_GATEWAY_MS
     if mean < 0 or std < 0:
         raise UserError("--gateway-ms MEAN STD must not be negative")
+    overhead = GatewayOverhead(mean / 1000, std / 1000)
+    if args.gateway_from is not None:
+        from expert_router.loadgen.records import read_records
+
+        overhead = GatewayOverhead.measured(read_records(args.gateway_from))
     started = time.monotonic()
-    cells = simulate_experiment(args.experiment, args.results, GatewayOverhead(mean / 1000, std / 1000))
+    import os
+
+    workers = args.workers or os.cpu_count() or 1
+    cells = simulate_experiment(args.experiment, args.results, overhead, workers=workers, duration_s=args.duration)
     console.print(f"{len(cells)} cells simulated in {time.monotonic() - started:.1f} s into {args.results}")
     if not args.no_report:
         from expert_router.analysis.report import write_report

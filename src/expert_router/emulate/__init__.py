@@ -12,6 +12,19 @@ from expert_router.emulate.realtime import RealtimeDriver, scale_times
 from expert_router.emulate.scheduler import Scheduler, Sequence
 
 __all__ = [
-    "Engine", "EngineConfig", "Instance", "Iteration", "PerfModel", "RealtimeDriver", "Scheduler", "Sequence",
-    "StepResult", "StepTime", "TokenEvent", "build_config", "plan", "scale_times", "serve",
+    "Engine",
+    "EngineConfig",
+    "Instance",
+    "Iteration",
+    "PerfModel",
+    "RealtimeDriver",
+    "Scheduler",
+    "Sequence",
+    "StepResult",
+    "StepTime",
+    "TokenEvent",
+    "build_config",
+    "plan",
+    "scale_times",
+    "serve",
 ]

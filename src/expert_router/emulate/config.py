@@ -18,10 +18,21 @@ GPU_MEMORY_UTILIZATION = 0.9
 """Share of GPU memory an engine takes when no KV size is given (vLLM's --gpu-memory-utilization default)."""
 
 DEFAULTS: dict[str, Any] = {
-    "model": "llama-3-8b", "dtype": "fp16", "gpu": "h100-sxm", "tp": 1, "kv_dtype": "fp16",
-    "kv_cache_gb": None, "max_batch_size": 256, "max_num_tokens": 8192, "chunked_prefill": True,
-    "policy": "guaranteed_no_evict", "block_size": 64, "output_lengths": DEFAULT_OUTPUT_LENGTHS,
-    "efficiency": "default", "seed": 0, "instances": 1,
+    "model": "llama-3-8b",
+    "dtype": "fp16",
+    "gpu": "h100-sxm",
+    "tp": 1,
+    "kv_dtype": "fp16",
+    "kv_cache_gb": None,
+    "max_batch_size": 256,
+    "max_num_tokens": 8192,
+    "chunked_prefill": True,
+    "policy": "guaranteed_no_evict",
+    "block_size": 64,
+    "output_lengths": DEFAULT_OUTPUT_LENGTHS,
+    "efficiency": "default",
+    "seed": 0,
+    "instances": 1,
 }
 """max_num_tokens 8192 and 64-token blocks are TensorRT-LLM's defaults (the paper's engine); the batch
 cap of 256 is vLLM's max_num_seqs default."""
@@ -54,8 +65,10 @@ class EngineConfig:
             return self.kv_cache_gb * 1e9
         free = self.tp * self.gpu.memory_gb * 1e9 * GPU_MEMORY_UTILIZATION - weight_bytes
         if free <= 0:
-            raise UserError(f"{self.model.name} in {self.dtype.name} ({weight_bytes / 1e9:.1f} GB) does not fit "
-                            f"on {self.tp} x {self.gpu.name}; raise --tp or choose a smaller --dtype")
+            raise UserError(
+                f"{self.model.name} in {self.dtype.name} ({weight_bytes / 1e9:.1f} GB) does not fit "
+                f"on {self.tp} x {self.gpu.name}; raise --tp or choose a smaller --dtype"
+            )
         return free
 
     def describe(self) -> str:
@@ -76,12 +89,20 @@ def build_config(preset: str | None = None, **settings: Any) -> tuple[EngineConf
     if instances < 1:
         raise UserError("--instances must be at least 1")
     config = EngineConfig(
-        model=profiles.model(merged["model"]), dtype=profiles.dtype(merged["dtype"]), gpu=profiles.gpu(merged["gpu"]),
-        tp=int(merged["tp"]), kv_dtype=str(merged["kv_dtype"]), kv_cache_gb=merged["kv_cache_gb"],
-        max_batch_size=int(merged["max_batch_size"]), max_num_tokens=int(merged["max_num_tokens"]),
-        chunked_prefill=bool(merged["chunked_prefill"]), policy=merged["policy"], block_size=int(merged["block_size"]),
+        model=profiles.model(merged["model"]),
+        dtype=profiles.dtype(merged["dtype"]),
+        gpu=profiles.gpu(merged["gpu"]),
+        tp=int(merged["tp"]),
+        kv_dtype=str(merged["kv_dtype"]),
+        kv_cache_gb=merged["kv_cache_gb"],
+        max_batch_size=int(merged["max_batch_size"]),
+        max_num_tokens=int(merged["max_num_tokens"]),
+        chunked_prefill=bool(merged["chunked_prefill"]),
+        policy=merged["policy"],
+        block_size=int(merged["block_size"]),
         output_lengths=parse_output_lengths(str(merged["output_lengths"])),
-        efficiency=profiles.efficiency(str(merged["efficiency"])), seed=int(merged["seed"]),
+        efficiency=profiles.efficiency(str(merged["efficiency"])),
+        seed=int(merged["seed"]),
     )
     profiles.kv_bytes(config.kv_dtype)  # an unknown KV precision fails here, named
     return config, instances

@@ -9,6 +9,7 @@ clock by it. Both therefore run exactly the same scheduling and timing code.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -19,12 +20,12 @@ from expert_router.emulate.scheduler import Batch, Scheduler, Sequence
 from expert_router.errors import UserError
 
 
-@dataclass(frozen=True)
-class TokenEvent:
-    """Output token `index` (0-based) of request `request_id`; the last one carries its finish reason."""
+class TokenEvent(NamedTuple):
+    """Output token `position` (0-based) of request `request_id`; the last one carries its finish reason.
+    A named tuple, not a dataclass: one is made per emitted token, and tuples are several times cheaper."""
 
     request_id: int
-    index: int
+    position: int
     finish_reason: str | None = None
 
 
@@ -57,12 +58,13 @@ class Engine:
 
     def __init__(self, config: EngineConfig):
         self.config = config
-        self.perf = PerfModel(config.model, config.dtype, config.gpu, config.tp, config.efficiency,
-                              config.kv_bytes)
-        self.blocks = BlockManager.from_bytes(config.kv_capacity_bytes(self.perf.weight_bytes),
-                                              self.perf.kv_bytes_per_token(), config.block_size)
-        self.scheduler = Scheduler(self.blocks, config.max_batch_size, config.max_num_tokens,
-                                   config.chunked_prefill, config.policy)
+        self.perf = PerfModel(config.model, config.dtype, config.gpu, config.tp, config.efficiency, config.kv_bytes)
+        self.blocks = BlockManager.from_bytes(
+            config.kv_capacity_bytes(self.perf.weight_bytes), self.perf.kv_bytes_per_token(), config.block_size
+        )
+        self.scheduler = Scheduler(
+            self.blocks, config.max_batch_size, config.max_num_tokens, config.chunked_prefill, config.policy
+        )
         self.stats = EngineStats()
         self._rng = np.random.default_rng(config.seed)
         self._sequences: dict[int, Sequence] = {}
@@ -112,19 +114,24 @@ class Engine:
 
     def _emit(self, batch: Batch) -> list[TokenEvent]:
         """Advance every scheduled sequence; those that reach their end produce one token each."""
-        events = []
+        events: list[TokenEvent] = []
+        append = events.append  # the hot loop of a virtual-time sweep: one pass per token
         for seq, n in batch.items:
-            if not seq.advance(n):
+            # Sequence.advance inlined: this loop runs once per token of a sweep (millions per cell)
+            seq.computed += n
+            if seq.computed < seq.length:
                 continue  # a prefill chunk that is not the last
+            seq.generated += 1
+            seq.length += 1
             index = seq.generated - 1
             if index == 0:
                 self.stats.prompt_tokens += seq.prompt_tokens
             if seq.generated >= seq.stop_after:
-                events.append(TokenEvent(seq.id, index, seq.finish_reason))
+                append(TokenEvent(seq.id, index, seq.finish_reason))
                 self.scheduler.finish(seq)
                 del self._sequences[seq.id]
             else:
-                events.append(TokenEvent(seq.id, index))
+                append(TokenEvent(seq.id, index, None))
         return events
 
     def _account(self, result: StepResult) -> None:

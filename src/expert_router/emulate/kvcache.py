@@ -15,8 +15,10 @@ class BlockManager:
 
     def __init__(self, num_blocks: int, block_size: int):
         if num_blocks < 1 or block_size < 1:
-            raise UserError("the KV cache must hold at least one block of at least one token: "
-                            "raise --kv-cache-gb or lower --block-size")
+            raise UserError(
+                "the KV cache must hold at least one block of at least one token: "
+                "raise --kv-cache-gb or lower --block-size"
+            )
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.free = num_blocks

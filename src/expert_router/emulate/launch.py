@@ -35,8 +35,10 @@ def plan(config: EngineConfig, instances: int, port: int, names: list[str]) -> l
 
     Each instance draws its answer lengths from its own seed (seed + i), as separate servers would.
     """
-    return [Instance(replace(config, seed=config.seed + i), port + i, tuple(n.replace("{i}", str(i)) for n in names))
-            for i in range(instances)]
+    return [
+        Instance(replace(config, seed=config.seed + i), port + i, tuple(n.replace("{i}", str(i)) for n in names))
+        for i in range(instances)
+    ]
 
 
 def app_for(instance: Instance, dilation: float) -> web.Application:
@@ -45,14 +47,16 @@ def app_for(instance: Instance, dilation: float) -> web.Application:
     return build_app(RealtimeDriver(engine, dilation, metrics), metrics, instance.names)
 
 
-async def serve_all(instances: list[Instance], host: str, dilation: float,
-                    on_started: Callable[[], None] | None = None) -> None:
+async def serve_all(
+    instances: list[Instance], host: str, dilation: float, on_started: Callable[[], None] | None = None
+) -> None:
     """Serve every instance until SIGINT or SIGTERM."""
     runners = []
     try:
         for instance in instances:
-            runner = web.AppRunner(app_for(instance, dilation), handler_cancellation=True, access_log=None,
-                                   shutdown_timeout=2.0)
+            runner = web.AppRunner(
+                app_for(instance, dilation), handler_cancellation=True, access_log=None, shutdown_timeout=2.0
+            )
             await runner.setup()
             runners.append(runner)
             try:

@@ -12,8 +12,27 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from expert_router.emulate.engine import Engine
 
-LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-                   20.0, 40.0, 80.0)
+LATENCY_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
 """vLLM's time-to-first-token buckets (vllm/engine/metrics.py), used for all three histograms."""
 
 
@@ -25,20 +44,29 @@ class EngineMetrics:
         self.running = Gauge("vllm:num_requests_running", "Requests in the running batch", labels, registry=r)
         self.waiting = Gauge("vllm:num_requests_waiting", "Requests waiting to be scheduled", labels, registry=r)
         self.kv_usage = Gauge("vllm:kv_cache_usage_perc", "KV-cache blocks in use, 0..1", labels, registry=r)
-        self.gpu_cache = Gauge("vllm:gpu_cache_usage_perc", "KV-cache blocks in use, 0..1 (vLLM v0 name)",
-                               labels, registry=r)
+        self.gpu_cache = Gauge(
+            "vllm:gpu_cache_usage_perc", "KV-cache blocks in use, 0..1 (vLLM v0 name)", labels, registry=r
+        )
         self.prompt_tokens = Counter("vllm:prompt_tokens", "Prefilled prompt tokens", labels, registry=r)
         self.generation_tokens = Counter("vllm:generation_tokens", "Generated tokens", labels, registry=r)
         self.preemptions = Counter("vllm:num_preemptions", "Sequences preempted", labels, registry=r)
         self.success = Counter("vllm:request_success", "Finished requests", labels + ["finished_reason"], registry=r)
-        self.ttft = Histogram("vllm:time_to_first_token_seconds", "Time to first token", labels,
-                              buckets=LATENCY_BUCKETS, registry=r)
-        self.tpot = Histogram("vllm:time_per_output_token_seconds", "Time between output tokens", labels,
-                              buckets=LATENCY_BUCKETS, registry=r)
-        self.e2e = Histogram("vllm:e2e_request_latency_seconds", "Request latency", labels,
-                             buckets=LATENCY_BUCKETS, registry=r)
-        dilation_gauge = Gauge("emulator_time_dilation", "Every emulated duration runs this many times slower",
-                               registry=r)
+        self.ttft = Histogram(
+            "vllm:time_to_first_token_seconds", "Time to first token", labels, buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.tpot = Histogram(
+            "vllm:time_per_output_token_seconds",
+            "Time between output tokens",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "vllm:e2e_request_latency_seconds", "Request latency", labels, buckets=LATENCY_BUCKETS, registry=r
+        )
+        dilation_gauge = Gauge(
+            "emulator_time_dilation", "Every emulated duration runs this many times slower", registry=r
+        )
         dilation_gauge.set(dilation)
         self.model_name = model_name
         self._seen = (0, 0, 0)

@@ -17,8 +17,12 @@ from expert_router.errors import UserError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8100, help="port of the first instance; the others follow")
-    parser.add_argument("--served-model-name", nargs="+", default=None,
-                        help="model names to answer to ({i}: instance index); default: the model key")
+    parser.add_argument(
+        "--served-model-name",
+        nargs="+",
+        default=None,
+        help="model names to answer to ({i}: instance index); default: the model key",
+    )
     parser.add_argument("--preset", help="named engine settings, e.g. paper-e; flags override it")
     parser.add_argument("--instances", type=int, help="independent engines in this process (default 1)")
     parser.add_argument("--time-dilation", type=float, default=1.0, help="k: every emulated duration takes k x longer")
@@ -28,26 +32,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     engine.add_argument("--dtype", help="weight format: fp16, fp8, int4-awq")
     engine.add_argument("--tp", type=int, help="tensor-parallel GPUs per instance")
     engine.add_argument("--kv-dtype", help="KV-cache precision: fp16, fp8 (default fp16)")
-    engine.add_argument("--kv-cache-gb", type=float, help="KV memory per instance (default: 90%% of GPU memory "
-                        "minus weights)")
+    engine.add_argument(
+        "--kv-cache-gb", type=float, help="KV memory per instance (default: 90%% of GPU memory minus weights)"
+    )
     engine.add_argument("--max-batch-size", type=int, help="most sequences in a batch (default 256)")
     engine.add_argument("--max-num-tokens", type=int, help="most tokens per iteration (default 8192)")
-    engine.add_argument("--no-chunked-prefill", dest="chunked_prefill", action="store_const", const=False,
-                        help="prefill whole prompts only")
+    engine.add_argument(
+        "--no-chunked-prefill",
+        dest="chunked_prefill",
+        action="store_const",
+        const=False,
+        help="prefill whole prompts only",
+    )
     engine.add_argument("--policy", help="guaranteed_no_evict (default) or max_utilization (preempts)")
     engine.add_argument("--block-size", type=int, help="tokens per KV block (default 64)")
-    engine.add_argument("--output-lengths", help="end-of-sequence draw: exponential:MEAN (default exponential:294), "
-                        "fixed:N, normal:MEAN,STD, lognormal:MEDIAN,SIGMA, file:PATH")
+    engine.add_argument(
+        "--output-lengths",
+        help="end-of-sequence draw: exponential:MEAN (default exponential:294), "
+        "fixed:N, normal:MEAN,STD, lognormal:MEDIAN,SIGMA, file:PATH",
+    )
     engine.add_argument("--seed", type=int, help="seed of the answer-length draws")
 
 
 def instances_from(args: argparse.Namespace) -> list[Instance]:
     """The engines a parsed command line asks for."""
     config, instances = build_config(
-        args.preset, model=args.model, dtype=args.dtype, gpu=args.gpu, tp=args.tp, kv_dtype=args.kv_dtype,
-        kv_cache_gb=args.kv_cache_gb, max_batch_size=args.max_batch_size, max_num_tokens=args.max_num_tokens,
-        chunked_prefill=args.chunked_prefill, policy=args.policy, block_size=args.block_size,
-        output_lengths=args.output_lengths, seed=args.seed, instances=args.instances,
+        args.preset,
+        model=args.model,
+        dtype=args.dtype,
+        gpu=args.gpu,
+        tp=args.tp,
+        kv_dtype=args.kv_dtype,
+        kv_cache_gb=args.kv_cache_gb,
+        max_batch_size=args.max_batch_size,
+        max_num_tokens=args.max_num_tokens,
+        chunked_prefill=args.chunked_prefill,
+        policy=args.policy,
+        block_size=args.block_size,
+        output_lengths=args.output_lengths,
+        seed=args.seed,
+        instances=args.instances,
     )
     names = args.served_model_name or [config.model.key + ("-{i}" if instances > 1 else "")]
     return plan(config, instances, args.port, names)
@@ -66,5 +90,5 @@ def parse_command(command: str | Sequence[str]) -> tuple[list[Instance], float]:
     parser = _Parser(prog="expert-router emulate", add_help=False)
     add_arguments(parser)
     parser.add_argument("--validate", action="store_true")
-    args = parser.parse_args(argv[argv.index("emulate") + 1:])
+    args = parser.parse_args(argv[argv.index("emulate") + 1 :])
     return instances_from(args), float(args.time_dilation)

@@ -48,8 +48,10 @@ def parse_output_lengths(spec: str) -> OutputLengths:
     if kind == "file":
         return OutputLengths("file", values=parse_lengths(spec).values)
     if kind not in KINDS or not rest:
-        raise UserError(f"--output-lengths {spec!r}: use one of exponential:MEAN, fixed:N, normal:MEAN,STD, "
-                        "lognormal:MEDIAN,SIGMA, file:PATH")
+        raise UserError(
+            f"--output-lengths {spec!r}: use one of exponential:MEAN, fixed:N, normal:MEAN,STD, "
+            "lognormal:MEDIAN,SIGMA, file:PATH"
+        )
     try:
         numbers = [float(x) for x in rest.split(",")]
     except ValueError:

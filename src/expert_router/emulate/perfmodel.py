@@ -58,8 +58,7 @@ class StepTime:
 class PerfModel:
     """Iteration times of one model in one weight format on `tp` GPUs of one kind."""
 
-    def __init__(self, model: Model, dtype: Dtype, gpu: Gpu, tp: int, efficiency: Efficiency,
-                 kv_bytes: float = 2.0):
+    def __init__(self, model: Model, dtype: Dtype, gpu: Gpu, tp: int, efficiency: Efficiency, kv_bytes: float = 2.0):
         if tp < 1:
             raise UserError("--tp must be at least 1")
         if model.heads % tp:

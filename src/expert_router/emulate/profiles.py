@@ -31,8 +31,10 @@ class Gpu:
     def flops(self, compute: str) -> float:
         """Dense tensor-core rate in FLOP/s for a compute type (fp16, fp8)."""
         if compute not in self.tflops:
-            raise UserError(f"{self.name} has no {compute} tensor cores (it offers {', '.join(self.tflops)}); "
-                            f"choose another --dtype")
+            raise UserError(
+                f"{self.name} has no {compute} tensor cores (it offers {', '.join(self.tflops)}); "
+                f"choose another --dtype"
+            )
         return self.tflops[compute] * 1e12
 
     @property

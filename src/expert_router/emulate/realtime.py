@@ -165,7 +165,12 @@ def scale_times(record: RequestRecord, dilation: float) -> RequestRecord:
     def scaled(value: float | None) -> float | None:
         return None if value is None else value / dilation
 
-    return replace(record, t_scheduled=record.t_scheduled / dilation, t_start=record.t_start / dilation,
-                   t_first_token=scaled(record.t_first_token), t_end=scaled(record.t_end),
-                   chunk_times=[t / dilation for t in record.chunk_times],
-                   server_timing={k: v / dilation for k, v in record.server_timing.items()})
+    return replace(
+        record,
+        t_scheduled=record.t_scheduled / dilation,
+        t_start=record.t_start / dilation,
+        t_first_token=scaled(record.t_first_token),
+        t_end=scaled(record.t_end),
+        chunk_times=[t / dilation for t in record.chunk_times],
+        server_timing={k: v / dilation for k, v in record.server_timing.items()},
+    )

@@ -91,8 +91,14 @@ class Batch:
 
 
 class Scheduler:
-    def __init__(self, blocks: BlockManager, max_batch_size: int, max_num_tokens: int,
-                 chunked_prefill: bool = True, policy: Policy = "guaranteed_no_evict"):
+    def __init__(
+        self,
+        blocks: BlockManager,
+        max_batch_size: int,
+        max_num_tokens: int,
+        chunked_prefill: bool = True,
+        policy: Policy = "guaranteed_no_evict",
+    ):
         if max_batch_size < 1 or max_num_tokens < 1:
             raise UserError("--max-batch-size and --max-num-tokens must be at least 1")
         if policy not in POLICIES:
@@ -109,8 +115,10 @@ class Scheduler:
         """Why `seq` could never run here (too long for the cache or the token budget), or None."""
         worst = seq.prompt_tokens + (seq.max_tokens if self.policy == "guaranteed_no_evict" else 1)
         if self.blocks.blocks_for(worst) > self.blocks.num_blocks:
-            return (f"this request needs {worst} tokens of KV cache but the cache holds "
-                    f"{self.blocks.capacity_tokens}; send a shorter prompt or fewer max_tokens")
+            return (
+                f"this request needs {worst} tokens of KV cache but the cache holds "
+                f"{self.blocks.capacity_tokens}; send a shorter prompt or fewer max_tokens"
+            )
         if not self.chunked_prefill and seq.prompt_tokens > self.max_num_tokens:
             return f"the prompt has {seq.prompt_tokens} tokens, more than max_num_tokens {self.max_num_tokens}"
         return None

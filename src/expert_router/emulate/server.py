@@ -80,15 +80,30 @@ async def stats(request: web.Request) -> web.Response:
         driver.lateness = Lateness()
     engine, late = driver.engine, driver.lateness
     s = engine.stats
-    return web.json_response({
-        "engine": engine.config.describe(), "time_dilation": driver.dilation, "steps": s.steps,
-        "busy_s": s.busy_s, "prompt_tokens": s.prompt_tokens, "generation_tokens": s.generation_tokens,
-        "finished": s.finished, "finish_reasons": s.finish_reasons, "preemptions": s.preemptions,
-        "running": engine.running, "waiting": engine.waiting, "kv_cache_usage": engine.blocks.usage,
-        "kv_capacity_tokens": engine.blocks.capacity_tokens,
-        "lateness_ms": {"mean": late.mean * 1000, "p50": late.percentile(50) * 1000, "p99": late.percentile(99) * 1000,
-                        "max": late.worst * 1000, "steps": late.steps},
-    })
+    return web.json_response(
+        {
+            "engine": engine.config.describe(),
+            "time_dilation": driver.dilation,
+            "steps": s.steps,
+            "busy_s": s.busy_s,
+            "prompt_tokens": s.prompt_tokens,
+            "generation_tokens": s.generation_tokens,
+            "finished": s.finished,
+            "finish_reasons": s.finish_reasons,
+            "preemptions": s.preemptions,
+            "running": engine.running,
+            "waiting": engine.waiting,
+            "kv_cache_usage": engine.blocks.usage,
+            "kv_capacity_tokens": engine.blocks.capacity_tokens,
+            "lateness_ms": {
+                "mean": late.mean * 1000,
+                "p50": late.percentile(50) * 1000,
+                "p99": late.percentile(99) * 1000,
+                "max": late.worst * 1000,
+                "steps": late.steps,
+            },
+        }
+    )
 
 
 def prompt_tokens(body: dict[str, Any], chat: bool) -> int:
@@ -124,8 +139,13 @@ def _parse(raw: bytes, chat: bool, names: tuple[str, ...]) -> tuple[dict[str, An
     if not isinstance(body, dict):
         return error_response(400, "request body must be a JSON object")
     if body.get("model") not in names:
-        return error_response(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError",
-                              code="model_not_found", param="model")
+        return error_response(
+            404,
+            f"The model `{body.get('model')}` does not exist.",
+            "NotFoundError",
+            code="model_not_found",
+            param="model",
+        )
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS
     if not isinstance(max_tokens, int) or max_tokens < 1:
         return error_response(400, "max_tokens must be a positive integer", param="max_tokens")
@@ -155,26 +175,37 @@ async def generate(request: web.Request) -> web.StreamResponse:
 
 
 def _head(body: dict[str, Any], chat: bool) -> dict[str, Any]:
-    return {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
-            "object": "chat.completion.chunk" if chat else "text_completion", "created": int(time.time()),
-            "model": body["model"]}
+    return {
+        "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": body["model"],
+    }
 
 
 def _usage(stream: Stream) -> dict[str, int]:
-    return {"prompt_tokens": stream.prompt_tokens, "completion_tokens": stream.tokens,
-            "total_tokens": stream.prompt_tokens + stream.tokens}
+    return {
+        "prompt_tokens": stream.prompt_tokens,
+        "completion_tokens": stream.tokens,
+        "total_tokens": stream.prompt_tokens + stream.tokens,
+    }
 
 
 async def _stream(request: web.Request, body: dict[str, Any], chat: bool, stream: Stream) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                           "X-Emulator-Time-Dilation": str(request.app[DRIVER_KEY].dilation)})
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Emulator-Time-Dilation": str(request.app[DRIVER_KEY].dilation),
+        }
+    )
     await response.prepare(request)
     head = _head(body, chat)
     if chat:  # vLLM's first chat chunk carries the role and no token
         role = {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
         await response.write(b"data: " + orjson.dumps(role) + b"\n\n")
     async for event, at in stream.events():
-        text = FILLER[event.index % len(FILLER)]
+        text = FILLER[event.position % len(FILLER)]
         if chat:
             choice: dict[str, Any] = {"index": 0, "delta": {"content": text}, "finish_reason": event.finish_reason}
         else:
@@ -192,13 +223,17 @@ async def _stream(request: web.Request, body: dict[str, Any], chat: bool, stream
 async def _whole(body: dict[str, Any], chat: bool, stream: Stream) -> web.Response:
     parts, finish = [], "length"
     async for event, _ in stream.events():
-        parts.append(FILLER[event.index % len(FILLER)])
+        parts.append(FILLER[event.position % len(FILLER)])
         finish = event.finish_reason or finish
     text = "".join(parts)
     head = _head(body, chat)
     if chat:
         head["object"] = "chat.completion"
-        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": finish,
+        }
     else:
         choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
     return web.json_response({**head, "choices": [choice], "usage": _usage(stream)})

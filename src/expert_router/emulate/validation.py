@@ -68,8 +68,14 @@ def engine_for(row: Row, efficiency: profiles.Efficiency | None = None) -> Engin
     """The engine the published row ran: its limits, KV precision and KV memory."""
     table = profiles.load_table("published")
     limits: dict[str, Any] = table["limits"][row.model]
-    settings: dict[str, Any] = dict(model=row.model, gpu=row.gpu, dtype=row.dtype, tp=row.tp,
-                                    kv_dtype="fp8" if row.dtype == "fp8" else "fp16", **limits)
+    settings: dict[str, Any] = dict(
+        model=row.model,
+        gpu=row.gpu,
+        dtype=row.dtype,
+        tp=row.tp,
+        kv_dtype="fp8" if row.dtype == "fp8" else "fp16",
+        **limits,
+    )
     config, _ = build_config(**settings)
     weights = PerfModel(config.model, config.dtype, config.gpu, config.tp, config.efficiency).weight_bytes
     free = row.tp * config.gpu.memory_gb * 1e9 - weights
@@ -80,8 +86,7 @@ def engine_for(row: Row, efficiency: profiles.Efficiency | None = None) -> Engin
     return config
 
 
-def run(rows: list[Row] | None = None, scale: float = 1.0,
-        efficiency: profiles.Efficiency | None = None) -> list[Row]:
+def run(rows: list[Row] | None = None, scale: float = 1.0, efficiency: profiles.Efficiency | None = None) -> list[Row]:
     """Emulate every row; `scale` < 1 sends that share of the published request counts (faster, and
     close while the batch still fills: ramp-up and drain weigh a little more)."""
     requests: dict[str, int] = profiles.load_table("published")["requests"]
@@ -99,10 +104,14 @@ def mean_abs_error(rows: list[Row]) -> float:
 
 def markdown(rows: list[Row]) -> str:
     """The validation table as docs/emulator.md shows it."""
-    lines = ["| model | GPU | format | TP | ISL/OSL | published tok/s | emulated tok/s | error |",
-             "|---|---|---|---|---|---:|---:|---:|"]
+    lines = [
+        "| model | GPU | format | TP | ISL/OSL | published tok/s | emulated tok/s | error |",
+        "|---|---|---|---|---|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r.model} | {r.gpu} | {r.dtype} | {r.tp} | {r.lengths} | {r.published:,.0f} | "
-                     f"{r.emulated:,.0f} | {r.error:+.1%} |")
+        lines.append(
+            f"| {r.model} | {r.gpu} | {r.dtype} | {r.tp} | {r.lengths} | {r.published:,.0f} | "
+            f"{r.emulated:,.0f} | {r.error:+.1%} |"
+        )
     lines.append(f"\nMean absolute error over {len(rows)} rows: {mean_abs_error(rows):.1%}")
     return "\n".join(lines)

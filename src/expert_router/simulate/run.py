@@ -30,29 +30,52 @@ class Cell:
     repetition: int
 
 
-def simulate_cell(cell: Cell, base: Path, items: list[WorkItem], routes: list[int], load: Load,
-                  overhead: GatewayOverhead, out: Path) -> dict[str, object]:
+def simulate_cell(
+    cell: Cell, base: Path, items: list[WorkItem], routes: list[int], load: Load, overhead: GatewayOverhead, out: Path
+) -> dict[str, object]:
     """Simulate one cell into folder `out`; returns its summary document."""
     events = EventQueue()
     system = System(cell.configuration, base, events, seed=cell.repetition)
     started = time.monotonic()
     records = Users(system, events, items, routes, overhead, seed=cell.repetition).run(load)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"t0_monotonic": 0.0, "virtual": True, "started_at": time.time(),
-            "settings": {"users": load.users, "mode": load.mode, "rate": load.rate, "duration_s": load.duration_s,
-                         "gateway_overhead_ms": [overhead.mean_s * 1000, overhead.std_s * 1000]},
-            "wall_s": time.monotonic() - started}
+    meta = {
+        "t0_monotonic": 0.0,
+        "virtual": True,
+        "started_at": time.time(),
+        "settings": {
+            "users": load.users,
+            "mode": load.mode,
+            "rate": load.rate,
+            "duration_s": load.duration_s,
+            "gateway_overhead_ms": [overhead.mean_s * 1000, overhead.std_s * 1000],
+        },
+        "wall_s": time.monotonic() - started,
+    }
     writer = RecordWriter(out / "records.jsonl")
     writer.write_meta(meta)
     for record in records:
         writer.write(record)
     writer.close()
     check = {"lag_p99_ms": 0.0, "lag_max_ms": 0.0, "cpu_share": 0.0, "valid": True, "reasons": [], "virtual": True}
-    document: dict[str, object] = {"meta": meta, "summary": summarize(records, mode=load.mode).as_dict(), "self_check": [check],
-                                   "valid": True, "reasons": []}
+    document: dict[str, object] = {
+        "meta": meta,
+        "summary": summarize(records, mode=load.mode).as_dict(),
+        "self_check": [check],
+        "valid": True,
+        "reasons": [],
+    }
     (out / "summary.json").write_text(json.dumps(document, indent=2))
-    (out / CELL_FILE).write_text(json.dumps({"configuration": cell.configuration.name, "mix": cell.mix,
-                                             "users": cell.users, "repetition": cell.repetition}))
+    (out / CELL_FILE).write_text(
+        json.dumps(
+            {
+                "configuration": cell.configuration.name,
+                "mix": cell.mix,
+                "users": cell.users,
+                "repetition": cell.repetition,
+            }
+        )
+    )
     return document
 
 
@@ -65,28 +88,73 @@ def classifier_routes(experiment: Experiment, items: list[WorkItem]) -> list[int
     return routes
 
 
-def simulate_experiment(path: Path, results: Path, overhead: GatewayOverhead,
-                        workloads: dict[str, list[WorkItem]] | None = None) -> list[Path]:
-    """Every cell of the experiment file; cells already in `results` are kept (resume)."""
+@dataclass(frozen=True)
+class Task:
+    """One cell to simulate, with everything a worker process needs (picklable)."""
+
+    cell: Cell
+    base: Path
+    items: list[WorkItem]
+    routes: list[int]
+    load: Load
+    overhead: GatewayOverhead
+    folder: Path
+
+
+def _run_task(task: Task) -> Path:
+    if task.folder.exists():
+        shutil.rmtree(task.folder)  # half-finished: redo it whole
+    simulate_cell(task.cell, task.base, task.items, task.routes, task.load, task.overhead, task.folder)
+    return task.folder
+
+
+def plan(
+    path: Path,
+    results: Path,
+    overhead: GatewayOverhead,
+    duration_s: float | None = None,
+    workloads: dict[str, list[WorkItem]] | None = None,
+) -> list[Task]:
+    """Every cell of the experiment file not yet in `results` (resume), the largest loads first so that
+    parallel workers finish together."""
     from expert_router.experiment import cell_workload
 
     experiment, base = load_experiment(path)
     results.mkdir(parents=True, exist_ok=True)
-    done = []
+    tasks = []
     for mix in experiment.mixes:
         for users in experiment.users:
             for repetition in range(experiment.repetitions):
-                items = (workloads or {}).get(mix) or load_workload(cell_workload(experiment, mix, users, repetition,
-                                                                                  results))
+                items = (workloads or {}).get(mix) or load_workload(
+                    cell_workload(experiment, mix, users, repetition, results)
+                )
                 routes = classifier_routes(experiment, items)
+                load = Load(users=users, duration_s=duration_s or experiment.duration_s)
                 for configuration in experiment.configurations:
                     folder = cell_folder(results, configuration.name, mix, users, repetition)
-                    if (folder / "summary.json").is_file():
-                        continue
-                    if folder.exists():
-                        shutil.rmtree(folder)
-                    load = Load(users=users, duration_s=experiment.duration_s)
-                    simulate_cell(Cell(configuration, mix, users, repetition), base, items, routes, load, overhead,
-                                  folder)
-                    done.append(folder)
-    return done
+                    if not (folder / "summary.json").is_file():
+                        tasks.append(
+                            Task(
+                                Cell(configuration, mix, users, repetition), base, items, routes, load, overhead, folder
+                            )
+                        )
+    return sorted(tasks, key=lambda t: -t.cell.users)
+
+
+def simulate_experiment(
+    path: Path,
+    results: Path,
+    overhead: GatewayOverhead,
+    workloads: dict[str, list[WorkItem]] | None = None,
+    workers: int = 1,
+    duration_s: float | None = None,
+) -> list[Path]:
+    """Every cell of the experiment; cells already in `results` are kept (resume). Cells are independent
+    simulations, so `workers` processes run them side by side (one per core)."""
+    tasks = plan(path, results, overhead, duration_s, workloads)
+    if workers <= 1 or len(tasks) <= 1:
+        return [_run_task(task) for task in tasks]
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        return list(pool.imap_unordered(_run_task, tasks))

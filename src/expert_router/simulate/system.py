@@ -20,19 +20,37 @@ from expert_router.config import load_deployment
 from expert_router.emulate.options import parse_command
 from expert_router.errors import UserError
 from expert_router.experiment import Configuration
+from expert_router.loadgen.records import RequestRecord
 from expert_router.simulate.engines import VirtualEngine
 from expert_router.simulate.events import EventQueue
+
+DEFAULT_GATEWAY_MS = (0.8, 0.2)
+"""The gateway's added time to first token measured on the 2-core development machine (bench/gateway.py,
+one stream: p50 0.8 ms, p99 1.0 ms): routing work plus the second HTTP hop. Not the paper's 442 ms, which
+came from its 16-gateway NGINX set-up; pass `--gateway-ms 442 302` to simulate that one."""
 
 
 @dataclass(frozen=True)
 class GatewayOverhead:
-    """Time a request spends in the gateway before it reaches an engine: normal, clipped at zero."""
+    """Time a request spends in the gateway before it reaches an engine: drawn from measured `samples`
+    (seconds) when there are some, else normal(mean, std) clipped at zero."""
 
     mean_s: float = 0.0
     std_s: float = 0.0
+    samples: tuple[float, ...] = ()
 
     def draw(self, rng: np.random.Generator) -> float:
+        if self.samples:
+            return self.samples[int(rng.integers(len(self.samples)))]
         return max(0.0, float(rng.normal(self.mean_s, self.std_s))) if self.std_s else self.mean_s
+
+    @classmethod
+    def measured(cls, records: list[RequestRecord]) -> GatewayOverhead:
+        """The Server-Timing `route` values of a real run's records (what the gateway reported spending)."""
+        samples = tuple(r.server_timing["route"] for r in records if "route" in r.server_timing)
+        if not samples:
+            raise UserError("these records carry no Server-Timing route values: were they run through the gateway?")
+        return cls(float(np.mean(samples)), float(np.std(samples)), samples)
 
 
 class System:

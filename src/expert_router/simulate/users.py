@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from expert_router.emulate.engine import TokenEvent
 from expert_router.errors import UserError
 from expert_router.loadgen.records import RequestRecord
 from expert_router.loadgen.workload import WorkItem
@@ -34,8 +33,15 @@ class Load:
 
 
 class Users:
-    def __init__(self, system: System, events: EventQueue, items: Sequence[WorkItem], routes: Sequence[int],
-                 overhead: GatewayOverhead, seed: int = 0):
+    def __init__(
+        self,
+        system: System,
+        events: EventQueue,
+        items: Sequence[WorkItem],
+        routes: Sequence[int],
+        overhead: GatewayOverhead,
+        seed: int = 0,
+    ):
         """`routes[i]` is the cluster the gateway's classifier gives item i's prompt."""
         self.system, self.events, self.items, self.routes = system, events, items, routes
         self.overhead = overhead
@@ -68,10 +74,16 @@ class Users:
         request_id = next(self._ids)
         index = next(self._cycle)
         item = self.items[index]
-        record = RequestRecord(request_id=request_id, workload_id=item.id,
-                               user_id=request_id if user is None else user, cluster_drawn=item.cluster,
-                               prompt_tokens=item.input_tokens, max_tokens=item.max_tokens, t_scheduled=now,
-                               t_start=now)
+        record = RequestRecord(
+            request_id=request_id,
+            workload_id=item.id,
+            user_id=request_id if user is None else user,
+            cluster_drawn=item.cluster,
+            prompt_tokens=item.input_tokens,
+            max_tokens=item.max_tokens,
+            t_scheduled=now,
+            t_start=now,
+        )
         self.records.append(record)
         cluster = self.routes[index] if self.system.routed else None
         port, model = self.system.pick(cluster)
@@ -88,18 +100,18 @@ class Users:
         engine = self.system.engines[port]
         prompt = len(item.prompt.split()) or 1  # what the emulated server counts
 
-        def on_token(event: TokenEvent, at: float) -> None:
-            record.chunk_times.append(at)
-            record.chunk_tokens.append(1)  # the emulated engine streams one token per chunk
-            record.output_tokens = len(record.chunk_times)
+        def on_finish(reason: str, at: float) -> None:
+            times = record.chunk_times  # filled by the engine, one delivery time per token
+            record.chunk_tokens = [1] * len(times)  # the emulated engine streams one token per chunk
+            record.output_tokens = len(times)
             record.token_source = "usage-continuous"
-            if record.t_first_token is None:
-                record.t_first_token = at
-            if event.finish_reason is not None:
-                self._done(record, event.finish_reason, at, port, user)
+            record.t_first_token = times[0]
+            self._done(record, reason, at, port, user)
 
         try:
-            engine.submit(record.request_id, prompt, item.max_tokens, on_token, self._load.ignore_eos)
+            engine.submit(
+                record.request_id, prompt, item.max_tokens, record.chunk_times, on_finish, self._load.ignore_eos
+            )
         except UserError as exc:
             record.status, record.http_status, record.error = "http_error", 400, f"HTTP 400: {exc}"
             self._done(record, None, self.events.now, port, user)

@@ -1,0 +1,162 @@
+"""The paper's study in virtual time: how long the full sweep takes, which findings hold, and how closely
+virtual time agrees with real time.
+
+Sweep: every cell of deploy/paper/experiment.yaml (A-E x 8 user levels x 2 mixes x 5 repetitions,
+answers up to 1,000 tokens) simulated by `expert-router simulate`'s library entry point, `--workers`
+processes side by side, into a fresh folder; `sweep_wall_s` is its wall time, `cells` how many.
+`--duration` shortens every cell (default: the experiment file's duration_s); the JSON says which.
+`sweep_cpu_s` is the CPU time it took (what a quiet machine's wall time x cores would be), and
+`load_average` the machine's load before and after: on a shared machine wall time alone misleads.
+
+Findings: analysis/findings.py on those cells: each claim true/false, and how many hold.
+
+Agreement: one engine of configuration E (Llama 3 8B FP16 on an H100) served for real by
+`expert-router emulate` with time dilation k (so a 2-core machine keeps its timeline), loaded by
+`expert-router load`, then the same cell simulated; `agreement_max_rel_diff` is the largest relative
+difference of the medians of TTFT, TPOT and system throughput (steady windows), scaled back by k.
+
+Prints one JSON line. Needs the demo's classifier at demo-out/classifier (the experiment file's).
+Run: python bench/paper.py [--duration S] [--workers 2] [--no-agreement]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from expert_router.analysis import findings, metrics
+from expert_router.analysis.results import load_cells
+from expert_router.emulate import scale_times
+from expert_router.experiment import Configuration, Service, load_experiment
+from expert_router.loadgen.records import RequestRecord, read_records
+from expert_router.loadgen.workload import WorkItem, save_workload
+from expert_router.simulate.run import Cell, simulate_cell, simulate_experiment
+from expert_router.simulate.system import DEFAULT_GATEWAY_MS, GatewayOverhead
+from expert_router.simulate.users import Load
+from expert_router.testing import Server, cli_args, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENT = ROOT / "deploy" / "paper" / "experiment.yaml"
+
+
+def sweep(duration: float | None, workers: int, results: Path) -> dict[str, Any]:
+    overhead = GatewayOverhead(DEFAULT_GATEWAY_MS[0] / 1000, DEFAULT_GATEWAY_MS[1] / 1000)
+    started, cpu, load = time.monotonic(), _cpu_s(), os.getloadavg()[0]
+    done = simulate_experiment(EXPERIMENT, results, overhead, workers=workers, duration_s=duration)
+    wall = time.monotonic() - started
+    cpu = _cpu_s() - cpu
+    experiment, _ = load_experiment(EXPERIMENT)
+    table = findings.Table.of(load_cells(results))
+    found = {check.__name__: check(table).holds for check in findings.FINDINGS}
+    return {
+        "sweep_wall_s": round(wall, 1),
+        "sweep_cpu_s": round(cpu, 1),
+        "load_average": [load, os.getloadavg()[0]],
+        "cells": len(done),
+        "duration_s": duration or experiment.duration_s,
+        "workers": workers,
+        "findings": found,
+        "findings_hold": sum(v is True for v in found.values()),
+        "findings_total": len(found),
+        "capacity": {f"{r['configuration']}/{r['mix']}": r["users"] for r in findings.capacity(table)},
+    }
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process and its finished children (the worker processes): the sweep's cost
+    whatever else the shared machine runs; wall time is that divided by the cores it got."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def medians(records: list[RequestRecord], window_s: float) -> dict[str, float]:
+    steady = metrics.system_throughput(records, window_s).steady()
+    return {
+        "ttft": float(np.median(metrics.ttft(records))),
+        "tpot": float(np.median(metrics.tpot(records))),
+        "system_throughput": float(np.median(steady)),
+    }
+
+
+def agreement(tmp: Path, users: int, seconds: float, dilation: float) -> dict[str, Any]:
+    """Real (dilated) against virtual on one E engine: medians and their largest relative difference."""
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(100, 400, 64)
+    items = [WorkItem(i, 0, " ".join(["word"] * int(n)), int(n), 100) for i, n in enumerate(lengths)]
+    save_workload(items, tmp / "workload.jsonl")
+    port = free_port()
+    emulate = ["--preset", "paper-e", "--instances", "1", "--port", str(port), "--served-model-name", "m"]
+    with Server(cli_args("emulate", *emulate, "--time-dilation", str(dilation)), port, tmp / "emulate.log"):
+        subprocess.run(
+            cli_args(
+                "load",
+                f"http://127.0.0.1:{port}",
+                "--model",
+                "m",
+                "--workload",
+                str(tmp / "workload.jsonl"),
+                "--users",
+                str(users),
+                "--duration",
+                str(seconds),
+                "--out",
+                str(tmp / "real"),
+            ),
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+    real = [scale_times(r, dilation) for r in read_records(tmp / "real" / "records.jsonl")]
+    service = Service(name="engine", command=" ".join(["expert-router emulate", *emulate]))
+    configuration = Configuration(name="E1", url=f"http://127.0.0.1:{port}", model="m", services=[service])
+    simulate_cell(
+        Cell(configuration, "uniform", users, 0),
+        tmp,
+        items,
+        [0] * len(items),
+        Load(users=users, duration_s=seconds / dilation),
+        GatewayOverhead(),
+        tmp / "virtual",
+    )
+    virtual = read_records(tmp / "virtual" / "records.jsonl")
+    window = seconds / dilation / 10
+    r, v = medians(real, window), medians(virtual, window)
+    diffs = {k: abs(r[k] / v[k] - 1) for k in r}
+    return {
+        "agreement_users": users,
+        "agreement_dilation": dilation,
+        "agreement_real": r,
+        "agreement_virtual": v,
+        "agreement_rel_diff": {k: round(d, 4) for k, d in diffs.items()},
+        "agreement_max_rel_diff": round(max(diffs.values()), 4),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=None, help="emulated seconds per cell")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--agreement-users", type=int, default=16)
+    parser.add_argument("--agreement-seconds", type=float, default=40.0, help="real seconds of the real run")
+    parser.add_argument("--dilation", type=float, default=5.0)
+    parser.add_argument("--no-agreement", action="store_true")
+    parser.add_argument("--keep", type=Path, help="write the sweep's cells here (kept) instead of a temp folder")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        result = sweep(args.duration, args.workers, args.keep or Path(tmp) / "sweep")
+        if not args.no_agreement:
+            result |= agreement(Path(tmp), args.agreement_users, args.agreement_seconds, args.dilation)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

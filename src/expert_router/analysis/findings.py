@@ -1,0 +1,395 @@
+"""The paper's findings, checked against a results folder: each one reproduced or not, with its numbers.
+
+The claims are the paper's (../shared/paper-notes.md, "Results to compare against"), written as tests
+on the cells of configurations A..E (Table I): A, B, C the tensor-parallel baselines, D and E the
+expert routers. Each test names the numbers it read, so a reader can disagree with the threshold. A
+claim that does not hold says why in one line: a difference of our model or of the paper's set-up.
+Those lines are written from what the engine model is, never by tuning the model until a claim holds.
+
+The capacity table answers a planner's first question: how many users each configuration serves
+within latency targets (by default MLPerf's Llama-2-70B server limits: p99 TTFT <= 2 s, p99 TPOT <= 200 ms).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from expert_router.analysis import metrics
+from expert_router.analysis.results import Cell, CellKey
+from expert_router.analysis.sections import Section
+
+CONFIGURATIONS = ("A", "B", "C", "D", "E")
+BASELINES = ("A", "B", "C")
+ROUTERS = ("D", "E")
+HIGH_LOAD = 600
+"""Users from which the load counts as high (the paper's Figs. 4 and 6 discuss 600 to 1,000)."""
+MATCH = 0.10
+"""Two throughputs 'match' or 'differ little' within this relative difference."""
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Latency limits a served user level must meet (MLPerf Llama-2-70B server scenario by default)."""
+
+    ttft_p99_s: float = 2.0
+    tpot_p99_s: float = 0.2
+
+
+@dataclass(frozen=True)
+class Stats:
+    """What the findings read from one cell (repetitions pooled as the report pools them)."""
+
+    ttft_median: float
+    ttft_min: float
+    ttft_p99: float
+    tpot_median: float
+    tpot_std: float
+    tpot_p99: float
+    response_p99: float
+    user_throughput: float
+    system_mean: float
+    system_peak: float
+
+
+def cell_stats(cell: Cell) -> Stats:
+    """Only the metrics the findings read, with `metrics.pooled`'s definitions (per-request metrics over
+    every repetition; system throughput the mean of the runs' steady means, and the highest peak), but
+    without the rest of a Summary: on a full sweep the report's own table already costs minutes."""
+    records = cell.records
+    ttfts, tpots = metrics.ttft(records), metrics.tpot(records)
+    windows = [metrics.system_throughput(run, mode=cell.mode) for run in cell.runs if run]
+    means = [float(w.steady().mean()) for w in windows if len(w.steady())]
+    peaks = [float(w.tokens_per_s.max()) for w in windows if len(w.tokens_per_s)]
+
+    def value(x: float | None) -> float:
+        return float("nan") if x is None else x
+
+    return Stats(
+        value(metrics.percentile(ttfts, 50)),
+        value(metrics.percentile(ttfts, 0)),
+        value(metrics.percentile(ttfts, 99)),
+        value(metrics.percentile(tpots, 50)),
+        value(metrics.std(tpots)),
+        value(metrics.percentile(tpots, 99)),
+        value(metrics.percentile(metrics.response_time(records), 99)),
+        value(metrics.mean(metrics.user_throughput(records))),
+        float(np.mean(means)) if means else float("nan"),
+        max(peaks) if peaks else float("nan"),
+    )
+
+
+class Table:
+    """Stats of every cell by (configuration, mix, users)."""
+
+    def __init__(self, stats: dict[CellKey, Stats]):
+        self.stats = stats
+        self.mixes = sorted({k.mix for k in stats})
+        self.levels = sorted({k.users for k in stats})
+
+    @classmethod
+    def of(cls, cells: dict[CellKey, Cell]) -> Table:
+        return cls({key: cell_stats(cell) for key, cell in cells.items() if key.configuration in CONFIGURATIONS})
+
+    def get(self, configuration: str, mix: str, users: int) -> Stats | None:
+        return self.stats.get(CellKey(configuration, mix, users))
+
+    def complete(self, mix: str, users: int, configurations: Iterable[str] = CONFIGURATIONS) -> dict[str, Stats]:
+        """The stats of every named configuration at this point, or {} when one is missing."""
+        found = {c: self.get(c, mix, users) for c in configurations}
+        return {c: s for c, s in found.items() if s is not None} if all(found.values()) else {}
+
+    def high_levels(self) -> list[int]:
+        return [u for u in self.levels if u >= HIGH_LOAD] or self.levels[-1:]
+
+
+@dataclass
+class Finding:
+    claim: str
+    holds: bool | None
+    """None when the results lack the cells the claim needs."""
+    numbers: str
+    why: str = ""
+
+
+def _ms(x: float) -> str:
+    return f"{x * 1000:.0f}" if x >= 0.01 else f"{x * 1000:.1f}"
+
+
+def _lowest(
+    table: Table,
+    field: str,
+    winner: str,
+    levels: list[int],
+    unit: Callable[[float], str],
+    claim: str,
+    highest: bool = False,
+) -> Finding:
+    """`winner` has the lowest (highest) `field` among A..E at every one of `levels`, in every mix."""
+    checks, shown = [], []
+    for mix in table.mixes:
+        for users in levels:
+            row = table.complete(mix, users)
+            if not row:
+                continue
+            values = {c: getattr(s, field) for c, s in row.items()}
+            best = (max if highest else min)(values, key=lambda c: values[c])
+            if np.isclose(values[winner], values[best], rtol=1e-9, atol=1e-12):
+                best = winner  # a tie counts for the winner
+            checks.append(best == winner)
+            shown.append(
+                f"{mix} u{users}: "
+                + " ".join(f"{c} {unit(v)}" for c, v in values.items())
+                + ("" if best == winner else f" (best {best})")
+            )
+    if not checks:
+        return Finding(claim, None, "cells missing")
+    return Finding(claim, all(checks), f"{sum(checks)}/{len(checks)} cells; " + "; ".join(shown[-3:]))
+
+
+def lowest_tpot(table: Table) -> Finding:
+    claim = "E has the lowest TPOT, with small variance"
+    median = _lowest(table, "tpot_median", "E", table.levels, _ms, claim)
+    spread = _lowest(table, "tpot_std", "E", table.levels, _ms, claim)
+    if median.holds is None or spread.holds is None:
+        return median
+    return Finding(
+        claim,
+        median.holds and spread.holds,
+        f"lowest median (ms): {median.numbers.split(';')[0]}; lowest std: {spread.numbers.split(';')[0]}; "
+        + median.numbers.split("; ", 1)[-1],
+    )
+
+
+def tp_communication(table: Table) -> Finding:
+    """At one user there is no batching: a TP baseline that streams fewer weight bytes per GPU than E
+    (B: 70 GB over 8 GPUs) and is still slower per token pays its all-reduces and launches."""
+    claim = "Baselines pay TP communication in TPOT (slower than E per token at 1 user)"
+    low = table.levels[0] if table.levels else 0
+    shown, checks = [], []
+    for mix in table.mixes:
+        row = table.complete(mix, low, ("A", "B", "C", "E"))
+        if row:
+            checks.append(all(row[c].tpot_median > row["E"].tpot_median for c in BASELINES))
+            shown.append(f"{mix} u{low} TPOT ms: " + " ".join(f"{c} {_ms(s.tpot_median)}" for c, s in row.items()))
+    if not checks:
+        return Finding(claim, None, "cells missing")
+    return Finding(claim, all(checks), "; ".join(shown))
+
+
+def lowest_ttft_high_load(table: Table) -> Finding:
+    return _lowest(
+        table,
+        "ttft_median",
+        "C",
+        table.high_levels(),
+        _ms,
+        f"C has the lowest median TTFT at high load (>= {HIGH_LOAD} users)",
+    )
+
+
+def baselines_lower_min_ttft(table: Table) -> Finding:
+    claim = "Baselines show a lower minimum TTFT than the routers (gateway latency)"
+    shown, checks = [], []
+    for mix in table.mixes:
+        mins = {
+            c: min(
+                (s.ttft_min for k, s in table.stats.items() if k.configuration == c and k.mix == mix),
+                default=float("nan"),
+            )
+            for c in CONFIGURATIONS
+        }
+        if any(np.isnan(v) for v in mins.values()):
+            continue
+        checks.append(max(mins[c] for c in BASELINES) < min(mins[c] for c in ROUTERS))
+        shown.append(f"{mix} min TTFT ms: " + " ".join(f"{c} {_ms(v)}" for c, v in mins.items()))
+    if not checks:
+        return Finding(claim, None, "cells missing")
+    return Finding(claim, all(checks), "; ".join(shown))
+
+
+def highest_user_throughput(table: Table) -> Finding:
+    levels = [u for u in table.levels if u <= 800]
+    return _lowest(
+        table,
+        "user_throughput",
+        "E",
+        levels,
+        lambda v: f"{v:.1f}",
+        "E has the highest user throughput (tokens/s) up to 800 users",
+        highest=True,
+    )
+
+
+def mixes_differ_little(table: Table) -> Finding:
+    claim = f"Uniform and normal mixes differ little for D and E (mean user throughput within {MATCH:.0%})"
+    if len(table.mixes) < 2:
+        return Finding(claim, None, "one mix only")
+    first, second = table.mixes[:2]
+    gaps: dict[str, float] = {}
+    for c in ROUTERS:
+        for users in table.levels:
+            a, b = table.get(c, first, users), table.get(c, second, users)
+            if a and b:
+                gaps[f"{c} u{users}"] = abs(a.user_throughput / b.user_throughput - 1)
+    if not gaps:
+        return Finding(claim, None, "cells missing")
+    worst = max(gaps, key=lambda k: gaps[k])
+    return Finding(
+        claim,
+        gaps[worst] <= MATCH,
+        f"largest difference {gaps[worst]:.1%} at {worst} "
+        f"({sum(g <= MATCH for g in gaps.values())}/{len(gaps)} cells within)",
+    )
+
+
+def lowest_p99_response(table: Table) -> Finding:
+    return _lowest(
+        table,
+        "response_p99",
+        "C",
+        table.high_levels(),
+        lambda v: f"{v:.1f}s",
+        f"C has the lowest p99 response time at high concurrency (>= {HIGH_LOAD} users)",
+    )
+
+
+def e_matches_c(table: Table) -> Finding:
+    claim = f"E matches C's mean system throughput at 200 and 600 users (within {MATCH:.0%}) and falls behind at 1,000"
+    shown, checks = [], []
+    for mix in table.mixes:
+        for users, want_match in ((200, True), (600, True), (1000, False)):
+            row = table.complete(mix, users, ("C", "E"))
+            if not row:
+                continue
+            ratio = row["E"].system_mean / row["C"].system_mean
+            checks.append(abs(ratio - 1) <= MATCH if want_match else ratio < 1 - MATCH)
+            shown.append(f"{mix} u{users}: E {row['E'].system_mean:,.0f} / C {row['C'].system_mean:,.0f} tok/s")
+    if not checks:
+        return Finding(claim, None, "cells missing")
+    return Finding(claim, all(checks), f"{sum(checks)}/{len(checks)} cells; " + "; ".join(shown))
+
+
+def d_under_2000(table: Table) -> Finding:
+    claim = "D stays under 2,000 tokens/s mean system throughput, with the lowest peak"
+    by_config: dict[str, list[Stats]] = {}
+    for key, s in table.stats.items():
+        by_config.setdefault(key.configuration, []).append(s)
+    if set(by_config) != set(CONFIGURATIONS):
+        return Finding(claim, None, "cells missing")
+    d_mean = max(s.system_mean for s in by_config["D"])
+    peaks = {c: max(s.system_peak for s in ss) for c, ss in by_config.items()}
+    holds = d_mean < 2000 and min(peaks, key=lambda c: peaks[c]) == "D"
+    return Finding(
+        claim,
+        holds,
+        f"D's highest mean {d_mean:,.0f} tok/s; peaks: " + " ".join(f"{c} {peaks[c]:,.0f}" for c in CONFIGURATIONS),
+    )
+
+
+FINDINGS: tuple[Callable[[Table], Finding], ...] = (
+    lowest_tpot,
+    tp_communication,
+    lowest_ttft_high_load,
+    baselines_lower_min_ttft,
+    highest_user_throughput,
+    mixes_differ_little,
+    lowest_p99_response,
+    e_matches_c,
+    d_under_2000,
+)
+
+WHY: dict[str, str] = {
+    "lowest_tpot": "model: at few users B (70B FP8 on TP8: 8.7 GB of weights per GPU) streams fewer bytes per "
+    "GPU and step than E (16 GB on one GPU); our all-reduce, from NVLink specifications, costs less than that",
+    "tp_communication": "model: TP cost is an NVLink-specification ring all-reduce plus latency, not measured NCCL; "
+    "with it B's 8.7 GB per GPU still decode faster than E's 16 GB, so only A and C are slower than E",
+    "lowest_ttft_high_load": "model/set-up: the baselines' Table I batch caps (A, B 200; C 2 x 100) leave most of "
+    "1,000 closed-loop users waiting for a slot (TTFT in seconds), while E's 8 x 125 slots hold them; the "
+    "paper's low TTFT for C means its servers did not queue so (TensorRT-LLM's admission is not ours)",
+    "baselines_lower_min_ttft": "set-up: our gateway adds the ~1 ms measured here (one process, no NGINX tier), "
+    "not the paper's 442 ms; without it E's 8B prefill on one GPU is as fast as B's and faster than A's and C's",
+    "highest_user_throughput": "model: at 1 user B decodes faster than E (fewer weight bytes per GPU, see TPOT); "
+    "from 50 users on E leads",
+    "mixes_differ_little": "model/set-up: our normal mix sends the hot experts more users than their 125 batch "
+    "slots (E) or KV cache (D) hold, so they queue; the paper's normal draw may be flatter",
+    "lowest_p99_response": "model: E's 8B steps (14-17 ms TPOT) and 1,000 slots finish answers 2-3x sooner than "
+    "C's queued 70B TP4 ones; the paper's E was slowed by what our engines do not model (its 442 ms gateway, "
+    "its relay)",
+    "e_matches_c": "model: C is capped at 2 x 100 running sequences (Table I) at ~20 ms per step, ~10,000 tokens/s; "
+    "E's 8 x 125 slots at 8B step times reach 2-5x that; an 8B roofline is far faster than the paper's E was",
+    "d_under_2000": "model: D is an INT4 (W4A16) roofline: 37.7 GB per step at the H100's bandwidth, batches up to "
+    "125; AWQ's dequantisation cost at large batches is only in the efficiency factors, and the paper's "
+    "TensorRT-LLM AWQ kernels delivered far less",
+}
+"""One line per claim, shown only when it does not hold: which difference (our model, or the paper's
+set-up) explains it. Written from the engine model's structure, never fitted."""
+
+
+def findings(table: Table) -> list[Finding]:
+    found = []
+    for check in FINDINGS:
+        finding = check(table)
+        if finding.holds is False:
+            finding.why = WHY.get(check.__name__, "")
+        found.append(finding)
+    return found
+
+
+def capacity(table: Table, targets: Targets = Targets()) -> list[dict[str, object]]:
+    """Per configuration and mix: the most users served with every level up to it within the targets."""
+    rows: list[dict[str, object]] = []
+    for configuration in CONFIGURATIONS:
+        for mix in table.mixes:
+            served, first_over = 0, ""
+            for users in table.levels:
+                s = table.get(configuration, mix, users)
+                if s is None:
+                    continue
+                if s.ttft_p99 <= targets.ttft_p99_s and s.tpot_p99 <= targets.tpot_p99_s:
+                    served = users
+                    continue
+                first_over = f"u{users}: p99 TTFT {s.ttft_p99:.2f} s, p99 TPOT {_ms(s.tpot_p99)} ms"
+                break
+            if any(k.configuration == configuration and k.mix == mix for k in table.stats):
+                rows.append(
+                    {
+                        "configuration": configuration,
+                        "mix": mix,
+                        "users": served,
+                        "first_over": first_over or "none measured",
+                    }
+                )
+    return rows
+
+
+FINDING_COLUMNS = [("finding", "claim"), ("holds", "holds"), ("numbers", "numbers"), ("why not", "why")]
+CAPACITY_COLUMNS = [
+    ("configuration", "configuration"),
+    ("mix", "mix"),
+    ("most users within targets", "users"),
+    ("first level over", "first_over"),
+]
+
+
+def findings_sections(cells: dict[CellKey, Cell], targets: Targets = Targets()) -> list[Section]:
+    """The findings table and the capacity table, for `write_report` to append."""
+    table = Table.of(cells)
+    found = findings(table)
+    rows = [
+        {"claim": f.claim, "holds": {True: "yes", False: "no", None: "-"}[f.holds], "numbers": f.numbers, "why": f.why}
+        for f in found
+    ]
+    held = sum(f.holds is True for f in found)
+    return [
+        Section("The paper's findings", FINDING_COLUMNS, rows, f"{held} of {len(found)} hold."),
+        Section(
+            "Capacity",
+            CAPACITY_COLUMNS,
+            capacity(table, targets),
+            f"Every user level up to the one shown meets p99 TTFT <= {targets.ttft_p99_s:g} s and "
+            f"p99 TPOT <= {targets.tpot_p99_s * 1000:g} ms (MLPerf Llama-2-70B server limits by default).",
+        ),
+    ]
