@@ -42,6 +42,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per measured cell")
     parser.add_argument("--max-tokens", type=int, default=128, help="answer cap (experts also stop at EOS)")
     parser.add_argument("--classifier-only", action="store_true", help="stop after fitting and routing samples")
+    parser.add_argument("--no-paper", action="store_true", help="skip the paper's A-E study in virtual time")
     parser.set_defaults(handler=run)
 
 
@@ -91,10 +92,13 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"experiment file: {experiment}")
     results = run_experiment(experiment, out / "results")
     report = write_report(results, quality=experts / "quality")
+    paper = paper_in_virtual_time(out, args)
     console.print(f"report: {report.html} ({len(report.figures)} figures)")
     console.print(
         f"demo finished in {(time.perf_counter() - started) / 60:.1f} min; open {results / 'report' / 'report.html'}"
     )
+    if paper is not None:
+        console.print(f"the paper's A-E in virtual time: {paper / 'report' / 'report.html'}")
     return 0
 
 
@@ -136,6 +140,36 @@ def build_and_evaluate(out: Path, classifier_dir: Path) -> Path:
         if result.returncode != 0:
             raise UserError("evaluating the experts failed (see above)")
     return experts
+
+
+PAPER_USERS = [1, 50, 200, 600, 1000]
+PAPER_SECONDS = 20.0
+
+
+def paper_in_virtual_time(out: Path, args: argparse.Namespace) -> Path | None:
+    """The paper's configurations A-E (deploy/paper) on emulated H100s, simulated in virtual time at
+    1 to 1,000 users: a cut of the full sweep (one repetition, 20-s cells) that fits the demo's time."""
+    import subprocess
+    import sys
+
+    source = Path(__file__).resolve().parents[3] / "deploy" / "paper"
+    if args.no_paper or not (source / "experiment.yaml").is_file():
+        return None
+    folder = out / "paper"
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.iterdir()):
+        if path.suffix in (".yaml", ".conf"):  # the demo's classifier, seen from out/paper
+            (folder / path.name).write_text(path.read_text().replace("../../demo-out/classifier", "../classifier"))
+    experiment = yaml.safe_load((folder / "experiment.yaml").read_text())
+    experiment.update(users=PAPER_USERS, repetitions=1)
+    (folder / "experiment.yaml").write_text(yaml.safe_dump(experiment, sort_keys=False))
+    results = out / "paper-results"
+    console.print(f"the paper's configurations A-E in virtual time: {len(PAPER_USERS)} user levels, 2 mixes")
+    command = [sys.executable, "-m", "expert_router", "simulate", str(folder / "experiment.yaml"),
+               "--results", str(results), "--duration", str(PAPER_SECONDS)]  # fmt: skip
+    if subprocess.run(command, check=False).returncode != 0:
+        raise UserError("the virtual-time study failed (see above)")
+    return results
 
 
 def _service(name: str, command: str, port: int) -> dict[str, str]:
