@@ -171,6 +171,9 @@ class ConnectionPool:
                 self.release(base_url, connection)
                 if fresh or not connection.reused:
                     raise
+            except BaseException:  # cancelled (the client went away) or timed out: the server must stop too
+                connection.close()
+                raise
         raise AssertionError("unreachable")
 
     def release(self, base_url: str, connection: HttpConnection) -> None:
