@@ -120,7 +120,8 @@ def steady_interval(records: Sequence[RequestRecord], mode: str = "closed") -> t
 def system_throughput(records: Sequence[RequestRecord], window_s: float = 2.0, mode: str = "closed") -> Windows:
     """Tokens per second in consecutive windows of `window_s` from the first send to the last token.
 
-    Tokens count at their chunk's arrival. A last, partial window is scaled by its own length. Each
+    Tokens count at their chunk's arrival. A last, partial window is dropped, unless it is the only one
+    (a run shorter than a window), which is divided by its own length. Each
     window is marked ramp-up, steady or drain by `steady_interval`; with no steady interval at all
     (a run too short for its load) every window is marked steady, and the report says so.
     """
@@ -132,8 +133,10 @@ def system_throughput(records: Sequence[RequestRecord], window_s: float = 2.0, m
     start = min(r.t_start for r in records)
     end = float(times.max())
     edges = start + window_s * np.arange(int(np.ceil(max(end - start, 1e-9) / window_s)) + 1)
-    if end > edges[-2]:
-        edges[-1] = end  # the last window ends at the last token: a partial window is divided by its length
+    if len(edges) == 2:
+        edges[-1] = max(end, start + 1e-9)  # a run shorter than one window: divided by its own length
+    elif end - edges[-2] < window_s - 1e-9:
+        edges = edges[:-1]  # a last, partial window is dropped: a few tokens over a sliver would read as a spike
     tokens, _ = np.histogram(times, bins=edges, weights=counts)
     widths = np.diff(edges)
     steady = steady_interval(records, mode)
