@@ -16,6 +16,7 @@ from pydantic import (
     Field,
     HttpUrl,
     ValidationError,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -46,6 +47,11 @@ class ExpertConfig(Strict):
         if len({str(e) for e in endpoints}) != len(endpoints):
             raise ValueError("an endpoint is listed twice")
         return endpoints
+
+    @field_serializer("endpoints")
+    def _as_written(self, endpoints: list[HttpUrl]) -> list[str]:
+        """Written back as base URLs, without the slash pydantic adds (`url + "/v1"` must work)."""
+        return self.base_urls()
 
     def base_urls(self) -> list[str]:
         return [str(e).rstrip("/") for e in self.endpoints]

@@ -16,6 +16,7 @@ import yaml
 
 from expert_router.classifier import Classifier, ClassifierSettings
 from expert_router.commands import HelpFormatter
+from expert_router.config import Deployment
 from expert_router.corpus import load_corpus
 from expert_router.errors import UserError
 from expert_router.progress import Stages, cluster_table, console, output
@@ -192,15 +193,12 @@ def configurations() -> list[dict[str, object]]:
 
 def write_experiment(out: Path, args: argparse.Namespace) -> Path:
     """The demo's experiment file (and the baseline's deployment file it names)."""
-    baseline = {
+    Deployment.model_validate({
         "classifier": "classifier",
         "engine": {"kind": "vllm"},
         "experts": [{"cluster": 0, "model": "base", "model_path": "experts/base",
                      "endpoints": [f"http://127.0.0.1:{BASELINE_PORT}"]}],
-    }  # fmt: skip
-    (out / "baseline.yaml").write_text(
-        "# The single-model baseline: one vLLM server, no routing.\n" + yaml.safe_dump(baseline, sort_keys=False)
-    )
+    }).write(out / "baseline.yaml", "The single-model baseline: one vLLM server, no routing.")  # fmt: skip
     experiment = {
         "name": "demo", "corpus": "demo", "classifier": "classifier", "tokenizer": "experts/base/tokenizer.json",
         "users": args.users, "mixes": ["uniform", "normal"], "repetitions": 1, "duration_s": args.duration,

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from expert_router.config import Deployment
+
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}assistant:{% endif %}"
@@ -211,42 +213,37 @@ def write_deployments(
     out: Path, classifier_dir: Path, clusters: Sequence[int], port: int, merged: bool, lora_rank: int
 ) -> list[Path]:
     """deployment.yaml (one vLLM server, one LoRA adapter per expert) and, with merged experts,
-    deployment-per-expert.yaml (one vLLM server per expert: the paper's layout)."""
-    import yaml
-
+    deployment-per-expert.yaml (one vLLM server per expert: the paper's layout). Both are built as
+    `Deployment`s, so what is written is what `serve` will accept."""
     local_classifier = out / "classifier"
     if classifier_dir.resolve() != local_classifier.resolve():
         shutil.copytree(classifier_dir, local_classifier, dirs_exist_ok=True)
     url = f"http://127.0.0.1:{port}"
-    lora = {
+    lora = Deployment.model_validate({
         "classifier": "classifier",
         "engine": {"kind": "vllm-lora", "base_model": "base", "max_lora_rank": max(8, lora_rank)},
         "experts": [
             {"cluster": c, "model": f"expert-{c}", "adapter": f"adapters/expert-{c}", "endpoints": [url]}
             for c in clusters
         ],
-    }
-    paths = [out / "deployment.yaml"]
-    paths[0].write_text(
-        "# Written by `expert-router experts build`. Serve: expert-router experts serve deployment.yaml\n"
-        + yaml.safe_dump(lora, sort_keys=False)
-    )
+    })  # fmt: skip
+    paths = [
+        lora.write(
+            out / "deployment.yaml",
+            "Written by `expert-router experts build`. Serve: expert-router experts serve deployment.yaml",
+        )
+    ]
     if merged:
-        per_expert = {
+        per_expert = Deployment.model_validate({
             "classifier": "classifier",
             "engine": {"kind": "vllm"},
             "experts": [
-                {
-                    "cluster": c,
-                    "model": f"expert-{c}",
-                    "model_path": f"experts/expert-{c}",
-                    "endpoints": [f"http://127.0.0.1:{port + i}"],
-                }
+                {"cluster": c, "model": f"expert-{c}", "model_path": f"experts/expert-{c}",
+                 "endpoints": [f"http://127.0.0.1:{port + i}"]}
                 for i, c in enumerate(clusters)
             ],
-        }
-        paths.append(out / "deployment-per-expert.yaml")
-        paths[1].write_text(
-            "# One vLLM server per expert (the paper's layout).\n" + yaml.safe_dump(per_expert, sort_keys=False)
+        })  # fmt: skip
+        paths.append(
+            per_expert.write(out / "deployment-per-expert.yaml", "One vLLM server per expert (the paper's layout).")
         )
     return paths
