@@ -2,16 +2,17 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-from expert_router.classifier.kmeans import BalancedKMeans, balanced_assignment
+from expert_router.classifier.kmeans import BalancedKMeans, balanced_assignment, transport_assignment
 
 
+@pytest.mark.parametrize("solve", [balanced_assignment, transport_assignment])
 @pytest.mark.parametrize("seed", range(5))
-def test_balanced_assignment_is_optimal_and_respects_capacity(seed):
+def test_balanced_assignment_is_optimal_and_respects_capacity(seed, solve):
     rng = np.random.default_rng(seed)
     n, k = 60, 4
     cost = rng.random((n, k))
     capacity = n // k
-    assignment = balanced_assignment(cost, capacity)
+    assignment = solve(cost, capacity)
     assert np.bincount(assignment, minlength=k).max() <= capacity
     # The optimum, from the Hungarian method on each cluster repeated `capacity` times.
     rows, cols = linear_sum_assignment(np.repeat(cost, capacity, axis=1))
@@ -26,6 +27,14 @@ def test_balanced_kmeans_gives_near_equal_sizes_on_skewed_data():
     model = BalancedKMeans(n_clusters=4, random_state=0).fit(points)
     sizes = np.bincount(model.labels_, minlength=4)
     assert sizes.sum() == 1000 and sizes.max() - sizes.min() <= 1
+
+
+def test_balanced_kmeans_ends_on_duplicate_documents():
+    # 50 copies of one document: the auction's prices would bounce between two full clusters forever.
+    rng = np.random.default_rng(0)
+    points = np.repeat(rng.normal(size=(5, 4)), [50, 3, 3, 3, 1], axis=0)
+    model = BalancedKMeans(n_clusters=4, random_state=0).fit(points)
+    assert np.bincount(model.labels_, minlength=4).tolist() == [15, 15, 15, 15]
 
 
 def test_balanced_kmeans_predict_is_nearest_centroid():

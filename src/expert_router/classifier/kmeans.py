@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import sparse
+from scipy.optimize import linprog
 from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.cluster import kmeans_plusplus
 
@@ -25,7 +27,7 @@ def squared_distances(points: np.ndarray, centers: np.ndarray) -> np.ndarray:
     return np.maximum(sq, 0.0, out=sq)
 
 
-def balanced_assignment(cost: np.ndarray, capacity: int, max_rounds: int = 1_000_000) -> np.ndarray:
+def balanced_assignment(cost: np.ndarray, capacity: int, max_rounds: int = 2_000) -> np.ndarray:
     """Assign each row of `cost` (n x k) to a column, at most `capacity` rows a column, at minimal total cost.
 
     An auction run from the clusters' side: each cluster carries a price added to its cost, and every
@@ -34,6 +36,10 @@ def balanced_assignment(cost: np.ndarray, capacity: int, max_rounds: int = 1_000
     Prices only rise, and a cluster only loses points when its own price rises, so at the end every
     priced cluster is exactly full: the optimality condition of the transportation problem, with the
     prices as its dual. Each round is one O(n*k) array pass.
+
+    Ties can stall it: a group of identical documents (duplicates) bounces between two full clusters
+    whose prices then rise by rounding-sized steps. After `max_rounds` the same problem is handed to
+    HiGHS as a linear program (`transport_assignment`): slower per call, never stuck.
     """
     n, k = cost.shape
     if capacity * k < n:
@@ -59,7 +65,27 @@ def balanced_assignment(cost: np.ndarray, capacity: int, max_rounds: int = 1_000
                 price[cluster] += (margins[excess - 1] + margins[excess]) / 2.0
             else:
                 price[cluster] += margins[excess - 1] + tiny
-    raise RuntimeError("balanced assignment did not converge")
+    return transport_assignment(cost, capacity)
+
+
+def transport_assignment(cost: np.ndarray, capacity: int) -> np.ndarray:
+    """The same assignment as a transportation problem solved by HiGHS's dual simplex: its optimum is a
+    vertex, and every vertex of this problem is integral, so each row gets one column."""
+    n, k = cost.shape
+    one_cluster_each = sparse.kron(sparse.eye(n, format="csr"), np.ones((1, k)), format="csr")
+    cluster_loads = sparse.kron(np.ones((1, n)), sparse.eye(k, format="csr"), format="csr")
+    result = linprog(
+        np.ravel(cost),
+        A_ub=cluster_loads,
+        b_ub=np.full(k, capacity),
+        A_eq=one_cluster_each,
+        b_eq=np.ones(n),
+        bounds=(0, 1),
+        method="highs-ds",
+    )
+    if result.status != 0:
+        raise RuntimeError(f"balanced assignment failed: {result.message}")
+    return np.asarray(np.argmax(result.x.reshape(n, k), axis=1))
 
 
 class BalancedKMeans(ClusterMixin, BaseEstimator):
