@@ -1,18 +1,22 @@
 """How long one engine iteration takes on a GPU: a roofline per operator class, plus TP and overhead.
 
 One iteration runs every scheduled token (prefill chunks and one decode token per running sequence)
-through the model once. Its time is the sum of four parts (docs/emulator.md derives each):
+through the model once. Its time is the sum of five parts (docs/emulator.md derives each):
 
-  linear     max(2·P·tokens / (F·ηc),  weight bytes / (B·ηm))      the matrix products: compute-bound
-                                                                    in prefill, weight-streaming in decode
-  attention  max(4·L·H·d·pairs / (F16·ηc),  KV bytes read / (B·ηm))  query-key pairs and the KV it reads
-  all-reduce 2·L · (2(tp-1)/tp · tokens·h·2 B / link + latency)      two per layer under tensor parallelism
-  overhead   a fixed cost per iteration (scheduling, sampling, launches)
+  linear       max(2·P·tokens / (F·s·ηc),  weight bytes / (B·ηm))    the matrix products: compute-bound
+                                                                      in prefill, weight-streaming in decode
+  attention    max(4·L·H·d·pairs / (F16·s16·ηc),  KV bytes / (B·ηm))  query-key pairs and the KV it reads
+  elementwise  16·L·h·tokens / (B1·ηm)        residual adds and norms over the full hidden state, which
+                                              every GPU does whole under tensor parallelism
+  all-reduce   2·L·(2(tp-1)/tp · tokens·h·2 B / (link·e) + latency)   two per layer under tensor
+               + (tp-1)/tp · outputs·vocab·2 B / (link·e) + latency   parallelism, and the logits gather
+  overhead     a fixed cost per iteration (scheduling, sampling, launches)
 
-F, F16 and B are one GPU's dense tensor-core rates and memory bandwidth (profiles/gpus.yaml); work and
-bytes are split evenly over the tp GPUs. ηc, ηm and the overhead come from profiles/efficiency.yaml.
-The model is pure arithmetic: no clock, no state, so a real-time server and a virtual-time simulator
-get the same durations.
+F, F16 and B are one GPU's dense tensor-core rates and memory bandwidth times tp (B1: one GPU's), s the
+measured share of F that the best large matrix product reaches, link·e the bus bandwidth NCCL reaches
+(profiles/gpus.yaml); work and bytes are split evenly over the tp GPUs. ηc, ηm and the overhead come from
+profiles/efficiency.yaml. The model is pure arithmetic: no clock, no state, so a real-time server and a
+virtual-time simulator get the same durations.
 """
 
 from __future__ import annotations
@@ -24,6 +28,12 @@ from expert_router.errors import UserError
 
 ACTIVATION_BYTES = 2.0
 """All-reduces move FP16 activations, whatever the weight format."""
+
+RESIDUAL_BYTES_PER_HIDDEN = 16.0
+"""Bytes per token, per layer and per element of the hidden state that every GPU moves outside the
+matrix products: twice a layer (after attention, after the MLP) the residual add and RMSNorm read the
+residual and the block's output and write the new residual and the normalised input (4 FP16 vectors).
+Tensor parallelism splits the heads and the MLP, not the hidden state, so every GPU does this in full."""
 
 
 @dataclass(frozen=True)
@@ -48,11 +58,14 @@ class StepTime:
     linear: float
     attention: float
     allreduce: float
+    """Tensor-parallel communication: two all-reduces per layer and the gather of the logits."""
     overhead: float
+    elementwise: float = 0.0
+    """Residual adds and norms over the full hidden state, on every GPU."""
 
     @property
     def total(self) -> float:
-        return self.linear + self.attention + self.allreduce + self.overhead
+        return self.linear + self.attention + self.allreduce + self.overhead + self.elementwise
 
 
 class PerfModel:
@@ -65,9 +78,11 @@ class PerfModel:
             raise UserError(f"--tp {tp} does not divide {model.name}'s {model.heads} attention heads")
         self.model, self.dtype, self.gpu, self.tp, self.efficiency = model, dtype, gpu, tp, efficiency
         self.kv_bytes = kv_bytes
-        self._linear_flops_rate = gpu.flops(dtype.compute) * efficiency.compute * tp
-        self._attention_flops_rate = gpu.flops("fp16") * efficiency.compute * tp
+        self._linear_flops_rate = gpu.matmul_flops(dtype.compute) * efficiency.compute * tp
+        self._attention_flops_rate = gpu.matmul_flops("fp16") * efficiency.compute * tp
         self._bandwidth = gpu.bandwidth * efficiency.memory * tp
+        self._gpu_bandwidth = gpu.bandwidth * efficiency.memory
+        self._residual_token_bytes = RESIDUAL_BYTES_PER_HIDDEN * model.layers * model.hidden
         self._kv_token_bytes = model.kv_bytes_per_token(kv_bytes)
 
     @property
@@ -91,17 +106,25 @@ class PerfModel:
         attention_flops = 4.0 * m.layers * m.heads * m.head_dim * work.attention_pairs
         kv_read = work.kv_tokens_read * self._kv_token_bytes
         attention = max(attention_flops / self._attention_flops_rate, kv_read / self._bandwidth)
-        return StepTime(linear, attention, self._allreduce(work.tokens), self.efficiency.step_overhead_ms / 1000)
+        elementwise = work.tokens * self._residual_token_bytes / self._gpu_bandwidth
+        overhead = self.efficiency.step_overhead_ms / 1000
+        return StepTime(linear, attention, self._communication(work), overhead, elementwise)
 
     def step_time(self, work: Iteration) -> float:
         return self.step(work).total
 
-    def _allreduce(self, tokens: int) -> float:
+    def _communication(self, work: Iteration) -> float:
+        """Two ring all-reduces of the hidden state per layer and one all-gather of the logits, at the bus
+        bandwidth NCCL reaches on the link. TensorRT-LLM splits the LM head by vocabulary and gathers its
+        16-bit output on every GPU (`ColumnLinear(..., gather_output=True)`, models/llama/model.py)."""
         if self.tp == 1:
             return 0.0
-        message = tokens * self.model.hidden * ACTIVATION_BYTES
-        ring = 2 * (self.tp - 1) / self.tp * message / (self.gpu.link_gbs * 1e9)
-        return 2 * self.model.layers * (ring + self.gpu.link_latency_us * 1e-6)
+        bus = self.gpu.link_gbs * self.gpu.link_efficiency * 1e9
+        latency = self.gpu.link_latency_us * 1e-6
+        message = work.tokens * self.model.hidden * ACTIVATION_BYTES
+        ring = 2 * (self.tp - 1) / self.tp * message / bus
+        logits = work.outputs * self.model.vocab * ACTIVATION_BYTES * (self.tp - 1) / self.tp / bus
+        return 2 * self.model.layers * (ring + latency) + logits + latency
 
     def decode_floor(self) -> float:
         """The fastest any decode iteration can be: every weight streamed once at full peak bandwidth."""

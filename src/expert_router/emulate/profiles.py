@@ -26,7 +26,12 @@ class Gpu:
     tflops: dict[str, float]
     link_gbs: float
     link_latency_us: float
+    link_efficiency: float
+    """Share of the link rate NCCL's ring collectives reach (protocol overhead)."""
     source: str
+
+    matmul_share: dict[str, float]
+    """Per compute type: the share of `tflops` the best large matrix product reaches (measured)."""
 
     def flops(self, compute: str) -> float:
         """Dense tensor-core rate in FLOP/s for a compute type (fp16, fp8)."""
@@ -36,6 +41,10 @@ class Gpu:
                 f"choose another --dtype"
             )
         return self.tflops[compute] * 1e12
+
+    def matmul_flops(self, compute: str) -> float:
+        """The achievable matrix-product rate: the dense peak times its measured share."""
+        return self.flops(compute) * self.matmul_share.get(compute, 1.0)
 
     @property
     def bandwidth(self) -> float:

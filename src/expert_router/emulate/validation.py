@@ -14,10 +14,13 @@ from typing import Any
 from expert_router.emulate import profiles
 from expert_router.emulate.config import EngineConfig, build_config
 from expert_router.emulate.engine import Engine
-from expert_router.emulate.perfmodel import PerfModel
+from expert_router.emulate.perfmodel import ACTIVATION_BYTES, PerfModel
 
 KV_FREE_FRACTION = 0.99
 """kv_cache_free_gpu_mem_fraction of the published runs."""
+
+LOGITS_BYTES = 4.0
+"""TensorRT-LLM v0.11's Llama engines return logits in FP32 (`logits_dtype` float32)."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,19 @@ def published_rows() -> list[Row]:
     return rows
 
 
+def gpu_reserved_bytes(config: EngineConfig, max_batch_size: int) -> float:
+    """What one GPU of the published engine holds besides its KV cache, as far as it follows from the
+    build: its share of the streamed weights, the whole embedding table (TensorRT-LLM v0.11 leaves
+    `use_parallel_embedding` off, so every GPU keeps all of it) and the engine's logits output,
+    [max_batch_size, vocab] in FP32 on every GPU (`logits_dtype` float32, gathered over the vocabulary
+    shards: models/llama/model.py of that release). Activation workspace is not known and not counted."""
+    m = config.model
+    streamed = PerfModel(config.model, config.dtype, config.gpu, config.tp, config.efficiency).streamed_bytes
+    embedding = m.vocab * m.hidden * ACTIVATION_BYTES
+    logits = max_batch_size * m.vocab * LOGITS_BYTES
+    return streamed / config.tp + embedding + logits
+
+
 def engine_for(row: Row, efficiency: profiles.Efficiency | None = None) -> EngineConfig:
     """The engine the published row ran: its limits, KV precision and KV memory."""
     table = profiles.load_table("published")
@@ -77,8 +93,7 @@ def engine_for(row: Row, efficiency: profiles.Efficiency | None = None) -> Engin
         **limits,
     )
     config, _ = build_config(**settings)
-    weights = PerfModel(config.model, config.dtype, config.gpu, config.tp, config.efficiency).weight_bytes
-    free = row.tp * config.gpu.memory_gb * 1e9 - weights
+    free = row.tp * (config.gpu.memory_gb * 1e9 - gpu_reserved_bytes(config, limits["max_batch_size"]))
     kv_gb = KV_FREE_FRACTION * free / 1e9
     config, _ = build_config(**settings, kv_cache_gb=kv_gb)
     if efficiency is not None:
@@ -115,3 +130,27 @@ def markdown(rows: list[Row]) -> str:
         )
     lines.append(f"\nMean absolute error over {len(rows)} rows: {mean_abs_error(rows):.1%}")
     return "\n".join(lines)
+
+
+CALIBRATION_ROWS = ("h100-sxm", 1)
+"""The rows the efficiency factors are chosen on: single-GPU H100 (GPU, TP); every other row is held out."""
+
+
+def calibration_rows() -> list[Row]:
+    gpu, tp = CALIBRATION_ROWS
+    return [r for r in published_rows() if r.gpu == gpu and r.tp == tp]
+
+
+def calibrate(
+    compute: tuple[float, ...], memory: tuple[float, ...], overhead_ms: tuple[float, ...], scale: float = 0.5
+) -> list[tuple[float, profiles.Efficiency]]:
+    """The protocol of profiles/efficiency.yaml: every combination on the calibration rows at `scale` of
+    the published request counts, as (mean absolute error, efficiency), best first."""
+    results = []
+    for c in compute:
+        for m in memory:
+            for o in overhead_ms:
+                candidate = profiles.Efficiency(c, m, o, source="calibration candidate")
+                rows = run(calibration_rows(), scale=scale, efficiency=candidate)
+                results.append((mean_abs_error(rows), candidate))
+    return sorted(results, key=lambda pair: pair[0])
