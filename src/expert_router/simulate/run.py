@@ -1,7 +1,9 @@
 """An experiment in virtual time: every cell (configuration x mix x users x repetition) simulated and
 written as a real run writes it — `runs/CONFIG/MIX/uN/rR/` with cell.json, records.jsonl (a meta line,
 then one `RequestRecord` per request), workload.jsonl and summary.json — so the same metrics, report
-and analysis apply. Times are seconds of emulated time from the cell's start (`t0_monotonic` 0).
+and analysis apply; plus digest.npz, the run reduced to what the report reads (`analysis/digest.py`),
+so the report of a full sweep need not read the token times again. Times are seconds of emulated time
+from the cell's start (`t0_monotonic` 0).
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from expert_router.analysis import digest
 from expert_router.analysis.metrics import summarize
-from expert_router.analysis.results import CELL_FILE, cell_folder
+from expert_router.analysis.results import CELL_FILE, DIGEST_FILE, cell_folder
 from expert_router.experiment import Configuration, Experiment, load_experiment
 from expert_router.loadgen.records import RecordWriter
 from expert_router.loadgen.workload import WorkItem, load_workload
@@ -65,6 +68,7 @@ def simulate_cell(
         "valid": True,
         "reasons": [],
     }
+    digest.save(digest.digest(records, load.mode), out / DIGEST_FILE)
     (out / "summary.json").write_text(json.dumps(document, indent=2))
     (out / CELL_FILE).write_text(
         json.dumps(
