@@ -74,3 +74,9 @@ def test_cell_values_pool_repetitions_in_record_order():
     np.testing.assert_array_equal(cell.values("route"), metrics.routing_overhead(pooled_records))
     assert (cell.requests, cell.failed) == (len(pooled_records), 1)
     assert digest.pooled(cell.runs).goodput == pytest.approx(metrics.goodput(pooled_records, 2.0, 0.2))
+
+
+def test_one_runs_summary_from_its_digest_is_summarize():
+    for run in runs():
+        _, summary = digest.summarize(run)
+        assert asdict(summary) == asdict(metrics.summarize(run))

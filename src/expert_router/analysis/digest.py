@@ -138,6 +138,16 @@ def pooled(runs: Sequence[RunDigest], ttft_target_s: float = 2.0, tpot_target_s:
     )
 
 
+def summarize(records: Sequence[RequestRecord], mode: str = "closed") -> tuple[RunDigest, metrics.Summary]:
+    """One run's digest and `metrics.summarize`'s Summary of it (equal field for field), from one pass
+    over the token times instead of several."""
+    run = digest(records, mode)
+    summary = pooled([run])
+    icl = metrics.inter_chunk_latency(records)
+    summary.icl_median_s, summary.icl_p99_s = metrics.percentile(icl, 50), metrics.percentile(icl, 99)
+    return run, summary
+
+
 def _goodput(runs: Sequence[RunDigest], requests: int, ttft_target_s: float, tpot_target_s: float) -> float | None:
     """`metrics.goodput`: successful requests within both targets (a metric that does not apply is met)."""
     if not requests:

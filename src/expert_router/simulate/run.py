@@ -8,6 +8,7 @@ from the cell's start (`t0_monotonic` 0).
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import time
@@ -15,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from expert_router.analysis import digest
-from expert_router.analysis.metrics import summarize
 from expert_router.analysis.results import CELL_FILE, DIGEST_FILE, cell_folder
 from expert_router.experiment import Configuration, Experiment, load_experiment
-from expert_router.loadgen.records import RecordWriter
+from expert_router.loadgen.records import write_records
 from expert_router.loadgen.workload import WorkItem, load_workload
 from expert_router.simulate.events import EventQueue
 from expert_router.simulate.system import GatewayOverhead, System
@@ -40,7 +40,11 @@ def simulate_cell(
     events = EventQueue()
     system = System(cell.configuration, base, events, seed=cell.repetition)
     started = time.monotonic()
-    records = Users(system, events, items, routes, overhead, seed=cell.repetition).run(load)
+    gc.disable()  # a cell allocates millions of token times and no cycles worth collecting on the way
+    try:
+        records = Users(system, events, items, routes, overhead, seed=cell.repetition).run(load)
+    finally:
+        gc.enable()
     out.mkdir(parents=True, exist_ok=True)
     meta = {
         "t0_monotonic": 0.0,
@@ -55,20 +59,17 @@ def simulate_cell(
         },
         "wall_s": time.monotonic() - started,
     }
-    writer = RecordWriter(out / "records.jsonl")
-    writer.write_meta(meta)
-    for record in records:
-        writer.write(record)
-    writer.close()
+    write_records(out / "records.jsonl", records, meta)
+    run, summary = digest.summarize(records, load.mode)
     check = {"lag_p99_ms": 0.0, "lag_max_ms": 0.0, "cpu_share": 0.0, "valid": True, "reasons": [], "virtual": True}
     document: dict[str, object] = {
         "meta": meta,
-        "summary": summarize(records, mode=load.mode).as_dict(),
+        "summary": summary.as_dict(),
         "self_check": [check],
         "valid": True,
         "reasons": [],
     }
-    digest.save(digest.digest(records, load.mode), out / DIGEST_FILE)
+    digest.save(run, out / DIGEST_FILE)
     (out / "summary.json").write_text(json.dumps(document, indent=2))
     (out / CELL_FILE).write_text(
         json.dumps(
