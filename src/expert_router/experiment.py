@@ -213,8 +213,10 @@ def cell_workload(experiment: Experiment, mix: str, users: int, repetition: int,
     """The prompts of one cell, drawn once and shared by its configurations: they differ only in serving."""
     spec = experiment.workload(mix, users, repetition)
     path = results / "workloads" / f"{mix}-seed{spec.seed}.jsonl"
-    if not path.is_file():
-        save_workload(draw_workload(spec), path)
+    if not path.is_file():  # drawn whole, then renamed: parallel simulations may draw the same one
+        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        save_workload(draw_workload(spec), partial)
+        os.replace(partial, path)
     return path
 
 

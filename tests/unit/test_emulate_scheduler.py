@@ -135,3 +135,36 @@ def test_engine_emits_every_token_once_and_ends_at_the_drawn_length():
     assert finish[3] == "length" and finish[1] == "stop" and finish[0] == "length"
     assert engine.stats.generation_tokens == sum(expected.values())
     assert engine.blocks.usage == 0.0
+
+
+@pytest.mark.parametrize("budget, chunked", [(8192, True), (300, True), (2000, False)])
+def test_grouped_decoders_step_exactly_as_one_by_one(budget: int, chunked: bool):
+    """The engine's grouped decoders (emulate/decoding.py) against the same engine scheduling every
+    sequence one by one: the same durations, tokens, positions and finishes, step for step, through
+    arrivals, chunked prefills, the batch cap and aborts."""
+    import numpy as np
+
+    config, _ = build_config("paper-e", instances=1, max_num_tokens=budget, max_batch_size=40, chunked_prefill=chunked)
+    grouped, single = Engine(config), Engine(config)
+    single._decoders = None  # the one-by-one path
+    assert grouped.grouped and not single.grouped
+    rng = np.random.default_rng(3)
+    next_id = 0
+    for step in range(3000):
+        for _ in range(int(rng.poisson(0.4))):
+            prompt, max_tokens = int(rng.integers(1, 1500)), int(rng.integers(1, 300))
+            for engine in (grouped, single):
+                engine.submit(next_id, prompt, max_tokens)
+            next_id += 1
+        if step % 97 == 0 and next_id > 3:
+            victim = int(rng.integers(next_id))
+            grouped.abort(victim)
+            single.abort(victim)
+        a, b = grouped.step(), single.step()
+        assert (a is None) == (b is None)
+        if a is None or b is None:
+            continue
+        assert a.duration == b.duration and a.tokens == b.tokens
+        assert a.events == b.events
+        assert (a.outputs, a.started, a.finished) == (b.outputs, b.started, b.finished)
+    assert grouped.stats == single.stats and grouped.stats.finished > 100

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -35,7 +34,7 @@ def record(user: int, start: float, ttft: float, tpot: float, tokens: int) -> Re
 
 def cell(configuration: str, users: int, ttft: float, tpot: float, mix: str = "uniform") -> Cell:
     runs = [[record(u, 0.0, ttft * (1 + u / 10), tpot, 11) for u in range(users)]]
-    return Cell(CellKey(configuration, mix, users), runs, True, [], [Path(".")])
+    return Cell.of_records(CellKey(configuration, mix, users), runs)
 
 
 def stats(
@@ -125,10 +124,11 @@ def test_sections_from_records_for_the_report():
 
 
 def test_cell_stats_use_the_reports_pooled_definitions():
-    made = cell("C", 5, ttft=0.2, tpot=0.03)
+    first = [record(u, 0.0, 0.2 * (1 + u / 10), 0.03, 11) for u in range(5)]
     # a second repetition: 5 users, 10 requests each, one a second (steady windows from 2 s to 8 s)
-    made.runs.append([record(u, k, 0.1, 0.02 + u / 1000, 30) for u in range(5) for k in range(10)])
-    s, pooled = f.cell_stats(made), f.metrics.pooled(made.runs)
+    second = [record(u, k, 0.1, 0.02 + u / 1000, 30) for u in range(5) for k in range(10)]
+    made = Cell.of_records(CellKey("C", "uniform", 5), [first, second])
+    s, pooled = f.cell_stats(made), f.metrics.pooled([first, second])
     assert (s.ttft_median, s.ttft_p99, s.tpot_median, s.tpot_p99) == pytest.approx(
         (pooled.ttft_median_s, pooled.ttft_p99_s, pooled.tpot_median_s, pooled.tpot_p99_s)
     )

@@ -158,8 +158,8 @@ def test_routing_overhead_is_the_ttft_difference_at_equal_load():
         rec(0.0, [0.15, 0.2], route_s=0.001),
     ]
     cells = {
-        CellKey("router", "uniform", 4): Cell(CellKey("router", "uniform", 4), [routed], True, [], []),
-        CellKey("direct", "uniform", 4): Cell(CellKey("direct", "uniform", 4), [direct], True, [], []),
+        CellKey("router", "uniform", 4): Cell.of_records(CellKey("router", "uniform", 4), [routed]),
+        CellKey("direct", "uniform", 4): Cell.of_records(CellKey("direct", "uniform", 4), [direct]),
     }
     [row] = overhead_rows(cells, {"direct": "router"})
     assert row["ttft_diff_mean_ms"] == pytest.approx(10.0)

@@ -117,3 +117,31 @@ def test_routed_requests_pay_the_gateway_overhead(tmp_path):
     ttft = min(r.t_first_token - r.t_start for r in records)
     assert ttft == pytest.approx(0.010 + step_times(3, 2)[0])
     assert document["summary"]["ok"] == len(records)
+
+
+def test_grouped_and_token_by_token_engines_give_the_same_times():
+    """A virtual engine slices its step timeline when its engine groups decoders (guaranteed_no_evict),
+    and appends step by step otherwise (max_utilization); with a cache too large to preempt, both
+    schedule alike, so every request's token times are the same either way."""
+    import functools
+
+    import numpy as np
+
+    results = []
+    for policy in ("guaranteed_no_evict", "max_utilization"):
+        events = EventQueue()
+        config, _ = build_config("paper-e", instances=1, policy=policy, max_batch_size=8)
+        engine = VirtualEngine(config, events)
+        assert engine.engine.grouped == (policy == "guaranteed_no_evict")
+        rng = np.random.default_rng(5)
+        times: dict[int, list[float]] = {}
+        for request in range(60):
+            times[request] = []
+            at, prompt, answer = float(rng.uniform(0, 2)), int(rng.integers(1, 900)), int(rng.integers(1, 200))
+
+            send = functools.partial(engine.submit, request, prompt, answer, times[request], lambda reason, t: None)
+            events.at(at, send)
+        events.run()
+        results.append(times)
+    grouped, one_by_one = results
+    assert grouped == one_by_one and all(grouped.values())

@@ -58,9 +58,8 @@ def cell_stats(cell: Cell) -> Stats:
     """Only the metrics the findings read, with `metrics.pooled`'s definitions (per-request metrics over
     every repetition; system throughput the mean of the runs' steady means, and the highest peak), but
     without the rest of a Summary: on a full sweep the report's own table already costs minutes."""
-    records = cell.records
-    ttfts, tpots = metrics.ttft(records), metrics.tpot(records)
-    windows = [metrics.system_throughput(run, mode=cell.mode) for run in cell.runs if run]
+    ttfts, tpots = cell.values("ttft"), cell.values("tpot")
+    windows = [run.windows for run in cell.runs if run.requests]
     means = [float(w.steady().mean()) for w in windows if len(w.steady())]
     peaks = [float(w.tokens_per_s.max()) for w in windows if len(w.tokens_per_s)]
 
@@ -74,8 +73,8 @@ def cell_stats(cell: Cell) -> Stats:
         value(metrics.percentile(tpots, 50)),
         value(metrics.std(tpots)),
         value(metrics.percentile(tpots, 99)),
-        value(metrics.percentile(metrics.response_time(records), 99)),
-        value(metrics.mean(metrics.user_throughput(records))),
+        value(metrics.percentile(cell.values("response"), 99)),
+        value(metrics.mean(cell.values("user_throughput"))),
         float(np.mean(means)) if means else float("nan"),
         max(peaks) if peaks else float("nan"),
     )

@@ -55,8 +55,13 @@ def tpot(records: Sequence[RequestRecord]) -> np.ndarray:
 def inter_chunk_latency(records: Sequence[RequestRecord]) -> np.ndarray:
     """Every gap between consecutive token-carrying chunks, pooled over requests (ITL when one chunk is
     one token, as with vLLM's default stream interval)."""
-    gaps = [np.diff(r.token_times()) for r in with_tokens(records) if len(r.token_times()) >= 2]
-    return np.concatenate(gaps) if gaps else np.array([], dtype=float)
+    runs = [r.token_times() for r in with_tokens(records)]
+    lengths = np.fromiter(map(len, runs), dtype=np.int64, count=len(runs))
+    times = np.fromiter(itertools.chain.from_iterable(runs), dtype=float, count=int(lengths.sum()))
+    within = np.ones(max(len(times) - 1, 0), dtype=bool)  # one diff over all, minus the gaps between requests
+    ends = np.cumsum(lengths)[:-1] - 1
+    within[ends[(ends >= 0) & (ends < len(within))]] = False
+    return np.diff(times)[within] if len(times) else np.array([], dtype=float)
 
 
 def response_time(records: Sequence[RequestRecord]) -> np.ndarray:

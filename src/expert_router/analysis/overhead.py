@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from expert_router.analysis import metrics
 from expert_router.analysis.results import Cell, CellKey
 
 
@@ -27,10 +26,10 @@ def overhead_rows(cells: dict[CellKey, Cell], pairs: dict[str, str]) -> list[dic
             twin = cells.get(CellKey(direct, key.mix, key.users))
             if twin is None:
                 continue
-            r, d = metrics.ttft(cells[key].records), metrics.ttft(twin.records)
+            r, d = cells[key].values("ttft"), twin.values("ttft")
             if not len(r) or not len(d):
                 continue
-            gateway = metrics.routing_overhead(cells[key].records)
+            gateway = cells[key].values("route")
             rows.append(
                 {
                     "configuration": routed,

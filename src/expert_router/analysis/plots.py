@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 
-from expert_router.analysis import metrics
+from expert_router.analysis.digest import WINDOW_S
 from expert_router.analysis.results import Cell, CellKey
 
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -52,7 +52,7 @@ def fig3_response_time(cells: dict[CellKey, Cell], mix: str, path: Path) -> Path
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, config in enumerate(_configurations(cells)):
         users = [u for u in _users(cells) if CellKey(config, mix, u) in cells]
-        rt = [metrics.response_time(cells[CellKey(config, mix, u)].records) for u in users]
+        rt = [cells[CellKey(config, mix, u)].values("response") for u in users]
         color = COLORS[i % len(COLORS)]
         ax.plot(users, [np.median(r) if len(r) else np.nan for r in rt], "o-", color=color, label=f"{config} median")
         ax.plot(
@@ -65,7 +65,7 @@ def fig3_response_time(cells: dict[CellKey, Cell], mix: str, path: Path) -> Path
     return _save(fig, path)
 
 
-def _boxes(cells: dict[CellKey, Cell], mix: str, values_of, ylabel: str, title: str, path: Path) -> Path:
+def _boxes(cells: dict[CellKey, Cell], mix: str, metric: str, ylabel: str, title: str, path: Path) -> Path:
     configs, users = _configurations(cells), _users(cells)
     fig, ax = plt.subplots(figsize=(max(7, 1.2 * len(users) * len(configs)), 4.5))
     width = 0.8 / len(configs)
@@ -75,7 +75,7 @@ def _boxes(cells: dict[CellKey, Cell], mix: str, values_of, ylabel: str, title: 
             cell = cells.get(CellKey(config, mix, u))
             if cell is None:
                 continue
-            values = values_of(cell.records) * 1000
+            values = cell.values(metric) * 1000
             positions.append(j + (i - (len(configs) - 1) / 2) * width)
             data.append(values if len(values) else [np.nan])
             medians.append(np.median(values) if len(values) else np.nan)
@@ -104,11 +104,10 @@ def _boxes(cells: dict[CellKey, Cell], mix: str, values_of, ylabel: str, title: 
 
 def _mark_quality(ax: Axes, cell: Cell, x: float, y: float) -> None:
     """A cell's error rate above its box, and a warning mark when it was not measured validly."""
-    records = cell.records
-    failed = sum(1 for r in records if not r.ok)
+    failed = cell.failed
     notes = []
     if failed:
-        notes.append(f"err {failed / len(records):.0%}")
+        notes.append(f"err {failed / cell.requests:.0%}")
     if not cell.valid:
         notes.append("not valid")
     if notes:
@@ -118,11 +117,11 @@ def _mark_quality(ax: Axes, cell: Cell, x: float, y: float) -> None:
 
 
 def fig4_ttft(cells: dict[CellKey, Cell], mix: str, path: Path) -> Path:
-    return _boxes(cells, mix, metrics.ttft, "TTFT (ms)", f"Fig. 4 - time to first token vs users ({mix} mix)", path)
+    return _boxes(cells, mix, "ttft", "TTFT (ms)", f"Fig. 4 - time to first token vs users ({mix} mix)", path)
 
 
 def fig5_tpot(cells: dict[CellKey, Cell], mix: str, path: Path) -> Path:
-    return _boxes(cells, mix, metrics.tpot, "TPOT (ms)", f"Fig. 5 - time per output token vs users ({mix} mix)", path)
+    return _boxes(cells, mix, "tpot", "TPOT (ms)", f"Fig. 5 - time per output token vs users ({mix} mix)", path)
 
 
 def fig6_user_throughput_and_p99(cells: dict[CellKey, Cell], path: Path) -> Path:
@@ -132,14 +131,14 @@ def fig6_user_throughput_and_p99(cells: dict[CellKey, Cell], path: Path) -> Path
         color = COLORS[i % len(COLORS)]
         for mix in _mixes(cells):
             users = [u for u in _users(cells) if CellKey(config, mix, u) in cells]
-            throughput = [metrics.user_throughput(cells[CellKey(config, mix, u)].records) for u in users]
+            throughput = [cells[CellKey(config, mix, u)].values("user_throughput") for u in users]
             mean = np.array([np.mean(t) if len(t) else np.nan for t in throughput])
             std = np.array([np.std(t) if len(t) else np.nan for t in throughput])
             style = styles.get(mix, "^-.")
             left.errorbar(users, mean, yerr=std, fmt=style, color=color, capsize=3, label=f"{config}, {mix}")
             p99 = [
                 np.percentile(r, 99) if len(r) else np.nan
-                for r in (metrics.response_time(cells[CellKey(config, mix, u)].records) for u in users)
+                for r in (cells[CellKey(config, mix, u)].values("response") for u in users)
             ]
             right.plot(users, p99, style, color=color, label=f"{config}, {mix}")
     left.set(
@@ -153,9 +152,8 @@ def fig6_user_throughput_and_p99(cells: dict[CellKey, Cell], path: Path) -> Path
     return _save(fig, path)
 
 
-def fig7_system_throughput(
-    cells: dict[CellKey, Cell], mix: str, users: Sequence[int], path: Path, window_s: float = 2.0
-) -> Path:
+def fig7_system_throughput(cells: dict[CellKey, Cell], mix: str, users: Sequence[int], path: Path) -> Path:
+    window_s = WINDOW_S
     configs = _configurations(cells)
     fig, axes = plt.subplots(len(users), 1, figsize=(9, 2.6 * len(users)), squeeze=False)
     for row, u in enumerate(users):
@@ -167,7 +165,7 @@ def fig7_system_throughput(
             color = COLORS[i % len(COLORS)]
             steady_means = []
             for rep, run in enumerate(cell.runs):  # every repetition; the first drawn boldest
-                windows = metrics.system_throughput(run, window_s, cell.mode)
+                windows = run.windows
                 if not len(windows.tokens_per_s):
                     continue
                 edges = np.append(windows.starts, windows.starts[-1] + window_s)

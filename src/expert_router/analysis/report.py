@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from expert_router.analysis import metrics, plots
+from expert_router.analysis import digest, plots
 from expert_router.analysis.findings import findings_sections
 from expert_router.analysis.overhead import overhead_rows
 from expert_router.analysis.results import Cell, CellKey, load_cells, prompt_lengths
@@ -65,9 +65,9 @@ class Report:
     html: Path
 
 
-def table_row(cell: Cell, window_s: float = 2.0) -> dict[str, Any]:
+def table_row(cell: Cell) -> dict[str, Any]:
     """One line of the summary table: repetitions pooled (system throughput averaged per run)."""
-    s = metrics.pooled(cell.runs, window_s, cell.mode)
+    s = digest.pooled(cell.runs)
 
     def ms(value: float | None) -> float | None:
         return None if value is None else value * 1000

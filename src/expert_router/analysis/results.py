@@ -1,7 +1,9 @@
 """A results folder: one sub-folder per measured cell (configuration x mix x users x repetition).
 
 Each cell folder holds `cell.json` (its labels), the simulator's `records.jsonl`, `workload.jsonl` and
-`summary.json`. Repetitions of a cell are pooled when metrics are computed.
+`summary.json` (and, from `expert-router simulate`, `digest.npz`). Repetitions of a cell are pooled when
+metrics are computed. Each run is read as its digest (`analysis/digest.py`): a few numbers per request
+and its throughput windows, so a sweep of hundreds of millions of token times fits in memory.
 """
 
 from __future__ import annotations
@@ -11,11 +13,16 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from expert_router.analysis import digest
+from expert_router.analysis.digest import RunDigest
 from expert_router.errors import UserError
 from expert_router.loadgen.records import RequestRecord, read_meta, read_records
 from expert_router.loadgen.workload import load_workload
 
 CELL_FILE = "cell.json"
+DIGEST_FILE = "digest.npz"
 
 
 @dataclass(frozen=True, order=True)
@@ -28,17 +35,31 @@ class CellKey:
 @dataclass
 class Cell:
     key: CellKey
-    runs: list[list[RequestRecord]]
-    """One list of records per repetition: time series (system throughput) must not mix runs."""
+    runs: list[RunDigest]
+    """One digest per repetition: time series (system throughput) must not mix runs."""
     valid: bool
     reasons: list[str]
     folders: list[Path]
     mode: str = "closed"
 
+    @classmethod
+    def of_records(
+        cls, key: CellKey, runs: list[list[RequestRecord]], valid: bool = True, mode: str = "closed"
+    ) -> Cell:
+        """A cell from records in memory (tests, one-off analyses)."""
+        return cls(key, [digest.digest(run, mode) for run in runs], valid, [], [], mode)
+
+    def values(self, name: str) -> np.ndarray:
+        """A per-request metric (`RunDigest.PER_REQUEST`) over every repetition, in record order."""
+        return np.concatenate([run.values(name) for run in self.runs]) if self.runs else np.array([])
+
     @property
-    def records(self) -> list[RequestRecord]:
-        """Every repetition's records together (per-request metrics pool them)."""
-        return [r for run in self.runs for r in run]
+    def requests(self) -> int:
+        return sum(run.requests for run in self.runs)
+
+    @property
+    def failed(self) -> int:
+        return sum(run.requests - run.ok for run in self.runs)
 
     @property
     def repetitions(self) -> int:
@@ -64,12 +85,20 @@ def load_cells(root: Path) -> dict[CellKey, Cell]:
         raise UserError(f"{root} holds no finished runs (expected runs/*/*/u*/r*/{CELL_FILE} with a summary.json)")
     cells = {}
     for key, folders in sorted(grouped.items()):
-        runs = [read_records(f / "records.jsonl") for f in folders]
         summaries = [json.loads((f / "summary.json").read_text()) for f in folders]
         reasons = [reason for s in summaries for reason in s.get("reasons", [])]
         mode = read_meta(folders[0] / "records.jsonl").get("settings", {}).get("mode", "closed")
+        runs = [read_digest(f, mode) for f in folders]
         cells[key] = Cell(key, runs, all(s.get("valid", True) for s in summaries), reasons, folders, mode)
     return cells
+
+
+def read_digest(folder: Path, mode: str) -> RunDigest:
+    """A run's digest: the one `expert-router simulate` wrote, else made from its records (one run's
+    records in memory at a time)."""
+    path = folder / DIGEST_FILE
+    saved = digest.load(path) if path.is_file() else None
+    return saved if saved is not None else digest.digest(read_records(folder / "records.jsonl"), mode)
 
 
 def prompt_lengths(cells: dict[CellKey, Cell]) -> tuple[dict[str, list[int]], str]:
@@ -79,7 +108,7 @@ def prompt_lengths(cells: dict[CellKey, Cell]) -> tuple[dict[str, list[int]], st
     units: set[str] = set()
     for cell in cells.values():
         for run in cell.runs:
-            lengths.setdefault(cell.key.mix, []).extend(r.prompt_tokens for r in run)
+            lengths.setdefault(cell.key.mix, []).extend(int(n) for n in run.prompt_tokens)
         for folder in cell.folders[:1]:
             path = folder / "workload.jsonl"
             if path.is_file():

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from expert_router.emulate.config import EngineConfig
+from expert_router.emulate.decoding import DecodeSet
 from expert_router.emulate.kvcache import BlockManager
 from expert_router.emulate.perfmodel import PerfModel, StepTime
 from expert_router.emulate.scheduler import Batch, Scheduler, Sequence
@@ -34,10 +35,17 @@ class StepResult:
     duration: float
     """Seconds the iteration takes on the emulated GPU."""
     events: list[TokenEvent] = field(default_factory=list)
+    """Every output token (left empty by `step(events=False)`)."""
     parts: StepTime | None = None
     tokens: int = 0
     """Tokens run through the model (prefill and decode)."""
     preempted: int = 0
+    outputs: int = 0
+    """Output tokens produced."""
+    started: list[int] = field(default_factory=list)
+    """Requests whose first output token this is."""
+    finished: list[tuple[int, str]] = field(default_factory=list)
+    """Requests that ended with this step's token, and why."""
 
 
 @dataclass
@@ -68,6 +76,10 @@ class Engine:
         self.stats = EngineStats()
         self._rng = np.random.default_rng(config.seed)
         self._sequences: dict[int, Sequence] = {}
+        self.steps = 0
+        # decoders kept as a group when each is sure to produce one token per step (see decoding.py)
+        grouped = config.policy == "guaranteed_no_evict" and config.max_batch_size <= config.max_num_tokens
+        self._decoders = DecodeSet() if grouped else None
 
     # -- requests in and out -----------------------------------------------------------------------
     def submit(self, request_id: int, prompt_tokens: int, max_tokens: int, ignore_eos: bool = False) -> Sequence:
@@ -86,7 +98,15 @@ class Engine:
     def abort(self, request_id: int) -> None:
         seq = self._sequences.pop(request_id, None)
         if seq is not None:
+            if self._decoders is not None and seq in self._decoders:
+                self._decoders.leave(seq, self.steps)
             self.scheduler.abort(seq)
+
+    @property
+    def grouped(self) -> bool:
+        """Whether decoders are kept as a group: each running request gets exactly one token per step
+        from its first token to its last (what a virtual-time driver may rely on)."""
+        return self._decoders is not None
 
     @property
     def has_work(self) -> bool:
@@ -101,46 +121,78 @@ class Engine:
         return len(self.scheduler.waiting)
 
     # -- the spine ---------------------------------------------------------------------------------
-    def step(self) -> StepResult | None:
-        """Run one iteration: None when there is nothing to run (idle, or all waiting on the cache)."""
-        batch = self.scheduler.schedule()
+    def step(self, events: bool = True) -> StepResult | None:
+        """Run one iteration: None when there is nothing to run (idle, or all waiting on the cache).
+        With `events` False the result names only the requests that started and finished, not every
+        token (a virtual-time driver knows every running request gets one token per step)."""
+        decoders = self._decoders
+        if decoders is None:
+            batch = self.scheduler.schedule()
+        else:
+            batch = self.scheduler.schedule(len(decoders), decoders.computed)
         if not batch:
             return None
         work = batch.work()
         parts = self.perf.step(work)
-        result = StepResult(parts.total, self._emit(batch), parts, work.tokens, len(batch.preempted))
+        result = StepResult(parts.total, parts=parts, tokens=work.tokens, preempted=len(batch.preempted))
+        if decoders is not None:
+            self._emit_decoders(decoders, result, events)
+        self._emit(batch, result, events or decoders is None)
         self._account(result)
+        self.steps += 1
         return result
 
-    def _emit(self, batch: Batch) -> list[TokenEvent]:
-        """Advance every scheduled sequence; those that reach their end produce one token each."""
-        events: list[TokenEvent] = []
-        append = events.append  # the hot loop of a virtual-time sweep: one pass per token
+    def _emit_decoders(self, decoders: DecodeSet, result: StepResult, events: bool) -> None:
+        """Every grouped decoder produces one token; those at their drawn end finish."""
+        step = self.steps
+        ending = decoders.ending(step)
+        if events:
+            last = {seq.id for seq in ending}
+            result.events = [
+                TokenEvent(seq.id, decoders.position(seq, step), seq.finish_reason if seq.id in last else None)
+                for seq in decoders.members.values()
+            ]
+        result.outputs += len(decoders)
+        decoders.advance()
+        for seq in ending:
+            decoders.leave(seq, step + 1)
+            self._finish(seq, result)
+
+    def _emit(self, batch: Batch, result: StepResult, events: bool) -> None:
+        """Advance every listed sequence; those that reach their end produce one token each."""
+        append = result.events.append
+        decoders = self._decoders
         for seq, n in batch.items:
-            # Sequence.advance inlined: this loop runs once per token of a sweep (millions per cell)
+            # Sequence.advance inlined: without grouped decoders this runs once per token of a sweep
             seq.computed += n
             if seq.computed < seq.length:
                 continue  # a prefill chunk that is not the last
             seq.generated += 1
             seq.length += 1
             index = seq.generated - 1
+            result.outputs += 1
             if index == 0:
                 self.stats.prompt_tokens += seq.prompt_tokens
-            if seq.generated >= seq.stop_after:
-                append(TokenEvent(seq.id, index, seq.finish_reason))
-                self.scheduler.finish(seq)
-                del self._sequences[seq.id]
-            else:
-                append(TokenEvent(seq.id, index, None))
-        return events
+                result.started.append(seq.id)
+            done = seq.generated >= seq.stop_after
+            if events:
+                append(TokenEvent(seq.id, index, seq.finish_reason if done else None))
+            if done:
+                self._finish(seq, result)
+            elif decoders is not None:
+                decoders.join(seq, self.steps + 1)
+
+    def _finish(self, seq: Sequence, result: StepResult) -> None:
+        self.scheduler.finish(seq)
+        del self._sequences[seq.id]
+        result.finished.append((seq.id, seq.finish_reason))
 
     def _account(self, result: StepResult) -> None:
         stats = self.stats
         stats.steps += 1
         stats.busy_s += result.duration
         stats.preemptions += result.preempted
-        stats.generation_tokens += len(result.events)
-        for event in result.events:
-            if event.finish_reason is not None:
-                stats.finished += 1
-                stats.finish_reasons[event.finish_reason] = stats.finish_reasons.get(event.finish_reason, 0) + 1
+        stats.generation_tokens += result.outputs
+        for _, reason in result.finished:
+            stats.finished += 1
+            stats.finish_reasons[reason] = stats.finish_reasons.get(reason, 0) + 1

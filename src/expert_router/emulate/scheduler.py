@@ -75,12 +75,18 @@ class Batch:
 
     items: list[tuple[Sequence, int]] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
+    decoders: int = 0
+    """Running sequences decoding one token each that `items` leaves out (the engine's `DecodeSet`)."""
+    decoders_computed: int = 0
+    """Their computed tokens, summed."""
 
     def __bool__(self) -> bool:
-        return bool(self.items)
+        return bool(self.items) or self.decoders > 0
 
     def work(self) -> Iteration:
-        tokens = outputs = pairs = kv_read = 0
+        # a decode at context c: one token, one output, c + 1 query-key pairs and cached tokens read
+        tokens = outputs = self.decoders
+        pairs = kv_read = self.decoders_computed + self.decoders
         for seq, n in self.items:
             cached = seq.computed
             tokens += n
@@ -138,14 +144,15 @@ class Scheduler:
         self.running.remove(seq)
         self._release(seq)
 
-    def schedule(self) -> Batch:
-        batch = Batch()
-        budget = self._schedule_running(batch, self.max_num_tokens)
+    def schedule(self, decoders: int = 0, decoders_computed: int = 0) -> Batch:
+        """The next iteration. The first `decoders` running sequences decode one token each and are
+        counted, not listed (the engine keeps them as a group); the rest are scheduled one by one."""
+        batch = Batch(decoders=decoders, decoders_computed=decoders_computed)
+        budget = self._schedule_running(batch, self.max_num_tokens - decoders, decoders)
         self._admit_waiting(batch, budget)
         return batch
 
-    def _schedule_running(self, batch: Batch, budget: int) -> int:
-        index = 0
+    def _schedule_running(self, batch: Batch, budget: int, index: int = 0) -> int:
         items = batch.items
         while index < len(self.running) and budget > 0:
             seq = self.running[index]

@@ -99,6 +99,14 @@ class RecordWriter:
         self._file.close()
 
 
+def write_records(path: Path, records: list[RequestRecord], meta: dict[str, Any]) -> None:
+    """A whole run's file at once, as `RecordWriter` writes it line by line (a simulated run has
+    nothing to lose to a crash, and one write instead of one per record)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [orjson.dumps({"meta": True, **meta}), *(record.to_json() for record in records)]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+
+
 def read_records(path: Path) -> list[RequestRecord]:
     """Every request record of a file (meta lines, which carry a "meta" key, are skipped)."""
     records = []

@@ -6,7 +6,8 @@ one seed, and can be saved and replayed exactly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -57,18 +58,27 @@ class WorkloadSpec(BaseModel):
 
 def draw_workload(spec: WorkloadSpec) -> list[WorkItem]:
     """Classify the corpus, then draw `spec.pool` prompts by the mix and the length distribution."""
+    k, by_cluster = clustered_corpus(spec.classifier, spec.corpus)
+    count = word_count if spec.tokenizer is None else tokenizer_counter(spec.tokenizer)
+    probabilities = mix_probabilities(k, spec.mix, spec.mix_mean, spec.mix_std)
+    lengths = parse_lengths(spec.input_lengths, spec.input_mean, spec.input_std)
+    return build_workload(by_cluster, spec.pool, probabilities, lengths, spec.max_tokens, spec.seed, count)
+
+
+@functools.lru_cache(maxsize=4)
+def clustered_corpus(classifier_path: Path, corpus: str) -> tuple[int, dict[int, tuple[str, ...]]]:
+    """The corpus's texts by the cluster the classifier gives them, and k. Kept for the process: an
+    experiment draws one workload per cell from the same corpus, and reading and classifying the whole
+    corpus is what a draw costs."""
     from expert_router.classifier import Classifier
     from expert_router.corpus import load_corpus
 
-    classifier = Classifier.load(spec.classifier)
-    texts = [d.text for d in load_corpus(spec.corpus)]
+    classifier = Classifier.load(classifier_path)
+    texts = [d.text for d in load_corpus(corpus)]
     by_cluster: dict[int, list[str]] = {}
     for text, cluster in zip(texts, classifier.route(texts).cluster.tolist()):
         by_cluster.setdefault(cluster, []).append(text)
-    count = word_count if spec.tokenizer is None else tokenizer_counter(spec.tokenizer)
-    probabilities = mix_probabilities(classifier.k, spec.mix, spec.mix_mean, spec.mix_std)
-    lengths = parse_lengths(spec.input_lengths, spec.input_mean, spec.input_std)
-    return build_workload(by_cluster, spec.pool, probabilities, lengths, spec.max_tokens, spec.seed, count)
+    return classifier.k, {c: tuple(t) for c, t in by_cluster.items()}
 
 
 def tokenizer_counter(path: Path) -> Counter:
@@ -107,7 +117,7 @@ def word_count(text: str) -> int:
 
 
 def build_workload(
-    texts_by_cluster: dict[int, list[str]],
+    texts_by_cluster: Mapping[int, Sequence[str]],
     n: int,
     probabilities: np.ndarray,
     lengths: LengthDistribution,

@@ -4,10 +4,12 @@ Timeline rules are the real-time driver's (`emulate/realtime.py`): a step starts
 ends, or when a request reaches an idle engine; its tokens are delivered at its end; requests that arrive
 during a step join at the next one.
 
-One event per engine step, not per token: a step's tokens all arrive at its end, so the delivery appends
-that one time to each request's token-time list (the record's own `chunk_times`) and calls back only for
-the requests that finished. At 1,000 users that is the difference between millions of Python calls per
-emulated minute and tens of thousands.
+One event per engine step, not per token: a step's tokens all arrive at its end. When the engine keeps
+its decoders as a group (`emulate/decoding.py`: each running request gets one token per step, from its
+first to its last), a step costs no work per token at all: the engine's step end times form one timeline,
+and a request's token times are the slice of it from its first token's step to its last, copied into the
+record's `chunk_times` when it finishes. Otherwise (a policy that preempts) each step's end is appended
+to each of its tokens' requests. Either way only requests that start or finish are called back.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from expert_router.emulate.config import EngineConfig
-from expert_router.emulate.engine import Engine, TokenEvent
+from expert_router.emulate.engine import Engine, StepResult
 from expert_router.simulate.events import EventQueue
 
 OnFinish = Callable[[str, float], None]
@@ -30,6 +32,11 @@ class VirtualEngine:
         self._times: dict[int, list[float]] = {}
         self._on_finish: dict[int, OnFinish] = {}
         self._stepping = False
+        self._grouped = self.engine.grouped
+        self._timeline: list[float] = []
+        """End time of every step, when grouped."""
+        self._first: dict[int, int] = {}
+        """Timeline index of each running request's first token, when grouped."""
 
     def submit(
         self,
@@ -50,23 +57,28 @@ class VirtualEngine:
             self._step()
 
     def _step(self) -> None:
-        result = self.engine.step()
+        result = self.engine.step(events=not self._grouped)
         if result is None:
             self._stepping = False  # idle until the next request
             return
-        self.events.after(result.duration, lambda: self._deliver(result.events))
+        self.events.after(result.duration, lambda: self._deliver(result))
 
-    def _deliver(self, tokens: list[TokenEvent]) -> None:
+    def _deliver(self, result: StepResult) -> None:
         # the next step is scheduled before anyone hears of these tokens, as the real-time driver does:
         # a request sent in reaction to them reaches the engine after that step has started
         self._step()
         now = self.events.now
         times = self._times
-        finished = []
-        for event in tokens:
-            times[event.request_id].append(now)
-            if event.finish_reason is not None:
-                finished.append(event)
-        for event in finished:
-            del times[event.request_id]
-            self._on_finish.pop(event.request_id)(event.finish_reason or "stop", now)
+        if self._grouped:
+            index = len(self._timeline)
+            self._timeline.append(now)
+            for request_id in result.started:
+                self._first[request_id] = index
+            for request_id, _ in result.finished:
+                times[request_id].extend(self._timeline[self._first.pop(request_id) : index + 1])
+        else:
+            for event in result.events:
+                times[event.request_id].append(now)
+        for request_id, reason in result.finished:
+            del times[request_id]
+            self._on_finish.pop(request_id)(reason, now)

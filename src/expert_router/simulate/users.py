@@ -49,6 +49,8 @@ class Users:
         self._rng = np.random.default_rng(seed)
         self._cycle = itertools.cycle(range(len(items)))
         self._ids = itertools.count()
+        self._words: dict[int, int] = {}
+        """Prompt length per item as the emulated server counts it (words), counted once per item."""
 
     def run(self, load: Load) -> list[RequestRecord]:
         self._load = load
@@ -94,11 +96,13 @@ class Users:
             delay = self.overhead.draw(self._rng)
             record.server_timing = {"route": delay}
         self.system.started(port)
-        self.events.after(delay, lambda: self._arrive(record, item, port, user))
+        if index not in self._words:
+            self._words[index] = len(item.prompt.split()) or 1
+        prompt = self._words[index]
+        self.events.after(delay, lambda: self._arrive(record, item, prompt, port, user))
 
-    def _arrive(self, record: RequestRecord, item: WorkItem, port: int, user: int | None) -> None:
+    def _arrive(self, record: RequestRecord, item: WorkItem, prompt: int, port: int, user: int | None) -> None:
         engine = self.system.engines[port]
-        prompt = len(item.prompt.split()) or 1  # what the emulated server counts
 
         def on_finish(reason: str, at: float) -> None:
             times = record.chunk_times  # filled by the engine, one delivery time per token
