@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from expert_router.classifier import Classifier, ClassifierSettings
 from expert_router.config import Deployment, ExpertConfig
 from expert_router.errors import BadRequest, ConnectionFailed
+from expert_router.gateway import collector, settle_after_start_up
 from expert_router.gateway.requests import parse_request
 from expert_router.gateway.routing import Router
 from expert_router.wire import HttpConnection
@@ -136,3 +138,13 @@ def test_garbage_and_early_close_fail_the_request():
         assert not connection.reusable
 
     asyncio.run(main())
+
+
+def test_after_start_up_the_collector_freezes_what_is_alive_and_runs_rarely():
+    threshold = gc.get_threshold()
+    try:
+        settle_after_start_up()
+        assert gc.get_freeze_count() > 0 and gc.get_threshold()[0] == collector.YOUNG > threshold[0]
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
