@@ -126,6 +126,18 @@ def test_the_parser_hands_each_chunk_to_the_sink():
     asyncio.run(main())
 
 
+def test_a_kept_alive_connection_parses_its_next_answer():
+    async def main() -> None:
+        connection, _ = await feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        assert connection.reusable and connection.done.done()
+        seen: list[bytes] = []
+        connection.send(b"POST / HTTP/1.1\r\n\r\n", sink=seen.append)
+        connection.data_received(b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nnot")
+        assert connection.status == 404 and seen == [b"not"] and connection.done.done()
+
+    asyncio.run(main())
+
+
 def test_garbage_and_early_close_fail_the_request():
     async def main() -> None:
         connection, _ = await feed(b"NOT HTTP AT ALL\r\n\r\n")
