@@ -3,13 +3,13 @@
 Profiled under load (`bench/gateway.py`'s 500 and 1,000 streams of 32 tokens; py-spy, and
 `gc.callbacks` timing every collection), CPython's default thresholds (700, 10, 10) cost the gateway
 about a sixth of its CPU, and their full collections were its tail: each walked the ~210,000 objects
-left from start-up (the classifier, aiohttp, numpy, pydantic) and held the event loop 100-400 ms, about
-every 4 s, while the requests in flight survived two young collections and were promoted to be walked
+left from start-up (the classifier, aiohttp, numpy, pydantic) and held the event loop 100-400 ms every
+few seconds, while the requests in flight survived two young collections and were promoted to be walked
 again. Yet the gateway makes almost no cyclic garbage (none was collected in 20 s of load): its
 objects die by reference count. So, once started, the gateway freezes what is alive (`gc.freeze()`:
 never walked again) and collects the young generation every `YOUNG` net allocations instead of 700.
 Measured the same way, the collector's share fell from ~1.2-3 s to ~0.05 s per 20 s of load, and
-CPU per request by ~17%. Cycles are still collected, only less often.
+CPU per request by ~17% in those runs. Cycles are still collected, only less often.
 """
 
 from __future__ import annotations
