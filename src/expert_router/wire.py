@@ -54,6 +54,7 @@ class HttpConnection(asyncio.Protocol):
         self.done: asyncio.Future[None] = loop.create_future()
         self.buffer: list[bytes] = []
         self.sink: Sink | None = None
+        self._before_body = True
         self._header_name = b""
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
@@ -92,12 +93,15 @@ class HttpConnection(asyncio.Protocol):
             self.headers_done.set_result(None)
 
     def on_body(self, body: bytes) -> None:
-        if self.sink is not None:
-            self.sink(body)
+        sink = self.sink
+        if sink is not None:
+            sink(body)
         else:
             self.buffer.append(body)
-        if not self.first_body.done():
-            self.first_body.set_result(None)
+        if self._before_body:  # a flag, not `first_body.done()`: this runs once per token
+            self._before_body = False
+            if not self.first_body.done():
+                self.first_body.set_result(None)
 
     def on_message_complete(self) -> None:
         self.reusable = self.parser.should_keep_alive()
@@ -110,7 +114,9 @@ class HttpConnection(asyncio.Protocol):
         """Send one request; with `sink`, every body chunk of the answer goes to it from the first."""
         self._reset()
         self.sink = sink
-        self.parser = httptools.HttpResponseParser(self)
+        # A connection is sent a request only when new or back in the pool after a complete answer:
+        # either way its parser stands at the start of a message (llhttp parses kept-alive answers
+        # one after the other).
         self.reusable = False
         assert self.transport is not None
         self.transport.write(request)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from expert_router.classifier import Classifier, ClassifierSettings
 from expert_router.config import Deployment, ExpertConfig
 from expert_router.errors import BadRequest, ConnectionFailed
+from expert_router.gateway import collector, settle_after_start_up
 from expert_router.gateway.requests import parse_request
 from expert_router.gateway.routing import Router
 from expert_router.wire import HttpConnection
@@ -124,6 +126,18 @@ def test_the_parser_hands_each_chunk_to_the_sink():
     asyncio.run(main())
 
 
+def test_a_kept_alive_connection_parses_its_next_answer():
+    async def main() -> None:
+        connection, _ = await feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        assert connection.reusable and connection.done.done()
+        seen: list[bytes] = []
+        connection.send(b"POST / HTTP/1.1\r\n\r\n", sink=seen.append)
+        connection.data_received(b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nnot")
+        assert connection.status == 404 and seen == [b"not"] and connection.done.done()
+
+    asyncio.run(main())
+
+
 def test_garbage_and_early_close_fail_the_request():
     async def main() -> None:
         connection, _ = await feed(b"NOT HTTP AT ALL\r\n\r\n")
@@ -136,3 +150,13 @@ def test_garbage_and_early_close_fail_the_request():
         assert not connection.reusable
 
     asyncio.run(main())
+
+
+def test_after_start_up_the_collector_freezes_what_is_alive_and_runs_rarely():
+    threshold = gc.get_threshold()
+    try:
+        settle_after_start_up()
+        assert gc.get_freeze_count() > 0 and gc.get_threshold()[0] == collector.YOUNG > threshold[0]
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)

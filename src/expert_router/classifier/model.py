@@ -206,7 +206,7 @@ class Classifier:
         is never needed, and summing projection rows per token (duplicates included) equals the
         term-count vector times the projection.
         """
-        reduced = self._weighted_projection[self._term_ids(text)].sum(axis=0)
+        reduced = self._weighted_projection.take(self._term_ids(text), axis=0).sum(axis=0)  # take: cheaper than [ ]
         norm_sq = float(reduced @ reduced)
         if norm_sq == 0.0:
             return self._centroid_sq.copy()  # the zero vector, as the batch path gives it

@@ -162,16 +162,16 @@ async def generate(request: web.Request, chat: bool) -> web.StreamResponse:
         gateway.metrics.classify_seconds.observe(timing.classified - timing.received)
         response = await gateway.forwarder.forward(request, client, plan, timing)
     except asyncio.CancelledError:  # the client went away (or its proxy closed): counted, not lost
-        gateway.metrics.requests.labels("chat" if chat else "completions", "", "499").inc()
+        gateway.metrics.count_request("chat" if chat else "completions", "", "499")
         raise
     except ClientError as exc:
         response = client_error_response(exc)
     except Exception:  # a bug, not the client's fault: say so in the API's own words, keep the trace in the log
         log.exception("unexpected error while answering %s", request.path)
         response = error_response(500, "internal error in the gateway; see its log", "server_error")
-    gateway.metrics.requests.labels(
+    gateway.metrics.count_request(
         "chat" if chat else "completions", response.headers.get("X-Expert-Cluster", ""), str(response.status)
-    ).inc()
+    )
     return response
 
 

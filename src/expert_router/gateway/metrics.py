@@ -69,6 +69,16 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        self._request_counts: dict[tuple[str, str, str], Counter] = {}
+
+    def count_request(self, endpoint: str, cluster: str, status: str) -> None:
+        """`requests` + 1, its labelled child looked up once per label set (`labels()` takes a lock each call)."""
+        key = (endpoint, cluster, status)
+        child = self._request_counts.get(key)
+        if child is None:
+            child = self._request_counts[key] = self.requests.labels(endpoint, cluster, status)
+        child.inc()
+
     def exposition(self) -> bytes:
         if os.environ.get(MULTIPROC_ENV):
             registry = CollectorRegistry()

@@ -59,7 +59,8 @@ class Relay:
         self.transport = request.transport
         self.watchdog = IdleWatchdog(connection, idle_timeout_s)
         self.framed = request.version >= HttpVersion11
-        self.tail = b""
+        self.last = (b"", b"")
+        """The two latest chunks: where a [DONE] would be."""
         self.chunks = 0
         self.paused = False
 
@@ -73,7 +74,7 @@ class Relay:
         if error is not None:
             log.warning("stream from %s ended early: %s", self.upstream_url, error)
             await response.write(b"data: " + orjson.dumps(error_body(502, error, "upstream_error")) + b"\n\n" + DONE)
-        elif not self.tail.rstrip().endswith(b"[DONE]"):
+        elif not b"".join(self.last).rstrip().endswith(b"[DONE]"):
             await response.write(DONE)  # some servers just close the stream; clients get [DONE] either way
         await response.write_eof()
         return response
@@ -108,20 +109,24 @@ class Relay:
     def _count(self, data: bytes) -> None:
         self.watchdog.last = self.loop.time()
         self.chunks += 1
-        self.tail = data[-16:] if len(data) >= 16 else (self.tail + data)[-16:]
+        self.last = (self.last[1], data)
 
     def _client_gone(self) -> bool:
         return self.transport is None or self.transport.is_closing()
 
     def sink(self, data: bytes) -> None:
-        """Called from the upstream's read callback with each decoded chunk of the answer."""
-        self._count(data)
-        if self.transport is None or self.transport.is_closing():
+        """Called from the upstream's read callback with each decoded chunk of the answer (once per
+        token: `_count` is written out here, one call fewer)."""
+        self.watchdog.last = self.loop.time()
+        self.chunks += 1
+        self.last = (self.last[1], data)
+        transport = self.transport
+        if transport is None or transport.is_closing():
             self.connection.close()  # the client is gone: stop the upstream at once
             return
-        self.transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self.framed else data)
+        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self.framed else data)
         upstream = self.connection.transport
-        if not self.paused and upstream is not None and self.transport.get_write_buffer_size() > WRITE_FAST_LIMIT:
+        if not self.paused and upstream is not None and transport.get_write_buffer_size() > WRITE_FAST_LIMIT:
             self.paused = True  # a slow client: stop reading upstream until its socket drains
             upstream.pause_reading()
             self.loop.call_later(0.005, self._resume_when_drained)

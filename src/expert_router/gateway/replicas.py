@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 
 import aiohttp
 
@@ -72,29 +71,28 @@ class Expert:
 
     def healthy(self) -> list[Replica]:
         """Healthy replicas, least busy first (then least KV cache in use)."""
+        if len(self.replicas) == 1:
+            return self.replicas if self.replicas[0].healthy else []
         return sorted((r for r in self.replicas if r.healthy), key=lambda r: (r.busy(), r.load.kv_usage))
 
     def carried(self) -> float:
         """Requests the expert's replicas carry by their own reports (all gateways' requests together)."""
         return sum(r.busy() for r in self.replicas)
 
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Admission control: wait up to the queue timeout for one of the expert's in-flight slots.
+    def slot(self) -> Slot:
+        """Admission control: `async with expert.slot():` waits up to the queue timeout for one of the
+        expert's in-flight slots.
 
         `limit_scope: process` counts this process's requests (a semaphore); `replicas` counts what the
         replicas report carrying, from every gateway, so the limit holds across workers and instances
         (overshoot: what other gateways send within one load interval).
         """
+        return Slot(self)
+
+    async def _admit(self) -> None:
         if self.settings.limit_scope == "replicas":
             await self._shared_slot()
-            self.inflight += 1
-            try:
-                yield
-            finally:
-                self.inflight -= 1
-            return
-        if not self._slots.locked():
+        elif not self._slots.locked():
             await self._slots.acquire()  # free slot: no waiting, and no timer to set up
         elif self.settings.queue_timeout_s == 0:
             raise self._saturated()
@@ -104,10 +102,10 @@ class Expert:
             except TimeoutError:
                 raise self._saturated() from None
         self.inflight += 1
-        try:
-            yield
-        finally:
-            self.inflight -= 1
+
+    def _leave(self) -> None:
+        self.inflight -= 1
+        if self.settings.limit_scope != "replicas":
             self._slots.release()
 
     async def _shared_slot(self) -> None:
@@ -127,6 +125,21 @@ class Expert:
                 "X-Expert-Cluster": str(self.config.cluster),
             },
         )
+
+
+class Slot:
+    """One request's hold on an expert's slot (a plain class: an async generator context costs more)."""
+
+    __slots__ = ("expert",)
+
+    def __init__(self, expert: Expert):
+        self.expert = expert
+
+    async def __aenter__(self) -> None:
+        await self.expert._admit()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.expert._leave()
 
 
 class Experts:

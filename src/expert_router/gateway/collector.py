@@ -1,0 +1,27 @@
+"""CPython's garbage collector, set for a proxy: start-up objects frozen, young collections rare.
+
+Profiled under load (`bench/gateway.py`'s 500 and 1,000 streams of 32 tokens; py-spy, and
+`gc.callbacks` timing every collection), CPython's default thresholds (700, 10, 10) cost the gateway
+about a sixth of its CPU, and their full collections were its tail: each walked the ~210,000 objects
+left from start-up (the classifier, aiohttp, numpy, pydantic) and held the event loop 100-400 ms every
+few seconds, while the requests in flight survived two young collections and were promoted to be walked
+again. Yet the gateway makes almost no cyclic garbage (none was collected in 20 s of load): its
+objects die by reference count. So, once started, the gateway freezes what is alive (`gc.freeze()`:
+never walked again) and collects the young generation every `YOUNG` net allocations instead of 700.
+Measured the same way, the collector's share fell from ~1.2-3 s to ~0.05 s per 20 s of load, and
+CPU per request by ~17% in those runs. Cycles are still collected, only less often.
+"""
+
+from __future__ import annotations
+
+import gc
+
+YOUNG = 50_000
+"""Net allocations of tracked objects between two young collections (CPython's default: 700)."""
+
+
+def settle_after_start_up() -> None:
+    """Collect once, freeze everything alive, and raise the young threshold. Call once start-up is done."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(YOUNG, 10, 10)
