@@ -17,7 +17,7 @@ What a profile of the gateway under this load showed (py-spy on the gateway's pi
 `gc.callbacks` timing each collection; 500 and 1,000 streams of 32 tokens, 100 streams of 256): with
 CPython's default collector thresholds, garbage collection was ~16% of the gateway's CPU and its
 full collections, each walking ~210,000 objects left from start-up, held the event loop 100-400 ms
-every few seconds, which was the p99 (fixed: `gateway.collector`). After that the profile is flat: per
+every few seconds, which was the p99 (fixed: `expert_router.collector`). After that the profile is flat: per
 relayed token (256-token answers, per-request work included) the kernel's share (epoll, read, write
 on loopback TCP) is about the same as nginx's, 11-13 us, and the difference is user space: ~8.7 us in
 the gateway against ~2 us in nginx (uvloop's read callback, the llhttp callback and the relay's write;

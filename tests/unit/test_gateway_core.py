@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from expert_router import collector
 from expert_router.classifier import Classifier, ClassifierSettings
+from expert_router.collector import settle_after_start_up
 from expert_router.config import Deployment, ExpertConfig
 from expert_router.errors import BadRequest, ConnectionFailed
-from expert_router.gateway import collector, settle_after_start_up
 from expert_router.gateway.requests import parse_request
 from expert_router.gateway.routing import Router
 from expert_router.wire import HttpConnection

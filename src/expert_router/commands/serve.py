@@ -133,12 +133,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _serve(deployment: Deployment, host: str, port: int, reuse_port: bool) -> None:
     from expert_router.classifier import Classifier
-    from expert_router.gateway import build_app, settle_after_start_up
+    from expert_router.collector import settle_after_start_up
+    from expert_router.gateway import build_app
     from expert_router.http import run_app
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = build_app(deployment, Classifier.load(deployment.classifier))
-    settle_after_start_up()  # the collector's defaults were the gateway's p99 (see gateway.collector)
+    settle_after_start_up()  # the collector's defaults were the gateway's p99 (see expert_router.collector)
     experts = len(deployment.experts)
 
     def announce() -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 from aiohttp import web
 
+from expert_router.collector import settle_after_start_up
 from expert_router.emulate.config import EngineConfig
 from expert_router.emulate.engine import Engine
 from expert_router.emulate.metrics import EngineMetrics
@@ -67,6 +68,7 @@ async def serve_all(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        settle_after_start_up()  # a full collection would hold every engine's step timer
         if on_started is not None:
             on_started()
         await stop.wait()

@@ -1,4 +1,7 @@
-"""CPython's garbage collector, set for a proxy: start-up objects frozen, young collections rare.
+"""CPython's garbage collector, set for a long-running server: start-up objects frozen, young collections rare.
+
+Used by the gateway (`serve`) and the emulated engine (`emulate`), whose timelines a collection pause
+would shift; the load generator does the same around a run (`loadgen.users`).
 
 Profiled under load (`bench/gateway.py`'s 500 and 1,000 streams of 32 tokens; py-spy, and
 `gc.callbacks` timing every collection), CPython's default thresholds (700, 10, 10) cost the gateway
