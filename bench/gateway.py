@@ -29,7 +29,11 @@ own routing time stays under 0.5 ms at the median. On 2 cores shared with the cl
 every path competes for CPU, so the added time to first token grows with the proxy's CPU demand and
 not only with its own work: that is why a 1.6x CPU cost shows as several times nginx's added TTFT.
 
-Prints one JSON line. Run: python bench/gateway.py [--streams 500 1000] [--seconds 8] [--repeats 3]
+`--pin` gives the proxy under test (nginx or the gateway, one loaded at a time) the last CPU to itself
+and keeps the client and the upstream on the others, so added latency measures the proxy's own
+queueing rather than its fight with the client for a core; the JSON says which CPUs each side had.
+
+Prints one JSON line. Run: python bench/gateway.py [--streams 500 1000] [--seconds 8] [--repeats 3] [--pin]
 """
 
 from __future__ import annotations
@@ -148,14 +152,32 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--long-tokens", type=int, default=256, help="answer length of the CPU-per-token case")
     parser.add_argument("--long-streams", type=int, default=100, help="concurrent streams of the CPU-per-token case")
     parser.add_argument("--soak-minutes", type=float, default=0.0, help="also soak the gateway this long (not in CI)")
+    parser.add_argument(
+        "--pin", action="store_true", help="the proxies on the last CPU, client and upstream on the rest"
+    )
     return parser.parse_args()
 
 
-def latency_cases(args: argparse.Namespace, tmp: Path, classifier_dir: Path) -> tuple[list[dict], dict | None]:
-    """Every repetition of every level and path, interleaved; plus the soak when asked."""
+def pin(args: argparse.Namespace, proxies: list[int], others: list[int]) -> dict[str, list[int]] | None:
+    """With --pin: every thread of the proxies' processes on the last CPU, the client and upstream elsewhere."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not args.pin or len(cpus) < 2:
+        return None
+    sides = {"proxy_cpus": cpus[-1:], "client_and_upstream_cpus": cpus[:-1]}
+    for pids, side in ((proxies, sides["proxy_cpus"]), ([os.getpid(), *others], sides["client_and_upstream_cpus"])):
+        for pid in pids:
+            for task in os.listdir(f"/proc/{pid}/task"):
+                os.sched_setaffinity(int(task), side)
+    return sides
+
+
+def latency_cases(
+    args: argparse.Namespace, tmp: Path, classifier_dir: Path
+) -> tuple[list[dict], dict | None, dict | None]:
+    """Every repetition of every level and path, interleaved; plus the soak when asked, and the pinning."""
     models = [f"expert-{c}" for c in range(8)]
     repeats: list[dict] = []
-    soak = None
+    soak, pinned = None, None
     with synthetic_expert(
         tmp, "upstream", "--tokens", str(args.tokens), "--interval-ms", str(args.interval_ms), models=models
     ) as upstream:
@@ -172,6 +194,7 @@ def latency_cases(args: argparse.Namespace, tmp: Path, classifier_dir: Path) -> 
                 "nginx": (nginx.url, "expert-0", process_tree(nginx.process.pid)),
                 "gateway": (gw.url, "expert-router", process_tree(gw.process.pid)),
             }
+            pinned = pin(args, paths["nginx"][2] + paths["gateway"][2], process_tree(upstream.process.pid))
             for repeat in range(args.repeats):
                 results: dict = {name: {} for name in paths}
                 for streams in (1, *args.streams):
@@ -183,7 +206,7 @@ def latency_cases(args: argparse.Namespace, tmp: Path, classifier_dir: Path) -> 
                 repeats.append(results)
             if args.soak_minutes > 0:
                 soak = asyncio.run(run_soak(gw, args.streams[0], args.soak_minutes * 60, args.tokens))
-    return repeats, soak
+    return repeats, soak, pinned
 
 
 def cpu_cases(args: argparse.Namespace, tmp: Path, classifier_dir: Path) -> dict:
@@ -201,6 +224,9 @@ def cpu_cases(args: argparse.Namespace, tmp: Path, classifier_dir: Path) -> dict
             health_interval_s=5.0,
         )
         with gateway(tmp, deployment, name="gateway-long") as gw, Nginx(tmp / "long", [upstream.url]) as nginx:
+            pin(
+                args, process_tree(gw.process.pid) + process_tree(nginx.process.pid), process_tree(upstream.process.pid)
+            )
             return {
                 name: asyncio.run(
                     measure(
@@ -325,7 +351,7 @@ def main() -> None:
         tmp = Path(scratch)
         classifier_dir = tmp / "classifier"
         Classifier.fit([d.text for d in load_corpus("demo")]).save(classifier_dir)
-        repeats, soak = latency_cases(args, tmp, classifier_dir)
+        repeats, soak, pinned = latency_cases(args, tmp, classifier_dir)
         long_answers = cpu_cases(args, tmp, classifier_dir)
     out: dict[str, object] = {
         "bench": "gateway",
@@ -336,6 +362,7 @@ def main() -> None:
         "repeats": args.repeats,
         "long_answer_tokens": args.long_tokens,
     }
+    out["pinned"] = pinned
     out.update(summarize_latency(repeats, args.streams))
     out.update(summarize_cpu(repeats, args.streams[0], long_answers))
     if soak is not None:
