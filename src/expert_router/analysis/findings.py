@@ -302,8 +302,9 @@ FINDINGS: tuple[Callable[[Table], Finding], ...] = (
 
 WHY: dict[str, str] = {
     "lowest_tpot": "model: at few users B (70B FP8 on TP8: 8.7 GB of weights per GPU) streams fewer bytes per "
-    "GPU and step than E (16 GB on one GPU); our all-reduce, from NVLink specifications, costs less than that",
-    "tp_communication": "model: TP cost is an NVLink-specification ring all-reduce plus latency, not measured NCCL; "
+    "GPU and step than E (16 GB on one GPU); our all-reduces, at NCCL's published bus bandwidth, cost less than that",
+    "tp_communication": "model: TP cost is a ring all-reduce at NCCL's published bus bandwidth plus latency and "
+    "the logits gather, not NCCL timed at decode-sized messages; "
     "with it B's 8.7 GB per GPU still decode faster than E's 16 GB, so only A and C are slower than E",
     "lowest_ttft_high_load": "model/set-up: the baselines' Table I batch caps (A, B 200; C 2 x 100) leave most of "
     "1,000 closed-loop users waiting for a slot (TTFT in seconds), while E's 8 x 125 slots hold them; the "
