@@ -35,6 +35,8 @@ class HttpConnection(asyncio.Protocol):
     """One keep-alive HTTP/1.1 connection; one request at a time."""
 
     def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        """Kept: each `get_running_loop()` is a getpid system call (CPython checks for a fork)."""
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.reusable = False
@@ -45,7 +47,7 @@ class HttpConnection(asyncio.Protocol):
         self._reset()
 
     def _reset(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         self.status = 0
         self.headers: dict[bytes, bytes] = {}
         """Response headers, names lower-cased."""

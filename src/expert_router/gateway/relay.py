@@ -55,7 +55,7 @@ class Relay:
         self.headers = headers
         self.on_done = on_done
         """Told how many chunks were relayed (metrics)."""
-        self.loop = asyncio.get_running_loop()
+        self.loop = connection.loop
         self.transport = request.transport
         self.watchdog = IdleWatchdog(connection, idle_timeout_s)
         self.framed = request.version >= HttpVersion11
@@ -149,7 +149,7 @@ class IdleWatchdog:
     """
 
     def __init__(self, connection: HttpConnection, timeout: float):
-        self.loop = asyncio.get_running_loop()
+        self.loop = connection.loop
         self.connection = connection
         self.timeout = timeout
         self.last = self.loop.time()
