@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,12 +215,19 @@ def _direct_pairs(results: Path) -> dict[str, str]:
 
 
 def _invalid_note(invalid: list[dict[str, Any]]) -> str:
+    """One line per kind of problem (reasons that differ only in their numbers), not one per cell."""
     if not invalid:
         return ""
-    reasons = sorted({reason for row in invalid for reason in row["reasons"]})
+    kinds: dict[str, list[str]] = {}
+    for reason in sorted({reason for row in invalid for reason in row["reasons"]}):
+        kinds.setdefault(re.sub(r"\d+(\.\d+)?", "#", reason), []).append(reason)
+    lines = [
+        reasons[0] if len(reasons) == 1 else f"{reasons[0]} (and {len(reasons) - 1} more like it)"
+        for reasons in kinds.values()
+    ]
     return (
         f"{len(invalid)} cell(s) were not measured well (marked valid: no); treat their numbers with care. "
-        "Why: " + "; ".join(reasons[:6])
+        "Why: " + "; ".join(lines[:6])
     )
 
 
