@@ -97,6 +97,15 @@ class EngineSettings(Strict):
     memory_fraction: float = Field(0.2, gt=0, le=1, description="vLLM --gpu-memory-utilization (CPU: RAM share)")
     extra_args: list[str] = Field([], description="more vLLM command-line arguments")
     ready_timeout_s: float = Field(600.0, gt=0)
+    nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="CPU priority of the servers started here (0: the same as the gateway's; 19: the lowest)",
+    )
+    """On one machine the engine would take every core and starve the gateway and the load generator
+    for seconds: their stamps and relays must be on time, an engine step can wait. Where they run on
+    machines of their own, as in a real deployment, the setting changes nothing."""
 
 
 class Deployment(Strict):

@@ -91,3 +91,15 @@ def test_the_shared_limit_counts_every_gateways_requests():
             assert expert.inflight == 1
 
     asyncio.run(main())
+
+
+def test_a_send_during_a_load_read_still_counts_after_the_report():
+    """The report may have been made before the request arrived: the send stays counted until a read
+    that began after it, else a gateway would admit one more than its limit."""
+    replica = Replica("http://127.0.0.1:1", "http://127.0.0.1:1/health")
+    before = replica.load.sent  # the read begins
+    replica.sent()  # the gateway admits a request while the read is on its way
+    replica.load.update("vllm:num_requests_running 2\n", before)
+    assert replica.busy() == 3
+    replica.load.update("vllm:num_requests_running 3\n", replica.load.sent)  # a read begun after the send
+    assert replica.busy() == 3

@@ -169,7 +169,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGTERM, on_signal)
     try:
-        serve.start(servers)
+        serve.start(servers, deployment.engine.nice)
         with console.status(f"starting {len(servers)} server(s) for {len(deployment.experts)} experts; logs in {logs}"):
             serve.wait_ready(servers, deployment.engine.ready_timeout_s)
         table = Table(title="experts ready")

@@ -7,6 +7,7 @@ runs in its own process group, so stopping it also stops the engine processes vL
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -62,7 +63,8 @@ def host_port(url: str) -> tuple[str, int]:
     return parts.hostname or "127.0.0.1", parts.port or 80
 
 
-def start(servers: list[ServerProcess]) -> None:
+def start(servers: list[ServerProcess], nice: int = 0) -> None:
+    """Start every server that has a command line, at `nice` (lower CPU priority; see `EngineSettings`)."""
     for server in servers:
         if not server.argv:
             continue
@@ -74,7 +76,17 @@ def start(servers: list[ServerProcess]) -> None:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 env={**os.environ, "VLLM_NO_USAGE_STATS": "1"},
+                preexec_fn=partial(lower_priority, nice) if nice else None,  # inherited by vLLM's forks
             )
+
+
+def lower_priority(nice: int) -> None:
+    """Run this process, and what it forks, at `nice`. With the kernel's autogroup scheduling (on by
+    default in desktop and many server kernels) a new session is a group of its own whose share of the
+    CPU ignores the nice values inside it, so the group is lowered too."""
+    os.nice(nice)
+    with contextlib.suppress(OSError):  # no autogroup scheduling here: the nice value alone counts
+        Path("/proc/self/autogroup").write_text(str(nice))
 
 
 def listed_models(url: str) -> set[str] | None:

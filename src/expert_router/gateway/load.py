@@ -4,8 +4,10 @@ A gateway process knows only the requests it sent itself. Several workers or ins
 same experts each see a fraction, so a least-in-flight choice and a per-process limit drift apart from
 what the engine really carries. vLLM reports its load (`vllm:num_requests_running`,
 `vllm:num_requests_waiting`, `vllm:kv_cache_usage_perc`; the emulated engine and the synthetic expert
-report the same names): every gateway reads the same numbers, so they share one view. Between two
-reads a gateway adds the requests it sent since the last one, which the report cannot show yet.
+report the same names): every gateway reads the same numbers, so they share one view. On top of a
+report a gateway adds the requests it sent since that read *began*: a request sent while the read was
+on its way may or may not be in the report, and forgetting it would let the gateway admit one more
+than the limit (counting it twice until the next read only holds a request back for one interval).
 """
 
 from __future__ import annotations
@@ -28,16 +30,25 @@ class ReportedLoad:
     waiting: float = 0.0
     kv_usage: float = 0.0
     read_at: float = 0.0
-    sent_since: int = 0
+    sent: int = 0
+    """Requests this gateway has sent the replica, ever."""
+    seen: int = 0
+    """Of those, how many were sent before the last report's read began (the report shows them)."""
     reporting: bool = False
     """False until a read found vLLM's metric names (then the gateway falls back to its own counts)."""
 
+    @property
+    def sent_since(self) -> int:
+        """This gateway's sends that the last report may not show."""
+        return self.sent - self.seen
+
     def requests(self) -> float:
         """Requests the replica carries by its own report, plus this gateway's sends it cannot show yet."""
-        return self.running + self.waiting + self.sent_since
+        return self.running + self.waiting + self.sent - self.seen
 
-    def update(self, text: str) -> None:
-        """Take a new report (Prometheus text exposition)."""
+    def update(self, text: str, sent_before: int | None = None) -> None:
+        """Take a new report (Prometheus text exposition); `sent_before`: the value of `sent` when its read
+        began (default: now, for a report read without waiting)."""
         values: dict[str, float] = {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
@@ -47,4 +58,4 @@ class ReportedLoad:
         self.running, self.waiting = values.get(RUNNING, 0.0), values.get(WAITING, 0.0)
         self.kv_usage = values.get(KV_USAGE, 0.0)
         self.read_at = time.monotonic()
-        self.sent_since = 0
+        self.seen = self.sent if sent_before is None else sent_before

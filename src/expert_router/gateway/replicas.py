@@ -40,7 +40,7 @@ class Replica:
 
     def sent(self) -> None:
         self.inflight += 1
-        self.load.sent_since += 1
+        self.load.sent += 1
 
     def record_failure(self, failures_to_down: int, why: str) -> None:
         self.failures += 1
@@ -177,13 +177,14 @@ class Experts:
     async def _read_load(
         session: aiohttp.ClientSession, replicas: list[Replica], timeout: aiohttp.ClientTimeout
     ) -> None:
+        sent_before = [replica.load.sent for replica in replicas]
         try:
             async with session.get(replicas[0].metrics_url, timeout=timeout) as response:
                 text = await response.text() if response.status == 200 else ""
         except (aiohttp.ClientError, TimeoutError, UnicodeDecodeError):
             text = ""
-        for replica in replicas:
-            replica.load.update(text)  # an unreadable report: back to this gateway's own counts
+        for replica, sent in zip(replicas, sent_before, strict=True):
+            replica.load.update(text, sent)  # an unreadable report: back to this gateway's own counts
 
     async def _check_forever(self, session: aiohttp.ClientSession) -> None:
         replicas = [r for pool in self.by_cluster.values() for r in pool.replicas]
