@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -39,14 +38,12 @@ import numpy as np
 
 from expert_router.analysis import findings, metrics
 from expert_router.analysis.results import load_cells
-from expert_router.emulate import scale_times
-from expert_router.experiment import Configuration, Service, load_experiment
-from expert_router.loadgen.records import RequestRecord, read_records
-from expert_router.loadgen.workload import WorkItem, save_workload
-from expert_router.simulate.run import Cell, simulate_cell, simulate_experiment
+from expert_router.experiment import load_experiment
+from expert_router.loadgen.records import RequestRecord
+from expert_router.loadgen.workload import WorkItem
+from expert_router.simulate.run import simulate_experiment
 from expert_router.simulate.system import DEFAULT_GATEWAY_MS, GatewayOverhead
-from expert_router.simulate.users import Load
-from expert_router.testing import Server, cli_args, free_port
+from expert_router.testing import real_and_virtual
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT = ROOT / "deploy" / "paper" / "experiment.yaml"
@@ -96,42 +93,7 @@ def agreement(tmp: Path, users: int, seconds: float, dilation: float) -> dict[st
     rng = np.random.default_rng(0)
     lengths = rng.integers(100, 400, 64)
     items = [WorkItem(i, 0, " ".join(["word"] * int(n)), int(n), 100) for i, n in enumerate(lengths)]
-    save_workload(items, tmp / "workload.jsonl")
-    port = free_port()
-    emulate = ["--preset", "paper-e", "--instances", "1", "--port", str(port), "--served-model-name", "m"]
-    with Server(cli_args("emulate", *emulate, "--time-dilation", str(dilation)), port, tmp / "emulate.log"):
-        subprocess.run(
-            cli_args(
-                "load",
-                f"http://127.0.0.1:{port}",
-                "--model",
-                "m",
-                "--workload",
-                str(tmp / "workload.jsonl"),
-                "--users",
-                str(users),
-                "--duration",
-                str(seconds),
-                "--out",
-                str(tmp / "real"),
-            ),
-            check=True,
-            capture_output=True,
-            timeout=600,
-        )
-    real = [scale_times(r, dilation) for r in read_records(tmp / "real" / "records.jsonl")]
-    service = Service(name="engine", command=" ".join(["expert-router emulate", *emulate]))
-    configuration = Configuration(name="E1", url=f"http://127.0.0.1:{port}", model="m", services=[service])
-    simulate_cell(
-        Cell(configuration, "uniform", users, 0),
-        tmp,
-        items,
-        [0] * len(items),
-        Load(users=users, duration_s=seconds / dilation),
-        GatewayOverhead(),
-        tmp / "virtual",
-    )
-    virtual = read_records(tmp / "virtual" / "records.jsonl")
+    real, virtual = real_and_virtual(tmp, items, users, seconds, dilation)
     window = seconds / dilation / 10
     r, v = medians(real, window), medians(virtual, window)
     diffs = {k: abs(r[k] / v[k] - 1) for k in r}

@@ -18,7 +18,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from expert_router.emulate import scale_times
+from expert_router.experiment import Configuration, Service
+from expert_router.loadgen.records import RequestRecord, read_records
+from expert_router.loadgen.workload import WorkItem, save_workload
 from expert_router.processes import http_ok, stop_groups, wait_until
+from expert_router.simulate.run import Cell, simulate_cell
+from expert_router.simulate.system import GatewayOverhead
+from expert_router.simulate.users import Load
 
 REPO = Path(__file__).resolve().parents[2]
 """The source checkout (the package is installed editable from `src/`)."""
@@ -233,3 +240,38 @@ class Envoy(Server):
             raise
         self.port = listen_port
         self.url = f"http://127.0.0.1:{listen_port}"
+
+
+def real_and_virtual(
+    tmp: Path, items: list[WorkItem], users: int, seconds: float, dilation: float, *emulate_flags: str
+) -> tuple[list[RequestRecord], list[RequestRecord]]:
+    """The same cell both ways: one engine of configuration E served for real by `expert-router emulate`
+    (time dilation `dilation`) and loaded by `expert-router load` for `seconds`, its records scaled back to
+    emulated time; then simulated in virtual time for `seconds / dilation`. Raises on a failed load."""
+    save_workload(items, tmp / "workload.jsonl")
+    port = free_port()
+    emulate = ["--preset", "paper-e", "--instances", "1", "--port", str(port), "--served-model-name", "m"]
+    emulate += emulate_flags
+    with Server(cli_args("emulate", *emulate, "--time-dilation", str(dilation)), port, tmp / "emulate.log"):
+        load = ["--model", "m", "--workload", str(tmp / "workload.jsonl"), "--users", str(users)]
+        result = subprocess.run(
+            cli_args("load", f"http://127.0.0.1:{port}", *load, "--duration", str(seconds), "--out", str(tmp / "real")),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    if result.returncode != 0:
+        raise RuntimeError(f"expert-router load failed: {result.stderr}")
+    real = [scale_times(r, dilation) for r in read_records(tmp / "real" / "records.jsonl")]
+    service = Service(name="engine", command=" ".join(["expert-router emulate", *emulate]))
+    configuration = Configuration(name="E1", url=f"http://127.0.0.1:{port}", model="m", services=[service])
+    simulate_cell(
+        Cell(configuration, "uniform", users, 0),
+        tmp,
+        items,
+        [0] * len(items),
+        Load(users=users, duration_s=seconds / dilation),
+        GatewayOverhead(),
+        tmp / "virtual",
+    )
+    return real, read_records(tmp / "virtual" / "records.jsonl")

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from expert_router.analysis import metrics
-from expert_router.emulate import scale_times
-from expert_router.experiment import Configuration, Service
-from expert_router.loadgen.records import read_records
-from expert_router.loadgen.workload import WorkItem, save_workload
-from expert_router.simulate.run import Cell, simulate_cell
-from expert_router.simulate.system import GatewayOverhead
-from expert_router.simulate.users import Load
-from expert_router.testing import Server, cli_args, free_port
+from expert_router.loadgen.workload import WorkItem
+from expert_router.testing import real_and_virtual
 
 pytestmark = pytest.mark.e2e
 
@@ -26,60 +19,7 @@ USERS, SECONDS = 4, 8.0
 
 def test_virtual_time_agrees_with_real_time(tmp_path: Path):
     items = [WorkItem(i, 0, " ".join(["word"] * (150 + 10 * i)), 150 + 10 * i, 100) for i in range(8)]
-    workload = tmp_path / "workload.jsonl"
-    save_workload(items, workload)
-    port = free_port()
-    emulate = [
-        "--preset",
-        "paper-e",
-        "--instances",
-        "1",
-        "--port",
-        str(port),
-        "--served-model-name",
-        "m",
-        "--output-lengths",
-        "fixed:30",
-    ]
-    with Server(cli_args("emulate", *emulate, "--time-dilation", str(K)), port, tmp_path / "emulate.log"):
-        result = subprocess.run(
-            cli_args(
-                "load",
-                f"http://127.0.0.1:{port}",
-                "--model",
-                "m",
-                "--workload",
-                str(workload),
-                "--users",
-                str(USERS),
-                "--duration",
-                str(SECONDS),
-                "--out",
-                str(tmp_path / "real"),
-            ),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert result.returncode == 0, result.stderr
-    real = [scale_times(r, K) for r in read_records(tmp_path / "real" / "records.jsonl")]
-
-    configuration = Configuration(
-        name="E1",
-        url=f"http://127.0.0.1:{port}",
-        model="m",
-        services=[Service(name="engine", command=" ".join(["expert-router emulate", *emulate]))],
-    )
-    simulate_cell(
-        Cell(configuration, "uniform", USERS, 0),
-        tmp_path,
-        items,
-        [0] * len(items),
-        Load(users=USERS, duration_s=SECONDS / K),
-        GatewayOverhead(),
-        tmp_path / "virtual",
-    )
-    virtual = read_records(tmp_path / "virtual" / "records.jsonl")
+    real, virtual = real_and_virtual(tmp_path, items, USERS, SECONDS, K, "--output-lengths", "fixed:30")
 
     assert all(r.status == "ok" and r.output_tokens == 30 for r in real + virtual)
     assert abs(len(real) - len(virtual)) <= USERS  # the same number of answers, but for the last round
