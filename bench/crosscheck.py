@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from expert_router.analysis.metrics import summarize, tpot, ttft
+from expert_router.analysis.digest import summarize
+from expert_router.analysis.metrics import tpot, ttft
 from expert_router.loadgen.records import read_meta, read_records
 from expert_router.loadgen.workload import WorkItem, save_workload
 from expert_router.testing import cli_args, synthetic_expert

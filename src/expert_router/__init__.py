@@ -31,7 +31,7 @@ _EXPORTS = {
     "RunSettings": "expert_router.loadgen.users",
     "RequestRecord": "expert_router.loadgen.records",
     "read_records": "expert_router.loadgen.records",
-    "summarize": "expert_router.analysis.metrics",
+    "summarize": "expert_router.analysis.digest",
     "ExpertRouterError": "expert_router.errors",
     "UserError": "expert_router.errors",
     "ClientError": "expert_router.errors",
@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from expert_router.analysis.metrics import summarize
+    from expert_router.analysis.digest import summarize
     from expert_router.classifier import Classifier, ClassifierSettings, Routes
     from expert_router.config import Deployment, load_deployment
     from expert_router.errors import BadRequest, ClientError, ExpertRouterError, UserError

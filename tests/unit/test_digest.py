@@ -1,4 +1,4 @@
-"""A run's digest: the report's numbers from it are exactly `metrics.pooled`'s over the records."""
+"""A run's digest: the report's numbers from it are exactly the metrics' definitions over the records."""
 
 from __future__ import annotations
 
@@ -29,15 +29,37 @@ def runs() -> list[list]:
     return [[*RECORDS, empty], second]
 
 
-def without_icl(summary: metrics.Summary) -> dict:
-    return {k: v for k, v in asdict(summary).items() if not k.startswith("icl_")}
-
-
-def test_pooled_digests_equal_pooled_records_exactly():
+def test_pooled_digests_are_the_metrics_over_the_pooled_records():
+    """Per-request metrics over every repetition's requests, bit for bit; throughput: the mean of the
+    runs' steady means (repetitions' throughputs do not add up)."""
     made = runs()
-    from_digests = digest.pooled([digest.digest(run) for run in made])
-    assert without_icl(from_digests) == without_icl(metrics.pooled(made))  # bit for bit, not approx
-    assert from_digests.icl_median_s is None
+    records = [r for run in made for r in run]
+    s = digest.pooled([digest.digest(run, window_s=0.5) for run in made])  # short windows: steady ones
+    ttfts, tpots, rt = metrics.ttft(records), metrics.tpot(records), metrics.response_time(records)
+    assert (s.requests, s.ok, s.failed, s.ttft_n, s.tpot_n) == (
+        len(records),
+        len(metrics.ok(records)),
+        1,
+        len(ttfts),
+        len(tpots),
+    )
+    assert (s.ttft_median_s, s.ttft_p99_s, s.tpot_mean_s, s.tpot_p99_s) == (
+        metrics.percentile(ttfts, 50),
+        metrics.percentile(ttfts, 99),
+        metrics.mean(tpots),
+        metrics.percentile(tpots, 99),
+    )
+    assert (s.response_time_p90_s, s.user_throughput_std, s.route_mean_s) == (
+        metrics.percentile(rt, 90),
+        metrics.std(metrics.user_throughput(records)),
+        metrics.mean(metrics.routing_overhead(records)),
+    )
+    steady = [metrics.system_throughput(run, 0.5).steady() for run in made]
+    steady_means = [float(np.mean(w)) for w in steady if len(w)]
+    assert steady_means
+    assert s.system_throughput_mean == pytest.approx(float(np.mean(steady_means)))
+    assert s.goodput == pytest.approx(metrics.goodput(records, 2.0, 0.2))
+    assert s.icl_median_s is None
 
 
 def test_a_digest_reads_back_as_written(tmp_path: Path):
@@ -76,7 +98,10 @@ def test_cell_values_pool_repetitions_in_record_order():
     assert digest.pooled(cell.runs).goodput == pytest.approx(metrics.goodput(pooled_records, 2.0, 0.2))
 
 
-def test_one_runs_summary_from_its_digest_is_summarize():
+def test_one_runs_summary_adds_the_gaps_between_tokens():
     for run in runs():
-        _, summary = digest.summarize(run)
-        assert asdict(summary) == asdict(metrics.summarize(run))
+        made, summary = digest.digest_and_summary(run)
+        assert asdict(summary) == {**asdict(digest.pooled([made])), "icl_median_s": summary.icl_median_s,
+                                   "icl_p99_s": summary.icl_p99_s}  # fmt: skip
+        assert summary.icl_p99_s == metrics.percentile(metrics.inter_chunk_latency(run), 99) is not None
+        assert asdict(digest.summarize(run)) == asdict(summary)

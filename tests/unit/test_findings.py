@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 
+from expert_router.analysis import digest
 from expert_router.analysis import findings as f
 from expert_router.analysis.results import Cell, CellKey
 from expert_router.loadgen.records import RequestRecord
@@ -128,7 +129,7 @@ def test_cell_stats_use_the_reports_pooled_definitions():
     # a second repetition: 5 users, 10 requests each, one a second (steady windows from 2 s to 8 s)
     second = [record(u, k, 0.1, 0.02 + u / 1000, 30) for u in range(5) for k in range(10)]
     made = Cell.of_records(CellKey("C", "uniform", 5), [first, second])
-    s, pooled = f.cell_stats(made), f.metrics.pooled([first, second])
+    s, pooled = f.cell_stats(made), digest.pooled(made.runs)
     assert (s.ttft_median, s.ttft_p99, s.tpot_median, s.tpot_p99) == pytest.approx(
         (pooled.ttft_median_s, pooled.ttft_p99_s, pooled.tpot_median_s, pooled.tpot_p99_s)
     )

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from expert_router.analysis import metrics
+from expert_router.analysis.digest import digest, pooled, summarize
 from expert_router.loadgen.records import RequestRecord
 
 
@@ -82,7 +83,7 @@ def test_windows_are_marked_ramp_up_steady_and_drain():
     windows = metrics.system_throughput(records, window_s=2.0)
     assert windows.phases == ["ramp-up", "ramp-up", "steady", "steady", "drain"]  # the partial [10, 11) is dropped
     assert len(windows.steady()) == 2
-    summary = metrics.summarize(records)
+    summary = summarize(records)
     assert summary.system_throughput_mean == pytest.approx(float(np.mean(windows.steady())))
     assert summary.system_throughput_mean > float(np.mean(windows.tokens_per_s))  # ramp and drain pull the mean down
 
@@ -93,7 +94,7 @@ def test_a_run_shorter_than_a_window_is_divided_by_its_own_length():
 
 
 def test_summary_goodput_and_routing_overhead():
-    summary = metrics.summarize(RECORDS, ttft_target_s=0.35, tpot_target_s=0.3)
+    summary = summarize(RECORDS, ttft_target_s=0.35, tpot_target_s=0.3)
     assert (summary.requests, summary.ok, summary.failed) == (4, 3, 1)
     assert summary.error_rate == 0.25 and summary.output_tokens == 7 and summary.chunk_tokens == 7
     assert summary.ttft_median_s == pytest.approx(0.3) and summary.ttft_n == 3
@@ -105,14 +106,14 @@ def test_summary_goodput_and_routing_overhead():
 
 def test_pooled_repetitions_average_throughput_instead_of_adding_it():
     run = [rec(0.0, list(np.arange(0.1, 4.0, 0.1)), t_end=4.0)]
-    one = metrics.summarize(run)
-    both = metrics.pooled([run, run])
+    one = summarize(run)
+    both = pooled([digest(run), digest(run)])
     assert both.system_throughput_mean == pytest.approx(one.system_throughput_mean)
     assert both.requests == 2
 
 
 def test_no_successful_requests():
-    summary = metrics.summarize([rec(0.0, [], status="error")])
+    summary = summarize([rec(0.0, [], status="error")])
     assert summary.ok == 0 and summary.ttft_median_s is None and summary.system_throughput_mean is None
 
 
@@ -120,7 +121,7 @@ def test_an_answer_that_ends_at_once_is_a_success_without_ttft():
     empty = rec(0.0, [], t_end=0.2)
     empty.output_tokens = 1
     records = [*RECORDS, empty]
-    summary = metrics.summarize(records)
+    summary = summarize(records)
     assert (summary.ok, summary.failed) == (4, 1)
     assert len(metrics.ttft(records)) == 3 and 0.2 in metrics.response_time(records)
 

@@ -4,10 +4,13 @@ A full virtual sweep holds hundreds of millions of token times; the report needs
 one. Every per-request metric is one number per request (TTFT, TPOT, response time, user throughput,
 the gateway's time) and system throughput is one number per 2-second window, so a run is reduced to
 those as it is read (or as `expert-router simulate` writes it: `digest.npz` beside `records.jsonl`),
-and its records are dropped. The numbers are the metrics module's own, in record order, so pooled
-percentiles, means and standard deviations are bit for bit those of `metrics.pooled` over the records.
+and its records are dropped. The numbers are the metrics module's own definitions, in record order
+(a test holds them equal to `metrics.ttft` and the others over the records).
 
-Not kept: the gaps between tokens (`icl_*` of a Summary), which only each run's `summary.json` reports.
+This is the one way from records to a `metrics.Summary`: one run's (`summarize`, what `load` and
+`simulate` write to `summary.json`) and a cell's repetitions (`pooled`, what the report reads).
+Not kept in a digest: the gaps between tokens (`icl_*` of a Summary), which `summarize` reads from the
+records themselves and only each run's `summary.json` reports.
 """
 
 from __future__ import annotations
@@ -91,8 +94,9 @@ def _fill(columns: dict[str, np.ndarray], i: int, r: RequestRecord) -> None:
 
 
 def pooled(runs: Sequence[RunDigest], ttft_target_s: float = 2.0, tpot_target_s: float = 0.2) -> metrics.Summary:
-    """`metrics.pooled` from digests: per-request metrics over every run's requests, system throughput
-    the mean of the runs' steady means and the highest peak. Inter-chunk latency is not kept (None)."""
+    """Repetitions of one cell: per-request metrics over every run's requests; system throughput (a time
+    series per run, which do not add up) the mean of the runs' steady means, and the highest peak.
+    Inter-chunk latency is not kept (None)."""
 
     def pool(name: str) -> np.ndarray:
         return np.concatenate([run.values(name) for run in runs]) if runs else np.array([], dtype=float)
@@ -138,11 +142,27 @@ def pooled(runs: Sequence[RunDigest], ttft_target_s: float = 2.0, tpot_target_s:
     )
 
 
-def summarize(records: Sequence[RequestRecord], mode: str = "closed") -> tuple[RunDigest, metrics.Summary]:
-    """One run's digest and `metrics.summarize`'s Summary of it (equal field for field), from one pass
-    over the token times instead of several."""
-    run = digest(records, mode)
-    summary = pooled([run])
+def summarize(
+    records: Sequence[RequestRecord],
+    window_s: float = WINDOW_S,
+    mode: str = "closed",
+    ttft_target_s: float = 2.0,
+    tpot_target_s: float = 0.2,
+) -> metrics.Summary:
+    """Every metric of one run. Pool runs with `pooled` instead: throughputs of runs do not add up."""
+    return digest_and_summary(records, window_s, mode, ttft_target_s, tpot_target_s)[1]
+
+
+def digest_and_summary(
+    records: Sequence[RequestRecord],
+    window_s: float = WINDOW_S,
+    mode: str = "closed",
+    ttft_target_s: float = 2.0,
+    tpot_target_s: float = 0.2,
+) -> tuple[RunDigest, metrics.Summary]:
+    """One run's digest and its Summary (with the gaps between tokens, read from the records)."""
+    run = digest(records, mode, window_s)
+    summary = pooled([run], ttft_target_s, tpot_target_s)
     icl = metrics.inter_chunk_latency(records)
     summary.icl_median_s, summary.icl_p99_s = metrics.percentile(icl, 50), metrics.percentile(icl, 99)
     return run, summary

@@ -55,7 +55,7 @@ class Stats:
 
 
 def cell_stats(cell: Cell) -> Stats:
-    """Only the metrics the findings read, with `metrics.pooled`'s definitions (per-request metrics over
+    """Only the metrics the findings read, with `digest.pooled`'s definitions (per-request metrics over
     every repetition; system throughput the mean of the runs' steady means, and the highest peak), but
     without the rest of a Summary: on a full sweep the report's own table already costs minutes."""
     ttfts, tpots = cell.values("ttft"), cell.values("tpot")

@@ -223,7 +223,7 @@ def _progress(stats: LiveStats, settings: RunSettings) -> Table:
 def _finish(
     args: argparse.Namespace, records: list[RequestRecord], checks: list[dict[str, Any]], meta: dict[str, Any]
 ) -> int:
-    from expert_router.analysis.metrics import summarize
+    from expert_router.analysis.digest import summarize
 
     summary = summarize(records, mode=args.mode)
     reasons = [r for c in checks for r in c["reasons"]]

@@ -65,7 +65,7 @@ def simulate_cell(
         "wall_s": time.monotonic() - started,
     }
     write_records(out / "records.jsonl", records, meta)
-    run, summary = digest.summarize(records, load.mode)
+    run, summary = digest.digest_and_summary(records, mode=load.mode)
     check = {"lag_p99_ms": 0.0, "lag_max_ms": 0.0, "cpu_share": 0.0, "valid": True, "reasons": [], "virtual": True}
     document: dict[str, object] = {
         "meta": meta,
