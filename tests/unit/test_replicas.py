@@ -4,7 +4,7 @@ import pytest
 
 from expert_router.config import ExpertConfig, GatewaySettings
 from expert_router.errors import Saturated
-from expert_router.gateway.replicas import Expert, Replica
+from expert_router.gateway.replicas import Expert, Experts, Replica
 
 
 def make_pool(**settings) -> Expert:
@@ -103,3 +103,12 @@ def test_a_send_during_a_load_read_still_counts_after_the_report():
     assert replica.busy() == 3
     replica.load.update("vllm:num_requests_running 3\n", replica.load.sent)  # a read begun after the send
     assert replica.busy() == 3
+
+
+def test_load_is_read_only_where_it_decides_something():
+    one = [ExpertConfig(cluster=c, model=f"m{c}", endpoints=[f"http://a:{c + 1}"]) for c in range(2)]
+    two = [*one[:1], ExpertConfig(cluster=1, model="m1", endpoints=["http://a:2", "http://b:2"])]
+    assert not Experts(one, GatewaySettings()).reads_load()  # a single replica each: nothing to choose
+    assert Experts(two, GatewaySettings()).reads_load()
+    assert not Experts(two, GatewaySettings(load_aware=False)).reads_load()
+    assert Experts(one, GatewaySettings(limit_scope="replicas")).reads_load()  # the shared limit needs it

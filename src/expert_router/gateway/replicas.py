@@ -1,9 +1,10 @@
 """The experts and their replicas: which are up, which is least busy, how many requests may be in flight.
 
 State lives in one process (one gateway instance or worker). With `load_aware` (the default) each
-replica's own load report (`gateway.load`) is read on a short interval, so instances and workers in
-front of the same experts pick replicas, and with `limit_scope: replicas` admit requests, by the same
-numbers; nothing else is shared, which is what lets them scale out behind a load balancer.
+replica's own load report (`gateway.load`) is read on a short interval (where an expert has more than
+one replica), so instances and workers in front of the same experts pick replicas, and with
+`limit_scope: replicas` admit requests, by the same numbers; nothing else is shared, which is what
+lets them scale out behind a load balancer.
 """
 
 from __future__ import annotations
@@ -152,8 +153,15 @@ class Experts:
 
     def start_health_checks(self, session: aiohttp.ClientSession) -> None:
         self._tasks.append(asyncio.create_task(self._check_forever(session)))
-        if self.settings.load_aware or self.settings.limit_scope == "replicas":
+        if self.reads_load():
             self._tasks.append(asyncio.create_task(self._read_load_forever(session)))
+
+    def reads_load(self) -> bool:
+        """Whether replicas' /metrics are read: only where the reports decide something (a choice between
+        replicas, or a limit shared across gateways). vLLM takes milliseconds to render its metrics,
+        time its own event loop then spends on nothing else."""
+        choice = self.settings.load_aware and any(len(e.replicas) > 1 for e in self.by_cluster.values())
+        return choice or self.settings.limit_scope == "replicas"
 
     async def stop(self) -> None:
         for task in self._tasks:
