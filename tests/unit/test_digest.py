@@ -100,7 +100,8 @@ def test_cell_values_pool_repetitions_in_record_order():
 
 def test_one_runs_summary_adds_the_gaps_between_tokens():
     for run in runs():
-        made, summary = digest.digest_and_summary(run)
+        made = digest.digest(run)
+        summary = digest.summary_of(made, run)
         assert asdict(summary) == {**asdict(digest.pooled([made])), "icl_median_s": summary.icl_median_s,
                                    "icl_p99_s": summary.icl_p99_s}  # fmt: skip
         assert summary.icl_p99_s == metrics.percentile(metrics.inter_chunk_latency(run), 99) is not None

@@ -150,22 +150,18 @@ def summarize(
     tpot_target_s: float = 0.2,
 ) -> metrics.Summary:
     """Every metric of one run. Pool runs with `pooled` instead: throughputs of runs do not add up."""
-    return digest_and_summary(records, window_s, mode, ttft_target_s, tpot_target_s)[1]
+    return summary_of(digest(records, mode, window_s), records, ttft_target_s, tpot_target_s)
 
 
-def digest_and_summary(
-    records: Sequence[RequestRecord],
-    window_s: float = WINDOW_S,
-    mode: str = "closed",
-    ttft_target_s: float = 2.0,
-    tpot_target_s: float = 0.2,
-) -> tuple[RunDigest, metrics.Summary]:
-    """One run's digest and its Summary (with the gaps between tokens, read from the records)."""
-    run = digest(records, mode, window_s)
+def summary_of(
+    run: RunDigest, records: Sequence[RequestRecord], ttft_target_s: float = 2.0, tpot_target_s: float = 0.2
+) -> metrics.Summary:
+    """One run's Summary from its digest, with the gaps between tokens read from its records (for a
+    caller that keeps the digest too)."""
     summary = pooled([run], ttft_target_s, tpot_target_s)
     icl = metrics.inter_chunk_latency(records)
     summary.icl_median_s, summary.icl_p99_s = metrics.percentile(icl, 50), metrics.percentile(icl, 99)
-    return run, summary
+    return summary
 
 
 def _goodput(runs: Sequence[RunDigest], requests: int, ttft_target_s: float, tpot_target_s: float) -> float | None:

@@ -37,11 +37,6 @@ class ReportedLoad:
     reporting: bool = False
     """False until a read found vLLM's metric names (then the gateway falls back to its own counts)."""
 
-    @property
-    def sent_since(self) -> int:
-        """This gateway's sends that the last report may not show."""
-        return self.sent - self.seen
-
     def requests(self) -> float:
         """Requests the replica carries by its own report, plus this gateway's sends it cannot show yet."""
         return self.running + self.waiting + self.sent - self.seen
