@@ -27,7 +27,12 @@ from expert_router.classifier import Classifier
 from expert_router.corpus import load_corpus
 from expert_router.http import install_uvloop
 from expert_router.testing import Envoy, ExtProc, Nginx, gateway, synthetic_expert, write_deployment
-from gateway import measure, process_tree  # bench/gateway.py: the client and the /proc CPU reading
+from gateway import (
+    LONG_INTERVAL_MS,
+    measure,
+    measure_long,
+    process_tree,
+)  # bench/gateway.py: the client and the /proc CPU reading
 
 PATHS = ("nginx", "gateway", "envoy")
 
@@ -68,7 +73,9 @@ def latency_cases(args: argparse.Namespace, tmp: Path, classifier: Path) -> dict
         for streams in (1, args.streams):
             tokens = 2 if streams == 1 else args.tokens  # TTFT does not depend on length; many short requests
             for name, (url, model, pids, _extproc_pids) in paths.items():
-                results[name][streams] = asyncio.run(measure(url, model, streams, args.seconds, tokens, pids))
+                results[name][streams] = asyncio.run(
+                    measure(url, model, streams, args.seconds, tokens, pids, interval_ms=args.interval_ms)
+                )
     return results
 
 
@@ -79,12 +86,12 @@ def cpu_cases(args: argparse.Namespace, tmp: Path, classifier: Path) -> dict[str
     results: dict[str, dict[str, Any]] = {}
     with ExitStack() as stack:
         upstream = stack.enter_context(
-            synthetic_expert(tmp, "long", "--tokens", str(args.long_tokens), "--interval-ms", "10", models=models)
+            synthetic_expert(
+                tmp, "long", "--tokens", str(args.long_tokens), "--interval-ms", str(LONG_INTERVAL_MS), models=models
+            )
         )
         for name, (url, model, pids, extproc_pids) in start_paths(stack, tmp, classifier, upstream.url).items():
-            results[name] = asyncio.run(
-                measure(url, model, args.long_streams, args.seconds * 2, args.long_tokens, pids, extproc_pids)
-            )
+            results[name] = measure_long(args, url, model, pids, extproc_pids)
     return results
 
 

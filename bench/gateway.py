@@ -6,12 +6,22 @@ streaming client then runs closed-loop users against each path, at 1 and at each
 concurrent streams, and records time to first token (TTFT). Paths are interleaved and the whole set is
 repeated `--repeats` times: each repetition's overhead is TTFT through a path minus TTFT direct, per
 percentile, measured back to back; the line reports the median over repetitions with its spread
-(min, max), because on 2 shared cores one pass at 500 streams is mostly noise. CPU per relayed token
-is read from /proc for the gateway and nginx processes, with 256-token answers (`cpu_us_per_token_*`)
-and with the short answers of the latency cases (`_short`); `requests_per_s_per_core_*` is requests
-answered per CPU-second of the proxy with the short answers. `--soak-minutes N` also runs N minutes at
-the first loaded level through the gateway and reports lost requests and resident-memory and
-open-file growth after warm-up.
+(min, max). CPU per relayed token is read from /proc for the gateway and nginx processes, with
+256-token answers (`cpu_us_per_token_*`) and with the short answers of the latency cases (`_short`);
+`requests_per_s_per_core_*` is requests answered per CPU-second of the proxy with the short answers.
+`--soak-minutes N` also runs N minutes at the first loaded level through the gateway and reports lost
+requests and resident-memory and open-file growth after warm-up.
+
+How the load is made, and why (each was a larger effect than the one measured):
+- The client is the load generator's own (`loadgen.client`): every chunk is stamped in the socket's
+  read callback. A reading task (aiohttp's client, as here before) stamps a token when the task runs,
+  behind every other task woken in the same loop pass: at 500 streams that queueing was as large as
+  what the proxies add.
+- Users start spread evenly over one answer's length and the window opens after two. Started
+  together, closed-loop users whose answers have one length stay in step: all 500 sent within a
+  millisecond every ~1.3 s, and "added TTFT" measured how long each proxy took to work through a burst
+  of 500 requests (its per-request CPU times 500: p99 ~350 ms for the gateway, ~165 ms for nginx),
+  not the latency of a steady load (p99 ~5 ms and ~4 ms, same machine).
 
 What a profile of the gateway under this load showed (py-spy on the gateway's pid, `perf`, and
 `gc.callbacks` timing each collection; 500 and 1,000 streams of 32 tokens, 100 streams of 256): with
@@ -43,16 +53,19 @@ import asyncio
 import json
 import os
 import tempfile
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
 import numpy as np
 
 from expert_router.classifier import Classifier
 from expert_router.corpus import load_corpus
-from expert_router.http import install_uvloop, parse_server_timing
+from expert_router.http import install_uvloop
+from expert_router.loadgen.client import Target, send
+from expert_router.loadgen.records import RequestRecord
+from expert_router.loadgen.workload import WorkItem
 from expert_router.testing import Nginx, gateway, synthetic_expert, write_deployment
+from expert_router.wire import ConnectionPool, clock
 
 PROMPTS = [d.text for d in load_corpus("demo", limit=400)]
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -71,75 +84,115 @@ def process_tree(pid: int) -> list[int]:
     return [pid] + [p for c in children for p in process_tree(int(c))]
 
 
-async def user(
-    session: aiohttp.ClientSession,
-    url: str,
-    model: str,
-    tokens: int,
-    stop_at: float,
-    ttfts: list[float],
-    counts: list[int],
-    route_ms: list[float],
-    index: int,
-) -> None:
-    i = index
-    while time.perf_counter() < stop_at:
-        body = {"model": model, "prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": tokens, "stream": True}
+@dataclass
+class Window:
+    """A measured window of one case: what the users saw in it, and the proxy's CPU over it."""
+
+    start: float
+    stop: float
+    ttfts: list[float] = field(default_factory=list)
+    tokens: int = 0
+    requests: int = 0
+    route_ms: list[float] = field(default_factory=list)
+    short_answers: int = 0
+
+
+async def user(pool: ConnectionPool, url: str, model: str, tokens: int, start_at: float, window: Window) -> None:
+    """One closed-loop user, from `start_at` until the window ends.
+
+    It runs on the load generator's own client (`loadgen.client.send`): each chunk is stamped inside
+    the socket's read callback, so TTFT is not inflated by the client's event-loop queueing, which at
+    500+ streams on 2 cores was as large as the differences measured. Only requests sent inside the
+    window count for latency; tokens and requests count where they end inside it (the CPU's window).
+    """
+    target = Target(url, model=model)
+    await asyncio.sleep(max(start_at - clock(), 0.0))
+    i = int(start_at * 1e6)
+    while clock() < window.stop:
+        body = target.body(WorkItem(i, 0, PROMPTS[i % len(PROMPTS)], 0, tokens))
+        record = RequestRecord(i, i, 0, 0, 0, tokens, clock())
         i += 1
-        started = time.perf_counter()
-        first = None
-        n = 0
-        async with session.post(url + "/v1/completions", json=body) as response:
-            if response.status != 200:
-                raise RuntimeError(f"{url}: HTTP {response.status}: {await response.text()}")
-            timing = response.headers.get("Server-Timing")
-            async for line in response.content:
-                if line.startswith(b"data: {"):
-                    n += 1
-                    if first is None:
-                        first = time.perf_counter()
-        ttfts.append((first - started) * 1000)
-        counts.append(n)
-        if timing and "route" in parse_server_timing(timing):
-            route_ms.append(parse_server_timing(timing)["route"] * 1000)
+        await send(pool, target, body, record, 0.0, 120.0)
+        if not record.ok or record.t_first_token is None or record.t_end is None:
+            raise RuntimeError(f"{url}: {record.status}: {record.error}")
+        if window.start <= record.t_start < window.stop:
+            window.ttfts.append((record.t_first_token - record.t_start) * 1000)
+            if "route" in record.server_timing:
+                window.route_ms.append(record.server_timing["route"] * 1000)
+        if window.start <= record.t_end < window.stop:
+            window.tokens += sum(1 for t in record.chunk_times if t < window.stop)
+            window.requests += 1
+            window.short_answers += len(record.chunk_times) < tokens
+        elif record.t_start < window.stop <= record.t_end:  # the tokens of its answer that came in time
+            window.tokens += sum(1 for t in record.chunk_times if window.start <= t < window.stop)
+
+
+async def cpu_over(window: Window, pids: list[int]) -> float:
+    """CPU seconds `pids` used from the window's start to its stop."""
+    await asyncio.sleep(max(window.start - clock(), 0.0))
+    before = cpu_seconds(pids) if pids else 0.0
+    await asyncio.sleep(max(window.stop - clock(), 0.0))
+    return cpu_seconds(pids) - before if pids else 0.0
 
 
 async def measure(
-    url: str, model: str, streams: int, seconds: float, tokens: int, pids: list[int], part_pids: list[int] | None = None
+    url: str,
+    model: str,
+    streams: int,
+    seconds: float,
+    tokens: int,
+    pids: list[int],
+    part_pids: list[int] | None = None,
+    interval_ms: float = 40.0,
 ) -> dict:
     """TTFTs, tokens and CPU seconds of `pids` over the measured window (and of `part_pids`, a subset
-    whose share is wanted, as `part_cpu_s`)."""
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector, read_bufsize=2**18) as session:
-        # warm-up: connections, caches
-        warm_ttfts: list[float] = []
-        await asyncio.gather(
-            *(
-                user(session, url, model, 2, time.perf_counter() + 0.5, warm_ttfts, [], [], i)
-                for i in range(min(streams, 50))
-            )
-        )
-        ttfts: list[float] = []
-        counts: list[int] = []
-        route_ms: list[float] = []
-        cpu_before = cpu_seconds(pids) if pids else 0.0
-        part_before = cpu_seconds(part_pids) if part_pids else 0.0
-        started = time.perf_counter()
-        await asyncio.gather(
-            *(user(session, url, model, tokens, started + seconds, ttfts, counts, route_ms, i) for i in range(streams))
-        )
-        elapsed = time.perf_counter() - started
-        cpu = cpu_seconds(pids) - cpu_before if pids else 0.0
-        part_cpu = cpu_seconds(part_pids) - part_before if part_pids else 0.0
+    whose share is wanted, as `part_cpu_s`).
+
+    The users start evenly spread over one answer's length, and the window opens one answer's length
+    after the last has started. Started together, closed-loop users with answers of one length stay in
+    step: every ~1.3 s all 500 sent at once, and TTFT measured how long a proxy took to work through a
+    burst of 500 requests (its per-request CPU times 500), not the latency a steady load sees.
+    """
+    answer_s = max(tokens * interval_ms / 1000, 0.05)
+    now = clock()
+    window = Window(start=now + 2 * answer_s + 0.2, stop=now + 2 * answer_s + 0.2 + seconds)
+    pool = ConnectionPool(10.0)
+    try:
+        users = [user(pool, url, model, tokens, now + 0.1 + answer_s * i / streams, window) for i in range(streams)]
+        cpu, part_cpu, *_ = await asyncio.gather(cpu_over(window, pids), cpu_over(window, part_pids or []), *users)
+    finally:
+        pool.close()
     return {
-        "ttft": np.array(ttfts),
-        "tokens": int(sum(counts)),
-        "requests": len(counts),
-        "elapsed": elapsed,
+        "ttft": np.array(window.ttfts),
+        "tokens": window.tokens,
+        "requests": window.requests,
+        "elapsed": seconds,
         "cpu_s": cpu,
         "part_cpu_s": part_cpu,
-        "route_ms": np.array(route_ms),
+        "route_ms": np.array(window.route_ms),
     }
+
+
+LONG_INTERVAL_MS = 10.0
+"""Upstream gap between tokens in the CPU-per-token case."""
+
+
+def measure_long(
+    args: argparse.Namespace, url: str, model: str, pids: list[int], part_pids: list[int] | None = None
+) -> dict:
+    """The CPU-per-token case: `--long-streams` users, `--long-tokens` answers, twice `--seconds`."""
+    return asyncio.run(
+        measure(
+            url,
+            model,
+            args.long_streams,
+            args.seconds * 2,
+            args.long_tokens,
+            pids,
+            part_pids,
+            interval_ms=LONG_INTERVAL_MS,
+        )
+    )
 
 
 def parse_args() -> argparse.Namespace:
@@ -202,10 +255,12 @@ def latency_cases(
                     for name in order:
                         url, model, pids = paths[name]
                         tokens = 2 if streams == 1 else args.tokens  # TTFT does not depend on length
-                        results[name][streams] = asyncio.run(measure(url, model, streams, args.seconds, tokens, pids))
+                        results[name][streams] = asyncio.run(
+                            measure(url, model, streams, args.seconds, tokens, pids, interval_ms=args.interval_ms)
+                        )
                 repeats.append(results)
             if args.soak_minutes > 0:
-                soak = asyncio.run(run_soak(gw, args.streams[0], args.soak_minutes * 60, args.tokens))
+                soak = asyncio.run(run_soak(gw, args.streams[0], args.soak_minutes * 60, args.tokens, args.interval_ms))
     return repeats, soak, pinned
 
 
@@ -214,7 +269,7 @@ def cpu_cases(args: argparse.Namespace, tmp: Path, classifier_dir: Path) -> dict
     tokens), where per-request work is amortised as it is in real serving."""
     models = [f"expert-{c}" for c in range(8)]
     with synthetic_expert(
-        tmp, "long", "--tokens", str(args.long_tokens), "--interval-ms", "10", models=models
+        tmp, "long", "--tokens", str(args.long_tokens), "--interval-ms", str(LONG_INTERVAL_MS), models=models
     ) as upstream:
         deployment = write_deployment(
             tmp / "long.yaml",
@@ -228,16 +283,7 @@ def cpu_cases(args: argparse.Namespace, tmp: Path, classifier_dir: Path) -> dict
                 args, process_tree(gw.process.pid) + process_tree(nginx.process.pid), process_tree(upstream.process.pid)
             )
             return {
-                name: asyncio.run(
-                    measure(
-                        url,
-                        model,
-                        args.long_streams,
-                        args.seconds * 2,
-                        args.long_tokens,
-                        process_tree(server.process.pid),
-                    )
-                )
+                name: measure_long(args, url, model, process_tree(server.process.pid))
                 for name, url, model, server in (
                     ("nginx", nginx.url, "expert-0", nginx),
                     ("gateway", gw.url, "expert-router", gw),
@@ -305,40 +351,37 @@ def summarize_cpu(repeats: list[dict], loaded: int, long_answers: dict) -> dict[
     return out
 
 
-async def run_soak(gw: object, streams: int, seconds: float, tokens: int) -> dict[str, object]:
+async def run_soak(gw: object, streams: int, seconds: float, tokens: int, interval_ms: float) -> dict[str, object]:
     """`streams` users for `seconds` through the gateway; memory and descriptors sampled every 5 s."""
     pid = gw.process.pid  # type: ignore[attr-defined]
     samples: list[tuple[int, int]] = []
-    stop_at = time.perf_counter() + seconds
+    now = clock()
+    window = Window(start=now, stop=now + seconds)
+    answer_s = tokens * interval_ms / 1000
 
     async def sample() -> None:
-        while time.perf_counter() < stop_at:
+        while clock() < window.stop:
             rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
             samples.append((rss, len(os.listdir(f"/proc/{pid}/fd"))))
             await asyncio.sleep(5)
 
-    ttfts: list[float] = []
-    counts: list[int] = []
-    errors: list[str] = []
-    async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=120)
-    ) as session:
+    pool = ConnectionPool(10.0)
+    try:
         sampler = asyncio.create_task(sample())
-        results = await asyncio.gather(
-            *(
-                user(session, gw.url, "expert-router", tokens, stop_at, ttfts, counts, [], i)  # type: ignore[attr-defined]
-                for i in range(streams)
-            ),
-            return_exceptions=True,
-        )
+        users = [
+            user(pool, gw.url, "expert-router", tokens, now + answer_s * i / streams, window) for i in range(streams)
+        ]  # type: ignore[attr-defined]
+        results = await asyncio.gather(*users, return_exceptions=True)
         sampler.cancel()
+    finally:
+        pool.close()
     errors = [repr(r) for r in results if isinstance(r, BaseException)]
     warm = samples[len(samples) // 5 :] or samples
     return {
         "soak_seconds": seconds,
-        "soak_requests": len(counts),
+        "soak_requests": window.requests,
         "soak_lost_or_hung": len(errors),
-        "soak_short_answers": sum(1 for c in counts if c < tokens),
+        "soak_short_answers": window.short_answers,
         "soak_rss_growth_after_warmup": round(warm[-1][0] / warm[0][0] - 1, 3) if warm else None,
         "soak_fd_growth_after_warmup": warm[-1][1] - warm[0][1] if warm else None,
     }
