@@ -52,7 +52,7 @@ EXPERIMENT = ROOT / "deploy" / "paper" / "experiment.yaml"
 def sweep(duration: float | None, workers: int, results: Path) -> dict[str, Any]:
     overhead = GatewayOverhead(DEFAULT_GATEWAY_MS[0] / 1000, DEFAULT_GATEWAY_MS[1] / 1000)
     started, cpu, load = time.monotonic(), _cpu_s(), os.getloadavg()[0]
-    done = simulate_experiment(EXPERIMENT, results, overhead, workers=workers, duration_s=duration)
+    done = simulate_experiment(EXPERIMENT, results, overhead, workers=workers, duration_s=duration, keep_records=False)
     wall = time.monotonic() - started
     cpu = _cpu_s() - cpu
     experiment, _ = load_experiment(EXPERIMENT)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from expert_router.analysis.results import CellKey, cell_folder, load_cells
 from expert_router.emulate import build_config
 from expert_router.emulate.engine import Engine
 from expert_router.emulate.scheduler import Batch, Sequence
@@ -76,14 +78,15 @@ def test_one_closed_loop_user_sends_back_to_back():
         assert record.output_tokens == 3 and record.finish_reason == "stop"
 
 
-def test_routed_requests_pay_the_gateway_overhead(tmp_path):
+def two_expert_router(tmp_path: Path) -> Configuration:
+    """Configuration `r`: the gateway in front of two emulated experts, as an experiment file has it."""
     (tmp_path / "deploy.yaml").write_text(
         "classifier: c\nexperts:\n"
         + "".join(
             f"  - {{cluster: {c}, model: expert-{c}, endpoints: [http://127.0.0.1:{9100 + c}]}}\n" for c in range(2)
         )
     )
-    configuration = Configuration(
+    return Configuration(
         name="r",
         url="http://127.0.0.1:8000",
         services=[
@@ -95,6 +98,10 @@ def test_routed_requests_pay_the_gateway_overhead(tmp_path):
             Service(name="gateway", command="expert-router serve deploy.yaml --port 8000"),
         ],
     )
+
+
+def test_routed_requests_pay_the_gateway_overhead(tmp_path):
+    configuration = two_expert_router(tmp_path)
     items = [WorkItem(i, i % 2, "a b c", 3, 10) for i in range(4)]
     out = tmp_path / "cell"
     document = simulate_cell(
@@ -117,6 +124,34 @@ def test_routed_requests_pay_the_gateway_overhead(tmp_path):
     ttft = min(r.t_first_token - r.t_start for r in records)
     assert ttft == pytest.approx(0.010 + step_times(3, 2)[0])
     assert document["summary"]["ok"] == len(records)
+
+
+def test_a_cell_without_records_reports_as_one_with_them(tmp_path):
+    """`simulate --no-records`: no records.jsonl (a full sweep's are ~25 GB), and the report reads the
+    same digest and run mode from what is kept."""
+    configuration = two_expert_router(tmp_path)
+    items = [WorkItem(i, i % 2, "a b c", 3, 10) for i in range(6)]
+    folders = {}
+    for mix, keep in (("uniform", True), ("normal", False)):
+        folders[mix] = cell_folder(tmp_path / "results", "r", mix, 2, 0)
+        simulate_cell(
+            Cell(configuration, mix, 2, 0),
+            tmp_path,
+            items,
+            [1, 0, 1, 0, 1, 0],
+            Load(users=2, duration_s=0.05),
+            GatewayOverhead(0.010, 0.0),
+            folders[mix],
+            keep_records=keep,
+        )
+    assert (folders["uniform"] / "records.jsonl").is_file()
+    assert not (folders["normal"] / "records.jsonl").exists()
+    cells = load_cells(tmp_path / "results")
+    kept, left_out = (cells[CellKey("r", mix, 2)] for mix in ("uniform", "normal"))
+    assert kept.mode == left_out.mode == "closed"
+    assert left_out.runs[0].requests == kept.runs[0].requests > 0
+    np.testing.assert_array_equal(left_out.runs[0].ttft, kept.runs[0].ttft)
+    np.testing.assert_array_equal(left_out.runs[0].route, kept.runs[0].route)
 
 
 def test_grouped_and_token_by_token_engines_give_the_same_times():

@@ -12,6 +12,7 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -87,10 +88,18 @@ def load_cells(root: Path) -> dict[CellKey, Cell]:
     for key, folders in sorted(grouped.items()):
         summaries = [json.loads((f / "summary.json").read_text()) for f in folders]
         reasons = [reason for s in summaries for reason in s.get("reasons", [])]
-        mode = read_meta(folders[0] / "records.jsonl").get("settings", {}).get("mode", "closed")
+        mode = run_mode(folders[0], summaries[0])
         runs = [read_digest(f, mode) for f in folders]
         cells[key] = Cell(key, runs, all(s.get("valid", True) for s in summaries), reasons, folders, mode)
     return cells
+
+
+def run_mode(folder: Path, summary: dict[str, Any]) -> str:
+    """Closed or open loop: from the summary's meta, else (older runs) from the records' meta line."""
+    meta = summary.get("meta")
+    if not isinstance(meta, dict) or "settings" not in meta:
+        meta = read_meta(folder / "records.jsonl")
+    return str(meta.get("settings", {}).get("mode", "closed"))
 
 
 def read_digest(folder: Path, mode: str) -> RunDigest:

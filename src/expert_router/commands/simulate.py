@@ -13,6 +13,7 @@ from expert_router.progress import console
 EXAMPLES = """examples:
   expert-router simulate deploy/paper/experiment.yaml --results results/paper-virtual
   expert-router simulate deploy/paper/experiment.yaml --results results/paper-virtual --gateway-ms 442 302
+  expert-router simulate deploy/paper/experiment.yaml --results results/paper-virtual --no-records
 
 Reads the same experiment file as `experiment run`: its `expert-router emulate` services become the
 simulated engines, an `expert-router serve` service makes a configuration a router (its deployment maps
@@ -62,6 +63,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="emulated seconds per cell (default: the experiment file's duration_s)",
     )
+    parser.add_argument(
+        "--no-records",
+        action="store_true",
+        help="keep each cell's digest and summary (all the report reads) but not its records.jsonl, "
+        "one line per request with every token's time: about 25 GB for the full paper sweep",
+    )
     parser.add_argument("--no-report", action="store_true", help="only write the cells")
     parser.set_defaults(handler=run)
 
@@ -82,7 +89,14 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     workers = args.workers or os.cpu_count() or 1
-    cells = simulate_experiment(args.experiment, args.results, overhead, workers=workers, duration_s=args.duration)
+    cells = simulate_experiment(
+        args.experiment,
+        args.results,
+        overhead,
+        workers=workers,
+        duration_s=args.duration,
+        keep_records=not args.no_records,
+    )
     console.print(f"{len(cells)} cells simulated in {time.monotonic() - started:.1f} s into {args.results}")
     if not args.no_report:
         from expert_router.analysis.report import write_report

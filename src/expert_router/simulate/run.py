@@ -1,9 +1,9 @@
 """An experiment in virtual time: every cell (configuration x mix x users x repetition) simulated and
 written as a real run writes it — `runs/CONFIG/MIX/uN/rR/` with cell.json, records.jsonl (a meta line,
-then one `RequestRecord` per request), workload.jsonl and summary.json — so the same metrics, report
-and analysis apply; plus digest.npz, the run reduced to what the report reads (`analysis/digest.py`),
-so the report of a full sweep need not read the token times again. Times are seconds of emulated time
-from the cell's start (`t0_monotonic` 0).
+then one `RequestRecord` per request; left out with `keep_records=False`), workload.jsonl and
+summary.json — so the same metrics, report and analysis apply; plus digest.npz, the run reduced to
+what the report reads (`analysis/digest.py`), so the report of a full sweep need not read the token
+times again. Times are seconds of emulated time from the cell's start (`t0_monotonic` 0).
 """
 
 from __future__ import annotations
@@ -39,9 +39,18 @@ class Cell:
 
 
 def simulate_cell(
-    cell: Cell, base: Path, items: list[WorkItem], routes: list[int], load: Load, overhead: GatewayOverhead, out: Path
+    cell: Cell,
+    base: Path,
+    items: list[WorkItem],
+    routes: list[int],
+    load: Load,
+    overhead: GatewayOverhead,
+    out: Path,
+    keep_records: bool = True,
 ) -> dict[str, object]:
-    """Simulate one cell into folder `out`; returns its summary document."""
+    """Simulate one cell into folder `out`; returns its summary document. Without `keep_records` the
+    cell keeps its digest and summary (all the report reads) but no records.jsonl: a full paper sweep's
+    records are about 25 GB."""
     events = EventQueue()
     system = System(cell.configuration, base, events, seed=cell.repetition)
     started = time.monotonic()
@@ -55,16 +64,11 @@ def simulate_cell(
         "t0_monotonic": 0.0,
         "virtual": True,
         "started_at": time.time(),
-        "settings": {
-            "users": load.users,
-            "mode": load.mode,
-            "rate": load.rate,
-            "duration_s": load.duration_s,
-            "gateway_overhead_ms": [overhead.mean_s * 1000, overhead.std_s * 1000],
-        },
+        "settings": load_settings(load, overhead),
         "wall_s": time.monotonic() - started,
     }
-    write_records(out / "records.jsonl", records, meta)
+    if keep_records:
+        write_records(out / "records.jsonl", records, meta)
     run = digest.digest(records, load.mode)
     summary = digest.summary_of(run, records)
     check = {"lag_p99_ms": 0.0, "lag_max_ms": 0.0, "cpu_share": 0.0, "valid": True, "reasons": [], "virtual": True}
@@ -77,17 +81,20 @@ def simulate_cell(
     }
     digest.save(run, out / DIGEST_FILE)
     (out / "summary.json").write_text(json.dumps(document, indent=2))
-    (out / CELL_FILE).write_text(
-        json.dumps(
-            {
-                "configuration": cell.configuration.name,
-                "mix": cell.mix,
-                "users": cell.users,
-                "repetition": cell.repetition,
-            }
-        )
-    )
+    labels = {"configuration": cell.configuration.name, "mix": cell.mix, "users": cell.users}
+    (out / CELL_FILE).write_text(json.dumps({**labels, "repetition": cell.repetition}))
     return document
+
+
+def load_settings(load: Load, overhead: GatewayOverhead) -> dict[str, object]:
+    """The run's settings as its meta line keeps them (`mode` tells the report closed from open loop)."""
+    return {
+        "users": load.users,
+        "mode": load.mode,
+        "rate": load.rate,
+        "duration_s": load.duration_s,
+        "gateway_overhead_ms": [overhead.mean_s * 1000, overhead.std_s * 1000],
+    }
 
 
 def classifier_routes(experiment: Experiment, items: list[WorkItem]) -> list[int]:
@@ -118,13 +125,14 @@ class Task:
     folder: Path
     items: list[WorkItem] | None = None
     """A workload given in place of the experiment's draw (tests)."""
+    keep_records: bool = True
 
 
 def _run_task(task: Task) -> Path:
     if task.folder.exists():
         shutil.rmtree(task.folder)  # half-finished: redo it whole
     items, routes = _workload(task)
-    simulate_cell(task.cell, task.base, items, routes, task.load, task.overhead, task.folder)
+    simulate_cell(task.cell, task.base, items, routes, task.load, task.overhead, task.folder, task.keep_records)
     return task.folder
 
 
@@ -152,6 +160,7 @@ def plan(
     overhead: GatewayOverhead,
     duration_s: float | None = None,
     workloads: dict[str, list[WorkItem]] | None = None,
+    keep_records: bool = True,
 ) -> list[Task]:
     """Every cell of the experiment file not yet in `results` (resume), the largest loads first so that
     parallel workers finish together."""
@@ -167,7 +176,7 @@ def plan(
                     if not (folder / "summary.json").is_file():
                         cell = Cell(configuration, mix, users, repetition)
                         items = (workloads or {}).get(mix)
-                        tasks.append(Task(cell, base, experiment, results, load, overhead, folder, items))
+                        tasks.append(Task(cell, base, experiment, results, load, overhead, folder, items, keep_records))
     return sorted(tasks, key=lambda t: -t.cell.users)
 
 
@@ -178,10 +187,11 @@ def simulate_experiment(
     workloads: dict[str, list[WorkItem]] | None = None,
     workers: int = 1,
     duration_s: float | None = None,
+    keep_records: bool = True,
 ) -> list[Path]:
     """Every cell of the experiment; cells already in `results` are kept (resume). Cells are independent
     simulations, so `workers` processes run them side by side (one per core)."""
-    tasks = plan(path, results, overhead, duration_s, workloads)
+    tasks = plan(path, results, overhead, duration_s, workloads, keep_records)
     if tasks and workloads is None:  # read and classify the corpus once, before the workers fork
         experiment = tasks[0].experiment
         clustered_corpus(experiment.classifier, experiment.corpus)
