@@ -103,7 +103,8 @@ async def user(pool: ConnectionPool, url: str, model: str, tokens: int, start_at
     It runs on the load generator's own client (`loadgen.client.send`): each chunk is stamped inside
     the socket's read callback, so TTFT is not inflated by the client's event-loop queueing, which at
     500+ streams on 2 cores was as large as the differences measured. Only requests sent inside the
-    window count for latency; tokens and requests count where they end inside it (the CPU's window).
+    window count for latency; tokens count where they arrive inside it, requests where they end (the
+    CPU's window).
     """
     target = Target(url, model=model)
     await asyncio.sleep(max(start_at - clock(), 0.0))
@@ -119,12 +120,10 @@ async def user(pool: ConnectionPool, url: str, model: str, tokens: int, start_at
             window.ttfts.append((record.t_first_token - record.t_start) * 1000)
             if "route" in record.server_timing:
                 window.route_ms.append(record.server_timing["route"] * 1000)
+        window.tokens += sum(1 for t in record.chunk_times if window.start <= t < window.stop)
         if window.start <= record.t_end < window.stop:
-            window.tokens += sum(1 for t in record.chunk_times if t < window.stop)
             window.requests += 1
             window.short_answers += len(record.chunk_times) < tokens
-        elif record.t_start < window.stop <= record.t_end:  # the tokens of its answer that came in time
-            window.tokens += sum(1 for t in record.chunk_times if window.start <= t < window.stop)
 
 
 async def cpu_over(window: Window, pids: list[int]) -> float:
