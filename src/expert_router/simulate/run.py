@@ -37,6 +37,15 @@ class Cell:
     users: int
     repetition: int
 
+    def labels(self) -> dict[str, object]:
+        """What cell.json says of it (the report groups repetitions by these)."""
+        return {
+            "configuration": self.configuration.name,
+            "mix": self.mix,
+            "users": self.users,
+            "repetition": self.repetition,
+        }
+
 
 def simulate_cell(
     cell: Cell,
@@ -64,7 +73,7 @@ def simulate_cell(
         "t0_monotonic": 0.0,
         "virtual": True,
         "started_at": time.time(),
-        "settings": load_settings(load, overhead),
+        "settings": settings_meta(load, overhead),
         "wall_s": time.monotonic() - started,
     }
     if keep_records:
@@ -81,12 +90,11 @@ def simulate_cell(
     }
     digest.save(run, out / DIGEST_FILE)
     (out / "summary.json").write_text(json.dumps(document, indent=2))
-    labels = {"configuration": cell.configuration.name, "mix": cell.mix, "users": cell.users}
-    (out / CELL_FILE).write_text(json.dumps({**labels, "repetition": cell.repetition}))
+    (out / CELL_FILE).write_text(json.dumps(cell.labels()))
     return document
 
 
-def load_settings(load: Load, overhead: GatewayOverhead) -> dict[str, object]:
+def settings_meta(load: Load, overhead: GatewayOverhead) -> dict[str, object]:
     """The run's settings as its meta line keeps them (`mode` tells the report closed from open loop)."""
     return {
         "users": load.users,
