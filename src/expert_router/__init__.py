@@ -3,7 +3,8 @@
 The public API, for use from Python (the CLI is `expert-router`):
 
 - the classifier: `Classifier` (fit, save, load, route), `ClassifierSettings`, `Routes`;
-- deployments and the gateway: `Deployment`, `load_deployment`, `build_app` (an aiohttp app);
+- deployments and the gateway: `Deployment`, `load_deployment`, `build_app` (the gateway app;
+  `expert_router.gateway.listen.serve_until_stopped` serves it);
 - the user simulator: `WorkloadSpec`, `draw_workload`, `WorkItem`, `RunSettings`;
 - records and metrics: `RequestRecord`, `read_records`, `summarize`;
 - errors: `ExpertRouterError`, `UserError`, `ClientError`, `BadRequest` (see `expert_router.errors`).

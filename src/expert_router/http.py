@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -149,32 +150,48 @@ async def serve_until_stopped(
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=4096)
     await site.start()
-    stop = asyncio.Event()
-    _on_signals(stop.set)
-    if on_started is not None:
-        result = on_started()
-        if asyncio.iscoroutine(result):
-            await result
     try:
-        await stop.wait()
+        await announce_then_wait_for_signal(on_started)
         drain.draining = True
         await site.stop()
         if runner.server is not None:
             runner.server.pre_shutdown()  # close idle kept-alive connections; busy ones close after their answer
-        hurry = asyncio.Event()
-        _on_signals(hurry.set)
-        waits = [asyncio.ensure_future(drain.idle.wait()), asyncio.ensure_future(hurry.wait())]
-        await asyncio.wait(waits, timeout=drain_timeout_s, return_when=asyncio.FIRST_COMPLETED)
-        for wait in waits:
-            wait.cancel()
+        await wait_until_idle(drain.idle, drain_timeout_s)
     finally:
         await runner.cleanup()
 
 
-def _on_signals(callback: Callable[[], None]) -> None:
+def on_signals(callback: Callable[[], None]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, callback)
+
+
+async def announce_then_wait_for_signal(on_started: Callable[[], Awaitable[None] | None] | None) -> None:
+    """Call `on_started` (the server is listening), then wait for SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    on_signals(stop.set)
+    if on_started is not None:
+        result = on_started()
+        if asyncio.iscoroutine(result):
+            await result
+    await stop.wait()
+
+
+async def wait_until_idle(idle: asyncio.Event, timeout_s: float) -> None:
+    """A drain's grace period: until `idle` is set, a second signal arrives, or `timeout_s` passes."""
+    hurry = asyncio.Event()
+    on_signals(hurry.set)
+    waits = [asyncio.ensure_future(idle.wait()), asyncio.ensure_future(hurry.wait())]
+    await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    for wait in waits:
+        wait.cancel()
+
+
+def run_server(main: Coroutine[Any, Any, None]) -> None:
+    """Run a server's main coroutine to its end, on uvloop where it is installed."""
+    install_uvloop()
+    asyncio.run(main)
 
 
 def run_app(
@@ -185,5 +202,4 @@ def run_app(
     on_started: Callable[[], Awaitable[None] | None] | None = None,
     drain_timeout_s: float = 2.0,
 ) -> None:
-    install_uvloop()
-    asyncio.run(serve_until_stopped(app, host, port, reuse_port, on_started, drain_timeout_s))
+    run_server(serve_until_stopped(app, host, port, reuse_port, on_started, drain_timeout_s))

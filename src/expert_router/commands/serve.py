@@ -134,8 +134,8 @@ def run(args: argparse.Namespace) -> int:
 def _serve(deployment: Deployment, host: str, port: int, reuse_port: bool) -> None:
     from expert_router.classifier import Classifier
     from expert_router.collector import settle_after_start_up
-    from expert_router.gateway import build_app
-    from expert_router.http import run_app
+    from expert_router.gateway import build_app, listen
+    from expert_router.http import run_server
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = build_app(deployment, Classifier.load(deployment.classifier))
@@ -146,13 +146,10 @@ def _serve(deployment: Deployment, host: str, port: int, reuse_port: bool) -> No
         print(f"gateway ready on http://{host}:{port}/v1 ({experts} experts)", file=sys.stderr, flush=True)
 
     try:
-        run_app(
-            app,
-            host,
-            port,
-            reuse_port=reuse_port,
-            on_started=announce,
-            drain_timeout_s=deployment.gateway.drain_timeout_s,
+        run_server(
+            listen.serve_until_stopped(
+                app, host, port, reuse_port, on_started=announce, drain_timeout_s=deployment.gateway.drain_timeout_s
+            )
         )
     except OSError as exc:
         console.print(f"error: cannot listen on {host}:{port}: {exc.strerror}")

@@ -12,7 +12,6 @@ import asyncio
 from dataclasses import dataclass, field
 
 import orjson
-from aiohttp import web
 
 from expert_router.config import GatewaySettings
 from expert_router.errors import ConnectionFailed, ReplicaFailed, Unavailable
@@ -21,6 +20,7 @@ from expert_router.gateway.relay import Relay
 from expert_router.gateway.replicas import Expert, Experts, Replica
 from expert_router.gateway.requests import ClientRequest
 from expert_router.gateway.routing import Plan
+from expert_router.gateway.server import Request, Response
 from expert_router.http import format_server_timing
 from expert_router.wire import ConnectionPool, HttpConnection, clock
 
@@ -79,9 +79,7 @@ class Forwarder:
         self.metrics = metrics
         self.connections = connections
 
-    async def forward(
-        self, request: web.Request, client: ClientRequest, plan: Plan, timing: Timing
-    ) -> web.StreamResponse:
+    async def forward(self, request: Request, client: ClientRequest, plan: Plan, timing: Timing) -> Response:
         """The answer of the first replica that starts one. Raises Saturated (429) or Unavailable (503)."""
         notes = [] if plan.order else [f"cluster {plan.routed} has no expert"]
         attempts = 0
@@ -110,9 +108,7 @@ class Forwarder:
             headers={"Retry-After": "1"},
         )
 
-    async def _try(
-        self, request: web.Request, client: ClientRequest, attempt: Attempt, payload: bytes
-    ) -> web.StreamResponse:
+    async def _try(self, request: Request, client: ClientRequest, attempt: Attempt, payload: bytes) -> Response:
         """Send to one replica. Raises ReplicaFailed while nothing has reached the client yet."""
         replica, settings = attempt.replica, self.settings
         path = "/v1/chat/completions" if client.chat else "/v1/completions"
@@ -142,17 +138,18 @@ class Forwarder:
                 self.connections.release(replica.url, connection)  # closes it unless the answer ended cleanly
 
     async def _answer(
-        self, request: web.Request, client: ClientRequest, attempt: Attempt, connection: HttpConnection
-    ) -> web.StreamResponse:
+        self, request: Request, client: ClientRequest, attempt: Attempt, connection: HttpConnection
+    ) -> Response:
         """The replica has begun to answer: relay a stream, or pass a whole answer (or a 4xx) on."""
         attempt.replica.record_success()
         if attempt.cluster != attempt.plan.routed:
             self.metrics.fallbacks.labels(str(attempt.plan.routed), str(attempt.cluster)).inc()
         if connection.status != 200 or not client.stream:
-            return web.Response(
-                status=connection.status,
-                body=b"".join(connection.buffer),
-                headers={**attempt.headers(), "Content-Type": connection.content_type.decode() or "application/json"},
+            return Response(
+                connection.status,
+                b"".join(connection.buffer),
+                attempt.headers(),
+                connection.content_type.decode("latin-1") or "application/json",
             )
         relay = Relay(
             request,

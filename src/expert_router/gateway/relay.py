@@ -1,9 +1,9 @@
 """Relaying one answer stream to the client as it arrives, from the upstream socket's read callback.
 
-The first bytes go through aiohttp's writer (which sends the response headers with them). After that
-the upstream connection's parser hands every chunk to `Relay.sink`, which writes it to the client's
-socket at once: no task switch per token. HTTP/1.1 clients get chunked framing; HTTP/1.0 clients get the
-raw bytes and a closed connection at the end, as aiohttp itself would send them.
+The response head goes out with the first bytes, in one write. After that the upstream connection's
+parser hands every chunk to `Relay.sink`, which writes it to the client's socket at once: no task
+switch per token. HTTP/1.1 clients get chunked framing; HTTP/1.0 clients get the raw bytes and a
+closed connection at the end.
 
 A slow client is back-pressure, not memory: when its socket buffer passes `WRITE_FAST_LIMIT`, reading
 from the upstream pauses until the buffer drains. A client that goes away closes the upstream at once,
@@ -18,10 +18,9 @@ import logging
 from collections.abc import Callable
 
 import orjson
-from aiohttp import web
-from aiohttp.http import HttpVersion11
 
 from expert_router.errors import ConnectionFailed
+from expert_router.gateway.server import Request, Response
 from expert_router.http import error_body
 from expert_router.wire import HttpConnection
 
@@ -42,7 +41,7 @@ class Relay:
 
     def __init__(
         self,
-        request: web.Request,
+        request: Request,
         connection: HttpConnection,
         upstream_url: str,
         headers: dict[str, str],
@@ -58,38 +57,33 @@ class Relay:
         self.loop = connection.loop
         self.transport = request.transport
         self.watchdog = IdleWatchdog(connection, idle_timeout_s)
-        self.framed = request.version >= HttpVersion11
+        self.framed = request.http11
         self.last = (b"", b"")
         """The two latest chunks: where a [DONE] would be."""
         self.chunks = 0
         self.paused = False
 
-    async def run(self) -> web.StreamResponse:
+    async def run(self) -> Response:
         """Relay until the upstream ends; from here on a failure becomes an error event, then [DONE]."""
-        response = web.StreamResponse(headers={**SSE_HEADERS, **self.headers})
-        if self.framed:
-            response.enable_chunked_encoding()
-        await response.prepare(self.request)
-        error = await self._pump(response)
+        headers = SSE_HEADERS | self.headers
+        error = await self._pump(headers)
         if error is not None:
             log.warning("stream from %s ended early: %s", self.upstream_url, error)
-            await response.write(b"data: " + orjson.dumps(error_body(502, error, "upstream_error")) + b"\n\n" + DONE)
+            self.request.end_stream(b"data: " + orjson.dumps(error_body(502, error, "upstream_error")) + b"\n\n" + DONE)
         elif not b"".join(self.last).rstrip().endswith(b"[DONE]"):
-            await response.write(DONE)  # some servers just close the stream; clients get [DONE] either way
-        await response.write_eof()
-        return response
+            self.request.end_stream(DONE)  # some servers just close the stream; clients get [DONE] either way
+        else:
+            self.request.end_stream()
+        return Response(200, headers=headers, sent=True)
 
-    async def _pump(self, response: web.StreamResponse) -> str | None:
+    async def _pump(self, headers: dict[str, str]) -> str | None:
         """Relay every chunk; returns why the stream broke off, or None when it ended cleanly."""
         connection = self.connection
         first = b"".join(connection.buffer)
         connection.buffer.clear()
         self._count(first)
         try:
-            await response.write(first)
-            for data in connection.buffer:  # arrived while the headers were being written
-                self.sink(data)
-            connection.buffer.clear()
+            self.request.start_stream(headers, self.request.frame(first))
             connection.sink = self.sink
             await connection.done
             return None

@@ -1,0 +1,84 @@
+"""Request bodies' `Content-Encoding`, decoded, and never to more than the body limit.
+
+gzip and deflate come from the standard library's zlib, br from `brotli` and zstd from `zstandard`
+(the packages aiohttp and urllib3 decode them with). Every failure is the client's: 415 for an encoding not
+offered here, 400 for bytes that do not decode, 413 for a body that decodes past the limit (a small
+compressed body can expand a thousandfold, so decoding stops at the limit instead of after it).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+
+import brotli
+import zstandard
+
+from expert_router.errors import BadRequest
+
+Decoder = Callable[[bytes, int], bytes]
+"""(body, limit) -> at most limit + 1 decoded bytes (one past the limit says it was exceeded)."""
+
+
+def _zlib(wbits: int) -> Decoder:
+    def decode(body: bytes, limit: int) -> bytes:
+        decoder = zlib.decompressobj(wbits)
+        out = decoder.decompress(body, limit + 1)
+        if len(out) <= limit and not decoder.eof:
+            raise zlib.error("the stream is truncated")
+        return out
+
+    return decode
+
+
+def _deflate(body: bytes, limit: int) -> bytes:
+    """`deflate` is zlib-wrapped by the standard, raw by some clients: both are taken (as aiohttp does)."""
+    try:
+        return _zlib(zlib.MAX_WBITS)(body, limit)
+    except zlib.error:
+        return _zlib(-zlib.MAX_WBITS)(body, limit)
+
+
+def _brotli(body: bytes, limit: int) -> bytes:
+    decoder = brotli.Decompressor()
+    out = decoder.process(body, output_buffer_limit=limit + 1)  # the buffer stops growing at the limit
+    if len(out) <= limit and not decoder.is_finished():
+        raise brotli.error("the stream is truncated")
+    return out
+
+
+def _zstd(body: bytes, limit: int) -> bytes:
+    out: bytes = zstandard.ZstdDecompressor().stream_reader(body).read(limit + 1)
+    return out
+
+
+DECODERS: dict[str, Decoder] = {
+    "gzip": _zlib(16 + zlib.MAX_WBITS),
+    "x-gzip": _zlib(16 + zlib.MAX_WBITS),
+    "deflate": _deflate,
+    "br": _brotli,
+    "zstd": _zstd,
+}
+CONTENT_ENCODINGS = frozenset({"identity", *DECODERS})
+"""What a client may send; the 415's message lists them."""
+
+
+def decode_body(body: bytes, header: bytes, limit: int) -> bytes:
+    """`body` decoded from the codings its `Content-Encoding` header lists (applied in order, so undone
+    last first). Raises BadRequest: 415, 400 or 413."""
+    codings = [c.strip().lower() for c in header.decode("latin-1").split(",") if c.strip()]
+    for coding in codings:
+        if coding not in CONTENT_ENCODINGS:
+            raise BadRequest(
+                f"Content-Encoding {coding!r} is not supported; use one of {sorted(CONTENT_ENCODINGS)}", status=415
+            )
+    for coding in reversed(codings):
+        if coding == "identity":
+            continue
+        try:
+            body = DECODERS[coding](body, limit)
+        except Exception:  # each library raises its own error type for bytes it cannot decode
+            raise BadRequest(f"the request body cannot be decoded as Content-Encoding {coding!r}") from None
+        if len(body) > limit:
+            raise BadRequest(f"the request body is larger than {limit} bytes once decoded", status=413)
+    return body

@@ -1,0 +1,206 @@
+"""The gateway's own HTTP server on a loopback socket, with a small app: framing, limits, order, hang-ups."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import zlib
+from collections.abc import Awaitable, Callable
+
+import brotli
+import pytest
+import zstandard
+
+from expert_router.errors import BadRequest
+from expert_router.gateway.encoding import decode_body
+from expert_router.gateway.server import Connection, Request, Response, Routes, Server, json_response
+
+LIMIT = 1000
+
+
+class App:
+    """Echoes bodies, streams three chunks, or waits until cancelled (a client hang-up)."""
+
+    max_body_bytes = LIMIT
+
+    def __init__(self) -> None:
+        self.cancelled = asyncio.Event()
+        self.routes: Routes = {
+            "/echo": {"POST": self.echo},
+            "/stream": {"GET": self.stream},
+            "/wait": {"GET": self.wait},
+        }
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def echo(self, request: Request) -> Response:
+        await asyncio.sleep(0.01 if request.body == b"slow" else 0)
+        return json_response({"body": request.body.decode(), "method": request.method})
+
+    async def stream(self, request: Request) -> Response:
+        request.start_stream({"Content-Type": "text/event-stream"}, request.frame(b"a"))
+        request.connection.write(request.frame(b"b"))
+        request.end_stream(b"c")
+        return Response(200, sent=True)
+
+    async def wait(self, request: Request) -> Response:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return Response(200)
+
+
+def served(scenario: Callable[[App, int], Awaitable[None]]) -> None:
+    """Run `scenario(app, port)` against a server on a free loopback port, closed afterwards."""
+
+    async def main() -> None:
+        app = App()
+        server = Server(app)
+        listener = await asyncio.get_running_loop().create_server(lambda: Connection(server), "127.0.0.1", 0)
+        try:
+            await scenario(app, listener.sockets[0].getsockname()[1])
+        finally:
+            listener.close()
+            for connection in list(server.connections):
+                connection.close(abort=True)
+
+    asyncio.run(main())
+
+
+async def exchange(port: int, raw: bytes, until_close: bool = True) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    try:
+        return await asyncio.wait_for(reader.read(-1) if until_close else reader.read(65536), 5)
+    finally:
+        writer.close()
+
+
+def responses(raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """Every Content-Length response in `raw`, in order."""
+    out = []
+    while raw:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        length = int(headers["content-length"])
+        out.append((int(lines[0].split()[1]), headers, rest[:length]))
+        raw = rest[length:]
+    return out
+
+
+def post(body: bytes, extra: bytes = b"") -> bytes:
+    return b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
+
+
+def test_pipelined_requests_are_answered_in_order_on_one_connection():
+    async def scenario(app: App, port: int) -> None:
+        raw = post(b"slow") + post(b"fast") + b"GET /nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        got = responses(await exchange(port, raw))
+        assert [json.loads(b)["body"] for _, _, b in got[:2]] == ["slow", "fast"]
+        assert got[2][0] == 404 and json.loads(got[2][2])["error"]["code"] == 404
+        assert got[2][1]["connection"] == "close"
+
+    served(scenario)
+
+
+def test_wrong_method_is_a_json_405_with_allow():
+    async def scenario(app: App, port: int) -> None:
+        [(status, headers, body)] = responses(await exchange(port, b"GET /echo HTTP/1.1\r\nConnection: close\r\n\r\n"))
+        assert status == 405 and headers["allow"] == "POST" and json.loads(body)["error"]["type"]
+
+    served(scenario)
+
+
+def test_a_declared_body_over_the_limit_is_refused_before_it_is_read():
+    async def scenario(app: App, port: int) -> None:
+        raw = b"POST /echo HTTP/1.1\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n" % (LIMIT + 1)
+        [(status, headers, body)] = responses(await exchange(port, raw))
+        assert status == 413 and headers["connection"] == "close" and json.loads(body)["error"]["code"] == 413
+
+    served(scenario)
+
+
+def test_chunked_bodies_are_joined_and_capped():
+    async def scenario(app: App, port: int) -> None:
+        head = b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        chunked = head + b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+        [(status, _, body)] = responses(await exchange(port, chunked))
+        assert status == 200 and json.loads(body)["body"] == "abcde"
+        big = b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (
+            LIMIT + 5,
+            b"x" * (LIMIT + 5),
+        )
+        [(status, _, _)] = responses(await exchange(port, big))
+        assert status == 413
+
+    served(scenario)
+
+
+def test_expect_100_continue_is_answered():
+    async def scenario(app: App, port: int) -> None:
+        raw = await exchange(port, b"POST /echo HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n", False)
+        assert raw.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    served(scenario)
+
+
+def test_garbage_is_a_json_400():
+    async def scenario(app: App, port: int) -> None:
+        [(status, _, body)] = responses(await exchange(port, b"\x16\x03\x01 hello\r\n\r\n"))
+        assert status == 400 and "malformed HTTP" in json.loads(body)["error"]["message"]
+
+    served(scenario)
+
+
+def test_streams_are_chunked_for_http_1_1_and_raw_for_http_1_0():
+    async def scenario(app: App, port: int) -> None:
+        framed = await exchange(port, b"GET /stream HTTP/1.1\r\nConnection: close\r\n\r\n")
+        assert b"transfer-encoding: chunked" in framed.lower() and framed.endswith(
+            b"1\r\na\r\n1\r\nb\r\n1\r\nc\r\n0\r\n\r\n"
+        )
+        raw = await exchange(port, b"GET /stream HTTP/1.0\r\n\r\n")  # ends when the server closes
+        assert b"chunked" not in raw.lower() and raw.endswith(b"\r\n\r\nabc")
+
+    served(scenario)
+
+
+def test_a_client_that_hangs_up_cancels_its_handler():
+    async def scenario(app: App, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /wait HTTP/1.1\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.close()
+        await asyncio.wait_for(app.cancelled.wait(), 5)
+
+    served(scenario)
+
+
+def test_content_encodings_decode_or_fail_as_the_clients_mistake():
+    body = json.dumps({"prompt": "hi"}).encode()
+    assert decode_body(gzip.compress(body), b"gzip", LIMIT) == body
+    assert decode_body(zlib.compress(body), b"deflate", LIMIT) == body
+    raw_deflate = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    assert decode_body(raw_deflate.compress(body) + raw_deflate.flush(), b"Deflate", LIMIT) == body
+    assert decode_body(gzip.compress(gzip.compress(body)), b"gzip, gzip", LIMIT) == body
+    assert decode_body(brotli.compress(body), b"br", LIMIT) == body
+    assert decode_body(zstandard.ZstdCompressor().compress(body), b"zstd", LIMIT) == body
+    for payload, header, status in (
+        (body, b"gzip", 400),  # not gzip at all
+        (gzip.compress(body)[:-6], b"gzip", 400),  # truncated
+        (gzip.compress(b" " * 10 * LIMIT), b"gzip", 413),  # small on the wire, past the limit decoded
+        (brotli.compress(b" " * 10 * LIMIT), b"br", 413),
+        (zstandard.ZstdCompressor().compress(b" " * 10 * LIMIT), b"zstd", 413),
+        (body, b"br", 400),
+        (body, b"zstd", 400),
+        (body, b"compress", 415),
+    ):
+        with pytest.raises(BadRequest) as caught:
+            decode_body(payload, header, LIMIT)
+        assert caught.value.status == status, header
