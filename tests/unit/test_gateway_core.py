@@ -13,6 +13,7 @@ from expert_router.classifier import Classifier, ClassifierSettings
 from expert_router.collector import settle_after_start_up
 from expert_router.config import Deployment, ExpertConfig
 from expert_router.errors import BadRequest, ConnectionFailed
+from expert_router.gateway.relay import DONE, Relay
 from expert_router.gateway.requests import parse_request
 from expert_router.gateway.routing import Router
 from expert_router.wire import HttpConnection
@@ -90,10 +91,15 @@ class FakeTransport(asyncio.Transport):
     def __init__(self) -> None:
         super().__init__()
         self.written = b""
+        self.writes: list[bytes] = []
         self.closing = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.written += bytes(data)
+        self.writes.append(bytes(data))
+
+    def get_write_buffer_size(self) -> int:
+        return 0
 
     def is_closing(self) -> bool:
         return self.closing
@@ -149,6 +155,68 @@ def test_garbage_and_early_close_fail_the_request():
         with pytest.raises(ConnectionFailed, match="closed"):
             await connection.done
         assert not connection.reusable
+
+    asyncio.run(main())
+
+
+def frame(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+class StreamClient:
+    """What a relay needs of the client's request: its socket, HTTP/1.1 framing, head and end."""
+
+    http11 = True
+
+    def __init__(self) -> None:
+        self.transport = FakeTransport()
+
+    def start_stream(self, headers: dict[str, str], first: bytes) -> None:
+        self.transport.write(b"HEAD " + first)
+
+    def frame(self, data: bytes) -> bytes:
+        return frame(data)
+
+    def end_stream(self, last: bytes = b"") -> None:
+        self.transport.write((frame(last) if last else b"") + b"0\r\n\r\n")
+
+
+def test_a_relay_writes_each_chunk_as_it_arrives_and_ends_the_stream_once():
+    async def main() -> None:
+        connection = HttpConnection()
+        connection.connection_made(FakeTransport())
+        connection.send(b"POST / HTTP/1.1\r\n\r\n")
+        connection.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + frame(b"one"))
+        client, counts = StreamClient(), []
+        relay = asyncio.create_task(Relay(client, connection, "u", {}, 60.0, counts.append).run())  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        connection.data_received(frame(b"two"))
+        connection.data_received(frame(b"three") + frame(b"four") + frame(DONE) + b"0\r\n\r\n")
+        assert (await relay).sent and counts == [5]
+        assert client.transport.writes == [
+            b"HEAD " + frame(b"one"),
+            frame(b"two"),
+            frame(b"three"),
+            frame(b"four"),
+            frame(DONE),
+            b"0\r\n\r\n",
+        ]
+
+    asyncio.run(main())
+
+
+def test_a_stream_that_ends_without_done_gets_one():
+    async def main() -> None:
+        connection = HttpConnection()
+        connection.connection_made(FakeTransport())
+        connection.send(b"POST / HTTP/1.1\r\n\r\n")
+        connection.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + frame(b"one"))
+        client = StreamClient()
+        relay = asyncio.create_task(Relay(client, connection, "u", {}, 60.0, lambda n: None).run())  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        connection.data_received(frame(b"two") + b"0\r\n\r\n")
+        await relay
+        assert client.transport.writes[-2:] == [frame(b"two"), frame(DONE) + b"0\r\n\r\n"]
 
     asyncio.run(main())
 
