@@ -7,8 +7,10 @@ concurrent streams, and records time to first token (TTFT). Paths are interleave
 repeated `--repeats` times: each repetition's overhead is TTFT through a path minus TTFT direct, per
 percentile, measured back to back; the line reports the median over repetitions with its spread
 (min, max). CPU per relayed token is read from /proc for the gateway and nginx processes, with
-256-token answers (`cpu_us_per_token_*`) and with the short answers of the latency cases (`_short`);
-`requests_per_s_per_core_*` is requests answered per CPU-second of the proxy with the short answers.
+256-token answers (`cpu_us_per_token_*`, a case of its own, repeated as often) and with the short
+answers of the latency cases (`_short`); `requests_per_s_per_core_*` is requests answered per
+CPU-second of the proxy with the short answers. These too are medians over repetitions with their
+spread, and each ratio is taken within one repetition.
 `--soak-minutes N` also runs N minutes at the first loaded level through the gateway and reports lost
 requests and resident-memory and open-file growth after warm-up.
 
@@ -263,9 +265,11 @@ def latency_cases(
     return repeats, soak, pinned
 
 
-def cpu_cases(args: argparse.Namespace, tmp: Path, classifier_dir: Path) -> dict:
+def cpu_cases(args: argparse.Namespace, tmp: Path, classifier_dir: Path) -> list[dict]:
     """CPU per relayed token with answers of a realistic length (MLPerf's reference averages ~294 output
-    tokens), where per-request work is amortised as it is in real serving."""
+    tokens), where per-request work is amortised as it is in real serving. Repeated `--repeats` times,
+    nginx and the gateway taking turns at going first: one pair of runs moved by ±15% from one
+    repetition to the next on the 2-core machine, nginx's as much as the gateway's."""
     models = [f"expert-{c}" for c in range(8)]
     with synthetic_expert(
         tmp, "long", "--tokens", str(args.long_tokens), "--interval-ms", str(LONG_INTERVAL_MS), models=models
@@ -281,13 +285,14 @@ def cpu_cases(args: argparse.Namespace, tmp: Path, classifier_dir: Path) -> dict
             pin(
                 args, process_tree(gw.process.pid) + process_tree(nginx.process.pid), process_tree(upstream.process.pid)
             )
-            return {
-                name: measure_long(args, url, model, process_tree(server.process.pid))
-                for name, url, model, server in (
-                    ("nginx", nginx.url, "expert-0", nginx),
-                    ("gateway", gw.url, "expert-router", gw),
-                )
-            }
+            paths = [("nginx", nginx.url, "expert-0", nginx), ("gateway", gw.url, "expert-router", gw)]
+            return [
+                {
+                    name: measure_long(args, url, model, process_tree(server.process.pid))
+                    for name, url, model, server in (paths if repeat % 2 == 0 else paths[::-1])
+                }
+                for repeat in range(args.repeats)
+            ]
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -329,24 +334,27 @@ def summarize_latency(repeats: list[dict], levels: list[int]) -> dict[str, objec
     return out
 
 
-def summarize_cpu(repeats: list[dict], loaded: int, long_answers: dict) -> dict[str, object]:
+def summarize_cpu(repeats: list[dict], loaded: int, long_runs: list[dict]) -> dict[str, object]:
+    """CPU per token and requests per CPU-second of each proxy, and the ratios: the median over
+    repetitions with its spread, each repetition's ratio taken within the repetition."""
+
+    def per_token(case: dict) -> float:
+        return float(case["cpu_s"] / max(case["tokens"], 1) * 1e6)
+
     out: dict[str, object] = {}
+    for suffix, runs in (
+        ("", long_runs),
+        ("_short", [{n: r[n][loaded] for n in ("gateway", "nginx")} for r in repeats]),
+    ):
+        for name in ("gateway", "nginx"):
+            out[f"cpu_us_per_token_{name}{suffix}"] = spread([per_token(r[name]) for r in runs])
+        out[f"cpu_ratio_gateway_vs_nginx{suffix}"] = spread(
+            [per_token(r["gateway"]) / max(per_token(r["nginx"]), 1e-9) for r in runs]
+        )
     for name in ("gateway", "nginx"):
-        cases = [r[name][loaded] for r in repeats]
-        out[f"cpu_us_per_token_{name}_short"] = round(
-            sum(c["cpu_s"] for c in cases) / max(sum(c["tokens"] for c in cases), 1) * 1e6, 2
+        out[f"requests_per_s_per_core_{name}"] = spread(
+            [r[name][loaded]["requests"] / max(r[name][loaded]["cpu_s"], 1e-9) for r in repeats]
         )
-        out[f"requests_per_s_per_core_{name}"] = round(
-            sum(c["requests"] for c in cases) / max(sum(c["cpu_s"] for c in cases), 1e-9), 1
-        )
-        r = long_answers[name]
-        out[f"cpu_us_per_token_{name}"] = round(r["cpu_s"] / max(r["tokens"], 1) * 1e6, 2)
-    out["cpu_ratio_gateway_vs_nginx"] = round(
-        out["cpu_us_per_token_gateway"] / max(out["cpu_us_per_token_nginx"], 1e-9), 2
-    )
-    out["cpu_ratio_gateway_vs_nginx_short"] = round(
-        out["cpu_us_per_token_gateway_short"] / max(out["cpu_us_per_token_nginx_short"], 1e-9), 2
-    )
     return out
 
 
@@ -394,7 +402,7 @@ def main() -> None:
         classifier_dir = tmp / "classifier"
         Classifier.fit([d.text for d in load_corpus("demo")]).save(classifier_dir)
         repeats, soak, pinned = latency_cases(args, tmp, classifier_dir)
-        long_answers = cpu_cases(args, tmp, classifier_dir)
+        long_runs = cpu_cases(args, tmp, classifier_dir)
     out: dict[str, object] = {
         "bench": "gateway",
         "streams": args.streams,
@@ -406,7 +414,7 @@ def main() -> None:
     }
     out["pinned"] = pinned
     out.update(summarize_latency(repeats, args.streams))
-    out.update(summarize_cpu(repeats, args.streams[0], long_answers))
+    out.update(summarize_cpu(repeats, args.streams[0], long_runs))
     if soak is not None:
         out.update(soak)
     print(json.dumps(out))

@@ -14,7 +14,15 @@ import zstandard
 
 from expert_router.errors import BadRequest
 from expert_router.gateway.encoding import decode_body
-from expert_router.gateway.server import Connection, Request, Response, Routes, Server, json_response
+from expert_router.gateway.server import (
+    MAX_HEAD_BYTES,
+    Connection,
+    Request,
+    Response,
+    Routes,
+    Server,
+    json_response,
+)
 
 LIMIT = 1000
 
@@ -146,6 +154,15 @@ def test_expect_100_continue_is_answered():
     async def scenario(app: App, port: int) -> None:
         raw = await exchange(port, b"POST /echo HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n", False)
         assert raw.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    served(scenario)
+
+
+def test_a_head_that_never_ends_is_refused_not_buffered():
+    async def scenario(app: App, port: int) -> None:
+        huge = b"GET /echo HTTP/1.1\r\nX-Filler: " + b"a" * (MAX_HEAD_BYTES + 10)  # no end of headers
+        [(status, headers, body)] = responses(await exchange(port, huge))
+        assert status == 431 and headers["connection"] == "close" and json.loads(body)["error"]["code"] == 431
 
     served(scenario)
 

@@ -40,6 +40,8 @@ MAX_PIPELINED = 16
 """Complete requests waiting behind the one being answered before the connection stops reading."""
 LINGER_S = 2.0
 """How long a refused request's connection is still read (and discarded) before it closes."""
+MAX_HEAD_BYTES = 64 * 1024
+"""A request line and headers longer than this are refused (431) rather than buffered without end."""
 
 
 @dataclass(slots=True)
@@ -204,6 +206,8 @@ class Connection(asyncio.Protocol):
         self._headers: dict[bytes, bytes] = {}
         self._body: list[bytes] = []
         self._size = 0
+        self._in_head = False
+        self._head_bytes = 0
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -220,6 +224,13 @@ class Connection(asyncio.Protocol):
             self.refused = True  # the request is complete; no upgrade is offered: closed after its answer
         except httptools.HttpParserError as exc:
             self.refuse(error_response(400, f"malformed HTTP request: {exc}"))
+        else:
+            if self._in_head:  # a head still arriving: the parser buffers it, so it may not grow without end
+                self._head_bytes += len(data)
+                if self._head_bytes > MAX_HEAD_BYTES:
+                    self.refuse(
+                        error_response(431, f"the request line and headers are longer than {MAX_HEAD_BYTES} bytes")
+                    )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -230,6 +241,7 @@ class Connection(asyncio.Protocol):
     # -- httptools callbacks -------------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._url, self._headers, self._body, self._size = b"", {}, [], 0
+        self._in_head, self._head_bytes = True, 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -238,6 +250,7 @@ class Connection(asyncio.Protocol):
         self._headers[name.lower()] = value
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         limit = self.server.app.max_body_bytes
         declared = self._headers.get(b"content-length", b"0")
         if declared.isdigit() and int(declared) > limit:
