@@ -41,6 +41,18 @@ own routing time stays under 0.5 ms at the median. On 2 cores shared with the cl
 every path competes for CPU, so the added time to first token grows with the proxy's CPU demand and
 not only with its own work: that is why a 1.6x CPU cost shows as several times nginx's added TTFT.
 
+The second pass, after the gateway moved from aiohttp's server to its own (`gateway.server`), read
+/proc's user and system time apart (2-token answers at 50 streams; 256-token answers at 100): the
+kernel's time per request and per token is nginx's or less; the whole difference is user space.
+Per request, ~210 us of gateway CPU against ~55 us (classification ~45 us of it, measured by asking
+for an expert by name, which skips it). Per token, a bare uvloop TCP relay put in nginx's place
+(data_received -> write, no HTTP) cost what nginx costs, so uvloop is not the gap: the gateway's own
+per-token path (llhttp's callback into Python, the relay's frame and write) is ~0.5 us timed alone
+and several times that under load, with its caches shared with every other stream. Two changes were
+measured and dropped for want of an effect: collecting one read's chunks into one write (a read
+rarely holds two tokens; the extra call per read cost more than the writes it saved), and trimming
+the relay's per-token clock read and tuple.
+
 `--pin` gives the proxy under test (nginx or the gateway, one loaded at a time) the last CPU to itself
 and keeps the client and the upstream on the others, so added latency measures the proxy's own
 queueing rather than its fight with the client for a core; the JSON says which CPUs each side had.

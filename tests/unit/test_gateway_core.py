@@ -181,44 +181,38 @@ class StreamClient:
         self.transport.write((frame(last) if last else b"") + b"0\r\n\r\n")
 
 
-def test_a_relay_writes_each_chunk_as_it_arrives_and_ends_the_stream_once():
-    async def main() -> None:
-        connection = HttpConnection()
-        connection.connection_made(FakeTransport())
-        connection.send(b"POST / HTTP/1.1\r\n\r\n")
-        connection.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + frame(b"one"))
-        client, counts = StreamClient(), []
-        relay = asyncio.create_task(Relay(client, connection, "u", {}, 60.0, counts.append).run())  # type: ignore[arg-type]
-        await asyncio.sleep(0)
-        connection.data_received(frame(b"two"))
-        connection.data_received(frame(b"three") + frame(b"four") + frame(DONE) + b"0\r\n\r\n")
-        assert (await relay).sent and counts == [5]
-        assert client.transport.writes == [
-            b"HEAD " + frame(b"one"),
-            frame(b"two"),
-            frame(b"three"),
-            frame(b"four"),
-            frame(DONE),
-            b"0\r\n\r\n",
-        ]
+async def relayed(*reads: bytes) -> tuple[list[bytes], list[int]]:
+    """A stream whose head and first chunk arrived, relayed while `reads` arrive: the client's writes
+    and the chunk count the relay reported."""
+    connection = HttpConnection()
+    connection.connection_made(FakeTransport())
+    connection.send(b"POST / HTTP/1.1\r\n\r\n")
+    connection.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + frame(b"one"))
+    client, counts = StreamClient(), []
+    relay = asyncio.create_task(Relay(client, connection, "u", {}, 60.0, counts.append).run())  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    for data in reads:
+        connection.data_received(data)
+    assert (await relay).sent
+    return client.transport.writes, counts
 
-    asyncio.run(main())
+
+def test_a_relay_writes_each_chunk_as_it_arrives_and_ends_the_stream_once():
+    writes, counts = asyncio.run(relayed(frame(b"two"), frame(b"three") + frame(b"four") + frame(DONE) + b"0\r\n\r\n"))
+    assert counts == [5]
+    assert writes == [
+        b"HEAD " + frame(b"one"),
+        frame(b"two"),
+        frame(b"three"),
+        frame(b"four"),
+        frame(DONE),
+        b"0\r\n\r\n",
+    ]
 
 
 def test_a_stream_that_ends_without_done_gets_one():
-    async def main() -> None:
-        connection = HttpConnection()
-        connection.connection_made(FakeTransport())
-        connection.send(b"POST / HTTP/1.1\r\n\r\n")
-        connection.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + frame(b"one"))
-        client = StreamClient()
-        relay = asyncio.create_task(Relay(client, connection, "u", {}, 60.0, lambda n: None).run())  # type: ignore[arg-type]
-        await asyncio.sleep(0)
-        connection.data_received(frame(b"two") + b"0\r\n\r\n")
-        await relay
-        assert client.transport.writes[-2:] == [frame(b"two"), frame(DONE) + b"0\r\n\r\n"]
-
-    asyncio.run(main())
+    writes, _ = asyncio.run(relayed(frame(b"two") + b"0\r\n\r\n"))
+    assert writes[-2:] == [frame(b"two"), frame(DONE) + b"0\r\n\r\n"]
 
 
 def test_after_start_up_the_collector_freezes_what_is_alive_and_runs_rarely():
