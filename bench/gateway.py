@@ -48,10 +48,10 @@ Per request, ~210 us of gateway CPU against ~55 us (classification ~45 us of it,
 for an expert by name, which skips it). Per token, a bare uvloop TCP relay put in nginx's place
 (data_received -> write, no HTTP) cost what nginx costs, so uvloop is not the gap: the gateway's own
 per-token path (llhttp's callback into Python, the relay's frame and write) is ~0.5 us timed alone
-and several times that under load, with its caches shared with every other stream. Two changes were
-measured and dropped for want of an effect: collecting one read's chunks into one write (a read
-rarely holds two tokens; the extra call per read cost more than the writes it saved), and trimming
-the relay's per-token clock read and tuple.
+and several times that under load, with its caches shared with every other stream. Collecting one
+read's chunks into one write was measured and dropped (a read rarely holds two tokens; the extra call
+per read cost more than the writes it saved); dropping the relay's per-token clock read and tuple was
+kept, though it moved nothing measurable.
 
 `--pin` gives the proxy under test (nginx or the gateway, one loaded at a time) the last CPU to itself
 and keeps the client and the upstream on the others, so added latency measures the proxy's own
