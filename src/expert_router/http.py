@@ -13,8 +13,6 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from expert_router.errors import ClientError
-
 ERROR_TYPES = {
     400: "invalid_request_error",
     404: "invalid_request_error",
@@ -54,11 +52,6 @@ def error_response(
         content_type="application/json",
         headers=headers,
     )
-
-
-def client_error_response(exc: ClientError) -> web.Response:
-    """The answer a `ClientError` stands for."""
-    return error_response(exc.status, str(exc), exc.error_type, exc.code, exc.headers or None, exc.param)
 
 
 def format_server_timing(durations_s: dict[str, float]) -> str:

@@ -27,7 +27,14 @@ from expert_router.gateway.metrics import GatewayMetrics
 from expert_router.gateway.replicas import Experts
 from expert_router.gateway.requests import parse_request
 from expert_router.gateway.routing import Router
-from expert_router.gateway.server import Request, Response, Routes, error_response, json_response
+from expert_router.gateway.server import (
+    Request,
+    Response,
+    Routes,
+    client_error_response,
+    error_response,
+    json_response,
+)
 from expert_router.wire import ConnectionPool, clock
 
 log = logging.getLogger("expert_router.gateway")
@@ -125,7 +132,7 @@ class Gateway:
             self.metrics.count_request(endpoint, "", "499")
             raise
         except ClientError as exc:
-            outcome = error_response(exc.status, str(exc), exc.error_type, exc.code, exc.headers or None, exc.param)
+            outcome = client_error_response(exc)
         except Exception:  # a bug, not the client's fault: say so in the API's own words, keep the trace in the log
             log.exception("unexpected error while answering %s", request.path)
             outcome = error_response(500, "internal error in the gateway; see its log", "server_error")

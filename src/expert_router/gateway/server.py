@@ -30,6 +30,7 @@ from typing import Protocol, cast
 import httptools
 import orjson
 
+from expert_router.errors import ClientError
 from expert_router.http import error_body
 
 log = logging.getLogger("expert_router.gateway")
@@ -69,6 +70,11 @@ def error_response(
 ) -> Response:
     """An OpenAI-style error body with its status."""
     return Response(status, orjson.dumps(error_body(status, message, type_, code, param)), headers or {})
+
+
+def client_error_response(exc: ClientError) -> Response:
+    """The answer a `ClientError` (a client's mistake, or a state it can retry) stands for."""
+    return error_response(exc.status, str(exc), exc.error_type, exc.code, exc.headers or None, exc.param)
 
 
 class Request:
