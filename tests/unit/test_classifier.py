@@ -58,6 +58,13 @@ def test_ranked_is_nearest_first(fitted, texts):
         assert (np.diff(routes.distance[row][ranked]) >= 0).all()
 
 
+def test_rank_is_the_ranked_route_of_one_text(fitted, texts):
+    """The gateway's fast path gives the order `route(text).ranked(0)` gives, unknown and empty texts too."""
+    _, classifier = fitted
+    for text in [*texts, "", "zzzz qqqq", "the and of 123"]:
+        assert classifier.rank(text) == classifier.route(text).ranked(0).tolist()
+
+
 def test_save_load_round_trip_routes_identically(fitted, texts, tmp_path):
     _, classifier = fitted
     classifier.save(tmp_path / "c")

@@ -136,7 +136,7 @@ class Router:
                 )
             return Route(cluster, client.model, body, "model")  # a named expert: body already says so
         started = time.perf_counter()
-        ranked = self.classifier.route(client.text).ranked(0).tolist()
+        ranked = self.classifier.rank(client.text)
         classify_s = time.perf_counter() - started
         cluster = next(c for c in ranked if c in self.by_cluster)
         model = self.by_cluster[cluster].model

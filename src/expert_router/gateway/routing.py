@@ -49,7 +49,7 @@ class Router:
                     param="model",
                 )
             return Plan(cluster, [cluster], classified=False)
-        ranked: list[int] = self.classifier.route(request.text).ranked(0).tolist()
+        ranked = self.classifier.rank(request.text)
         if self.fallback == "none":
             ranked = ranked[:1]
         return Plan(ranked[0], [c for c in ranked if c in self.served], classified=True)
