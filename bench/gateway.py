@@ -9,8 +9,11 @@ percentile, measured back to back; the line reports the median over repetitions 
 (min, max). CPU per relayed token is read from /proc for the gateway and nginx processes, with
 256-token answers (`cpu_us_per_token_*`, a case of its own, repeated as often) and with the short
 answers of the latency cases (`_short`); `requests_per_s_per_core_*` is requests answered per
-CPU-second of the proxy with the short answers. These too are medians over repetitions with their
-spread, and each ratio is taken within one repetition.
+CPU-second of the proxy with the short answers. The CPU case also runs `--tokens`-token answers at
+its own load, and the two lengths split each proxy's CPU into a marginal cost per relayed token
+(`cpu_us_per_marginal_token_*`) and a cost per request (`cpu_us_per_request_*`): a ratio of CPU per
+token mixes the two in proportions set by the answer length. These too are medians over repetitions
+with their spread, and each ratio is taken within one repetition.
 `--soak-minutes N` also runs N minutes at the first loaded level through the gateway and reports lost
 requests and resident-memory and open-file growth after warm-up.
 
@@ -52,6 +55,25 @@ and several times that under load, with its caches shared with every other strea
 read's chunks into one write was measured and dropped (a read rarely holds two tokens; the extra call
 per read cost more than the writes it saved); dropping the relay's per-token clock read and tuple was
 kept, though it moved nothing measurable.
+
+The third pass split each proxy's CPU into a x tokens + b x requests (100 streams, 10 ms token gap,
+32- and 256-token answers; the split is now part of the JSON): in a pinned run, ~18.5 us per relayed
+token for the gateway against ~14.3 us for nginx (1.3x), and ~360 us per request against ~75 us; in
+an unpinned run of the whole bench, 16.3 against 13.6 us and 220 against 104 us. So at 256 tokens
+most of the gap is per token: 1.2x needs the gateway's marginal token within ~1.1x of nginx's even
+with no per-request cost at all. perf with DWARF stacks put ~24% of the gateway's CPU in user space
+inside the upstream's read callback (the eval loop running `data_received` and the relay, llhttp,
+formatting the chunk) and ~7% in request handlers. Two relay changes were measured against the
+unchanged gateway in the same runs (5 interleaved repetitions each): the parser appending body
+chunks to a list in C, with one relay call and one write per read, gained nothing (0.96-1.06x);
+writing the upstream's chunked bytes to the client unparsed, as a splice would, cost ~7% less per
+token (0.93x) and was not kept: the upstream's own last chunk, and a break in the middle of a chunk,
+would then reach the client as they are, and the gateway could no longer end every stream with
+[DONE] or an error event. Classification costs ~145 us a request under load (asking for an expert by
+name skips it); `Classifier.rank` brings its NumPy calls from ~16 to 4 (~55 us against 75-100 us
+timed alone with cold caches; under load the change is smaller than the bench's spread). What is left
+is CPython's cost per executed line under cache pressure; 1.2x at 256 tokens needs the per-token path
+out of Python (a compiled relay).
 
 `--pin` gives the proxy under test (nginx or the gateway, one loaded at a time) the last CPU to itself
 and keeps the client and the upstream on the others, so added latency measures the proxy's own
@@ -191,16 +213,16 @@ LONG_INTERVAL_MS = 10.0
 
 
 def measure_long(
-    args: argparse.Namespace, url: str, model: str, pids: list[int], part_pids: list[int] | None = None
+    args: argparse.Namespace, url: str, model: str, pids: list[int], tokens: int, part_pids: list[int] | None = None
 ) -> dict:
-    """The CPU-per-token case: `--long-streams` users, `--long-tokens` answers, twice `--seconds`."""
+    """The CPU-per-token case: `--long-streams` users, `tokens`-token answers, twice `--seconds`."""
     return asyncio.run(
         measure(
             url,
             model,
             args.long_streams,
             args.seconds * 2,
-            args.long_tokens,
+            tokens,
             pids,
             part_pids,
             interval_ms=LONG_INTERVAL_MS,
@@ -213,7 +235,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--streams", type=int, nargs="+", default=[500, 1000], help="concurrent streams, loaded cases")
     parser.add_argument("--seconds", type=float, default=6.0, help="measured time per path, level and repetition")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repetitions of every path and level")
-    parser.add_argument("--tokens", type=int, default=32, help="tokens per answer")
+    parser.add_argument(
+        "--tokens", type=int, default=32, help="tokens per answer (and the short length of the CPU split)"
+    )
     parser.add_argument("--interval-ms", type=float, default=40.0, help="upstream gap between tokens")
     parser.add_argument("--long-tokens", type=int, default=256, help="answer length of the CPU-per-token case")
     parser.add_argument("--long-streams", type=int, default=100, help="concurrent streams of the CPU-per-token case")
@@ -281,7 +305,11 @@ def cpu_cases(args: argparse.Namespace, tmp: Path, classifier_dir: Path) -> list
     """CPU per relayed token with answers of a realistic length (MLPerf's reference averages ~294 output
     tokens), where per-request work is amortised as it is in real serving. Repeated `--repeats` times,
     nginx and the gateway taking turns at going first: one pair of runs moved by ±15% from one
-    repetition to the next on the 2-core machine, nginx's as much as the gateway's."""
+    repetition to the next on the 2-core machine, nginx's as much as the gateway's.
+
+    Each proxy also runs `--tokens`-token answers under the same streams and token gap, so that its CPU,
+    a x tokens + b x requests, splits into a, the marginal CPU of one relayed token, and b, that of one
+    request (`split_cost`): which of the two makes a ratio is then read off, not guessed."""
     models = [f"expert-{c}" for c in range(8)]
     with synthetic_expert(
         tmp, "long", "--tokens", str(args.long_tokens), "--interval-ms", str(LONG_INTERVAL_MS), models=models
@@ -300,11 +328,22 @@ def cpu_cases(args: argparse.Namespace, tmp: Path, classifier_dir: Path) -> list
             paths = [("nginx", nginx.url, "expert-0", nginx), ("gateway", gw.url, "expert-router", gw)]
             return [
                 {
-                    name: measure_long(args, url, model, process_tree(server.process.pid))
+                    name: {
+                        length: measure_long(args, url, model, process_tree(server.process.pid), length)
+                        for length in (args.long_tokens, args.tokens)
+                    }
                     for name, url, model, server in (paths if repeat % 2 == 0 else paths[::-1])
                 }
                 for repeat in range(args.repeats)
             ]
+
+
+def split_cost(cases: list[dict]) -> tuple[float, float]:
+    """(us per token, us per request): the least-squares a and b of CPU = a x tokens + b x requests."""
+    counts = np.array([[case["tokens"], case["requests"]] for case in cases], dtype=float)
+    cpu_us = np.array([case["cpu_s"] * 1e6 for case in cases])
+    (per_token, per_request), *_ = np.linalg.lstsq(counts, cpu_us, rcond=None)
+    return float(per_token), float(per_request)
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -346,16 +385,17 @@ def summarize_latency(repeats: list[dict], levels: list[int]) -> dict[str, objec
     return out
 
 
-def summarize_cpu(repeats: list[dict], loaded: int, long_runs: list[dict]) -> dict[str, object]:
-    """CPU per token and requests per CPU-second of each proxy, and the ratios: the median over
-    repetitions with its spread, each repetition's ratio taken within the repetition."""
+def summarize_cpu(repeats: list[dict], loaded: int, long_runs: list[dict], long_tokens: int) -> dict[str, object]:
+    """CPU per token and requests per CPU-second of each proxy, the split of its CPU into a marginal
+    cost per token and a cost per request, and the ratios: the median over repetitions with its
+    spread, each repetition's ratio taken within the repetition."""
 
     def per_token(case: dict) -> float:
         return float(case["cpu_s"] / max(case["tokens"], 1) * 1e6)
 
     out: dict[str, object] = {}
     for suffix, runs in (
-        ("", long_runs),
+        ("", [{n: r[n][long_tokens] for n in ("gateway", "nginx")} for r in long_runs]),
         ("_short", [{n: r[n][loaded] for n in ("gateway", "nginx")} for r in repeats]),
     ):
         for name in ("gateway", "nginx"):
@@ -366,6 +406,15 @@ def summarize_cpu(repeats: list[dict], loaded: int, long_runs: list[dict]) -> di
     for name in ("gateway", "nginx"):
         out[f"requests_per_s_per_core_{name}"] = spread(
             [r[name][loaded]["requests"] / max(r[name][loaded]["cpu_s"], 1e-9) for r in repeats]
+        )
+    if any(len(r[name]) < 2 for r in long_runs for name in ("gateway", "nginx")):
+        return out  # --tokens equal to --long-tokens: one length, nothing to split
+    splits = [{name: split_cost(list(r[name].values())) for name in ("gateway", "nginx")} for r in long_runs]
+    for i, part in enumerate(("marginal_token", "request")):
+        for name in ("gateway", "nginx"):
+            out[f"cpu_us_per_{part}_{name}"] = spread([s[name][i] for s in splits])
+        out[f"cpu_ratio_per_{part}_gateway_vs_nginx"] = spread(
+            [s["gateway"][i] / max(s["nginx"][i], 1e-9) for s in splits]
         )
     return out
 
@@ -426,7 +475,7 @@ def main() -> None:
     }
     out["pinned"] = pinned
     out.update(summarize_latency(repeats, args.streams))
-    out.update(summarize_cpu(repeats, args.streams[0], long_runs))
+    out.update(summarize_cpu(repeats, args.streams[0], long_runs, args.long_tokens))
     if soak is not None:
         out.update(soak)
     print(json.dumps(out))
