@@ -470,10 +470,11 @@ def test_a_replica_that_reports_a_queue_gets_fewer_requests(tmp_path, classifier
 def test_a_per_expert_limit_holds_across_gateway_instances(tmp_path, classifier):
     """Two gateways with limit L=3 (limit_scope: replicas) in front of one expert: it never carries much more
     than L. Stated margin: requests the other gateway admits within one load interval (here +1). Arrivals,
-    and so the ends that free slots, are 0.3 s apart: more than a read's age even on a loaded machine,
-    and still faster than the expert drains (L per 1.5 s), so requests queue at both gateways."""
+    and so the ends that free slots, are 0.6 s apart: more than a read's age even on a loaded machine
+    (at 0.3 s apart one CI run saw L+2: two slots freed within one stale view), and still faster than the
+    expert drains (L per 3 s), so requests queue at both gateways."""
     limit = 3
-    with synthetic_expert(tmp_path, "expert", "--tokens", "30", "--interval-ms", "50") as expert:
+    with synthetic_expert(tmp_path, "expert", "--tokens", "60", "--interval-ms", "50") as expert:
         deployment = write_deployment(
             tmp_path / "deploy.yaml",
             classifier,
@@ -489,13 +490,13 @@ def test_a_per_expert_limit_holds_across_gateway_instances(tmp_path, classifier)
             threads = []
             for i in range(10):
                 target = gw1 if i % 2 else gw2
-                body = {"prompt": PROMPTS[0], "max_tokens": 30, "stream": True}
+                body = {"prompt": PROMPTS[0], "max_tokens": 60, "stream": True}
                 thread = threading.Thread(
                     target=lambda t=target, b=body: results.append(request(t, "/v1/completions", b, 120)[0])
                 )
                 thread.start()
                 threads.append(thread)
-                time.sleep(0.3)  # arrivals slower than the load interval
+                time.sleep(0.6)  # arrivals slower than the load interval
             for thread in threads:
                 thread.join(120)
         stats = expert.get_json("/stats")[1]
