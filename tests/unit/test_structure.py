@@ -7,6 +7,8 @@ upward, and no command imports another command (lazy imports inside functions co
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import expert_router
@@ -133,3 +135,15 @@ def test_every_export_is_loaded_lazily_and_listed_once():
     from expert_router import _EXPORTS  # type: ignore[attr-defined]
 
     assert set(expert_router.__all__) == {"__version__", *_EXPORTS}
+
+
+def test_the_cli_and_routing_import_no_fitting_or_plotting_library():
+    """Every command (and the gateway's routing) starts without scikit-learn, SciPy, pandas or matplotlib:
+    together they took ~2 s before `--help` printed. They are imported where a fit or a figure needs them."""
+    code = (
+        "import sys\n"
+        "import expert_router.cli, expert_router.gateway.app, expert_router.classifier\n"
+        "print(' '.join(m for m in ('sklearn', 'scipy', 'pandas', 'matplotlib') if m in sys.modules))\n"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert loaded == []

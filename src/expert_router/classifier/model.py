@@ -13,16 +13,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import chain, repeat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import sparse
-from sklearn.cluster import KMeans
-from sklearn.decomposition import TruncatedSVD
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import Normalizer, StandardScaler
 
 from expert_router.classifier import artifact
-from expert_router.classifier.kmeans import BalancedKMeans
 from expert_router.classifier.preprocess import (
     ascii_word_tokens,
     make_vectorizer,
@@ -30,6 +25,9 @@ from expert_router.classifier.preprocess import (
 )
 from expert_router.classifier.settings import ClassifierSettings
 from expert_router.errors import UserError
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
 
 
 @dataclass(frozen=True)
@@ -49,8 +47,16 @@ def fit_pipeline(
 ) -> Pipeline:
     """Fit c-BTM's scikit-learn pipeline: TF-IDF -> SVD -> scaling -> k-means.
 
-    `on_stage` is told the name of each stage as it starts, for a progress display.
+    `on_stage` is told the name of each stage as it starts, for a progress display. scikit-learn is
+    imported here, not with the module: routing never needs it, and it takes about a second to import.
     """
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import Normalizer, StandardScaler
+
+    from expert_router.classifier.kmeans import BalancedKMeans
+
     stage = on_stage or (lambda name: None)
     if len(texts) < settings.k:
         raise UserError(f"k={settings.k} is larger than the corpus: only {len(texts)} documents")
@@ -134,6 +140,8 @@ class Classifier:
     @classmethod
     def from_pipeline(cls, pipeline: Pipeline, settings: ClassifierSettings) -> Classifier:
         """Flatten a fitted `fit_pipeline` result into the arrays that routing needs."""
+        from sklearn.preprocessing import StandardScaler
+
         vectorizer, svd, scaler, kmeans = (pipeline.named_steps[n] for n in ("tfidf", "svd", "scale", "kmeans"))
         vocabulary = vectorizer.get_feature_names_out().tolist()
         standard = isinstance(scaler, StandardScaler)
@@ -253,6 +261,8 @@ class Classifier:
         return (weights @ self._weighted_projection[terms]) / norm
 
     def _reduce_many(self, texts: Sequence[str]) -> np.ndarray:
+        from scipy import sparse
+
         rows = [self._term_ids(text) for text in texts]
         indptr = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum([len(r) for r in rows], out=indptr[1:])

@@ -8,17 +8,37 @@ are substituted so that the stop-word filter can drop all of them with one entry
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, TfidfVectorizer
+
+if TYPE_CHECKING:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    STOP_WORDS: frozenset[str]
+    """scikit-learn's English stop-word list plus the number placeholder (read on first use)."""
 
 NUMBER_TOKEN = "#number"
 """Placeholder for tokens that start with a digit (lower-case: it stands after lower-casing)."""
 
-STOP_WORDS: frozenset[str] = frozenset(ENGLISH_STOP_WORDS | {NUMBER_TOKEN})
-"""scikit-learn's English stop-word list plus the number placeholder."""
+
+@functools.cache
+def stop_words() -> frozenset[str]:
+    """scikit-learn's English stop-word list plus the number placeholder. Read on first use: importing
+    scikit-learn takes about a second, and routing (the gateway, every CLI start) never needs it."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return frozenset(ENGLISH_STOP_WORDS | {NUMBER_TOKEN})
+
+
+def __getattr__(name: str) -> object:
+    if name == "STOP_WORDS":  # the module's constant, made on first use (PEP 562)
+        return stop_words()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 TOKEN_PATTERN = r"(?u)\b\w\w+\b"
 """scikit-learn's default token pattern: words of two or more word characters."""
@@ -38,7 +58,8 @@ def tokenize(text: str) -> list[str]:
 
 def content_tokens(text: str) -> list[str]:
     """The tokens that can enter the TF-IDF vocabulary: `tokenize` minus stop-words and numbers."""
-    return [token for token in tokenize(text) if token not in STOP_WORDS]
+    stop = stop_words()
+    return [token for token in tokenize(text) if token not in stop]
 
 
 def raw_word_tokens(text: str) -> list[str]:
@@ -73,6 +94,8 @@ def make_vectorizer(max_features: int | None = None, min_df: int | float = 1) ->
     scikit-learn's own lowercase -> token_pattern -> stop_words chain computes, plus the substitution,
     without overriding any of its private checks.
     """
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
     return TfidfVectorizer(
         tokenizer=content_tokens,
         token_pattern=None,
