@@ -70,8 +70,8 @@ writing the upstream's chunked bytes to the client unparsed, as a splice would, 
 token (0.93x) and was not kept: the upstream's own last chunk, and a break in the middle of a chunk,
 would then reach the client as they are, and the gateway could no longer end every stream with
 [DONE] or an error event. Classification costs ~145 us a request under load (asking for an expert by
-name skips it); `Classifier.rank` brings its NumPy calls from ~16 to 4 (~55 us against 75-100 us
-timed alone with cold caches; under load the change is smaller than the bench's spread). What is left
+name skips it); `Classifier.rank` sorts the distances without `route`'s wrapping, argmin and argsort
+(17 against 21 us timed alone; under load the change is smaller than the bench's spread). What is left
 is CPython's cost per executed line under cache pressure; 1.2x at 256 tokens needs the per-token path
 out of Python (a compiled relay).
 

@@ -8,7 +8,6 @@ and two small dense products — the same numbers the pipeline computes, without
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import chain, repeat
@@ -123,8 +122,6 @@ class Classifier:
             [self.projection * self.idf[:, None], np.zeros((1, self.projection.shape[1]), dtype=np.float32)]
         )
         self._centroid_sq = np.einsum("ij,ij->i", self.centroids, self.centroids)
-        self._centroid_sq_list: list[float] = self._centroid_sq.tolist()
-        self._zero_rank = sorted(range(len(self._centroid_sq_list)), key=self._centroid_sq_list.__getitem__)
 
     # -- fitting -------------------------------------------------------------------------------
     @classmethod
@@ -213,22 +210,12 @@ class Classifier:
     def rank(self, text: str) -> list[int]:
         """The clusters for one text, nearest first: `route(text).ranked(0)`, the gateway's fail-over order.
 
-        The gateway's hot path. Under load every NumPy call costs several microseconds of cold
-        dispatch code, more than its arithmetic, so this one makes four (gather, sum and the two
-        products) and ranks the k distances in Python: the same float64 operations in the same order
-        as `_distances_one_l2`, so the order is the same, ties included (both sorts are stable).
+        The gateway's hot path: the k distances sorted in Python (stable, as `ranked` is), without the
+        `Routes`, argmin and argsort that `route` adds, each a NumPy call costing microseconds of cold
+        dispatch code under load.
         """
-        if self.scale_mean is not None:
-            return [int(c) for c in self.route(text).ranked(0)]
-        reduced = self._weighted_projection.take(self._term_ids(text), axis=0).sum(axis=0)
-        norm_sq = float(reduced @ reduced)
-        if norm_sq == 0.0:
-            return list(self._zero_rank)
-        scale = 2.0 / math.sqrt(norm_sq)
-        distance = [
-            max(sq - scale * dot + 1.0, 0.0)
-            for sq, dot in zip(self._centroid_sq_list, (self.centroids @ reduced).tolist())
-        ]
+        one = self._distances_one_l2(text) if self.scale_mean is None else self.route(text).distance[0]
+        distance: list[float] = one.tolist()
         return sorted(range(len(distance)), key=distance.__getitem__)
 
     def _distances_one_l2(self, text: str) -> np.ndarray:

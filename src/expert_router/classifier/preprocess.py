@@ -18,9 +18,6 @@ import numpy as np
 if TYPE_CHECKING:
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    STOP_WORDS: frozenset[str]
-    """scikit-learn's English stop-word list plus the number placeholder (read on first use)."""
-
 NUMBER_TOKEN = "#number"
 """Placeholder for tokens that start with a digit (lower-case: it stands after lower-casing)."""
 
@@ -32,12 +29,6 @@ def stop_words() -> frozenset[str]:
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
     return frozenset(ENGLISH_STOP_WORDS | {NUMBER_TOKEN})
-
-
-def __getattr__(name: str) -> object:
-    if name == "STOP_WORDS":  # the module's constant, made on first use (PEP 562)
-        return stop_words()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 TOKEN_PATTERN = r"(?u)\b\w\w+\b"
