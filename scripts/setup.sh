@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The offline demo corpus (fortunes, dictionaries, the Python manual); the load balancer of the scale-out tests.
-APT_PACKAGES=(fortunes dict-gcide dict-foldoc dict-jargon dict-wn python3-doc nginx)
+# The offline demo corpus (fortunes, dictionaries, the Python manual); the load balancer of the scale-out tests;
+# the Redis server that counts limits shared by several gateways (its tests start their own).
+APT_PACKAGES=(fortunes dict-gcide dict-foldoc dict-jargon dict-wn python3-doc nginx redis-server)
 PYTHON=${PYTHON:-python3}
 
 missing=()

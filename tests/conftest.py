@@ -86,3 +86,12 @@ def make_corpus(n_per_topic: int = 60, seed: int = 0) -> list[tuple[str, str]]:
 @pytest.fixture(scope="session")
 def small_corpus() -> list[tuple[str, str]]:
     return make_corpus()
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    """A scratch Redis server (Debian's redis-server, installed by scripts/setup.sh), stopped after the test."""
+    from expert_router.testing import RedisServer
+
+    with RedisServer(tmp_path / "redis") as server:
+        yield server.url

@@ -62,10 +62,18 @@ class GatewaySettings(Strict):
 
     model_name: str = Field("expert-router", min_length=1, description="the model name clients ask for to be routed")
     max_inflight_per_expert: int = Field(256, ge=1, description="requests in flight per expert before queueing")
-    limit_scope: Literal["process", "replicas"] = Field(
+    limit_scope: Literal["process", "shared"] = Field(
         "process",
-        description="what max_inflight_per_expert counts: this process's requests, or what the expert's "
-        "replicas report carrying from every gateway (holds across workers and instances)",
+        description="what max_inflight_per_expert counts: this process's requests, or every gateway's "
+        "(shared: leases in the Redis server at limit_store; holds across workers and instances)",
+    )
+    limit_store: str | None = Field(
+        None,
+        pattern=r"^(redis|rediss|unix)://",
+        description="the Redis server that counts shared limits, as redis://host:port/db (limit_scope: shared)",
+    )
+    lease_s: float = Field(
+        30.0, ge=1, description="a shared slot held by a gateway that died is free again after this long"
     )
     load_aware: bool = Field(True, description="pick replicas by their own /metrics load report (vLLM's names)")
     load_interval_s: float = Field(0.25, gt=0, description="how often each replica's /metrics is read")
@@ -80,6 +88,14 @@ class GatewaySettings(Strict):
     health_interval_s: float = Field(2.0, gt=0)
     failures_to_down: int = Field(2, ge=1, description="consecutive failures that mark a replica down")
     drain_timeout_s: float = Field(30.0, ge=0, description="after SIGTERM: how long streams in flight may run on")
+
+    @model_validator(mode="after")
+    def _store_for_shared_limits(self) -> GatewaySettings:
+        if self.limit_scope == "shared" and self.limit_store is None:
+            raise ValueError(
+                "limit_scope: shared needs limit_store, the Redis server that counts (redis://host:port/0)"
+            )
+        return self
 
 
 class EngineSettings(Strict):

@@ -2,7 +2,8 @@
 
 Used by the tests and the benchmarks alike (starlette's `testclient` and httpx's `MockTransport` do
 the same): a `Server` is a child process in its own process group, waited for with the library's one
-ready-wait and stopped with its one process stop; `Nginx` runs the project's `deploy/nginx.conf`.
+ready-wait and stopped with its one process stop; `Nginx` runs the project's `deploy/nginx.conf`,
+`RedisServer` a scratch Redis.
 """
 
 from __future__ import annotations
@@ -36,6 +37,15 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def listening(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:port."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
 
 
 def cli_args(*args: str) -> list[str]:
@@ -167,22 +177,45 @@ class Nginx:
                 start_new_session=True,
             )
         try:
-            wait_until(self._listening, "nginx", 10.0, self.process, self.stderr)
+            wait_until(lambda: listening(self.port), "nginx", 10.0, self.process, self.stderr)
         except BaseException:
             self.stop()
             raise
-
-    def _listening(self) -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-            return True
-        except OSError:
-            return False
 
     def stop(self) -> None:
         stop_groups([self.process], grace_s=10.0)
 
     def __enter__(self) -> Nginx:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class RedisServer:
+    """A Redis server on a free loopback port, nothing saved to disk (the store of shared limits)."""
+
+    def __init__(self, tmp: Path):
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.log = tmp / "redis.log"
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                [*args, "--dir", str(tmp)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        try:
+            wait_until(lambda: listening(self.port), "redis-server", 10.0, self.process, self.log)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        stop_groups([self.process], grace_s=10.0)
+
+    def __enter__(self) -> RedisServer:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -65,7 +65,7 @@ class Gateway:
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0), cookie_jar=aiohttp.DummyCookieJar()
         )
-        self.experts.start_health_checks(self.session)
+        self.experts.start(self.session)
 
     async def stop(self) -> None:
         await self.experts.stop()

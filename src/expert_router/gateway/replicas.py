@@ -2,9 +2,10 @@
 
 State lives in one process (one gateway instance or worker). With `load_aware` (the default) each
 replica's own load report (`gateway.load`) is read on a short interval (where an expert has more than
-one replica), so instances and workers in front of the same experts pick replicas, and with
-`limit_scope: replicas` admit requests, by the same numbers; nothing else is shared, which is what
-lets them scale out behind a load balancer.
+one replica), so instances and workers in front of the same experts pick replicas by the same
+numbers. With `limit_scope: shared` the per-expert limit is counted in a Redis store every gateway
+uses (`gateway.shared_limit`); nothing else is shared, which is what lets them scale out behind a
+load balancer.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
 import aiohttp
 
 from expert_router.config import ExpertConfig, GatewaySettings
 from expert_router.errors import Saturated
 from expert_router.gateway.load import ReportedLoad
+from expert_router.gateway.shared_limit import LimitStore, SharedLimit
 
 log = logging.getLogger("expert_router.gateway")
 
@@ -59,11 +60,12 @@ class Replica:
 class Expert:
     """One expert: its configuration, its replicas and its in-flight slots (admission control)."""
 
-    def __init__(self, config: ExpertConfig, settings: GatewaySettings):
+    def __init__(self, config: ExpertConfig, settings: GatewaySettings, shared: SharedLimit | None = None):
         self.config = config
         self.settings = settings
         self.replicas = [Replica(url, url + config.health_path) for url in config.base_urls()]
         self._slots = asyncio.Semaphore(settings.max_inflight_per_expert)
+        self.shared = shared
         self.inflight = 0
 
     @property
@@ -76,23 +78,22 @@ class Expert:
             return self.replicas if self.replicas[0].healthy else []
         return sorted((r for r in self.replicas if r.healthy), key=lambda r: (r.busy(), r.load.kv_usage))
 
-    def carried(self) -> float:
-        """Requests the expert's replicas carry by their own reports (all gateways' requests together)."""
-        return sum(r.busy() for r in self.replicas)
-
     def slot(self) -> Slot:
         """Admission control: `async with expert.slot():` waits up to the queue timeout for one of the
         expert's in-flight slots.
 
-        `limit_scope: process` counts this process's requests (a semaphore); `replicas` counts what the
-        replicas report carrying, from every gateway, so the limit holds across workers and instances
-        (overshoot: what other gateways send within one load interval).
+        `limit_scope: process` counts this process's requests (a semaphore); `shared` takes a lease in
+        the limit store every gateway uses, so the limit holds across workers and instances.
         """
         return Slot(self)
 
-    async def _admit(self) -> None:
-        if self.settings.limit_scope == "replicas":
-            await self._shared_slot()
+    async def _admit(self) -> str | None:
+        """Take a slot; returns its lease where the limit is shared."""
+        lease = None
+        if self.shared is not None:
+            lease = await self.shared.acquire()
+            if lease is None:
+                raise self._saturated()
         elif not self._slots.locked():
             await self._slots.acquire()  # free slot: no waiting, and no timer to set up
         elif self.settings.queue_timeout_s == 0:
@@ -103,18 +104,14 @@ class Expert:
             except TimeoutError:
                 raise self._saturated() from None
         self.inflight += 1
+        return lease
 
-    def _leave(self) -> None:
+    async def _leave(self, lease: str | None) -> None:
         self.inflight -= 1
-        if self.settings.limit_scope != "replicas":
+        if self.shared is not None and lease is not None:
+            await self.shared.release(lease)
+        else:
             self._slots.release()
-
-    async def _shared_slot(self) -> None:
-        deadline = time.monotonic() + self.settings.queue_timeout_s
-        while self.carried() >= self.settings.max_inflight_per_expert:
-            if time.monotonic() >= deadline:
-                raise self._saturated()
-            await asyncio.sleep(min(0.01, self.settings.load_interval_s / 4))
 
     def _saturated(self) -> Saturated:
         s = self.settings
@@ -131,43 +128,58 @@ class Expert:
 class Slot:
     """One request's hold on an expert's slot (a plain class: an async generator context costs more)."""
 
-    __slots__ = ("expert",)
+    __slots__ = ("expert", "lease")
 
     def __init__(self, expert: Expert):
         self.expert = expert
+        self.lease: str | None = None
 
     async def __aenter__(self) -> None:
-        await self.expert._admit()
+        self.lease = await self.expert._admit()
 
     async def __aexit__(self, *exc: object) -> None:
-        self.expert._leave()
+        await self.expert._leave(self.lease)
 
 
 class Experts:
-    """Every expert by cluster, plus the background health checks and load reads of their replicas."""
+    """Every expert by cluster, plus the background health checks and load reads of their replicas, and
+    the limit store where limits are shared."""
 
     def __init__(self, experts: list[ExpertConfig], settings: GatewaySettings):
         self.settings = settings
-        self.by_cluster = {e.cluster: Expert(e, settings) for e in experts}
+        self.store: LimitStore | None = None
+        if settings.limit_scope == "shared":
+            assert settings.limit_store is not None  # the settings' own check
+            self.store = LimitStore(settings.limit_store, settings.lease_s)
+        self.by_cluster = {e.cluster: Expert(e, settings, self._shared(e)) for e in experts}
         self._tasks: list[asyncio.Task[None]] = []
 
-    def start_health_checks(self, session: aiohttp.ClientSession) -> None:
+    def _shared(self, config: ExpertConfig) -> SharedLimit | None:
+        if self.store is None:
+            return None
+        return self.store.limit(config.model, self.settings.max_inflight_per_expert, self.settings.queue_timeout_s)
+
+    def start(self, session: aiohttp.ClientSession) -> None:
+        """Start the background work: health checks, load reads where they decide something, lease renewal."""
         self._tasks.append(asyncio.create_task(self._check_forever(session)))
         if self.reads_load():
             self._tasks.append(asyncio.create_task(self._read_load_forever(session)))
+        if self.store is not None:
+            self.store.start()
 
     def reads_load(self) -> bool:
         """Whether replicas' /metrics are read: only where the reports decide something (a choice between
-        replicas, or a limit shared across gateways). vLLM takes milliseconds to render its metrics,
-        time its own event loop then spends on nothing else."""
-        choice = self.settings.load_aware and any(len(e.replicas) > 1 for e in self.by_cluster.values())
-        return choice or self.settings.limit_scope == "replicas"
+        replicas). vLLM takes milliseconds to render its metrics, time its own event loop then spends on
+        nothing else."""
+        return self.settings.load_aware and any(len(e.replicas) > 1 for e in self.by_cluster.values())
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.store is not None:
+            await self.store.stop()  # gives back what this process still holds
 
     async def _read_load_forever(self, session: aiohttp.ClientSession) -> None:
         """Every replica's /metrics once per load interval, all at once. A server (one vLLM holding several
