@@ -59,10 +59,14 @@ def test_ranked_is_nearest_first(fitted, texts):
 
 
 def test_rank_is_the_ranked_route_of_one_text(fitted, texts):
-    """The gateway's fast path gives the order `route(text).ranked(0)` gives, unknown and empty texts too."""
+    """The gateway's fast path (one text, centroid products gathered with the terms) gives the order
+    the batch path (sparse TF-IDF, SVD, scaling, distances) gives, unknown and empty texts too."""
     _, classifier = fitted
-    for text in [*texts, "", "zzzz qqqq", "the and of 123"]:
-        assert classifier.rank(text) == classifier.route(text).ranked(0).tolist()
+    batch = [*texts, "", "zzzz qqqq", "the and of 123"]
+    routes = classifier.route(batch)
+    for row, text in enumerate(batch):
+        assert classifier.rank(text) == routes.ranked(row).tolist()
+        assert classifier.route(text).distance[0] == pytest.approx(routes.distance[row], abs=1e-5)
 
 
 def test_save_load_round_trip_routes_identically(fitted, texts, tmp_path):

@@ -8,6 +8,7 @@ and two small dense products — the same numbers the pipeline computes, without
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import chain, repeat
@@ -118,10 +119,15 @@ class Classifier:
         # One extra all-zero row takes every term outside the vocabulary, so no filtering is needed.
         self._unknown = len(self.vocabulary)
         self._idf_sq = np.append(self.idf, 0.0).astype(np.float32) ** 2
-        self._weighted_projection = np.vstack(
+        weighted = np.vstack(
             [self.projection * self.idf[:, None], np.zeros((1, self.projection.shape[1]), dtype=np.float32)]
         )
+        # Each term's dot products with the centroids ride along as k more columns: summing a prompt's
+        # rows then gives its reduced vector and its k centroid products in one gather, no matrix product.
+        self._rows = np.ascontiguousarray(np.hstack([weighted, weighted @ self.centroids.T]), dtype=np.float32)
+        self._weighted_projection = self._rows[:, : weighted.shape[1]]
         self._centroid_sq = np.einsum("ij,ij->i", self.centroids, self.centroids)
+        self._centroid_sq_list: list[float] = self._centroid_sq.tolist()
 
     # -- fitting -------------------------------------------------------------------------------
     @classmethod
@@ -195,8 +201,8 @@ class Classifier:
         """Nearest centroid of each text, and its squared distance to every centroid."""
         if isinstance(texts, str):
             if self.scale_mean is None:
-                distance = self._distances_one_l2(texts)
-                return Routes(cluster=np.array([int(np.argmin(distance))]), distance=distance[None, :])
+                distance = np.array([self._distances_one_l2(texts)], dtype=np.float32)
+                return Routes(cluster=np.argmin(distance, axis=1), distance=distance)
             texts = [texts]
         points = self.embed(texts)
         distance = (
@@ -214,23 +220,28 @@ class Classifier:
         `Routes`, argmin and argsort that `route` adds, each a NumPy call costing microseconds of cold
         dispatch code under load.
         """
-        one = self._distances_one_l2(text) if self.scale_mean is None else self.route(text).distance[0]
-        distance: list[float] = one.tolist()
+        if self.scale_mean is None:
+            distance = self._distances_one_l2(text)
+        else:
+            distance = self.route(text).distance[0].tolist()
         return sorted(range(len(distance)), key=distance.__getitem__)
 
-    def _distances_one_l2(self, text: str) -> np.ndarray:
-        """One prompt under l2 scaling, the gateway's hot path, in a handful of NumPy calls.
+    def _distances_one_l2(self, text: str) -> list[float]:
+        """One prompt's squared distances under l2 scaling, the gateway's hot path: one gather and sum,
+        one dot product, and k scalars in Python (each NumPy call costs microseconds under load).
 
         Row normalisation after the SVD cancels any positive factor on the TF-IDF vector, so its norm
-        is never needed, and summing projection rows per token (duplicates included) equals the
-        term-count vector times the projection.
+        is never needed; summing the rows per token (duplicates included) equals the term-count vector
+        times the projection; and with the reduced vector r at unit length, |r - c|² = |c|² - 2 r·c + 1.
         """
-        reduced = self._weighted_projection.take(self._term_ids(text), axis=0).sum(axis=0)  # take: cheaper than [ ]
+        rows = self._rows.take(self._term_ids(text), axis=0).sum(axis=0)  # take: cheaper than [ ]
+        dims = self.projection.shape[1]
+        reduced = rows[:dims]
         norm_sq = float(reduced @ reduced)
         if norm_sq == 0.0:
-            return self._centroid_sq.copy()  # the zero vector, as the batch path gives it
-        distance = self._centroid_sq - (2.0 / np.sqrt(norm_sq)) * (self.centroids @ reduced) + 1.0
-        return np.maximum(distance, 0.0, out=distance)
+            return list(self._centroid_sq_list)  # the zero vector, as the batch path gives it
+        factor = 2.0 / math.sqrt(norm_sq)
+        return [max(sq - factor * dot + 1.0, 0.0) for sq, dot in zip(self._centroid_sq_list, rows[dims:].tolist())]
 
     def _term_ids(self, text: str) -> list[int]:
         # Most prompts are ASCII: bytes.translate + split tokenizes them far faster than a regex.
