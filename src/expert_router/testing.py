@@ -39,6 +39,29 @@ def free_port() -> int:
         return port
 
 
+def consecutive_free_ports(n: int) -> int:
+    """A first port p such that p .. p+n-1 are all free now."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + n >= 65535:
+            continue
+        try:
+            sockets = []
+            for port in range(base, base + n):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError("no run of free ports")
+
+
 def listening(port: int) -> bool:
     """Whether something accepts connections on 127.0.0.1:port."""
     try:

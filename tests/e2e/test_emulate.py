@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -12,34 +11,11 @@ import numpy as np
 import pytest
 
 from expert_router.loadgen.records import read_records
-from expert_router.testing import Server, cli_args, gateway, write_deployment
+from expert_router.testing import Server, cli_args, consecutive_free_ports, gateway, write_deployment
 
 pytestmark = pytest.mark.e2e
 
 ANSWER = 20  # every answer ends after 20 tokens (--output-lengths fixed:20) unless max_tokens is lower
-
-
-def consecutive_free_ports(n: int) -> int:
-    """A first port p such that p .. p+n-1 are all free now."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n >= 65535:
-            continue
-        try:
-            sockets = []
-            for port in range(base, base + n):
-                sock = socket.socket()
-                sockets.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-    raise RuntimeError("no run of free ports")
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -51,19 +52,22 @@ def app_for(instance: Instance, dilation: float) -> web.Application:
 async def serve_all(
     instances: list[Instance], host: str, dilation: float, on_started: Callable[[], None] | None = None
 ) -> None:
-    """Serve every instance until SIGINT or SIGTERM."""
+    """Serve every instance until SIGINT or SIGTERM.
+
+    Every port is bound and listening before the first is served: each site's start yields to the event
+    loop, and a client that found the first port answering then had the next ones refuse it.
+    """
+    listeners: list[socket.socket] = []
     runners = []
     try:
-        for instance in instances:
+        listeners.extend(listen(host, instance.port) for instance in instances)
+        for instance, listener in zip(instances, listeners, strict=True):
             runner = web.AppRunner(
                 app_for(instance, dilation), handler_cancellation=True, access_log=None, shutdown_timeout=2.0
             )
             await runner.setup()
             runners.append(runner)
-            try:
-                await web.TCPSite(runner, host, instance.port, backlog=4096).start()
-            except OSError as exc:
-                raise UserError(f"cannot listen on {host}:{instance.port}: {exc.strerror}") from None
+            await web.SockSite(runner, listener).start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -75,6 +79,18 @@ async def serve_all(
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
+        for listener in listeners:
+            listener.close()  # those never served, or when a later port could not be bound
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound and listening on host:port (connections wait in its backlog until served)."""
+    try:
+        return socket.create_server(
+            (host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET, backlog=4096
+        )
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 def serve(instances: list[Instance], host: str, dilation: float, on_started: Callable[[], None] | None = None) -> None:
