@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from expert_router.emulate import scale_times
 from expert_router.experiment import Configuration, Service
@@ -176,7 +176,35 @@ def write_deployment(path: Path, classifier: Path, endpoints: dict[int, list[str
     return deployment.write(path)
 
 
-class Nginx:
+class _Daemon:
+    """A program other than ours that serves a TCP port (nginx, Redis): started in its own process group,
+    output to a log, ready once the port accepts, stopped with the group."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+
+    def _start(self, args: list[str], log: Path) -> None:
+        self.log = log
+        name = Path(args[0]).name
+        with open(log, "wb") as out:
+            self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_until(lambda: listening(self.port), name, 10.0, self.process, log)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        stop_groups([self.process], grace_s=10.0)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class Nginx(_Daemon):
     """nginx with the project's deploy/nginx.conf, pointed at the given upstreams, in a scratch folder."""
 
     def __init__(self, tmp: Path, upstreams: list[str], config: Path = REPO / "deploy" / "nginx.conf"):
@@ -191,31 +219,13 @@ class Nginx:
         text = text.replace("listen 127.0.0.1:8080;", f"listen 127.0.0.1:{self.port};")
         text = text.replace("worker_processes auto;", "worker_processes 1;")
         (self.prefix / "nginx.conf").write_text(text)
-        self.stderr = self.prefix / "stderr.log"
-        with open(self.stderr, "wb") as stderr:
-            self.process = subprocess.Popen(
-                [binary, "-p", str(self.prefix), "-c", str(self.prefix / "nginx.conf"), "-g", "daemon off;"],
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                start_new_session=True,
-            )
-        try:
-            wait_until(lambda: listening(self.port), "nginx", 10.0, self.process, self.stderr)
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        stop_groups([self.process], grace_s=10.0)
-
-    def __enter__(self) -> Nginx:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self._start(
+            [binary, "-p", str(self.prefix), "-c", str(self.prefix / "nginx.conf"), "-g", "daemon off;"],
+            self.prefix / "stderr.log",
+        )
 
 
-class RedisServer:
+class RedisServer(_Daemon):
     """A Redis server on a free loopback port, nothing saved to disk (the store of shared limits)."""
 
     def __init__(self, tmp: Path):
@@ -223,26 +233,8 @@ class RedisServer:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         tmp.mkdir(parents=True, exist_ok=True)
-        self.log = tmp / "redis.log"
-        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(
-                [*args, "--dir", str(tmp)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        try:
-            wait_until(lambda: listening(self.port), "redis-server", 10.0, self.process, self.log)
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        stop_groups([self.process], grace_s=10.0)
-
-    def __enter__(self) -> RedisServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        no_disk = ["--save", "", "--appendonly", "no", "--dir", str(tmp)]
+        self._start([binary, "--port", str(self.port), "--bind", "127.0.0.1", *no_disk], tmp / "redis.log")
 
 
 class ExtProc(Server):

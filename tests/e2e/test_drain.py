@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import signal
-import socket
 import threading
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 
 from expert_router.classifier import Classifier, ClassifierSettings
 from expert_router.processes import http_ok, wait_until
-from expert_router.testing import gateway, synthetic_expert, write_deployment
+from expert_router.testing import gateway, listening, synthetic_expert, write_deployment
 
 pytestmark = pytest.mark.e2e
 
@@ -57,14 +56,6 @@ class Stream(threading.Thread):
             connection.close()
 
 
-def refused(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return False
-    except OSError:
-        return True
-
-
 @pytest.fixture(scope="module")
 def experts(tmp_path_factory: pytest.TempPathFactory):
     """Answers as long as max_tokens asks (up to 1000), a token every 100 ms."""
@@ -85,7 +76,7 @@ def test_sigterm_drains_streams_in_flight_and_refuses_new_connections(tmp_path, 
         assert not any(s.done for s in streams)  # the signal comes mid-stream
         gw.process.send_signal(signal.SIGTERM)
         # Not ready from now on: new connections are refused, so /health probes fail...
-        wait_until(lambda: refused(gw.port), "the gateway to stop accepting", 10.0)
+        wait_until(lambda: not listening(gw.port), "the gateway to stop accepting", 10.0)
         assert not http_ok(gw.url + "/health")
         # ...while every stream already under way runs to its end.
         for stream in streams:

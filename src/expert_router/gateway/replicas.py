@@ -106,12 +106,14 @@ class Expert:
         self.inflight += 1
         return lease
 
-    async def _leave(self, lease: str | None) -> None:
+    def _leave(self) -> None:
         self.inflight -= 1
-        if self.shared is not None and lease is not None:
-            await self.shared.release(lease)
-        else:
-            self._slots.release()
+        self._slots.release()
+
+    async def _give_back(self, lease: str) -> None:
+        self.inflight -= 1
+        assert self.shared is not None  # only a shared limit gives leases
+        await self.shared.release(lease)
 
     def _saturated(self) -> Saturated:
         s = self.settings
@@ -138,7 +140,10 @@ class Slot:
         self.lease = await self.expert._admit()
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.expert._leave(self.lease)
+        if self.lease is None:
+            self.expert._leave()  # no await on the process-scope path: it runs once per request
+        else:
+            await self.expert._give_back(self.lease)
 
 
 class Experts:

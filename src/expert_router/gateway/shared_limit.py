@@ -174,8 +174,8 @@ class SharedLimit:
 
     async def release(self, lease: str) -> None:
         self.held.discard(lease)
-        self._freed.set()
         await self.store.give_back(self.key, lease)
+        self._freed.set()  # after the store has it back: woken before, the poller found it still held
 
     async def release_all(self) -> None:
         for lease in list(self.held):
