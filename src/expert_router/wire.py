@@ -166,11 +166,21 @@ class ConnectionPool:
             raise ConnectionFailed(f"cannot connect to {base_url}: {exc.__class__.__name__}: {exc}") from None
         return protocol
 
-    async def open(self, base_url: str, message: bytes, sink: Sink | None = None) -> HttpConnection:
+    async def open(
+        self,
+        base_url: str,
+        message: bytes,
+        sink: Sink | None = None,
+        bind: Callable[[HttpConnection], None] | None = None,
+    ) -> HttpConnection:
         """Send `message` and wait for the response headers. A kept-alive connection that the server
-        had closed in the meantime is no failure of the server: the request goes again on a fresh one."""
+        had closed in the meantime is no failure of the server: the request goes again on a fresh one.
+        `bind` is told each connection just before the message goes on it: a sink that acts on the
+        connection from the read callback (the gateway's relay) needs to know it before any answer."""
         for fresh in (False, True):
             connection = await self.acquire(base_url, fresh=fresh)
+            if bind is not None:
+                bind(connection)
             connection.send(message, sink)
             try:
                 await connection.headers_done

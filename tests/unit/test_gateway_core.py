@@ -181,20 +181,50 @@ class StreamClient:
         self.transport.write((frame(last) if last else b"") + b"0\r\n\r\n")
 
 
+def started_relay(client: StreamClient, counts: list[int], status: bytes = b"200 OK") -> tuple[HttpConnection, Relay]:
+    """A relay bound to a connection whose answer's head and first chunk just arrived."""
+    connection = HttpConnection()
+    connection.connection_made(FakeTransport())
+    relay = Relay(client, "u", lambda _: {}, 60.0, counts.append)  # type: ignore[arg-type]
+    relay.bind(connection)
+    connection.send(b"POST / HTTP/1.1\r\n\r\n", relay.first)
+    connection.data_received(b"HTTP/1.1 " + status + b"\r\nTransfer-Encoding: chunked\r\n\r\n" + frame(b"one"))
+    return connection, relay
+
+
 async def relayed(*reads: bytes) -> tuple[list[bytes], list[int]]:
     """A stream whose head and first chunk arrived, relayed while `reads` arrive: the client's writes
     and the chunk count the relay reported."""
-    connection = HttpConnection()
-    connection.connection_made(FakeTransport())
-    connection.send(b"POST / HTTP/1.1\r\n\r\n")
-    connection.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + frame(b"one"))
     client, counts = StreamClient(), []
-    relay = asyncio.create_task(Relay(client, connection, "u", {}, 60.0, counts.append).run())  # type: ignore[arg-type]
+    connection, relay = started_relay(client, counts)
+    task = asyncio.create_task(relay.run())
     await asyncio.sleep(0)
     for data in reads:
         connection.data_received(data)
-    assert (await relay).sent
+    assert (await task).sent
     return client.transport.writes, counts
+
+
+def test_a_stream_starts_in_the_read_callback_that_brought_its_first_chunk():
+    async def main() -> None:
+        client = StreamClient()
+        _, relay = started_relay(client, [])
+        assert relay.started and client.transport.writes == [b"HEAD " + frame(b"one")]  # no task has run
+        assert relay.watchdog is not None
+        relay.watchdog.cancel()
+
+    asyncio.run(main())
+
+
+def test_an_error_answer_does_not_start_a_stream_and_is_kept_whole():
+    async def main() -> None:
+        client = StreamClient()
+        connection, relay = started_relay(client, [], status=b"500 Internal Server Error")
+        connection.data_received(frame(b"two") + b"0\r\n\r\n")
+        assert not relay.started and client.transport.writes == []
+        assert b"".join(connection.buffer) == b"onetwo" and connection.done.done()
+
+    asyncio.run(main())
 
 
 def test_a_relay_writes_each_chunk_as_it_arrives_and_ends_the_stream_once():

@@ -55,6 +55,11 @@ class Attempt:
     timing: Timing
     notes: list[str] = field(default_factory=list)
 
+    def stream_headers(self, connection: HttpConnection) -> dict[str, str]:
+        """`headers()` of a stream starting on `connection` (the relay calls it from the read callback)."""
+        self.timing.sent = connection.sent_at
+        return self.headers()
+
     def headers(self) -> dict[str, str]:
         headers = {
             "X-Expert-Cluster": str(self.cluster),
@@ -113,6 +118,13 @@ class Forwarder:
         replica, settings = attempt.replica, self.settings
         path = "/v1/chat/completions" if client.chat else "/v1/completions"
         message = self.connections.post_json(replica.url, path, payload, client.stream)
+        relay = (
+            Relay(
+                request, replica.url, attempt.stream_headers, settings.idle_timeout_s, self.metrics.streamed_chunks.inc
+            )
+            if client.stream
+            else None
+        )
         connection: HttpConnection | None = None
         replica.sent()
         try:
@@ -120,56 +132,62 @@ class Forwarder:
                 async with asyncio.timeout(
                     settings.first_token_timeout_s if client.stream else settings.request_timeout_s
                 ):
-                    connection = await self.connections.open(replica.url, message)
-                    attempt.timing.sent = connection.sent_at
-                    self.metrics.routing_seconds.observe(attempt.timing.sent - attempt.timing.received)
-                    await _first_bytes(connection, client.stream)
+                    if relay is None:
+                        connection = await self.connections.open(replica.url, message)
+                    else:
+                        connection = await self.connections.open(replica.url, message, relay.first, relay.bind)
+                    self.metrics.routing_seconds.observe(connection.sent_at - attempt.timing.received)
+                    await _first_bytes(connection, relay)
             except TimeoutError:
-                raise ReplicaFailed(
-                    "timeout",
-                    "no first token within the timeout" if client.stream else "no answer within the request timeout",
-                ) from None
+                if relay is None or not relay.started:
+                    raise ReplicaFailed(
+                        "timeout",
+                        "no first token within the timeout"
+                        if client.stream
+                        else "no answer within the request timeout",
+                    ) from None
             except ConnectionFailed as exc:
-                raise ReplicaFailed("connect", str(exc)) from None
-            return await self._answer(request, client, attempt, connection)
+                if relay is None or not relay.started:
+                    raise ReplicaFailed("connect", str(exc)) from None
+            # Past here the stream may have started in the read callback just as the timeout fired or
+            # the connection broke: it is the relay's now, which ends it with an error event.
+            connection = relay.connection if relay is not None else connection
+            assert connection is not None
+            return await self._answer(client, attempt, connection, relay)
         finally:
             replica.inflight -= 1
+            if relay is not None and relay.connection is not None:
+                connection = relay.connection
             if connection is not None:
                 self.connections.release(replica.url, connection)  # closes it unless the answer ended cleanly
 
     async def _answer(
-        self, request: Request, client: ClientRequest, attempt: Attempt, connection: HttpConnection
+        self, client: ClientRequest, attempt: Attempt, connection: HttpConnection, relay: Relay | None
     ) -> Response:
-        """The replica has begun to answer: relay a stream, or pass a whole answer (or a 4xx) on."""
+        """The replica has begun to answer: relay the stream it started, or pass a whole answer (or a 4xx) on."""
         attempt.replica.record_success()
         if attempt.cluster != attempt.plan.routed:
             self.metrics.fallbacks.labels(str(attempt.plan.routed), str(attempt.cluster)).inc()
-        if connection.status != 200 or not client.stream:
+        if relay is None or not relay.started:
+            attempt.timing.sent = connection.sent_at
             return Response(
                 connection.status,
                 b"".join(connection.buffer),
                 attempt.headers(),
                 connection.content_type.decode("latin-1") or "application/json",
             )
-        relay = Relay(
-            request,
-            connection,
-            attempt.replica.url,
-            attempt.headers(),
-            self.settings.idle_timeout_s,
-            self.metrics.streamed_chunks.inc,
-        )
         return await relay.run()
 
 
-async def _first_bytes(connection: HttpConnection, stream: bool) -> None:
-    """Wait until the answer has begun (a stream) or ended (a whole answer or an error status)."""
-    if connection.status != 200 or not stream:
+async def _first_bytes(connection: HttpConnection, relay: Relay | None) -> None:
+    """Wait until the answer has begun (a stream: its relay started in the read callback) or ended (a
+    whole answer or an error status)."""
+    if connection.status != 200 or relay is None:
         await connection.done
         if connection.status >= 500:
             body = b"".join(connection.buffer)[:200].decode("utf-8", "replace")
             raise ReplicaFailed("status", f"HTTP {connection.status} {body}")
         return  # a 4xx is the client's problem: relayed as it is
     await connection.first_body
-    if not connection.buffer:
+    if not relay.started:
         raise ReplicaFailed("empty", "the stream closed before its first token")
