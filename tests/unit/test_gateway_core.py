@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import weakref
 from pathlib import Path
 
 import pytest
@@ -203,6 +204,28 @@ async def relayed(*reads: bytes) -> tuple[list[bytes], list[int]]:
         connection.data_received(data)
     assert (await task).sent
     return client.transport.writes, counts
+
+
+def test_a_finished_stream_is_freed_by_reference_counting_alone():
+    """A reference cycle per stream (relay <-> idle watchdog) once left ~12 objects a request for the
+    garbage collector: 4% of the gateway's CPU, and young collections holding the loop ~25 ms."""
+
+    async def relay_one() -> weakref.ref[Relay]:
+        client = StreamClient()
+        connection, relay = started_relay(client, [])
+        task = asyncio.create_task(relay.run())
+        await asyncio.sleep(0)
+        connection.data_received(frame(DONE) + b"0\r\n\r\n")
+        await task
+        return weakref.ref(relay)
+
+    gc.collect()
+    gc.disable()
+    try:
+        freed = asyncio.run(relay_one())
+        assert freed() is None
+    finally:
+        gc.enable()
 
 
 def test_a_stream_starts_in_the_read_callback_that_brought_its_first_chunk():
