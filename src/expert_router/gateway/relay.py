@@ -90,13 +90,13 @@ class Relay:
         if connection.status != 200:
             connection.buffer.append(data)
             return
+        self.headers = SSE_HEADERS | self.make_headers(connection)  # first: should it fail, nothing has started
         self.started = True
         connection.sink = self.sink
         self._keep(data)
         if self._client_gone():
             connection.close()  # nothing to relay to: the engine should stop
             return
-        self.headers = SSE_HEADERS | self.make_headers(connection)
         self.request.start_stream(self.headers, self.request.frame(data))
         self.watchdog = IdleWatchdog(self, self.idle_timeout_s)
 
