@@ -31,6 +31,14 @@ clock = time.monotonic
 """The clock of every stamp: the same in every process of a Linux machine."""
 
 
+class _Detached:
+    """What a closed connection's parser would call back: nothing, since nothing is fed to it."""
+
+
+DETACHED = httptools.HttpResponseParser(_Detached())
+"""The parser a closed connection keeps in place of its own."""
+
+
 class HttpConnection(asyncio.Protocol):
     """One keep-alive HTTP/1.1 connection; one request at a time."""
 
@@ -73,6 +81,7 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.reusable = False
+        self.parser = DETACHED  # it holds this connection's callbacks: a cycle for the collector otherwise
         self._fail(ConnectionFailed("the server closed the connection" + (f": {exc}" if exc else "")))
 
     def _fail(self, error: Exception) -> None:

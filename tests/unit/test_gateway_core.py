@@ -228,6 +228,25 @@ def test_a_finished_stream_is_freed_by_reference_counting_alone():
         gc.enable()
 
 
+def test_a_closed_upstream_connection_is_freed_by_reference_counting_alone():
+    """Its parser holds its callbacks: left in place, a cycle for the collector per closed connection."""
+
+    async def closed_one() -> weakref.ref[HttpConnection]:
+        connection = HttpConnection()
+        connection.connection_made(FakeTransport())
+        connection.send(b"POST / HTTP/1.1\r\n\r\n")
+        connection.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        connection.connection_lost(None)
+        return weakref.ref(connection)
+
+    gc.collect()
+    gc.disable()
+    try:
+        assert asyncio.run(closed_one())() is None
+    finally:
+        gc.enable()
+
+
 def test_a_stream_starts_in_the_read_callback_that_brought_its_first_chunk():
     async def main() -> None:
         client = StreamClient()

@@ -148,6 +148,14 @@ def head(status: int, headers: Headers, length: int | None, keep_alive: bool, ch
     )
 
 
+class _Detached:
+    """What a closed connection's parser would call back: nothing, since nothing is fed to it."""
+
+
+DETACHED = httptools.HttpRequestParser(_Detached())
+"""The parser a closed connection keeps in place of its own."""
+
+
 class App(Protocol):
     """What the server runs: routes, a body limit, and start-up and clean-up inside the event loop."""
 
@@ -241,6 +249,9 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connections.discard(self)
+        # The parser holds this connection's callbacks: a cycle the collector would have to find, once
+        # per connection (per request, for clients that do not keep connections alive).
+        self.parser = DETACHED
         if self.task is not None:
             self.task.cancel()  # the client went away: its handler stops, and with it the upstream request
 
