@@ -31,11 +31,12 @@ clock = time.monotonic
 """The clock of every stamp: the same in every process of a Linux machine."""
 
 
-class _Detached:
-    """What a closed connection's parser would call back: nothing, since nothing is fed to it."""
+class NoCallbacks:
+    """The protocol of a parser that nothing is fed to: a closed connection swaps its own parser for one
+    (server and client side), since its parser holds its callbacks, a cycle for the garbage collector."""
 
 
-DETACHED = httptools.HttpResponseParser(_Detached())
+DETACHED = httptools.HttpResponseParser(NoCallbacks())
 """The parser a closed connection keeps in place of its own."""
 
 

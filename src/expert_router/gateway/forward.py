@@ -118,13 +118,10 @@ class Forwarder:
         replica, settings = attempt.replica, self.settings
         path = "/v1/chat/completions" if client.chat else "/v1/completions"
         message = self.connections.post_json(replica.url, path, payload, client.stream)
-        relay = (
-            Relay(
-                request, replica.url, attempt.stream_headers, settings.idle_timeout_s, self.metrics.streamed_chunks.inc
-            )
-            if client.stream
-            else None
-        )
+        relay = None
+        if client.stream:
+            chunks = self.metrics.streamed_chunks.inc
+            relay = Relay(request, replica.url, attempt.stream_headers, settings.idle_timeout_s, chunks)
         connection: HttpConnection | None = None
         replica.sent()
         try:
@@ -136,7 +133,8 @@ class Forwarder:
                         connection = await self.connections.open(replica.url, message)
                     else:
                         connection = await self.connections.open(replica.url, message, relay.first, relay.bind)
-                    self.metrics.routing_seconds.observe(connection.sent_at - attempt.timing.received)
+                    attempt.timing.sent = connection.sent_at
+                    self.metrics.routing_seconds.observe(attempt.timing.sent - attempt.timing.received)
                     await _first_bytes(connection, relay)
             except TimeoutError:
                 if relay is None or not relay.started:
@@ -151,13 +149,12 @@ class Forwarder:
                     raise ReplicaFailed("connect", str(exc)) from None
             # Past here the stream may have started in the read callback just as the timeout fired or
             # the connection broke: it is the relay's now, which ends it with an error event.
-            connection = relay.connection if relay is not None else connection
-            assert connection is not None
+            if connection is None:  # it started as the timeout cut the wait for its headers short
+                assert relay is not None and relay.connection is not None
+                connection = relay.connection
             return await self._answer(client, attempt, connection, relay)
         finally:
             replica.inflight -= 1
-            if relay is not None and relay.connection is not None:
-                connection = relay.connection
             if connection is not None:
                 self.connections.release(replica.url, connection)  # closes it unless the answer ended cleanly
 
@@ -169,7 +166,6 @@ class Forwarder:
         if attempt.cluster != attempt.plan.routed:
             self.metrics.fallbacks.labels(str(attempt.plan.routed), str(attempt.cluster)).inc()
         if relay is None or not relay.started:
-            attempt.timing.sent = connection.sent_at
             return Response(
                 connection.status,
                 b"".join(connection.buffer),

@@ -55,13 +55,13 @@ class Relay:
         self,
         request: Request,
         upstream_url: str,
-        headers: Callable[[HttpConnection], dict[str, str]],
+        make_headers: Callable[[HttpConnection], dict[str, str]],
         idle_timeout_s: float,
         on_done: Callable[[int], None],
     ):
         self.request = request
         self.upstream_url = upstream_url
-        self.make_headers = headers
+        self.make_headers = make_headers
         """The response's own headers, made when the stream starts (Server-Timing knows the send time then)."""
         self.headers: dict[str, str] = {}
         self.idle_timeout_s = idle_timeout_s

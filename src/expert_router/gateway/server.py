@@ -32,6 +32,7 @@ import orjson
 
 from expert_router.errors import ClientError
 from expert_router.http import error_body
+from expert_router.wire import NoCallbacks
 
 log = logging.getLogger("expert_router.gateway")
 
@@ -148,11 +149,7 @@ def head(status: int, headers: Headers, length: int | None, keep_alive: bool, ch
     )
 
 
-class _Detached:
-    """What a closed connection's parser would call back: nothing, since nothing is fed to it."""
-
-
-DETACHED = httptools.HttpRequestParser(_Detached())
+DETACHED = httptools.HttpRequestParser(NoCallbacks())
 """The parser a closed connection keeps in place of its own."""
 
 
