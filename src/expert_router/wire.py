@@ -200,12 +200,24 @@ class ConnectionPool:
                 if fresh or not connection.reused:
                     raise
             except BaseException:  # cancelled (the client went away) or timed out: the server must stop too
-                connection.close()
+                if connection.sink is sink:  # else a sink took the answer over as it began: its owner closes it
+                    connection.close()
                 raise
         raise AssertionError("unreachable")
 
     def release(self, base_url: str, connection: HttpConnection) -> None:
-        if connection.reusable and not connection.closed and connection.done.done() and not connection.done.exception():
+        """Keep `connection` for the next request if its answer ended cleanly; close it otherwise. (Its
+        `done` may have been cancelled with the request that awaited it, and the answer's end may have
+        been parsed after the connection was aborted: neither is clean.)"""
+        done, transport = connection.done, connection.transport
+        if (
+            connection.reusable
+            and done.done()
+            and not done.cancelled()
+            and done.exception() is None
+            and transport is not None
+            and not transport.is_closing()
+        ):
             self._idle.setdefault(base_url, []).append(connection)
         else:
             connection.close()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,10 +16,14 @@ from expert_router.classifier import Classifier, ClassifierSettings
 from expert_router.collector import settle_after_start_up
 from expert_router.config import Deployment, ExpertConfig
 from expert_router.errors import BadRequest, ConnectionFailed
-from expert_router.gateway.relay import DONE, Relay
+from expert_router.gateway.app import build_app
+from expert_router.gateway.forward import Forwarder, Timing
+from expert_router.gateway.metrics import GatewayMetrics
+from expert_router.gateway.relay import DONE, WRITE_FAST_LIMIT, Relay
+from expert_router.gateway.replicas import Experts
 from expert_router.gateway.requests import parse_request
-from expert_router.gateway.routing import Router
-from expert_router.wire import HttpConnection
+from expert_router.gateway.routing import Plan, Router
+from expert_router.wire import ConnectionPool, HttpConnection, clock
 
 
 @pytest.fixture(scope="module")
@@ -89,23 +95,37 @@ def test_fallback_none_and_clusters_without_an_expert(classifier):
 
 
 class FakeTransport(asyncio.Transport):
+    """A socket that keeps what is written. `buffered`: bytes its peer has not read; `protocol`, if set,
+    is told of an abort on the loop's next turn, as a real transport tells it."""
+
     def __init__(self) -> None:
         super().__init__()
         self.written = b""
         self.writes: list[bytes] = []
         self.closing = False
+        self.reading = True
+        self.buffered = 0
+        self.protocol: asyncio.Protocol | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.written += bytes(data)
         self.writes.append(bytes(data))
 
     def get_write_buffer_size(self) -> int:
-        return 0
+        return self.buffered
 
     def is_closing(self) -> bool:
         return self.closing
 
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
     def abort(self) -> None:
+        if not self.closing and self.protocol is not None:
+            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
         self.closing = True
 
 
@@ -182,11 +202,13 @@ class StreamClient:
         self.transport.write((frame(last) if last else b"") + b"0\r\n\r\n")
 
 
-def started_relay(client: StreamClient, counts: list[int], status: bytes = b"200 OK") -> tuple[HttpConnection, Relay]:
+def started_relay(
+    client: StreamClient, counts: list[int], status: bytes = b"200 OK", idle_timeout_s: float = 60.0
+) -> tuple[HttpConnection, Relay]:
     """A relay bound to a connection whose answer's head and first chunk just arrived."""
     connection = HttpConnection()
     connection.connection_made(FakeTransport())
-    relay = Relay(client, "u", lambda _: {}, 60.0, counts.append)  # type: ignore[arg-type]
+    relay = Relay(client, "u", lambda _: {}, idle_timeout_s, counts.append)  # type: ignore[arg-type]
     relay.bind(connection)
     connection.send(b"POST / HTTP/1.1\r\n\r\n", relay.first)
     connection.data_received(b"HTTP/1.1 " + status + b"\r\nTransfer-Encoding: chunked\r\n\r\n" + frame(b"one"))
@@ -285,6 +307,184 @@ def test_a_relay_writes_each_chunk_as_it_arrives_and_ends_the_stream_once():
 def test_a_stream_that_ends_without_done_gets_one():
     writes, _ = asyncio.run(relayed(frame(b"two") + b"0\r\n\r\n"))
     assert writes[-2:] == [frame(b"two"), frame(DONE) + b"0\r\n\r\n"]
+
+
+def test_a_stream_that_ends_while_reading_is_paused_for_a_slow_client_is_not_pooled():
+    """Its reading is paused and a resume is scheduled: pooled, the next request on it read nothing
+    until the old client drained, or was aborted by that resume if the old client had gone."""
+
+    async def main() -> None:
+        client = StreamClient()
+        client.transport.buffered = WRITE_FAST_LIMIT + 1  # the client reads nothing
+        connection, relay = started_relay(client, [])
+        upstream = connection.transport
+        assert isinstance(upstream, FakeTransport)
+        task = asyncio.create_task(relay.run())
+        await asyncio.sleep(0)
+        connection.data_received(frame(b"two") + frame(DONE) + b"0\r\n\r\n")  # pauses, and ends, in one read
+        await task
+        assert relay.paused and not upstream.reading
+        ConnectionPool(1.0).release("u", connection)
+        assert upstream.closing  # closed, not kept for the next request
+        client.transport.buffered = 0
+        await asyncio.sleep(0.03)  # the resume that was scheduled finds the stream over
+        assert not upstream.reading
+
+    asyncio.run(main())
+
+
+def test_a_silence_while_the_client_reads_nothing_is_not_blamed_on_the_expert():
+    async def main() -> None:
+        client = StreamClient()
+        client.transport.buffered = WRITE_FAST_LIMIT + 1
+        connection, relay = started_relay(client, [], idle_timeout_s=0.04)
+        assert isinstance(connection.transport, FakeTransport)
+        connection.transport.protocol = connection
+        task = asyncio.create_task(relay.run())
+        await asyncio.sleep(0)
+        connection.data_received(frame(b"two"))  # the client's buffer is full: reading pauses
+        await asyncio.wait_for(task, 5)  # the watchdog aborts the upstream all the same
+        assert b"the client stopped reading" in client.transport.written
+        assert b"the expert stopped answering" not in client.transport.written
+
+    asyncio.run(main())
+
+
+def test_release_closes_a_connection_whose_request_was_cancelled():
+    """Its `done` was cancelled with the request awaiting it; the answer's end, parsed after, made the
+    connection look reusable, and `release` raised CancelledError and left the socket open."""
+
+    async def main() -> None:
+        connection, _ = await feed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\npart")
+        connection.done.cancel()
+        connection.data_received(b"s")
+        assert connection.reusable
+        ConnectionPool(1.0).release("u", connection)
+        assert isinstance(connection.transport, FakeTransport) and connection.transport.closing
+
+    asyncio.run(main())
+
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+class OnePool(ConnectionPool):
+    """Connections on fake sockets; `sent(connection)` runs on the loop's next turn after a request
+    goes on one, standing for the expert's answer."""
+
+    def __init__(self, sent: Callable[[HttpConnection], None]):
+        super().__init__(1.0)
+        self.sent = sent
+        self.connection: HttpConnection | None = None
+
+    async def acquire(self, base_url: str, fresh: bool = False) -> HttpConnection:
+        connection = self.connection = HttpConnection()
+        transport = FakeTransport()
+        transport.protocol = connection
+        connection.connection_made(transport)
+        asyncio.get_running_loop().call_soon(self.sent, connection)
+        return connection
+
+
+def forwarder(pool: ConnectionPool, first_token_timeout_s: float = 5.0) -> tuple[Forwarder, Experts]:
+    d = Deployment(
+        classifier=Path("unused"),
+        experts=[ExpertConfig(cluster=0, model="expert-0", endpoints=["http://127.0.0.1:9"])],  # type: ignore[list-item]
+        gateway={"first_token_timeout_s": first_token_timeout_s},  # type: ignore[arg-type]
+    )
+    experts = Experts(d.experts, d.gateway)
+    return Forwarder(d.gateway, experts, GatewayMetrics(), pool), experts
+
+
+def forwarded(fw: Forwarder, client: StreamClient) -> asyncio.Task:
+    request = parse_request(b'{"prompt": "hello", "stream": true}', chat=False)
+    timing = Timing(clock(), clock())
+    return asyncio.create_task(fw.forward(client, request, Plan(0, [0], classified=False), timing))  # type: ignore[arg-type]
+
+
+def test_a_request_cancelled_as_its_stream_starts_lets_go_of_everything():
+    """The client hangs up in the loop pass in which the expert's first chunk started the stream, before
+    the request's task has run again: the relay's watchdog must stop, its chunks be counted, and the
+    upstream connection be closed, although the task never reached the relay's `run`."""
+
+    async def main() -> None:
+        client = StreamClient()
+        tasks: list[asyncio.Task] = []
+
+        def answer(connection: HttpConnection) -> None:
+            connection.data_received(HEAD + frame(b"one"))  # starts the stream in this read callback
+            tasks[0].cancel()
+
+        pool = OnePool(answer)
+        fw, experts = forwarder(pool)
+        tasks.append(forwarded(fw, client))
+        with pytest.raises(asyncio.CancelledError):
+            await tasks[0]
+        assert client.transport.writes == [b"HEAD " + frame(b"one")]
+        assert pool.connection is not None and isinstance(pool.connection.transport, FakeTransport)
+        assert pool.connection.transport.closing  # the engine learns the client is gone
+        assert fw.metrics.registry.get_sample_value("expert_router_streamed_chunks_total") == 1.0
+        expert = experts.by_cluster[0]
+        assert expert.inflight == 0 and expert.replicas[0].inflight == 0
+
+    asyncio.run(main())
+
+
+def test_a_stream_that_starts_as_the_first_token_timeout_fires_is_relayed_whole():
+    """The timeout and the expert's first chunk fall due in one loop pass, the timeout first: the
+    chunk starts the stream before the request's task learns of the timeout. The stream is the
+    client's then: before, the wait's clean-up aborted the upstream, and the client got one token
+    and an error event."""
+    timeout_s = 0.3
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        client = StreamClient()
+
+        def sent(connection: HttpConnection) -> None:
+            now = loop.time()  # the timeout's deadline is at most now + timeout_s
+            loop.call_at(now + timeout_s - 0.05, time.sleep, 0.1)  # hold the loop past both
+            loop.call_at(now + timeout_s + 0.02, connection.data_received, HEAD + frame(b"one"))
+
+        pool = OnePool(sent)
+        fw, experts = forwarder(pool, first_token_timeout_s=timeout_s)
+        task = forwarded(fw, client)
+        while not client.transport.writes:
+            await asyncio.sleep(0.01)
+        connection = pool.connection
+        assert connection is not None and isinstance(connection.transport, FakeTransport)
+        await asyncio.sleep(0.01)
+        assert not connection.transport.closing
+        connection.data_received(frame(b"two") + frame(DONE) + b"0\r\n\r\n")
+        response = await asyncio.wait_for(task, 5)
+        assert response.sent and experts.by_cluster[0].replicas[0].failures == 0
+        assert client.transport.writes == [b"HEAD " + frame(b"one"), frame(b"two"), frame(DONE), b"0\r\n\r\n"]
+
+    asyncio.run(main())
+
+
+def test_a_bug_after_a_stream_began_is_not_answered_with_a_second_head(classifier):
+    """The server cuts such a stream short (and logs the bug); a 500 answer written after it had been
+    a second response head inside the stream."""
+
+    class Request:
+        path = "/v1/completions"
+        headers: dict[bytes, bytes] = {}
+        body = b'{"prompt": "hello", "stream": true}'
+        streaming = False
+
+        def start_stream(self, headers: dict[str, str], first: bytes = b"") -> None:
+            self.streaming = True
+
+    class Broken:
+        async def forward(self, request: Request, *_: object) -> None:
+            request.start_stream({})
+            raise RuntimeError("a bug")
+
+    gateway = build_app(deployment([0]), classifier)
+    gateway.forwarder = Broken()  # type: ignore[assignment]
+    with pytest.raises(RuntimeError, match="a bug"):
+        asyncio.run(gateway.generate(Request(), chat=False))  # type: ignore[arg-type]
 
 
 def test_after_start_up_the_collector_freezes_what_is_alive_and_runs_rarely():

@@ -257,3 +257,28 @@ def test_a_closed_connection_is_freed_by_reference_counting_alone():
         assert len(made) == 3 and all(ref() is None for ref in made)
     finally:
         gc.enable()
+
+
+def test_a_handler_cancelled_before_its_first_step_still_finishes_its_request():
+    """A pipelined request begun by the previous answer's end, on a connection whose loss is already
+    queued: a task cancelled before its first step never runs its coroutine, so the request was never
+    finished (the server counted it in flight for good, and a drain waited its whole timeout)."""
+
+    class Socket(asyncio.Transport):
+        def write(self, data: bytes | bytearray | memoryview) -> None: ...
+
+        def is_closing(self) -> bool:
+            return False
+
+    async def main() -> None:
+        app = App()
+        server = Server(app)
+        connection = Connection(server)
+        connection.connection_made(Socket())
+        connection.data_received(b"GET /wait HTTP/1.1\r\n\r\n")  # its task is made, not yet run
+        connection.connection_lost(None)  # and the client is gone before it runs
+        await asyncio.wait_for(app.cancelled.wait(), 5)  # the handler ran, and was cancelled
+        await asyncio.sleep(0)
+        assert server.inflight == 0 and server.idle.is_set()
+
+    asyncio.run(main())

@@ -61,6 +61,33 @@ def test_a_queued_request_gets_the_slot_when_it_frees():
     asyncio.run(scenario())
 
 
+def test_a_queued_request_cancelled_as_the_slot_frees_is_cancelled():
+    """Python 3.11's wait_for returned the slot's acquisition instead of the cancellation when both came
+    in one loop pass: the request went on for a client that had gone."""
+
+    async def scenario():
+        pool = make_pool(max_inflight_per_expert=1, queue_timeout_s=5.0)
+        held = pool.slot()
+        await held.__aenter__()
+
+        async def queued() -> None:
+            async with pool.slot():
+                await asyncio.sleep(10)
+
+        waiter = asyncio.create_task(queued())
+        await asyncio.sleep(0)  # it waits for the slot
+        await held.__aexit__(None, None, None)
+        await asyncio.sleep(0)  # the slot is handed over
+        waiter.cancel()  # and the client goes away
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(waiter, 2)
+        assert pool.inflight == 0
+        async with pool.slot():  # and the slot is free again
+            pass
+
+    asyncio.run(scenario())
+
+
 def test_a_replica_reporting_a_queue_comes_after_an_idle_one():
     expert = make_pool()
     busy, idle, silent = expert.replicas

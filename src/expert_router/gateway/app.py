@@ -134,6 +134,8 @@ class Gateway:
         except ClientError as exc:
             outcome = client_error_response(exc)
         except Exception:  # a bug, not the client's fault: say so in the API's own words, keep the trace in the log
+            if request.streaming:
+                raise  # a stream has begun: no second head; the server cuts it short and logs the trace
             log.exception("unexpected error while answering %s", request.path)
             outcome = error_response(500, "internal error in the gateway; see its log", "server_error")
         self.metrics.count_request(endpoint, outcome.headers.get("X-Expert-Cluster", ""), str(outcome.status))

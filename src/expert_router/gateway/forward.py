@@ -155,6 +155,10 @@ class Forwarder:
             return await self._answer(client, attempt, connection, relay)
         finally:
             replica.inflight -= 1
+            if relay is not None:
+                relay.finish()  # done already, unless cancelled before the relay ran
+                if connection is None and relay.started:  # cancelled as the stream started: open() left it
+                    connection = relay.connection
             if connection is not None:
                 self.connections.release(replica.url, connection)  # closes it unless the answer ended cleanly
 

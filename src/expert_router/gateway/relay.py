@@ -75,6 +75,7 @@ class Relay:
         self.chunks = 0
         self.started = False
         self.paused = False
+        self.finished = False
         self.watchdog: IdleWatchdog | None = None
 
     def bind(self, connection: HttpConnection) -> None:
@@ -120,15 +121,32 @@ class Relay:
         except ConnectionFailed as exc:
             if self._client_gone():
                 raise asyncio.CancelledError from None  # nothing left to tell the client
-            return (
-                "the expert stopped answering (idle timeout)"
-                if self.watchdog is not None and self.watchdog.fired
-                else f"the expert's stream broke off: {exc}"
-            )
+            watchdog = self.watchdog
+            if watchdog is not None and watchdog.fired:
+                return (
+                    "the client stopped reading (idle timeout)"
+                    if watchdog.client_stalled
+                    else "the expert stopped answering (idle timeout)"
+                )
+            return f"the expert's stream broke off: {exc}"
         finally:
+            self.finish()
+
+    def finish(self) -> None:
+        """Let go of the connection (once; the forwarder calls it too, for a request cancelled before
+        `run`): the watchdog stops, the chunks are counted, and a connection whose reading was paused
+        for a slow client stays out of the pool, since a resume is still scheduled for it."""
+        if self.finished:
+            return
+        self.finished = True
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+        connection = self.connection
+        if connection is not None:
             connection.sink = None
-            if self.watchdog is not None:
-                self.watchdog.cancel()
+            if self.paused:
+                connection.reusable = False
+        if self.started:
             self.on_done(self.chunks)
 
     def _keep(self, data: bytes) -> None:
@@ -167,6 +185,8 @@ class Relay:
     def _resume_when_drained(self) -> None:
         connection = self.connection
         assert connection is not None
+        if self.finished:
+            return  # the answer is over: the connection is closed or another request's
         if connection.closed or self._client_gone():
             connection.close()
         elif self.transport is not None and self.transport.get_write_buffer_size() > WRITE_FAST_LIMIT // 2:
@@ -183,7 +203,9 @@ class IdleWatchdog:
     silence is caught between `timeout` and 1.25 x `timeout`, without a clock read or a timer change
     per token. Cancelled, it lets go of the relay: relay and watchdog refer to each other, and a cycle
     left per stream is work for the garbage collector (it was 4% of the gateway's CPU, and each young
-    collection held the event loop ~25 ms).
+    collection held the event loop ~25 ms). A silence while reading is paused is the client's (it
+    stopped reading): the upstream is aborted all the same, so that no engine works for a client that
+    reads nothing, but the expert is not blamed (`client_stalled`).
     """
 
     def __init__(self, relay: Relay, timeout: float):
@@ -195,6 +217,7 @@ class IdleWatchdog:
         self.seen = relay.chunks
         self.since = self.loop.time()
         self.fired = False
+        self.client_stalled = False
         self._handle = self.loop.call_later(timeout / 4, self._check)
 
     def _check(self) -> None:
@@ -205,6 +228,7 @@ class IdleWatchdog:
             self.seen, self.since = self.relay.chunks, now
         elif now - self.since >= self.timeout:
             self.fired = True
+            self.client_stalled = self.relay.paused
             self.connection.close()
             return
         self._handle = self.loop.call_later(self.timeout / 4, self._check)

@@ -99,8 +99,9 @@ class Expert:
         elif self.settings.queue_timeout_s == 0:
             raise self._saturated()
         else:
-            try:
-                await asyncio.wait_for(self._slots.acquire(), self.settings.queue_timeout_s)
+            try:  # not wait_for: on 3.11 it can swallow a cancellation that comes as the slot frees
+                async with asyncio.timeout(self.settings.queue_timeout_s):
+                    await self._slots.acquire()
             except TimeoutError:
                 raise self._saturated() from None
         self.inflight += 1

@@ -250,7 +250,11 @@ class Connection(asyncio.Protocol):
         # per connection (per request, for clients that do not keep connections alive).
         self.parser = DETACHED
         if self.task is not None:
-            self.task.cancel()  # the client went away: its handler stops, and with it the upstream request
+            # The client went away: its handler stops, and with it the upstream request. Cancelled on the
+            # loop's next turn, after the task's first step (queued when the task was made): a task
+            # cancelled before its first step never runs its coroutine, whose clean-up (`_finish`) then
+            # never runs either (a pipelined request begun by the previous one's end, say).
+            self.loop.call_soon(self.task.cancel)
 
     # -- httptools callbacks -------------------------------------------------------------------
     def on_message_begin(self) -> None:
