@@ -52,6 +52,8 @@ def deployment(clusters: list[int], fallback: str = "nearest") -> Deployment:
         (b'{"prompt": "x", "model": 5}', False, "'model'"),
         (b'{"messages": []}', True, "non-empty list"),
         (b'{"messages": [{"role": "robot", "content": "x"}]}', True, "role"),
+        (b'{"messages": [{"role": ["user"], "content": "x"}]}', True, "role"),
+        (b'{"messages": [{"role": {}, "content": "x"}]}', True, "role"),
         (b'{"messages": [{"role": "user", "content": [{"text": "x"}]}]}', True, "'type'"),
     ],
 )

@@ -15,16 +15,10 @@ import pytest
 import zstandard
 
 from expert_router.errors import BadRequest
+from expert_router.gateway import listen
 from expert_router.gateway.encoding import decode_body
-from expert_router.gateway.server import (
-    MAX_HEAD_BYTES,
-    Connection,
-    Request,
-    Response,
-    Routes,
-    Server,
-    json_response,
-)
+from expert_router.gateway.messages import Request, Response, Routes, json_response
+from expert_router.gateway.server import MAX_HEAD_BYTES, Connection, Server
 
 LIMIT = 1000
 
@@ -210,6 +204,12 @@ def test_content_encodings_decode_or_fail_as_the_clients_mistake():
     assert decode_body(gzip.compress(gzip.compress(body)), b"gzip, gzip", LIMIT) == body
     assert decode_body(brotli.compress(body), b"br", LIMIT) == body
     assert decode_body(zstandard.ZstdCompressor().compress(body), b"zstd", LIMIT) == body
+    halves = (body[:5], body[5:])  # several members (gzip) or frames (zstd), one after another: all decoded
+    assert decode_body(b"".join(gzip.compress(h) for h in halves), b"gzip", LIMIT) == body
+    assert decode_body(b"".join(zstandard.ZstdCompressor().compress(h) for h in halves), b"zstd", LIMIT) == body
+    with pytest.raises(BadRequest) as caught:  # the cap holds across members
+        decode_body(gzip.compress(b" " * LIMIT) + gzip.compress(b" " * 10), b"gzip", LIMIT)
+    assert caught.value.status == 413
     for payload, header, status in (
         (body, b"gzip", 400),  # not gzip at all
         (gzip.compress(body)[:-6], b"gzip", 400),  # truncated
@@ -219,6 +219,7 @@ def test_content_encodings_decode_or_fail_as_the_clients_mistake():
         (body, b"br", 400),
         (body, b"zstd", 400),
         (body, b"compress", 415),
+        (body, b"identity, " * 6, 400),  # more codings than are decoded: each is a pass over the body
     ):
         with pytest.raises(BadRequest) as caught:
             decode_body(payload, header, LIMIT)
@@ -259,16 +260,90 @@ def test_a_closed_connection_is_freed_by_reference_counting_alone():
         gc.enable()
 
 
+class Socket(asyncio.Transport):
+    """A client's socket that keeps what the server writes to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = b""
+        self.closing = self.aborted = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += bytes(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.aborted = self.closing = True
+
+    def write_eof(self) -> None: ...
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+async def fed(*reads: bytes) -> bytes:
+    """What a connection writes back when `reads` arrive one after another (each answered first)."""
+    connection = Connection(Server(App()))
+    socket = Socket()
+    connection.connection_made(socket)
+    for data in reads:
+        connection.data_received(data)
+        await asyncio.sleep(0.05)
+    return socket.written
+
+
+def test_a_read_that_ends_requests_and_begins_a_head_is_not_counted_as_that_head():
+    """Ten pipelined requests of 7 KB each and the start of an eleventh in one read: the whole read
+    was counted against the eleventh's head, a 431 for requests nothing was wrong with."""
+    pad = b"X-Pad: " + b"p" * 7000 + b"\r\n"
+    whole = b"POST /echo HTTP/1.1\r\n" + pad + b"Content-Length: 2\r\n\r\nok"
+    written = asyncio.run(
+        fed(whole * 10 + b"POST /echo HTTP/1.1\r\n", b"Content-Length: 2\r\nConnection: close\r\n\r\nok")
+    )
+    got = responses(written)
+    assert len(got) == 11 and {status for status, _, _ in got} == {200}
+
+
+def test_trailers_count_against_the_head_limit_and_are_not_taken_for_headers():
+    head = b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\nok\r\n0\r\n"
+    endless = b"".join(b"X-T%d: %s\r\n" % (i, b"v" * 40) for i in range(2000))  # ~100 KB of trailer lines
+    [(status, _, body)] = responses(asyncio.run(fed(head, endless)))
+    assert status == 431 and json.loads(body)["error"]["code"] == 431
+    [(status, _, body)] = responses(asyncio.run(fed(head + b"Connection: keep-alive\r\nX-T: 1\r\n\r\n")))
+    assert status == 200 and json.loads(body)["body"] == "ok"
+
+
+def test_100_continue_is_not_written_into_an_answer_in_progress_nor_to_http_1_0():
+    async def main() -> tuple[bytes, bytes]:
+        connection = Connection(Server(App()))
+        socket = Socket()
+        connection.connection_made(socket)
+        connection.data_received(b"GET /wait HTTP/1.1\r\n\r\n")  # an answer in progress
+        await asyncio.sleep(0.01)
+        connection.data_received(b"POST /echo HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+        await asyncio.sleep(0.01)
+        in_progress = socket.written
+        connection.connection_lost(None)
+        old = await fed(b"POST /echo HTTP/1.0\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+        return in_progress, old
+
+    in_progress, old = asyncio.run(main())
+    assert in_progress == b"" and b"100 Continue" not in old
+
+
 def test_a_handler_cancelled_before_its_first_step_still_finishes_its_request():
     """A pipelined request begun by the previous answer's end, on a connection whose loss is already
     queued: a task cancelled before its first step never runs its coroutine, so the request was never
     finished (the server counted it in flight for good, and a drain waited its whole timeout)."""
-
-    class Socket(asyncio.Transport):
-        def write(self, data: bytes | bytearray | memoryview) -> None: ...
-
-        def is_closing(self) -> bool:
-            return False
 
     async def main() -> None:
         app = App()
@@ -280,5 +355,32 @@ def test_a_handler_cancelled_before_its_first_step_still_finishes_its_request():
         await asyncio.wait_for(app.cancelled.wait(), 5)  # the handler ran, and was cancelled
         await asyncio.sleep(0)
         assert server.inflight == 0 and server.idle.is_set()
+
+    asyncio.run(main())
+
+
+def test_a_drain_waits_until_the_last_answers_have_been_sent():
+    """A handler ends once its answer is written, not sent: the drain aborted the connections as soon
+    as the last handler ended, and a slow client lost the end of its answer."""
+
+    class Listener:
+        def close(self) -> None: ...
+
+        async def wait_closed(self) -> None: ...
+
+    async def main() -> None:
+        server = Server(App())
+        connection = Connection(server)
+        socket = Socket()
+        connection.connection_made(socket)
+        connection.data_received(post(b"x"))
+        await asyncio.sleep(0.01)
+        assert responses(socket.written)[0][0] == 200  # written; the client is still reading it
+        drain = asyncio.create_task(listen._drain(server, Listener(), 5.0))  # type: ignore[arg-type]
+        await asyncio.sleep(0.1)
+        assert socket.closing and not socket.aborted and not drain.done()  # closing once it is sent
+        connection.connection_lost(None)  # sent
+        await asyncio.wait_for(drain, 1)
+        assert not socket.aborted
 
     asyncio.run(main())

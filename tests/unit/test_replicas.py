@@ -88,6 +88,15 @@ def test_a_queued_request_cancelled_as_the_slot_frees_is_cancelled():
     asyncio.run(scenario())
 
 
+def test_a_report_that_is_not_prometheus_text_counts_as_none():
+    """A parse error once ended the loop that reads every replica's load: all reports froze."""
+    replica = make_pool().replicas[0]
+    replica.load.update('vllm:num_requests_running{model_name="m"} 3\n')
+    assert replica.load.reporting
+    replica.load.update("<html><body>Bad gateway</body></html>")
+    assert not replica.load.reporting and replica.busy() == 0
+
+
 def test_a_replica_reporting_a_queue_comes_after_an_idle_one():
     expert = make_pool()
     busy, idle, silent = expert.replicas

@@ -96,6 +96,29 @@ def test_a_request_that_gives_up_while_queued_leaks_no_slot(redis_url):
     asyncio.run(main())
 
 
+def test_a_release_cancelled_midway_still_gives_the_lease_back(redis_url):
+    """A drain cancels a request, and the connection it closes cancels it again, while the request is
+    giving its slot back: the lease must still leave the store (kept, it would hold a slot from every
+    gateway for its whole term), and the request must still end cancelled (the Redis client had
+    swallowed the cancellation)."""
+
+    async def main() -> None:
+        store = LimitStore(redis_url, lease_s=30)
+        limit = store.limit("expert-5", 2, queue_timeout_s=0)
+        lease = await limit.acquire()
+        assert lease is not None and await store.redis.zcard(limit.key) == 1
+        releasing = asyncio.create_task(limit.release(lease))
+        await asyncio.sleep(0)  # on its way to the store
+        releasing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await releasing
+        await asyncio.sleep(0.2)
+        assert await store.redis.zcard(limit.key) == 0
+        await store.stop()
+
+    asyncio.run(main())
+
+
 def test_an_expert_with_a_shared_limit_saturates_and_frees(redis_url):
     async def main() -> None:
         settings = GatewaySettings(

@@ -23,11 +23,7 @@ from expert_router.config import Deployment
 from expert_router.errors import ClientError
 from expert_router.gateway.encoding import decode_body
 from expert_router.gateway.forward import Forwarder, Timing
-from expert_router.gateway.metrics import GatewayMetrics
-from expert_router.gateway.replicas import Experts
-from expert_router.gateway.requests import parse_request
-from expert_router.gateway.routing import Router
-from expert_router.gateway.server import (
+from expert_router.gateway.messages import (
     Request,
     Response,
     Routes,
@@ -35,6 +31,10 @@ from expert_router.gateway.server import (
     error_response,
     json_response,
 )
+from expert_router.gateway.metrics import GatewayMetrics
+from expert_router.gateway.replicas import Experts
+from expert_router.gateway.requests import parse_request
+from expert_router.gateway.routing import Router
 from expert_router.wire import ConnectionPool, clock
 
 log = logging.getLogger("expert_router.gateway")

@@ -20,13 +20,22 @@ Decoder = Callable[[bytes, int], bytes]
 """(body, limit) -> at most limit + 1 decoded bytes (one past the limit says it was exceeded)."""
 
 
-def _zlib(wbits: int) -> Decoder:
+def _zlib(wbits: int, members: bool = False) -> Decoder:
+    """`members`: the body may hold several compressed members one after another (gzip's; each is
+    decoded, as gzip(1) and the standard library's `gzip.decompress` do)."""
+
     def decode(body: bytes, limit: int) -> bytes:
-        decoder = zlib.decompressobj(wbits)
-        out = decoder.decompress(body, limit + 1)
-        if len(out) <= limit and not decoder.eof:
-            raise zlib.error("the stream is truncated")
-        return out
+        out = b""
+        while True:
+            decoder = zlib.decompressobj(wbits)
+            out += decoder.decompress(body, limit + 1 - len(out))
+            if len(out) > limit:
+                return out
+            if not decoder.eof:
+                raise zlib.error("the stream is truncated")
+            body = decoder.unused_data
+            if not members or not body:
+                return out
 
     return decode
 
@@ -48,25 +57,31 @@ def _brotli(body: bytes, limit: int) -> bytes:
 
 
 def _zstd(body: bytes, limit: int) -> bytes:
-    out: bytes = zstandard.ZstdDecompressor().stream_reader(body).read(limit + 1)
+    reader = zstandard.ZstdDecompressor().stream_reader(body, read_across_frames=True)  # every frame, not the first
+    out: bytes = reader.read(limit + 1)
     return out
 
 
 DECODERS: dict[str, Decoder] = {
-    "gzip": _zlib(16 + zlib.MAX_WBITS),
-    "x-gzip": _zlib(16 + zlib.MAX_WBITS),
+    "gzip": _zlib(16 + zlib.MAX_WBITS, members=True),
+    "x-gzip": _zlib(16 + zlib.MAX_WBITS, members=True),
     "deflate": _deflate,
     "br": _brotli,
     "zstd": _zstd,
 }
 CONTENT_ENCODINGS = frozenset({"identity", *DECODERS})
 """What a client may send; the 415's message lists them."""
+MAX_CODINGS = 5
+"""Codings one body may stack (urllib3's limit too): each pass over a body is CPU on the event loop,
+and a 64 KiB header could list thousands."""
 
 
 def decode_body(body: bytes, header: bytes, limit: int) -> bytes:
     """`body` decoded from the codings its `Content-Encoding` header lists (applied in order, so undone
     last first). Raises BadRequest: 415, 400 or 413."""
     codings = [c.strip().lower() for c in header.decode("latin-1").split(",") if c.strip()]
+    if len(codings) > MAX_CODINGS:
+        raise BadRequest(f"Content-Encoding lists {len(codings)} codings; at most {MAX_CODINGS} are decoded")
     for coding in codings:
         if coding not in CONTENT_ENCODINGS:
             raise BadRequest(

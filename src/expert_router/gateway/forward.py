@@ -15,12 +15,12 @@ import orjson
 
 from expert_router.config import GatewaySettings
 from expert_router.errors import ConnectionFailed, ReplicaFailed, Unavailable
+from expert_router.gateway.messages import Request, Response
 from expert_router.gateway.metrics import GatewayMetrics
 from expert_router.gateway.relay import Relay
 from expert_router.gateway.replicas import Expert, Experts, Replica
 from expert_router.gateway.requests import ClientRequest
 from expert_router.gateway.routing import Plan
-from expert_router.gateway.server import Request, Response
 from expert_router.http import format_server_timing
 from expert_router.wire import ConnectionPool, HttpConnection, clock
 

@@ -3,9 +3,9 @@
 Draining: the listener closes (new connections are refused, so a readiness probe fails and nginx or a
 Service moves on), idle kept-alive connections close, a request that still arrives on an open one gets
 503 (/health: `{"status": "draining"}`; /metrics is still answered), and requests in flight, streams
-included, run to their end. After `drain_timeout_s`, or at a second signal, what is left is cancelled
-and the process exits. The same contract as `expert_router.http.serve_until_stopped` gives the
-project's aiohttp servers.
+included, run to their end and are sent in full before their connections close. After
+`drain_timeout_s`, or at a second signal, what is left is cancelled and the process exits. The same
+contract as `expert_router.http.serve_until_stopped` gives the project's aiohttp servers.
 """
 
 from __future__ import annotations
@@ -55,7 +55,10 @@ async def _drain(server: Server, listener: asyncio.Server, drain_timeout_s: floa
     server.draining = True
     listener.close()
     server.sweep()  # idle kept-alive connections close now; busy ones after their answer
-    await wait_until_idle(server.idle, drain_timeout_s)
+    server.settle()
+    # Until every connection has closed, not only every handler ended: a handler ends once its answer is
+    # written, and the end of a slow client's stream may still be on its way (cut off, it was lost).
+    await wait_until_idle(server.gone, drain_timeout_s)
     tasks = [c.task for c in server.connections if c.task is not None]
     for connection in list(server.connections):
         connection.close(abort=True)  # what is left is cut off, and its handler cancelled

@@ -45,10 +45,13 @@ class ReportedLoad:
         """Take a new report (Prometheus text exposition); `sent_before`: the value of `sent` when its read
         began (default: now, for a report read without waiting)."""
         values: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name in (RUNNING, WAITING, KV_USAGE):
-                    values[sample.name] = values.get(sample.name, 0.0) + sample.value  # summed over models
+        try:
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name in (RUNNING, WAITING, KV_USAGE):
+                        values[sample.name] = values.get(sample.name, 0.0) + sample.value  # summed over models
+        except ValueError:  # not Prometheus text (an HTML page, a cut-off line): no report, as for none at all
+            values = {}
         self.reporting = RUNNING in values
         self.running, self.waiting = values.get(RUNNING, 0.0), values.get(WAITING, 0.0)
         self.kv_usage = values.get(KV_USAGE, 0.0)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import orjson
 
 from expert_router.errors import ConnectionFailed
-from expert_router.gateway.server import Request, Response
+from expert_router.gateway.messages import Request, Response
 from expert_router.http import error_body
 from expert_router.wire import HttpConnection
 

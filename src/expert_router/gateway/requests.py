@@ -80,7 +80,7 @@ def _chat_text(body: dict[str, Any]) -> str:
         if not isinstance(message, dict):
             raise BadRequest(f"messages[{i}] must be an object", param="messages")
         role = message.get("role")
-        if role not in CHAT_ROLES:
+        if not isinstance(role, str) or role not in CHAT_ROLES:  # a list or an object is no role (nor hashable)
             raise BadRequest(f"messages[{i}].role must be one of {sorted(CHAT_ROLES)}", param="messages")
         text = _content_text(message.get("content"), i)
         all_parts.append(text)

@@ -21,133 +21,21 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from email.utils import formatdate
-from http import HTTPStatus
 from typing import Protocol, cast
 
 import httptools
-import orjson
 
-from expert_router.errors import ClientError
-from expert_router.http import error_body
+from expert_router.gateway.messages import Request, Response, Routes, error_response, head, json_response
 from expert_router.wire import NoCallbacks
 
 log = logging.getLogger("expert_router.gateway")
 
-Headers = dict[str, str]
-REASONS = {int(s): s.phrase.encode() for s in HTTPStatus}
 MAX_PIPELINED = 16
 """Complete requests waiting behind the one being answered before the connection stops reading."""
 LINGER_S = 2.0
 """How long a refused request's connection is still read (and discarded) before it closes."""
 MAX_HEAD_BYTES = 64 * 1024
 """A request line and headers longer than this are refused (431) rather than buffered without end."""
-
-
-@dataclass(slots=True)
-class Response:
-    """An answer: whole, or (`sent`) one its handler has already streamed, returned for the record."""
-
-    status: int
-    body: bytes = b""
-    headers: Headers = field(default_factory=dict)
-    content_type: str = "application/json"
-    sent: bool = False
-
-
-def json_response(data: object, status: int = 200, headers: Headers | None = None) -> Response:
-    return Response(status, orjson.dumps(data), headers or {})
-
-
-def error_response(
-    status: int,
-    message: str,
-    type_: str | None = None,
-    code: str | None = None,
-    headers: Headers | None = None,
-    param: str | None = None,
-) -> Response:
-    """An OpenAI-style error body with its status."""
-    return Response(status, orjson.dumps(error_body(status, message, type_, code, param)), headers or {})
-
-
-def client_error_response(exc: ClientError) -> Response:
-    """The answer a `ClientError` (a client's mistake, or a state it can retry) stands for."""
-    return error_response(exc.status, str(exc), exc.error_type, exc.code, exc.headers or None, exc.param)
-
-
-class Request:
-    """One parsed request, and the means to stream its answer."""
-
-    __slots__ = ("body", "connection", "headers", "http11", "keep_alive", "method", "path", "streaming")
-
-    def __init__(self, connection: Connection, method: str, path: str, headers: dict[bytes, bytes], body: bytes):
-        self.connection = connection
-        self.method = method
-        self.path = path
-        self.headers = headers
-        """Header values by lower-cased name (the last one where a name repeats)."""
-        self.body = body
-        parser = connection.parser
-        self.http11 = parser.get_http_version() == "1.1"
-        self.keep_alive = parser.should_keep_alive()
-        self.streaming = False
-
-    @property
-    def transport(self) -> asyncio.Transport | None:
-        return None if self.connection.closed else self.connection.transport
-
-    def start_stream(self, headers: Headers, first: bytes = b"") -> None:
-        """Send a 200's head for a body of unknown length, and its `first` bytes (framed) in the same
-        write: chunked for HTTP/1.1, unframed (then closed) for HTTP/1.0. Chunks follow, each as
-        `frame()` makes it; `end_stream()` ends it."""
-        self.streaming = True
-        if not self.http11:
-            self.keep_alive = False
-        self.connection.write(head(200, headers, None, self.keep_alive, chunked=self.http11) + first)
-
-    def frame(self, data: bytes) -> bytes:
-        """`data` as it goes on the wire of this stream."""
-        return b"%x\r\n%b\r\n" % (len(data), data) if self.http11 else data
-
-    def end_stream(self, last: bytes = b"") -> None:
-        if self.http11:
-            self.connection.write((self.frame(last) if last else b"") + b"0\r\n\r\n")
-        elif last:
-            self.connection.write(last)
-
-
-Handler = Callable[[Request], Awaitable[Response]]
-Routes = dict[str, dict[str, Handler]]
-"""Handlers by path, then method."""
-
-_date: tuple[int, bytes] = (0, b"")
-
-
-def head(status: int, headers: Headers, length: int | None, keep_alive: bool, chunked: bool = False) -> bytes:
-    """A response's status line and headers. Header values are ours: CR and LF are stripped anyway."""
-    global _date
-    now = int(time.time())
-    if _date[0] != now:
-        _date = (now, formatdate(now, usegmt=True).encode())
-    lines = [
-        f"{k}: {v}\r\n" if "\r" not in v and "\n" not in v else f"{k}: {' '.join(v.splitlines())}\r\n"
-        for k, v in headers.items()
-    ]
-    framing = (
-        b"Transfer-Encoding: chunked\r\n" if chunked else b"" if length is None else b"Content-Length: %d\r\n" % length
-    )
-    return b"HTTP/1.1 %d %s\r\nDate: %s\r\nServer: expert-router\r\n%s%s%s\r\n" % (
-        status,
-        REASONS.get(status, b"Unknown"),
-        _date[1],
-        "".join(lines).encode("latin-1", "replace"),
-        framing,
-        b"" if keep_alive else b"Connection: close\r\n",
-    )
-
 
 DETACHED = httptools.HttpRequestParser(NoCallbacks())
 """The parser a closed connection keeps in place of its own."""
@@ -175,6 +63,13 @@ class Server:
         self.inflight = 0
         self.idle = asyncio.Event()
         self.idle.set()
+        self.gone = asyncio.Event()
+        """Set while draining once no request is in flight and no connection is open: an answer's handler
+        ends when the answer is written, and its connection closes once the client has been sent it."""
+
+    def settle(self) -> None:
+        if self.draining and self.inflight == 0 and not self.connections:
+            self.gone.set()
 
     async def dispatch(self, request: Request) -> Response:
         if self.draining and request.path != "/metrics":  # a last scrape is still answered
@@ -219,6 +114,8 @@ class Connection(asyncio.Protocol):
         self._size = 0
         self._in_head = False
         self._head_bytes = 0
+        self._begun = 0  # requests begun and completed on this connection (which reads a head's size counts)
+        self._completed = 0
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -229,6 +126,7 @@ class Connection(asyncio.Protocol):
         if self.refused:
             return  # what follows a refused request is not read
         self.last_seen = time.monotonic()
+        begun, completed = self._begun, self._completed
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -236,7 +134,10 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self.refuse(error_response(400, f"malformed HTTP request: {exc}"))
         else:
-            if self._in_head:  # a head still arriving: the parser buffers it, so it may not grow without end
+            # A head still arriving: the parser buffers its lines, so it may not grow without end. A read
+            # that ended an earlier request and began this head is not counted (it holds the earlier
+            # request's body too); every read that lies within the head is.
+            if self._in_head and (begun == self._begun or completed == self._completed):
                 self._head_bytes += len(data)
                 if self._head_bytes > MAX_HEAD_BYTES:
                     self.refuse(
@@ -246,6 +147,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connections.discard(self)
+        self.server.settle()
         # The parser holds this connection's callbacks: a cycle the collector would have to find, once
         # per connection (per request, for clients that do not keep connections alive).
         self.parser = DETACHED
@@ -260,12 +162,22 @@ class Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url, self._headers, self._body, self._size = b"", {}, [], 0
         self._in_head, self._head_bytes = True, 0
+        self._begun += 1
 
     def on_url(self, url: bytes) -> None:
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers[name.lower()] = value
+        if self._in_head:
+            self._headers[name.lower()] = value
+            return
+        # A chunked body's trailer: not kept (nothing here reads one), but counted, since every line
+        # also keeps the connection from looking idle.
+        self._head_bytes += len(name) + len(value)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self.refuse(
+                error_response(431, f"the request's headers and trailers are longer than {MAX_HEAD_BYTES} bytes")
+            )
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -273,7 +185,12 @@ class Connection(asyncio.Protocol):
         declared = self._headers.get(b"content-length", b"0")
         if declared.isdigit() and int(declared) > limit:
             self.refuse(error_response(413, f"the request body is larger than {limit} bytes"))
-        elif self._headers.get(b"expect", b"").lower() == b"100-continue" and self.transport is not None:
+        elif (
+            self._headers.get(b"expect", b"").lower() == b"100-continue"
+            and self.active is None  # not while an earlier answer (a stream, say) is still being written
+            and self.parser.get_http_version() == "1.1"
+            and self.transport is not None
+        ):
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
@@ -284,10 +201,14 @@ class Connection(asyncio.Protocol):
             self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._completed += 1
         if self.refused:
             return
         path = self._url.partition(b"?")[0].decode("latin-1")
-        request = Request(self, self.parser.get_method().decode(), path, self._headers, b"".join(self._body))
+        parser = self.parser
+        body = b"".join(self._body)
+        http11, keep_alive = parser.get_http_version() == "1.1", parser.should_keep_alive()
+        request = Request(self, parser.get_method().decode(), path, self._headers, body, http11, keep_alive)
         self._queue(request)
 
     # -- answering -----------------------------------------------------------------------------
@@ -344,6 +265,7 @@ class Connection(asyncio.Protocol):
         self.server.inflight -= 1
         if self.server.inflight == 0:
             self.server.idle.set()
+            self.server.settle()
         self.last_seen = time.monotonic()
         if self.closed:
             return

@@ -173,7 +173,13 @@ class SharedLimit:
             raise
 
     async def release(self, lease: str) -> None:
+        """Give `lease` back. Shielded: a request cancelled again while it gives its slot back (a drain
+        cancels what is left, and so does each connection it then closes) left the lease in the store
+        for its whole term, a slot lost to every gateway."""
         self.held.discard(lease)
+        await asyncio.shield(self._give_back(lease))
+
+    async def _give_back(self, lease: str) -> None:
         await self.store.give_back(self.key, lease)
         self._freed.set()  # after the store has it back: woken before, the poller found it still held
 
