@@ -384,3 +384,24 @@ def test_a_drain_waits_until_the_last_answers_have_been_sent():
         assert not socket.aborted
 
     asyncio.run(main())
+
+
+def test_a_client_that_reads_nothing_of_its_last_answer_is_cut_off_after_the_keep_alive_timeout():
+    """Closing waits until the client has read what was written: one that reads nothing kept its
+    connection, and the answer's buffer, for good."""
+
+    async def main() -> Socket:
+        server = Server(App(), keepalive_timeout_s=0.05)
+        connection = Connection(server)
+        socket = Socket()
+        connection.connection_made(socket)
+        connection.data_received(post(b"x", b"Connection: close\r\n"))
+        await asyncio.sleep(0.01)
+        assert socket.closing and not socket.aborted  # answered; closing once the client has read it
+        server.sweep()
+        assert not socket.aborted  # not yet: within the keep-alive timeout
+        await asyncio.sleep(0.1)
+        server.sweep()
+        return socket
+
+    assert asyncio.run(main()).aborted

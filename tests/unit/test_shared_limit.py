@@ -119,6 +119,23 @@ def test_a_release_cancelled_midway_still_gives_the_lease_back(redis_url):
     asyncio.run(main())
 
 
+def test_a_request_cancelled_while_its_slot_is_taken_gives_the_slot_back(redis_url):
+    async def main() -> None:
+        store = LimitStore(redis_url, lease_s=30)
+        limit = store.limit("expert-6", 2, queue_timeout_s=0)
+        await store.redis.ping()  # connected: the take goes out at once (the Redis client then swallowed the cancel)
+        acquiring = asyncio.create_task(limit.acquire())
+        await asyncio.sleep(0)  # the store is taking a slot for it
+        acquiring.cancel()  # and its client goes away
+        with pytest.raises(asyncio.CancelledError):
+            await acquiring
+        await asyncio.sleep(0.2)
+        assert await store.redis.zcard(limit.key) == 0 and not limit.held
+        await store.stop()
+
+    asyncio.run(main())
+
+
 def test_an_expert_with_a_shared_limit_saturates_and_frees(redis_url):
     async def main() -> None:
         settings = GatewaySettings(

@@ -87,10 +87,19 @@ class Server:
         return await handler(request)
 
     def sweep(self) -> None:
-        """Close connections idle past the keep-alive timeout (or all idle ones while draining)."""
-        cutoff = time.monotonic() - (0.0 if self.draining else self.keepalive_timeout_s)
+        """Close connections idle past the keep-alive timeout (or all idle ones while draining), and abort
+        those still closing a keep-alive timeout after their last answer: a closing connection waits
+        until its client has read what was written, which a client that reads nothing never does."""
+        now = time.monotonic()
+        idle_cutoff = now - (0.0 if self.draining else self.keepalive_timeout_s)
+        stuck_cutoff = now - self.keepalive_timeout_s
         for connection in list(self.connections):
-            if connection.active is None and connection.last_seen <= cutoff:
+            if connection.active is not None:
+                continue
+            if connection.transport is not None and connection.transport.is_closing():
+                if connection.last_seen <= stuck_cutoff:
+                    connection.close(abort=True)
+            elif connection.last_seen <= idle_cutoff:
                 connection.close()
 
 

@@ -146,13 +146,13 @@ class SharedLimit:
         self._waiters: collections.deque[asyncio.Future[str]] = collections.deque()
         self._poller: asyncio.Task[None] | None = None
         self._freed = asyncio.Event()
+        self._releases: set[asyncio.Future[None]] = set()  # give-backs of slots taken for cancelled requests
 
     async def acquire(self) -> str | None:
         """A lease, or None when no slot freed within the queue timeout (the caller answers 429)."""
         if not self._waiters:
-            lease = await self.store.take(self.key, self.size)
+            lease = await self._take_now()
             if lease is not None:
-                self.held.add(lease)
                 return lease
             if self.queue_timeout_s == 0:
                 return None
@@ -171,6 +171,25 @@ class SharedLimit:
             if isinstance(exc, TimeoutError):
                 return None
             raise
+
+    async def _take_now(self) -> str | None:
+        """A free slot's lease, or None. Shielded: a request cancelled while the store takes a slot for it
+        (its client left) gives the slot back once the store answers, rather than leave it held, unowned,
+        for a lease's whole term."""
+        take = asyncio.ensure_future(self.store.take(self.key, self.size))
+        try:
+            lease = await asyncio.shield(take)
+        except asyncio.CancelledError:
+            take.add_done_callback(self._give_back_taken)
+            raise
+        if lease is not None:
+            self.held.add(lease)
+        return lease
+
+    def _give_back_taken(self, take: asyncio.Future[str | None]) -> None:
+        if not take.cancelled() and take.exception() is None and (lease := take.result()) is not None:
+            self._releases.add(task := asyncio.ensure_future(self._give_back(lease)))
+            task.add_done_callback(self._releases.discard)
 
     async def release(self, lease: str) -> None:
         """Give `lease` back. Shielded: a request cancelled again while it gives its slot back (a drain
