@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         checks = run_processes(settings, items, records_path, t0, args.processes)
         if len(checks) < args.processes:
-            console.print("interrupted: the workers recorded their requests")
+            console.print("not every worker reported back (interrupted, or one failed: see above); records kept")
     records = read_records(records_path)
     return _finish(args, records, checks, meta)
 

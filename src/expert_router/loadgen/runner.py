@@ -9,12 +9,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from multiprocessing.queues import Queue
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 from expert_router.http import install_uvloop
 from expert_router.loadgen.records import RecordWriter
 from expert_router.loadgen.users import LiveStats, RunSettings, run
 from expert_router.loadgen.workload import WorkItem
+
+REPORT_POLL_S = 1.0
+"""How often the parent, waiting for the workers' self-checks, looks whether any worker is still alive."""
 
 
 def run_here(
@@ -66,18 +70,28 @@ def run_processes(
         workers.append((context.Process(target=_worker, args=(part, items, path, t0, p, queue)), path))
     for process, _ in workers:
         process.start()
-    checks = []
+    checks: list[dict[str, Any]] = []
     try:
-        for _ in workers:
-            checks.append(queue.get())
+        while len(checks) < len(workers):
+            try:
+                checks.append(queue.get(timeout=REPORT_POLL_S))
+            except Empty:
+                if not any(process.is_alive() for process, _ in workers):
+                    break  # one ended without reporting (an error, a kill): waiting for it would never end
     except KeyboardInterrupt:
         for process, _ in workers:
             process.terminate()  # SIGTERM: each worker stops its users and writes what it has
-    for process, _ in workers:
-        process.join()
-    with open(records_path, "ab") as merged:  # one file, whatever happened
-        for _, path in workers:
-            if path.exists():
-                merged.write(path.read_bytes())
-                path.unlink()
+    finally:
+        for process, _ in workers:
+            process.join()
+        while len(checks) < len(workers):  # a report that came in as the last worker ended
+            try:
+                checks.append(queue.get_nowait())
+            except Empty:
+                break
+        with open(records_path, "ab") as merged:  # one file, whatever happened
+            for _, path in workers:
+                if path.exists():
+                    merged.write(path.read_bytes())
+                    path.unlink()
     return checks
