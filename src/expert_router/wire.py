@@ -65,6 +65,8 @@ class HttpConnection(asyncio.Protocol):
         self.done: asyncio.Future[None] = loop.create_future()
         self.buffer: list[bytes] = []
         self.sink: Sink | None = None
+        self.done_at = 0.0
+        """When the answer's last bytes were read (`clock()`, in the read callback; 0 until then)."""
         self._before_body = True
         self._header_name = b""
 
@@ -116,6 +118,7 @@ class HttpConnection(asyncio.Protocol):
                 self.first_body.set_result(None)
 
     def on_message_complete(self) -> None:
+        self.done_at = clock()
         self.reusable = self.parser.should_keep_alive()
         for future in (self.first_body, self.done):
             if not future.done():

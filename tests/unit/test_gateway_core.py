@@ -1,4 +1,5 @@
-"""The gateway's steps without a server: parsing, the routing plan, and the HTTP parser fed canned bytes."""
+"""The gateway's steps without a server: parsing, the plan, the HTTP parser fed canned bytes, and the
+relay, the forwarder and the simulator's client on fake sockets."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from expert_router.gateway.relay import DONE, WRITE_FAST_LIMIT, Relay
 from expert_router.gateway.replicas import Experts
 from expert_router.gateway.requests import parse_request
 from expert_router.gateway.routing import Plan, Router
+from expert_router.loadgen.client import Target, send
+from expert_router.loadgen.records import RequestRecord
 from expert_router.wire import ConnectionPool, HttpConnection, clock
 
 
@@ -463,6 +466,25 @@ def test_a_stream_that_starts_as_the_first_token_timeout_fires_is_relayed_whole(
         assert client.transport.writes == [b"HEAD " + frame(b"one"), frame(b"two"), frame(DONE), b"0\r\n\r\n"]
 
     asyncio.run(main())
+
+
+def test_a_simulated_request_ends_when_its_last_bytes_arrive_not_when_its_task_runs_again():
+    """Its end was stamped when the request's task next ran: later than its last chunk's stamp by however
+    long the event loop was busy, added to its response time."""
+
+    async def main() -> RequestRecord:
+        def answer(connection: HttpConnection) -> None:
+            event = b'data: {"choices": [{"text": "x", "finish_reason": "stop"}]}\n\n'
+            connection.data_received(HEAD + frame(event) + frame(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+            time.sleep(0.05)  # the loop is busy before the request's task runs again
+
+        record = RequestRecord(0, 0, 0, 0, 5, 1, 0.0)
+        await send(OnePool(answer), Target("http://u", model="m"), b"{}", record, 0.0, 5.0)
+        return record
+
+    record = asyncio.run(main())
+    assert record.ok and record.output_tokens == 1
+    assert record.t_end is not None and record.t_end - record.chunk_times[-1] < 0.01
 
 
 def test_a_bug_after_a_stream_began_is_not_answered_with_a_second_head(classifier):

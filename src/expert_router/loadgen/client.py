@@ -74,7 +74,9 @@ async def send(
     except ConnectionFailed as exc:
         record.status, record.error = "error", f"{exc.__class__.__name__}: {exc}"
     finally:
-        record.t_end = clock() - t0
+        # The answer's end as the socket brought it, like every chunk's stamp; not when this task ran again.
+        done_at = connection.done_at if connection is not None and connection.done_at else clock()
+        record.t_end = done_at - t0
         if connection is not None:
             connection.sink = None
             pool.release(target.base_url, connection)
