@@ -50,6 +50,8 @@ class HttpConnection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.reusable = False
         self.closed = False
+        self.aborted = False
+        """Closed by this side (`close()`): what was cut short was not the server's end."""
         self.reused = False
         self.sent_at = 0.0
         """When the request was handed to the socket (`clock()`)."""
@@ -82,10 +84,26 @@ class HttpConnection(asyncio.Protocol):
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if exc is None and not self.aborted and self._ends_at_close():
+            self.on_message_complete()  # its body had no length: the server's close was its end
         self.closed = True
         self.reusable = False
         self.parser = DETACHED  # it holds this connection's callbacks: a cycle for the collector otherwise
         self._fail(ConnectionFailed("the server closed the connection" + (f": {exc}" if exc else "")))
+
+    def _ends_at_close(self) -> bool:
+        """An answer whose body is delimited by the connection's close (no Content-Length, not chunked:
+        every HTTP/1.0 server's stream), begun and not yet ended. llhttp would end it at EOF, which
+        httptools cannot tell it."""
+        headers = self.headers
+        return (
+            self.headers_done.done()
+            and not self.done.done()
+            and b"content-length" not in headers
+            and b"transfer-encoding" not in headers
+            and self.status not in (204, 304)
+            and self.status >= 200
+        )
 
     def _fail(self, error: Exception) -> None:
         for future in (self.headers_done, self.first_body, self.done):
@@ -140,6 +158,7 @@ class HttpConnection(asyncio.Protocol):
     def close(self) -> None:
         """Abort the connection: the server sees the client go away (and an engine stops generating)."""
         self.reusable = False
+        self.aborted = True
         if self.transport is not None and not self.closed:
             self.transport.abort()
 

@@ -185,6 +185,29 @@ def test_garbage_and_early_close_fail_the_request():
     asyncio.run(main())
 
 
+def test_an_answer_without_length_ends_when_the_server_closes():
+    """No Content-Length and not chunked (an HTTP/1.0 server's stream): the close is its end, which was
+    taken for a failure; a close of this side's own making is not."""
+
+    async def main() -> None:
+        for status in (b"HTTP/1.0 200 OK", b"HTTP/1.1 200 OK\r\nConnection: close"):
+            connection, seen = await feed(status + b"\r\nContent-Type: text/event-stream\r\n\r\ndata: x\n\n")
+            connection.connection_lost(None)
+            await connection.done  # no error
+            assert seen == [b"data: x\n\n"] and not connection.reusable and connection.done_at > 0
+        connection, _ = await feed(b"HTTP/1.0 200 OK\r\n\r\ndata: x\n\n")
+        connection.close()  # this side gave up (a timeout, a client gone)
+        connection.connection_lost(None)
+        with pytest.raises(ConnectionFailed):
+            await connection.done
+        connection, _ = await feed(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+        connection.connection_lost(None)
+        with pytest.raises(ConnectionFailed):  # a declared length cut short is still a failure
+            await connection.done
+
+    asyncio.run(main())
+
+
 def frame(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 
