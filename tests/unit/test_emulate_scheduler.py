@@ -85,6 +85,21 @@ def test_guaranteed_no_evict_reserves_the_whole_answer():
     assert [s.id for s in scheduler.running] == [] and scheduler.waiting[0].id == 1
 
 
+def test_a_request_that_could_outgrow_the_cache_or_a_recompute_pass_is_refused_under_either_policy():
+    """Admitted on its prompt alone (max_utilization), a sequence that grew past the whole cache
+    preempted everything, then itself, for ever; without chunked prefill, one preempted past the token
+    budget could never be recomputed."""
+    for policy in ("guaranteed_no_evict", "max_utilization"):
+        scheduler = Scheduler(BlockManager(4, 16), max_batch_size=8, max_num_tokens=1000, policy=policy)
+        assert scheduler.check(seq(0, 30, 34)) is None  # 64 tokens: fits
+        assert "KV cache" in (scheduler.check(seq(1, 30, 35)) or "")
+    whole = Scheduler(BlockManager(100, 16), 8, max_num_tokens=100, chunked_prefill=False, policy="max_utilization")
+    assert whole.check(seq(2, 60, 41)) is None  # prompt + 40 generated: one pass of 100
+    assert "one pass" in (whole.check(seq(3, 60, 42)) or "")
+    evicting = Scheduler(BlockManager(100, 16), 8, max_num_tokens=100, chunked_prefill=False)
+    assert evicting.check(seq(3, 60, 42)) is None  # never preempted: its prompt is all it computes at once
+
+
 def test_max_utilization_preempts_the_newest_when_the_cache_runs_out():
     blocks = BlockManager(4, 16)  # 64 tokens
     scheduler = Scheduler(blocks, max_batch_size=8, max_num_tokens=1000, policy="max_utilization")

@@ -11,6 +11,7 @@ from expert_router.analysis.results import CellKey, cell_folder, load_cells
 from expert_router.emulate import build_config
 from expert_router.emulate.engine import Engine
 from expert_router.emulate.scheduler import Batch, Sequence
+from expert_router.errors import UserError
 from expert_router.experiment import Configuration, Service
 from expert_router.loadgen.workload import WorkItem
 from expert_router.simulate import EventQueue, VirtualEngine
@@ -76,6 +77,20 @@ def test_one_closed_loop_user_sends_back_to_back():
         assert record.t_start == pytest.approx(n * per_request)
         assert record.t_end == pytest.approx((n + 1) * per_request)
         assert record.output_tokens == 3 and record.finish_reason == "stop"
+
+
+def test_a_workload_the_engine_refuses_entirely_is_an_error_not_an_endless_run():
+    """Every request refused at the instant it was sent: closed-loop users sent again at once, and the
+    run went on at virtual time 0 for ever (600,000 records in 5 s, memory growing)."""
+    events = EventQueue()
+    command = EMULATE + " --kv-cache-gb 0.05"  # too small for any of these requests
+    configuration = Configuration(
+        name="x", url="http://127.0.0.1:9000", model="m", services=[Service(name="engine", command=command)]
+    )
+    system = System(configuration, Path("."), events)
+    items = [WorkItem(i, 0, " ".join(["w"] * 300), 300, 1000) for i in range(3)]
+    with pytest.raises(UserError, match="refuses every request"):
+        Users(system, events, items, [0, 0, 0], GatewayOverhead()).run(Load(users=2, duration_s=10.0))
 
 
 def two_expert_router(tmp_path: Path) -> Configuration:

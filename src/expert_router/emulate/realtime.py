@@ -115,6 +115,7 @@ class RealtimeDriver:
     def cancel(self, stream: Stream) -> None:
         if self._streams.pop(stream.request_id, None) is not None:
             self.engine.abort(stream.request_id)
+            self._wake.set()  # what it held is free: a request waiting for room may run now
 
     async def run(self) -> None:
         step_end: float | None = None

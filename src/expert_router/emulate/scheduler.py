@@ -118,15 +118,27 @@ class Scheduler:
         self.running: list[Sequence] = []
 
     def check(self, seq: Sequence) -> str | None:
-        """Why `seq` could never run here (too long for the cache or the token budget), or None."""
-        worst = seq.prompt_tokens + (seq.max_tokens if self.policy == "guaranteed_no_evict" else 1)
+        """Why `seq` could never run here (too long for the cache or the token budget), or None.
+
+        Under either policy a sequence may grow to prompt + max_tokens, and must then fit the cache
+        alone (vLLM's rule: the longest sequence must fit the KV cache): admitted on its prompt alone
+        (`max_utilization`), one that outgrows the cache preempted everything, then itself, for ever.
+        Without chunked prefill, a preempted sequence is recomputed in one pass, so under
+        `max_utilization` all it may have generated must fit the token budget with its prompt.
+        """
+        worst = seq.prompt_tokens + seq.max_tokens
         if self.blocks.blocks_for(worst) > self.blocks.num_blocks:
             return (
-                f"this request needs {worst} tokens of KV cache but the cache holds "
+                f"this request needs up to {worst} tokens of KV cache but the cache holds "
                 f"{self.blocks.capacity_tokens}; send a shorter prompt or fewer max_tokens"
             )
-        if not self.chunked_prefill and seq.prompt_tokens > self.max_num_tokens:
-            return f"the prompt has {seq.prompt_tokens} tokens, more than max_num_tokens {self.max_num_tokens}"
+        one_pass = seq.prompt_tokens + (seq.max_tokens - 1 if self.policy == "max_utilization" else 0)
+        if not self.chunked_prefill and one_pass > self.max_num_tokens:
+            return (
+                f"without chunked prefill this request needs {one_pass} tokens in one pass"
+                f"{' (a recompute after preemption)' if self.policy == 'max_utilization' else ''}, "
+                f"more than max_num_tokens {self.max_num_tokens}"
+            )
         return None
 
     def add(self, seq: Sequence) -> None:

@@ -51,6 +51,8 @@ class Users:
         self._ids = itertools.count()
         self._words: dict[int, int] = {}
         """Prompt length per item as the emulated server counts it (words), counted once per item."""
+        self._refused: tuple[float, int] = (-1.0, 0)
+        """When the engine last refused a request, and how many in a row it refused at that instant."""
 
     def run(self, load: Load) -> list[RequestRecord]:
         self._load = load
@@ -118,7 +120,19 @@ class Users:
             )
         except UserError as exc:
             record.status, record.http_status, record.error = "http_error", 400, f"HTTP 400: {exc}"
+            self._check_progress(exc)
             self._done(record, None, self.events.now, port, user)
+
+    def _check_progress(self, refusal: UserError) -> None:
+        """A closed-loop user sends again the moment a request is refused, and virtual time does not move
+        for a refusal: once more requests than the workload has items are refused at one instant, every
+        item is, and the run would go on for ever at that instant."""
+        now = self.events.now
+        at, count = self._refused
+        count = count + 1 if at == now else 1
+        self._refused = (now, count)
+        if count > len(self.items) + self._load.users:
+            raise UserError(f"the emulated engine refuses every request of this workload: {refusal}")
 
     def _done(self, record: RequestRecord, reason: str | None, at: float, port: int, user: int | None) -> None:
         record.t_end = at
