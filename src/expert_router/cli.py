@@ -53,6 +53,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("interrupted")
         return 130
+    except BrokenPipeError:  # the output's reader went away (`| head`): nothing more to say, and nowhere to say it
+        sys.stderr.close()
+        return 141
+    except OSError as exc:  # a path the user gave that cannot be made, read or written, a port in use
+        where = f" ({exc.filename})" if exc.filename else ""
+        console.print(Text.assemble(("error: ", "bold red"), f"{exc.strerror or exc}{where}"))
+        return 2
 
 
 if __name__ == "__main__":

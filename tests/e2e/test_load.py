@@ -119,13 +119,14 @@ def test_failures_are_recorded_not_dropped(tmp_path, classifier):
             "--out",
             str(out),
         )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1 and "every request failed" in result.stdout + result.stderr  # says so
     records = read_records(out / "records.jsonl")
     assert len(records) == 9 and all(r.status == "http_error" and "503" in r.error for r in records)
     out = tmp_path / "refused"
     result = load(
         "http://127.0.0.1:9", "--classifier", str(classifier), "--requests", "3", "--users", "1", "--out", str(out)
     )
+    assert result.returncode == 1
     records = read_records(out / "records.jsonl")
     assert len(records) == 3 and all(r.status == "error" and r.error for r in records)
     summary = json.loads((out / "summary.json").read_text())

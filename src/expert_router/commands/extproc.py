@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from expert_router.arguments import finite_float
 from expert_router.commands import HelpFormatter
 from expert_router.config import Deployment
 from expert_router.errors import UserError
@@ -46,7 +47,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--default-cluster (open). Client errors always get their 4xx",
     )
     parser.add_argument("--default-cluster", type=int, help="the fail-open expert (default: the lowest cluster)")
-    parser.add_argument("--grace-s", type=float, default=5.0, help="time open streams get after SIGTERM")
+    parser.add_argument("--grace-s", type=finite_float, default=5.0, help="time open streams get after SIGTERM")
     parser.add_argument(
         "--envoy-config",
         type=Path,

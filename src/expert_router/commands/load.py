@@ -9,10 +9,12 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from rich.live import Live
 from rich.table import Table
 
+from expert_router.arguments import finite_float
 from expert_router.commands import HelpFormatter
 from expert_router.errors import UserError
 from expert_router.loadgen.workload import WorkloadSpec
@@ -58,8 +60,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--users", type=int, default=10, help="concurrent closed-loop users")
     parser.add_argument("--mode", choices=("closed", "open"), default="closed")
-    parser.add_argument("--rate", type=float, help="open loop: mean requests per second (Poisson)")
-    parser.add_argument("--duration", type=float, help="seconds to run (default: until --requests are done)")
+    parser.add_argument("--rate", type=finite_float, help="open loop: mean requests per second (Poisson)")
+    parser.add_argument("--duration", type=finite_float, help="seconds to run (default: until --requests are done)")
     parser.add_argument("--requests", type=int, help="total requests to send")
     parser.add_argument(
         "--processes",
@@ -82,13 +84,13 @@ def _add_workload_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--corpus", default="demo", help="where prompts come from (as for `classifier fit`)")
     group.add_argument("--classifier", type=Path, help="saved classifier that tags prompts with clusters")
     group.add_argument("--mix", choices=("uniform", "normal"), default="uniform", help="share of requests per cluster")
-    group.add_argument("--mix-mean", type=float, help="normal mix: mean cluster index (default (k-1)/2)")
-    group.add_argument("--mix-std", type=float, help="normal mix: spread in clusters (default k/6)")
+    group.add_argument("--mix-mean", type=finite_float, help="normal mix: mean cluster index (default (k-1)/2)")
+    group.add_argument("--mix-std", type=finite_float, help="normal mix: spread in clusters (default k/6)")
     group.add_argument(
         "--input-lengths", default="mlperf", help="mlperf, fixed (--input-mean/--input-std) or file:PATH"
     )
-    group.add_argument("--input-mean", type=float, default=335.0)
-    group.add_argument("--input-std", type=float, default=30.0)
+    group.add_argument("--input-mean", type=finite_float, default=335.0)
+    group.add_argument("--input-std", type=finite_float, default=30.0)
     group.add_argument("--tokenizer", type=Path, help="tokenizer.json file to count prompt tokens (default: words)")
     group.add_argument("--max-tokens", type=int, default=1000, help="answer length cap; generation also ends at EOS")
     group.add_argument("--ignore-eos", action="store_true", help="ask the server to always generate --max-tokens")
@@ -118,6 +120,13 @@ def workload_spec(args: argparse.Namespace) -> WorkloadSpec:
 def check(args: argparse.Namespace) -> None:
     if not args.url.startswith(("http://", "https://")):
         raise UserError(f"TARGET_URL must start with http:// or https://, got {args.url!r}")
+    try:
+        parts = urlsplit(args.url)
+        parts.port  # noqa: B018 - raises for a port that is not a number from 0 to 65535
+    except ValueError as exc:
+        raise UserError(f"TARGET_URL {args.url!r} is not a valid URL: {exc}") from None
+    if not parts.hostname:
+        raise UserError(f"TARGET_URL {args.url!r} names no host")
     if args.users < 1 or args.processes < 1 or args.pool < 1 or args.max_tokens < 1:
         raise UserError("--users, --processes, --pool and --max-tokens must be at least 1")
     if args.warmup < 0:
@@ -247,7 +256,12 @@ def _finish(
         console.print(f"[yellow]note:[/] {reason}")
     console.print(f"records: {args.out / 'records.jsonl'}")
     interrupted = any("interrupted" in r for r in reasons)
-    return 130 if interrupted else 0
+    if interrupted:
+        return 130
+    if summary.requests and summary.failed == summary.requests:
+        console.print("[red]every request failed[/]: nothing was measured (is TARGET_URL right, and the model?)")
+        return 1
+    return 0
 
 
 def itl_flags(summary: Summary, checks: list[dict[str, Any]]) -> list[str]:

@@ -12,6 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from expert_router.arguments import finite_float
 from expert_router.commands import HelpFormatter
 from expert_router.config import Deployment, check_against_classifier, describe_flag_error, load_deployment
 from expert_router.errors import UserError
@@ -56,13 +57,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, default=8000, help="port to listen on")
     parser.add_argument("--workers", type=int, default=1, help="gateway processes sharing the port (SO_REUSEPORT)")
     parser.add_argument("--max-inflight-per-expert", type=int, help="override gateway.max_inflight_per_expert")
-    parser.add_argument("--queue-timeout-s", type=float, help="override gateway.queue_timeout_s")
-    parser.add_argument("--first-token-timeout-s", type=float, help="override gateway.first_token_timeout_s")
-    parser.add_argument("--idle-timeout-s", type=float, help="override gateway.idle_timeout_s")
+    parser.add_argument("--queue-timeout-s", type=finite_float, help="override gateway.queue_timeout_s")
+    parser.add_argument("--first-token-timeout-s", type=finite_float, help="override gateway.first_token_timeout_s")
+    parser.add_argument("--idle-timeout-s", type=finite_float, help="override gateway.idle_timeout_s")
     parser.add_argument("--fallback", choices=("nearest", "none"), help="override gateway.fallback")
     parser.add_argument(
         "--drain-timeout-s",
-        type=float,
+        type=finite_float,
         help="override gateway.drain_timeout_s (SIGTERM: streams "
         "in flight run on this long; new connections are refused at once)",
     )

@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from expert_router.arguments import finite_float
 from expert_router.commands import HelpFormatter
 from expert_router.errors import UserError
 from expert_router.progress import console
@@ -38,7 +39,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--results", type=Path, required=True, help="results folder (resumed if it exists)")
     parser.add_argument(
         "--gateway-ms",
-        type=float,
+        type=finite_float,
         nargs=2,
         metavar=("MEAN", "STD"),
         default=None,
@@ -59,7 +60,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--duration",
-        type=float,
+        type=finite_float,
         default=None,
         help="emulated seconds per cell (default: the experiment file's duration_s)",
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from expert_router.arguments import finite_float
 from expert_router.commands import HelpFormatter
 from expert_router.errors import UserError
 
@@ -31,7 +32,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--models", nargs="+", default=["synthetic"], help="model names to serve")
     parser.add_argument("--tokens", type=int, default=16, help="tokens per answer (fewer if max_tokens asks)")
-    parser.add_argument("--interval-ms", type=float, default=10.0, help="gap between tokens")
+    parser.add_argument("--interval-ms", type=finite_float, default=10.0, help="gap between tokens")
     parser.add_argument(
         "--tokens-per-chunk",
         type=int,
@@ -44,7 +45,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         default="asked",
         help="usage in streams: as the request asks (vLLM), only at the end, or never",
     )
-    parser.add_argument("--first-token-ms", type=float, default=0.0, help="delay before the first token")
+    parser.add_argument("--first-token-ms", type=finite_float, default=0.0, help="delay before the first token")
     parser.add_argument("--fail-status", type=int, help="answer every request with this HTTP status")
     parser.add_argument("--die-after-tokens", type=int, help="drop the connection after this many tokens")
     parser.add_argument("--no-done", action="store_true", help="close streams without `data: [DONE]`")

@@ -9,6 +9,7 @@ import argparse
 import shlex
 from collections.abc import Sequence
 
+from expert_router.arguments import finite_float
 from expert_router.emulate.config import build_config
 from expert_router.emulate.launch import Instance, plan
 from expert_router.errors import UserError
@@ -25,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--preset", help="named engine settings, e.g. paper-e; flags override it")
     parser.add_argument("--instances", type=int, help="independent engines in this process (default 1)")
-    parser.add_argument("--time-dilation", type=float, default=1.0, help="k: every emulated duration takes k x longer")
+    parser.add_argument(
+        "--time-dilation", type=finite_float, default=1.0, help="k: every emulated duration takes k x longer"
+    )
     engine = parser.add_argument_group("engine (defaults: llama-3-8b fp16 on h100-sxm, TP1)")
     engine.add_argument("--gpu", help="h100-sxm, a100-sxm, h200-sxm, l40s")
     engine.add_argument("--model", help="llama-3-8b, llama-3-70b")
@@ -33,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     engine.add_argument("--tp", type=int, help="tensor-parallel GPUs per instance")
     engine.add_argument("--kv-dtype", help="KV-cache precision: fp16, fp8 (default fp16)")
     engine.add_argument(
-        "--kv-cache-gb", type=float, help="KV memory per instance (default: 90%% of GPU memory minus weights)"
+        "--kv-cache-gb", type=finite_float, help="KV memory per instance (default: 90%% of GPU memory minus weights)"
     )
     engine.add_argument("--max-batch-size", type=int, help="most sequences in a batch (default 256)")
     engine.add_argument("--max-num-tokens", type=int, help="most tokens per iteration (default 8192)")

@@ -1,0 +1,35 @@
+"""Bad input to the CLI gets a clear message and a non-zero exit, never a traceback or a run without end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from expert_router.cli import main
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "abc"])
+def test_numbers_that_are_not_finite_are_refused_by_the_parser(value: str, tmp_path: Path, capsys):
+    """A nan duration ran and called it a measurement; a nan rate made a run that never ended."""
+    with pytest.raises(SystemExit) as caught:
+        main(["load", "http://127.0.0.1:9", "--duration", value, "--users", "1", "--out", str(tmp_path / "out")])
+    assert caught.value.code == 2 and "--duration" in capsys.readouterr().err
+
+
+def test_a_target_url_with_an_impossible_port_is_a_clear_error(capsys):
+    assert main(["load", "http://127.0.0.1:70000", "--duration", "1", "--out", "unused"]) == 2
+    assert "not a valid URL" in capsys.readouterr().err
+
+
+def test_an_output_folder_that_cannot_be_made_is_a_clear_error(tmp_path: Path, capsys):
+    """A file where the output folder should go gave a FileExistsError traceback."""
+    taken = tmp_path / "a-file"
+    taken.write_text("x")
+    corpus = tmp_path / "corpus.jsonl"
+    words = ["flour", "sugar", "oven", "bake", "kernel", "python", "compiler", "thread", "goal", "match", "score"]
+    texts = [" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(8)) for i in range(60)]
+    corpus.write_text("".join(f'{{"text": "{text}"}}\n' for text in texts))
+    code = main(["classifier", "fit", str(corpus), "--out", str(taken / "inside"), "--k", "2", "--dims", "3"])
+    err = capsys.readouterr().err
+    assert code == 2 and "error" in err and "a-file" in err
