@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from expert_router.cli import main
+from expert_router.errors import UserError
+from expert_router.loadgen.records import read_records
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "abc"])
@@ -33,3 +35,28 @@ def test_an_output_folder_that_cannot_be_made_is_a_clear_error(tmp_path: Path, c
     code = main(["classifier", "fit", str(corpus), "--out", str(taken / "inside"), "--k", "2", "--dims", "3"])
     err = capsys.readouterr().err
     assert code == 2 and "error" in err and "a-file" in err
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--block-size", "0"], ["--port", "70000"], ["--port", "-1"], ["--seed", "-1"], ["--tp", "0"]],
+)
+def test_engine_settings_out_of_range_are_refused_by_the_parser(flags: list[str], capsys):
+    """Each was a traceback (ZeroDivisionError, OverflowError, numpy's ValueError) or worse."""
+    with pytest.raises(SystemExit) as caught:
+        main(["emulate", "--preset", "paper-e", *flags])
+    assert caught.value.code == 2 and flags[0] in capsys.readouterr().err
+
+
+def test_instances_that_would_run_past_the_last_port_are_refused(capsys):
+    assert main(["emulate", "--preset", "paper-e", "--port", "65535", "--instances", "3"]) == 2
+    assert "65535" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("line", [b"{", b"[1]", b'{"request_id": "x"}', b"5"])
+def test_a_records_file_that_is_not_records_is_a_clear_error(line: bytes, tmp_path: Path):
+    """`simulate --gateway-from`, `report` and the rest read records: a bad line was a traceback."""
+    path = tmp_path / "records.jsonl"
+    path.write_bytes(b'{"meta": {}}\n' + line + b"\n")
+    with pytest.raises(UserError, match="line 2"):
+        read_records(path)

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from expert_router.arguments import port
 from expert_router.commands import HelpFormatter
 from expert_router.config import describe_flag_error
 from expert_router.errors import UserError
@@ -55,7 +56,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     build.add_argument("corpus", metavar="CORPUS", help="corpus (as for `classifier fit`)")
     build.add_argument("--classifier", type=Path, required=True, help="classifier that assigns documents to experts")
     build.add_argument("--out", type=Path, required=True, help="output folder")
-    build.add_argument("--port", type=int, default=8100, help="port written into the deployment file")
+    build.add_argument("--port", type=port, default=8100, help="port written into the deployment file")
     build.add_argument("--merge", action="store_true", help="also write merged full models, one per expert")
     build.add_argument("--limit", type=int, help="read at most this many documents")
     from expert_router.engine.build import BuildSettings

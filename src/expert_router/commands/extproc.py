@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from expert_router.arguments import finite_float
+from expert_router.arguments import finite_float, port
 from expert_router.commands import HelpFormatter
 from expert_router.config import Deployment
 from expert_router.errors import UserError
@@ -37,7 +37,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("deployment", metavar="DEPLOYMENT", type=Path, help="deployment YAML file")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (gRPC and metrics)")
-    parser.add_argument("--port", type=int, default=9002, help="gRPC port (ext_proc and grpc.health.v1)")
+    parser.add_argument("--port", type=port, default=9002, help="gRPC port (ext_proc and grpc.health.v1)")
     parser.add_argument("--metrics-port", type=int, default=9102, help="Prometheus /metrics port; -1: none")
     parser.add_argument(
         "--on-error",
@@ -54,8 +54,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="TEMPLATE",
         help="print TEMPLATE (deploy/envoy/envoy.yaml) fitted to DEPLOYMENT and exit",
     )
-    parser.add_argument("--envoy-port", type=int, default=8080, help="with --envoy-config: Envoy's listen port")
-    parser.add_argument("--envoy-admin-port", type=int, default=9901, help="with --envoy-config: Envoy's admin port")
+    parser.add_argument("--envoy-port", type=port, default=8080, help="with --envoy-config: Envoy's listen port")
+    parser.add_argument("--envoy-admin-port", type=port, default=9901, help="with --envoy-config: Envoy's admin port")
     parser.set_defaults(handler=run)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from expert_router.arguments import finite_float
+from expert_router.arguments import finite_float, port
 from expert_router.commands import HelpFormatter
 from expert_router.errors import UserError
 
@@ -29,7 +29,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8100)
+    parser.add_argument("--port", type=port, default=8100)
     parser.add_argument("--models", nargs="+", default=["synthetic"], help="model names to serve")
     parser.add_argument("--tokens", type=int, default=16, help="tokens per answer (fewer if max_tokens asks)")
     parser.add_argument("--interval-ms", type=finite_float, default=10.0, help="gap between tokens")

@@ -9,7 +9,7 @@ import argparse
 import shlex
 from collections.abc import Sequence
 
-from expert_router.arguments import finite_float
+from expert_router.arguments import finite_float, non_negative_int, port, positive_int
 from expert_router.emulate.config import build_config
 from expert_router.emulate.launch import Instance, plan
 from expert_router.errors import UserError
@@ -17,7 +17,7 @@ from expert_router.errors import UserError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8100, help="port of the first instance; the others follow")
+    parser.add_argument("--port", type=port, default=8100, help="port of the first instance; the others follow")
     parser.add_argument(
         "--served-model-name",
         nargs="+",
@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     engine.add_argument("--gpu", help="h100-sxm, a100-sxm, h200-sxm, l40s")
     engine.add_argument("--model", help="llama-3-8b, llama-3-70b")
     engine.add_argument("--dtype", help="weight format: fp16, fp8, int4-awq")
-    engine.add_argument("--tp", type=int, help="tensor-parallel GPUs per instance")
+    engine.add_argument("--tp", type=positive_int, help="tensor-parallel GPUs per instance")
     engine.add_argument("--kv-dtype", help="KV-cache precision: fp16, fp8 (default fp16)")
     engine.add_argument(
         "--kv-cache-gb", type=finite_float, help="KV memory per instance (default: 90%% of GPU memory minus weights)"
@@ -48,13 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="prefill whole prompts only",
     )
     engine.add_argument("--policy", help="guaranteed_no_evict (default) or max_utilization (preempts)")
-    engine.add_argument("--block-size", type=int, help="tokens per KV block (default 64)")
+    engine.add_argument("--block-size", type=positive_int, help="tokens per KV block (default 64)")
     engine.add_argument(
         "--output-lengths",
         help="end-of-sequence draw: exponential:MEAN (default exponential:294), "
         "fixed:N, normal:MEAN,STD, lognormal:MEDIAN,SIGMA, file:PATH",
     )
-    engine.add_argument("--seed", type=int, help="seed of the answer-length draws")
+    engine.add_argument("--seed", type=non_negative_int, help="seed of the answer-length draws")
 
 
 def instances_from(args: argparse.Namespace) -> list[Instance]:
@@ -76,6 +76,8 @@ def instances_from(args: argparse.Namespace) -> list[Instance]:
         seed=args.seed,
         instances=args.instances,
     )
+    if args.port and args.port + instances - 1 > 65535:
+        raise UserError(f"--port {args.port} with {instances} instances runs past port 65535")
     names = args.served_model_name or [config.model.key + ("-{i}" if instances > 1 else "")]
     return plan(config, instances, args.port, names)
 

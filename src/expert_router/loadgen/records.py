@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 import orjson
 
+from expert_router.errors import UserError
+
 Status = Literal["ok", "error", "http_error", "cancelled"]
 TokenSource = Literal["usage-continuous", "usage-spread", "chunks"]
 """How chunk token counts were known: the server's running usage on every chunk (exact), its final
@@ -111,11 +113,14 @@ def read_records(path: Path) -> list[RequestRecord]:
     """Every request record of a file (meta lines, which carry a "meta" key, are skipped)."""
     records = []
     with open(path, "rb") as f:
-        for line in f:
+        for number, line in enumerate(f, 1):
             if line.strip():
-                obj = orjson.loads(line)
-                if "meta" not in obj:
-                    records.append(RequestRecord.from_dict(obj))
+                try:
+                    obj = orjson.loads(line)
+                    if "meta" not in obj:
+                        records.append(RequestRecord.from_dict(obj))
+                except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError, ValueError) as exc:
+                    raise UserError(f"{path}, line {number}, is not a request record: {exc}") from None
     return records
 
 
