@@ -24,15 +24,19 @@ def test_a_target_url_with_an_impossible_port_is_a_clear_error(capsys):
     assert "not a valid URL" in capsys.readouterr().err
 
 
+def corpus(tmp_path: Path) -> Path:
+    path = tmp_path / "corpus.jsonl"
+    words = ["flour", "sugar", "oven", "bake", "kernel", "python", "compiler", "thread", "goal", "match", "score"]
+    texts = [" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(8)) for i in range(60)]
+    path.write_text("".join(f'{{"text": "{text}"}}\n' for text in texts))
+    return path
+
+
 def test_an_output_folder_that_cannot_be_made_is_a_clear_error(tmp_path: Path, capsys):
     """A file where the output folder should go gave a FileExistsError traceback."""
     taken = tmp_path / "a-file"
     taken.write_text("x")
-    corpus = tmp_path / "corpus.jsonl"
-    words = ["flour", "sugar", "oven", "bake", "kernel", "python", "compiler", "thread", "goal", "match", "score"]
-    texts = [" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(8)) for i in range(60)]
-    corpus.write_text("".join(f'{{"text": "{text}"}}\n' for text in texts))
-    code = main(["classifier", "fit", str(corpus), "--out", str(taken / "inside"), "--k", "2", "--dims", "3"])
+    code = main(["classifier", "fit", str(corpus(tmp_path)), "--out", str(taken / "inside"), "--k", "2", "--dims", "3"])
     err = capsys.readouterr().err
     assert code == 2 and "error" in err and "a-file" in err
 
@@ -60,3 +64,25 @@ def test_a_records_file_that_is_not_records_is_a_clear_error(line: bytes, tmp_pa
     path.write_bytes(b'{"meta": {}}\n' + line + b"\n")
     with pytest.raises(UserError, match="line 2"):
         read_records(path)
+
+
+def test_an_empty_prompt_to_route_is_refused_as_a_blank_line_is(tmp_path: Path, capsys):
+    assert (
+        main(["classifier", "fit", str(corpus(tmp_path)), "--out", str(tmp_path / "c"), "--k", "2", "--dims", "3"]) == 0
+    )
+    capsys.readouterr()
+    assert main(["classifier", "route", str(tmp_path / "c"), "flour sugar", "  "]) == 2
+    assert "empty" in capsys.readouterr().err
+
+
+def test_a_simulated_duration_of_zero_or_less_is_refused_not_replaced(capsys):
+    """0 was silently replaced by the experiment file's duration, and -1 simulated nothing and exited 0."""
+    for duration in ("0", "-1"):
+        assert main(["simulate", "missing.yaml", "--results", "unused", "--duration", duration]) == 2
+        assert "--duration" in capsys.readouterr().err
+
+
+def test_a_demo_with_no_clusters_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["demo", "--k", "0"])
+    assert caught.value.code == 2 and "--k" in capsys.readouterr().err

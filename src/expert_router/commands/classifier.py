@@ -179,6 +179,8 @@ def run_route(args: argparse.Namespace) -> int:
         texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
         raise UserError("no prompts to route: give TEXT arguments or lines on standard input")
+    if any(not text.strip() for text in texts):
+        raise UserError("a prompt to route is empty (as blank lines on standard input are skipped)")
     routes = classifier.route(texts)
     out = sys.stdout
     for cluster, distances in zip(routes.cluster, routes.distance):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from expert_router.arguments import finite_float
+from expert_router.arguments import finite_float, positive_int
 from expert_router.classifier import Classifier, ClassifierSettings
 from expert_router.commands import HelpFormatter
 from expert_router.config import Deployment
@@ -39,7 +39,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--out", type=Path, default=Path("demo-out"), help="folder for everything the demo writes")
-    parser.add_argument("--k", type=int, default=8, help="number of clusters (experts)")
+    parser.add_argument("--k", type=positive_int, default=8, help="number of clusters (experts)")
     parser.add_argument("--users", type=int, nargs="+", default=[1, 8, 32], help="concurrency levels of the sweep")
     parser.add_argument("--duration", type=finite_float, default=15.0, help="seconds per measured cell")
     parser.add_argument("--max-tokens", type=int, default=128, help="answer cap (experts also stop at EOS)")

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from expert_router.arguments import finite_float
+from expert_router.arguments import finite_float, positive_int
 from expert_router.commands import HelpFormatter
 from expert_router.errors import UserError
 from expert_router.progress import console
@@ -54,7 +54,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--workers",
-        type=int,
+        type=positive_int,
         default=None,
         help="cells simulated side by side, one process each (default: one per core)",
     )
@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     from expert_router.simulate.run import simulate_experiment
     from expert_router.simulate.system import DEFAULT_GATEWAY_MS, GatewayOverhead
 
+    if args.duration is not None and args.duration <= 0:
+        raise UserError("--duration must be more than 0 seconds")
     mean, std = args.gateway_ms or DEFAULT_GATEWAY_MS
     if mean < 0 or std < 0:
         raise UserError("--gateway-ms MEAN STD must not be negative")

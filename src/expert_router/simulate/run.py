@@ -178,7 +178,7 @@ def plan(
     for mix in experiment.mixes:
         for users in experiment.users:
             for repetition in range(experiment.repetitions):
-                load = Load(users=users, duration_s=duration_s or experiment.duration_s)
+                load = Load(users=users, duration_s=experiment.duration_s if duration_s is None else duration_s)
                 for configuration in experiment.configurations:
                     folder = cell_folder(results, configuration.name, mix, users, repetition)
                     if not (folder / "summary.json").is_file():
