@@ -141,6 +141,20 @@ def test_content_encodings_are_decoded_or_refused_with_json(stack):
         assert ("choices" in answer) if status == 200 else answer["error"]["code"] == status
 
 
+def test_a_request_asking_for_http2_is_answered_in_http_1_1(stack):
+    """What `curl --http2 http://... -d ...` sends: the body used to be lost (a 400, "not valid JSON")."""
+    gw, _ = stack
+    connection = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+    body = json.dumps({"prompt": PROMPTS[0], "max_tokens": 2}).encode()
+    upgrade = {"Connection": "Upgrade, HTTP2-Settings", "Upgrade": "h2c", "HTTP2-Settings": "AAMAAABkAAQCAAAAAAIAAAAA"}
+    for _ in range(2):  # the connection stays usable
+        connection.request("POST", "/v1/completions", body=body, headers={"Content-Type": "application/json"} | upgrade)
+        response = connection.getresponse()
+        answer = json.loads(response.read())
+        assert response.status == 200 and answer["choices"][0]["text"] == " t0 t1", answer
+    connection.close()
+
+
 def test_chat_streaming_and_non_streaming(stack):
     gw, _ = stack
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0)

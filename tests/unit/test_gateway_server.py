@@ -405,3 +405,25 @@ def test_a_client_that_reads_nothing_of_its_last_answer_is_cut_off_after_the_kee
         return socket
 
     assert asyncio.run(main()).aborted
+
+
+def test_a_request_asking_to_upgrade_is_answered_in_http_1_1_with_its_body():
+    """`curl --http2 http://...` sends `Upgrade: h2c`: llhttp stops at the head, and the body was lost
+    (the gateway answered 400, "not valid JSON"). A server may ignore the upgrade; nginx does."""
+
+    async def scenario(app: App, port: int) -> None:
+        h2c = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+        # Content-Length, then chunked, then a plain request pipelined behind: all answered, in order.
+        chunked = b"POST /echo HTTP/1.1\r\n%sTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+        raw = post(b"hello", h2c) + chunked % h2c + b"GET /nothing HTTP/1.1\r\nConnection: close\r\n\r\n"
+        got = responses(await exchange(port, raw))
+        assert [status for status, _, _ in got] == [200, 200, 404]
+        assert [json.loads(body)["body"] for _, _, body in got[:2]] == ["hello", "abcde"]
+        assert all(b"101" not in body for _, _, body in got)
+        # The body's limit holds for it too, and a CONNECT is still refused, not looped on.
+        [(status, _, _)] = responses(await exchange(port, post(b"x" * (LIMIT + 1), h2c)))
+        assert status == 413
+        [(status, _, _)] = responses(await exchange(port, b"CONNECT x:1 HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\n\r\n"))
+        assert status in (404, 405)
+
+    served(scenario)

@@ -9,10 +9,11 @@ body go to the socket in one write.
 
 What a client gets: keep-alive, pipelined requests answered in order, Content-Length and chunked
 bodies up to a limit (413 as soon as a declared or received size passes it), `Expect: 100-continue`,
-HTTP/1.0 (streams unframed, ended by closing), 400 for what is not HTTP, and every answer the server
-makes itself (404, 405, 413, 503 while draining) an OpenAI-style JSON error. A client that hangs up
-cancels its handler, which is how an engine learns to abort the request. Connections idle past the
-keep-alive timeout are closed by one sweep a second, not a timer per request.
+requests asking to upgrade (`curl --http2`'s h2c) answered in HTTP/1.1, HTTP/1.0 (streams unframed,
+ended by closing), 400 for what is not HTTP, and every answer the server makes itself (404, 405, 413,
+503 while draining) an OpenAI-style JSON error. A client that hangs up cancels its handler, which is
+how an engine learns to abort the request. Connections idle past the keep-alive timeout are closed by
+one sweep a second, not a timer per request.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ LINGER_S = 2.0
 MAX_HEAD_BYTES = 64 * 1024
 """A request line and headers longer than this are refused (431) rather than buffered without end."""
 
+HOP_BY_HOP_UPGRADE = (b"upgrade", b"connection", b"http2-settings")
+"""Headers of a protocol switch, dropped from a request answered without one."""
 DETACHED = httptools.HttpRequestParser(NoCallbacks())
 """The parser a closed connection keeps in place of its own."""
 
@@ -125,6 +128,7 @@ class Connection(asyncio.Protocol):
         self._head_bytes = 0
         self._begun = 0  # requests begun and completed on this connection (which reads a head's size counts)
         self._completed = 0
+        self._upgrade_asked = False
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -138,8 +142,11 @@ class Connection(asyncio.Protocol):
         begun, completed = self._begun, self._completed
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self.refused = True  # the request is complete; no upgrade is offered: closed after its answer
+        except httptools.HttpParserUpgrade as exc:
+            if self._upgrade_asked:
+                self._answer_without_upgrade(data[exc.args[0] :])
+            else:
+                self.refused = True  # CONNECT, or a replayed head: answered, then the connection closes
         except httptools.HttpParserError as exc:
             self.refuse(error_response(400, f"malformed HTTP request: {exc}"))
         else:
@@ -152,6 +159,21 @@ class Connection(asyncio.Protocol):
                     self.refuse(
                         error_response(431, f"the request line and headers are longer than {MAX_HEAD_BYTES} bytes")
                     )
+
+    def _answer_without_upgrade(self, rest: bytes) -> None:
+        """A request asking to switch protocols (`Upgrade: h2c`, which `curl --http2` sends over plain
+        HTTP) is answered in HTTP/1.1, as a server may (RFC 9110, 7.8), and as nginx does. llhttp stops
+        at such a request's head and leaves its body unread, so the head is parsed again without the
+        upgrade by a fresh parser, followed by the bytes that came after it: body, limits, keep-alive
+        and pipelining then work as for any request."""
+        self._upgrade_asked = False
+        parser = self.parser
+        lines = [b"%s %s HTTP/%s" % (parser.get_method(), self._url, parser.get_http_version().encode())]
+        lines += [name + b": " + value for name, value in self._headers.items() if name not in HOP_BY_HOP_UPGRADE]
+        if b"close" in self._headers.get(b"connection", b"").lower():
+            lines.append(b"connection: close")
+        self.parser = httptools.HttpRequestParser(self)
+        self.data_received(b"\r\n".join(lines) + b"\r\n\r\n" + rest)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -212,6 +234,9 @@ class Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self._completed += 1
         if self.refused:
+            return
+        if b"upgrade" in self._headers and self.parser.should_upgrade():
+            self._upgrade_asked = True  # its body, if any, is not read yet: `_answer_without_upgrade`
             return
         path = self._url.partition(b"?")[0].decode("latin-1")
         parser = self.parser
