@@ -28,6 +28,7 @@ from expert_router import __version__
 from expert_router.analysis.results import CELL_FILE, cell_folder
 from expert_router.config import Strict, describe_validation_error
 from expert_router.errors import UserError
+from expert_router.loadgen.client import url_problem
 from expert_router.loadgen.workload import WorkloadSpec, draw_workload, save_workload
 from expert_router.processes import http_ok, stop_groups, wait_until
 from expert_router.progress import console
@@ -56,6 +57,14 @@ class Configuration(Strict):
         "without its gateway: the report shows the gateway's overhead as the difference",
     )
     services: list[Service] = []
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, url: str) -> str:
+        problem = url_problem(url)
+        if problem is not None:  # said when the file is read, not after the services have started
+            raise ValueError(problem)
+        return url
 
 
 class Experiment(Strict):
@@ -135,6 +144,38 @@ def load_experiment(path: Path) -> tuple[Experiment, Path]:
     return experiment, base
 
 
+RESUME_FILE = "settings.json"
+"""What a results folder's cells were made with: a resume with other settings is refused."""
+EXTENDABLE = ("name", "users", "repetitions", "mixes", "cooldown_s", "configurations")
+"""Experiment keys a resume may change: more users, repetitions, mixes or configurations add cells."""
+
+
+def check_resume(results: Path, experiment: Experiment, **extra: Any) -> None:
+    """Refuse to resume `results` with settings other than its cells were made with (`extra`: a runner's
+    own, such as the simulator's duration). Resumed with another duration or token cap, say, the old
+    cells were kept as done and reported beside new ones as if measured alike. A configuration keeps its
+    name's meaning; new names, users, mixes and repetitions only add cells."""
+    stamp = experiment.model_dump(mode="json", exclude=set(EXTENDABLE)) | extra
+    stamp["configurations"] = {c.name: c.model_dump(mode="json") for c in experiment.configurations}
+    path = results / RESUME_FILE
+    if path.is_file():
+        try:
+            stored = json.loads(path.read_text())
+        except ValueError as exc:
+            raise UserError(f"{path} is damaged ({exc}): choose a new results folder") from None
+        changed = [key for key in stamp if key != "configurations" and key in stored and stored[key] != stamp[key]]
+        old, new = stored.get("configurations", {}), stamp["configurations"]
+        changed += [f"configurations.{name}" for name in new if name in old and old[name] != new[name]]
+        if changed:
+            raise UserError(
+                f"{results} holds cells made with other settings ({', '.join(changed)} changed): "
+                "choose a new results folder, or run with the settings it was made with"
+            )
+        stamp["configurations"] = old | new
+    results.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(stamp, indent=1))
+
+
 def _manifest(experiment: Experiment, path: Path) -> dict[str, Any]:
     import aiohttp
     import numpy
@@ -161,7 +202,9 @@ def _manifest(experiment: Experiment, path: Path) -> dict[str, Any]:
 
 def run_experiment(path: Path, results: Path) -> Path:
     experiment, base = load_experiment(path)
-    results.mkdir(parents=True, exist_ok=True)
+    if not (experiment.classifier / "classifier.json").is_file():  # before any service starts
+        raise UserError(f"{path}: classifier {experiment.classifier} is not a saved classifier (classifier fit --out)")
+    check_resume(results, experiment)
     manifest_path = results / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else _manifest(experiment, path)
     manifest.setdefault("runs", []).append({"started_at": time.time()})

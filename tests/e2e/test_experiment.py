@@ -157,6 +157,16 @@ def test_resume_skips_finished_cells_and_redoes_half_finished(experiment):
     assert "11 already done, 1 to run" in result.stderr.replace("\n", " ")
     assert (victim / "summary.json").is_file()
     assert (results / "runs" / "router" / "uniform" / "u1" / "r0" / "records.jsonl").read_bytes() == before
+    # Resumed with another token cap, the old cells were kept and reported as if measured alike.
+    changed = yaml.safe_load((experiment / "experiment.yaml").read_text()) | {"max_tokens": 20}
+    (experiment / "changed.yaml").write_text(yaml.safe_dump(changed))
+    result = subprocess.run(
+        cli_args("experiment", "run", str(experiment / "changed.yaml"), "--results", str(results)),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 2 and "max_tokens" in result.stderr, result.stderr[-3000:]
 
 
 def test_bad_experiment_files_name_the_key(tmp_path):

@@ -408,6 +408,27 @@ def test_workers_share_one_port_and_stop_together(tmp_path, classifier, stack):
     assert alive == []
 
 
+def test_port_0_announces_the_port_it_got(tmp_path, classifier, stack):
+    """`serve --port 0` said "ready on http://127.0.0.1:0/v1": a URL nobody can reach."""
+    _, experts = stack
+    deployment = write_deployment(tmp_path / "deploy.yaml", classifier, {c: [experts.url] for c in range(8)})
+    process = subprocess.Popen(
+        cli_args("serve", str(deployment), "--port", "0"), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
+    try:
+        assert process.stderr is not None
+        line = process.stderr.readline()
+        port = int(line.split("http://127.0.0.1:", 1)[1].split("/", 1)[0])
+        assert port > 0, line
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("GET", "/health")
+        assert connection.getresponse().status == 200
+        connection.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=15)
+
+
 def test_two_gateways_behind_a_real_nginx(tmp_path, classifier, stack):
     from expert_router.testing import Nginx
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,12 @@ def corpus(tmp_path: Path) -> Path:
     texts = [" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(8)) for i in range(60)]
     path.write_text("".join(f'{{"text": "{text}"}}\n' for text in texts))
     return path
+
+
+def fit_classifier(tmp_path: Path, out: Path, capsys) -> None:
+    """A small saved classifier (k=2) at `out`; what the fit printed is dropped."""
+    assert main(["classifier", "fit", str(corpus(tmp_path)), "--out", str(out), "--k", "2", "--dims", "3"]) == 0
+    capsys.readouterr()
 
 
 def test_an_output_folder_that_cannot_be_made_is_a_clear_error(tmp_path: Path, capsys):
@@ -67,10 +74,7 @@ def test_a_records_file_that_is_not_records_is_a_clear_error(line: bytes, tmp_pa
 
 
 def test_an_empty_prompt_to_route_is_refused_as_a_blank_line_is(tmp_path: Path, capsys):
-    assert (
-        main(["classifier", "fit", str(corpus(tmp_path)), "--out", str(tmp_path / "c"), "--k", "2", "--dims", "3"]) == 0
-    )
-    capsys.readouterr()
+    fit_classifier(tmp_path, tmp_path / "c", capsys)
     assert main(["classifier", "route", str(tmp_path / "c"), "flour sugar", "  "]) == 2
     assert "empty" in capsys.readouterr().err
 
@@ -86,3 +90,42 @@ def test_a_demo_with_no_clusters_is_refused_by_the_parser(capsys):
     with pytest.raises(SystemExit) as caught:
         main(["demo", "--k", "0"])
     assert caught.value.code == 2 and "--k" in capsys.readouterr().err
+
+
+def test_experts_build_says_a_bad_out_folder_before_it_trains(tmp_path: Path, capsys, monkeypatch):
+    """The folder was made only once training was over: minutes of work, then a traceback."""
+    from expert_router.engine import build
+
+    trained: list[object] = []
+    monkeypatch.setattr(build, "build_experts", lambda *args, **kwargs: trained.append(args))
+    fit_classifier(tmp_path, tmp_path / "c", capsys)
+    taken = tmp_path / "a-file"
+    taken.write_text("x")
+    code = main(["experts", "build", str(corpus(tmp_path)), "--classifier", str(tmp_path / "c"), "--out", str(taken)])
+    assert code == 2 and "a-file" in capsys.readouterr().err
+    assert not trained
+
+
+def test_a_demo_folder_made_with_another_k_is_not_reused_silently(tmp_path: Path, capsys):
+    """A second demo with another --k reused the first one's classifier (and its experts) without a word."""
+    out = tmp_path / "demo-out"
+    fit_classifier(tmp_path, out / "classifier", capsys)
+    assert main(["demo", "--out", str(out), "--k", "3", "--classifier-only"]) == 2
+    assert "--k 2" in capsys.readouterr().err
+
+
+def test_an_experiment_is_checked_before_its_services_start(tmp_path: Path, capsys):
+    """A configuration URL that is not one, or a classifier that is not there, was found out only once
+    every service of the first configuration had started (and the first cell had failed)."""
+    started = tmp_path / "started"
+    service = {"name": "s", "command": ["touch", str(started)]}
+    configuration = {"name": "A", "url": "127.0.0.1:8000", "services": [service]}
+    path = tmp_path / "experiment.yaml"
+    path.write_text(json.dumps({"classifier": "classifier", "configurations": [configuration], "users": [1]}))
+    assert main(["experiment", "run", str(path), "--results", str(tmp_path / "results")]) == 2
+    assert "http://" in capsys.readouterr().err
+    configuration["url"] = "http://127.0.0.1:8000"
+    path.write_text(json.dumps({"classifier": "classifier", "configurations": [configuration], "users": [1]}))
+    assert main(["experiment", "run", str(path), "--results", str(tmp_path / "results")]) == 2
+    assert "not a saved classifier" in " ".join(capsys.readouterr().err.split())  # the console wraps lines
+    assert not started.exists()

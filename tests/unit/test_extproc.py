@@ -106,3 +106,20 @@ def test_internal_errors_fail_closed_or_open():
     assert isinstance(opened, Route) and (opened.cluster, opened.routed_by, opened.body) == (2, "default", raw)
     with pytest.raises(ValueError):
         Router(deployment(), Broken(), default_cluster=9)
+
+
+def test_a_port_in_use_is_a_clear_error(classifier, tmp_path: Path, capsys):
+    """grpcio raises RuntimeError for an address it cannot bind: it came out as a traceback."""
+    import socket
+
+    from expert_router.cli import main
+
+    classifier.save(tmp_path / "classifier")
+    path = tmp_path / "deploy.yaml"
+    deployment().model_copy(update={"classifier": tmp_path / "classifier"}).write(path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = str(taken.getsockname()[1])
+        assert main(["extproc", str(path), "--port", busy, "--metrics-port", "-1"]) == 2
+    assert "cannot listen" in capsys.readouterr().err

@@ -41,8 +41,14 @@ def test_split_keeps_clusters_labels_and_majority_topics(tmp_path):
 
 
 def test_experts_without_a_held_out_file_are_a_user_error(tmp_path):
+    (tmp_path / "deployment.yaml").write_text("# an older build's\n")
     with pytest.raises(UserError, match="build them again"):
         read_held_out(tmp_path)
+    # Not every folder without one is an older build: a typo, or another folder, is said as such.
+    with pytest.raises(UserError, match="is not a folder"):
+        read_held_out(tmp_path / "typo")
+    with pytest.raises(UserError, match="not a folder written by"):
+        read_held_out(tmp_path.parent)
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +102,16 @@ def test_evaluate_command_prints_one_json_summary(tiny_experts, tmp_path, capsys
     assert summary["diagonal_lowest_rows"] == 2 and summary["routing_accuracy"] == 1.0
     assert (tmp_path / "quality_perplexity.png").is_file()
     assert main(["evaluate", str(tmp_path)]) == 2  # no experts there: a user error, no traceback
+
+
+def test_a_quality_folder_asked_for_must_hold_an_evaluation(tmp_path):
+    """`report --quality` with a mistyped folder made a report without the section and without a word;
+    a damaged quality.json was a traceback."""
+    from expert_router.analysis.report import quality_section
+    from expert_router.errors import UserError
+
+    with pytest.raises(UserError, match="no quality.json"):
+        quality_section(tmp_path / "typo", tmp_path)
+    (tmp_path / "quality.json").write_text('{"perplexity": []}')
+    with pytest.raises(UserError, match="not a file written by"):
+        quality_section(tmp_path, tmp_path)

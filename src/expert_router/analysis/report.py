@@ -18,6 +18,7 @@ from expert_router.analysis.findings import findings_sections
 from expert_router.analysis.overhead import overhead_rows
 from expert_router.analysis.results import Cell, CellKey, load_cells, prompt_lengths
 from expert_router.analysis.sections import Section
+from expert_router.errors import UserError
 
 COLUMNS = [
     ("configuration", "configuration"),
@@ -123,8 +124,8 @@ def write_report(
     cells = load_cells(results)
     out = out or results / "report"
     out.mkdir(parents=True, exist_ok=True)
+    answer_quality = quality_section(quality, out) if quality is not None else None  # first: it may refuse
     figures = _figures(cells, out, fig7_users)
-    answer_quality = quality_section(quality, out) if quality is not None else None
     if answer_quality is not None:
         figures.extend(answer_quality[1])
     rows = [
@@ -167,23 +168,28 @@ def _figures(cells: dict[CellKey, Cell], out: Path, fig7_users: list[int] | None
     return figures
 
 
-def quality_section(folder: Path, out: Path) -> tuple[Section, list[Path]] | None:
-    """The answer-quality table and heat map from `expert-router evaluate`'s folder (None if absent)."""
+def quality_section(folder: Path, out: Path) -> tuple[Section, list[Path]]:
+    """The answer-quality table and heat map from `expert-router evaluate`'s folder. Asked for, it must
+    be there: a folder with no quality.json (a typo, evaluate not run) gave a report without the section
+    and without a word, and a damaged file a traceback."""
     from expert_router.quality.evaluate import Evaluation
     from expert_router.quality.figures import COLUMNS as QUALITY_COLUMNS
     from expert_router.quality.figures import table_rows
 
     path = folder / "quality.json"
     if not path.is_file():
-        return None
-    data = json.loads(path.read_text())
-    evaluation = Evaluation(
-        np.array(data["perplexity"], dtype=float),
-        np.array(data["base_perplexity"], dtype=float),
-        data["documents"],
-        {int(c): v for c, v in data["cluster_labels"].items()},
-        data.get("routing_accuracy"),
-    )
+        raise UserError(f"--quality: {folder} has no quality.json (write it with `expert-router evaluate`)")
+    try:
+        data = json.loads(path.read_text())
+        evaluation = Evaluation(
+            np.array(data["perplexity"], dtype=float),
+            np.array(data["base_perplexity"], dtype=float),
+            data["documents"],
+            {int(c): v for c, v in data["cluster_labels"].items()},
+            data.get("routing_accuracy"),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"--quality: {path} is not a file written by `expert-router evaluate` ({exc!r})") from None
     figures = []
     heat_map = folder / "quality_perplexity.png"
     if heat_map.is_file():

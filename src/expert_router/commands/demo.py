@@ -66,6 +66,11 @@ def run(args: argparse.Namespace) -> int:
     documents = load_corpus("demo")
     if (classifier_dir / "classifier.json").is_file():
         classifier = Classifier.load(classifier_dir)
+        if classifier.k != args.k:  # the experts and results there were made for it: not mixed with another k
+            raise UserError(
+                f"{out} holds a demo with {classifier.k} clusters (and its experts): "
+                f"run with --k {classifier.k}, or choose another --out for --k {args.k}"
+            )
         console.print(f"classifier: reusing {classifier_dir}")
     else:
         stages = Stages(f"fitting the classifier on {len(documents):,} demo documents")

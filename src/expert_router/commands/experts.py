@@ -93,6 +93,7 @@ def run_build(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         raise UserError(describe_flag_error(exc)) from None
     classifier = Classifier.load(args.classifier)
+    args.out.mkdir(parents=True, exist_ok=True)  # before training: a bad --out is said at once, not minutes later
     documents = load_corpus(args.corpus, CorpusOptions(), args.limit, show_progress=True)
     texts = [d.text for d in documents]
     by_cluster, held_out = split_documents(

@@ -9,7 +9,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from rich.live import Live
 from rich.table import Table
@@ -118,15 +117,11 @@ def workload_spec(args: argparse.Namespace) -> WorkloadSpec:
 
 
 def check(args: argparse.Namespace) -> None:
-    if not args.url.startswith(("http://", "https://")):
-        raise UserError(f"TARGET_URL must start with http:// or https://, got {args.url!r}")
-    try:
-        parts = urlsplit(args.url)
-        parts.port  # noqa: B018 - raises for a port that is not a number from 0 to 65535
-    except ValueError as exc:
-        raise UserError(f"TARGET_URL {args.url!r} is not a valid URL: {exc}") from None
-    if not parts.hostname:
-        raise UserError(f"TARGET_URL {args.url!r} names no host")
+    from expert_router.loadgen.client import url_problem
+
+    problem = url_problem(args.url)
+    if problem is not None:
+        raise UserError(f"TARGET_URL {problem}")
     if args.users < 1 or args.processes < 1 or args.pool < 1 or args.max_tokens < 1:
         raise UserError("--users, --processes, --pool and --max-tokens must be at least 1")
     if args.warmup < 0:

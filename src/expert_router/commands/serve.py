@@ -143,8 +143,8 @@ def _serve(deployment: Deployment, host: str, port: int, reuse_port: bool) -> No
     settle_after_start_up()  # the collector's defaults were the gateway's p99 (see expert_router.collector)
     experts = len(deployment.experts)
 
-    def announce() -> None:
-        print(f"gateway ready on http://{host}:{port}/v1 ({experts} experts)", file=sys.stderr, flush=True)
+    def announce(bound: int) -> None:
+        print(f"gateway ready on http://{host}:{bound}/v1 ({experts} experts)", file=sys.stderr, flush=True)
 
     try:
         run_server(

@@ -46,7 +46,10 @@ async def _serve(router: Router, options: ServeOptions, on_started: Callable[[in
     pb_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(router, metrics), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    port = server.add_insecure_port(f"{options.host}:{options.port}")
+    try:
+        port = server.add_insecure_port(f"{options.host}:{options.port}")
+    except RuntimeError as exc:  # grpcio's way of saying a port is taken, in newer releases (older ones return 0)
+        raise OSError(f"cannot listen on {options.host}:{options.port}: {exc}") from None
     if port == 0:
         raise OSError(f"cannot listen on {options.host}:{options.port}")
     await server.start()

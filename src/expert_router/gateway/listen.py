@@ -26,10 +26,11 @@ async def serve_until_stopped(
     host: str,
     port: int,
     reuse_port: bool = False,
-    on_started: Callable[[], Awaitable[None] | None] | None = None,
+    on_started: Callable[[int], Awaitable[None] | None] | None = None,
     drain_timeout_s: float = 2.0,
 ) -> None:
-    """Serve `app` on `host:port` until SIGINT or SIGTERM, then drain (the module's docstring)."""
+    """Serve `app` on `host:port` until SIGINT or SIGTERM, then drain (the module's docstring).
+    `on_started` is told the port listened on: the one asked for, or the one given for port 0."""
     server = Server(app)
     loop = asyncio.get_running_loop()
     await app.start()
@@ -38,7 +39,8 @@ async def serve_until_stopped(
             lambda: Connection(server), host, port, reuse_port=reuse_port or None, backlog=4096
         )
         sweeper = asyncio.create_task(_sweep_forever(server))
-        await announce_then_wait_for_signal(on_started)
+        bound = listener.sockets[0].getsockname()[1]
+        await announce_then_wait_for_signal(None if on_started is None else lambda: on_started(bound))
         await _drain(server, listener, drain_timeout_s)
         sweeper.cancel()
     finally:

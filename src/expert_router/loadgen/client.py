@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -24,6 +25,21 @@ from expert_router.wire import ConnectionPool, HttpConnection, clock
 
 USAGE_OPTIONS = {"include_usage": True, "continuous_usage_stats": True}
 """Asked of every server: usage on every chunk where it can (vLLM), else at the end (OpenAI)."""
+
+
+def url_problem(url: str) -> str | None:
+    """What is wrong with `url` as a base URL to send requests to, or None: checked before a run starts,
+    not found out by every request of it."""
+    if not url.startswith(("http://", "https://")):
+        return f"must start with http:// or https://, got {url!r}"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port that is not a number from 0 to 65535
+    except ValueError as exc:
+        return f"{url!r} is not a valid URL: {exc}"
+    if not parts.hostname:
+        return f"{url!r} names no host"
+    return None
 
 
 @dataclass(frozen=True)

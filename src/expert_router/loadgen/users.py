@@ -179,11 +179,11 @@ async def _measure(shared: _Run) -> None:
     await _until_stopped(shared.stop, tasks)
 
 
-async def _until_stopped(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+async def _until_stopped(stop: asyncio.Event, tasks: Sequence[asyncio.Task[object]]) -> None:
     if not tasks:
         return
     waiter = asyncio.create_task(stop.wait())
-    users: asyncio.Future[list[BaseException | None]] = asyncio.gather(*tasks, return_exceptions=True)
+    users: asyncio.Future[list[object]] = asyncio.gather(*tasks, return_exceptions=True)
     await asyncio.wait([waiter, users], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
     for task in tasks:
         task.cancel()
@@ -210,7 +210,7 @@ async def _watch_lag(stats: LiveStats, on_tick: Callable[[], None] | None) -> No
             on_tick()
 
 
-async def _one(shared: _Run, work: tuple[int, WorkItem], user: int, t_scheduled: float) -> None:
+async def _one(shared: _Run, work: tuple[int, WorkItem], user: int, t_scheduled: float) -> RequestRecord:
     request_id, item = work
     stats = shared.stats
     record = RequestRecord(
@@ -238,14 +238,33 @@ async def _one(shared: _Run, work: tuple[int, WorkItem], user: int, t_scheduled:
         stats.tokens += record.output_tokens
         if record.t_first_token is not None:
             stats.last_ttft_ms = (record.t_first_token - record.t_start) * 1000
+    return record
+
+
+BACKOFF_S = (0.05, 1.0)
+"""A closed-loop user that cannot reach the target waits this long before its next request, doubling
+per failure in a row up to the second figure."""
 
 
 async def _closed_user(shared: _Run, user: int) -> None:
+    """One user: a request, its whole answer, the next. A request that got no answer at all (the target
+    unreachable, or closing connections before any response) is followed by a back-off: sent again at
+    once, a user against a stopped server made tens of thousands of failed requests a second, each a
+    record, and starved the other users of the loop. A server that answers, even with an error, sets
+    the pace as before."""
+    backoff = 0.0
     while not shared.stop.is_set() and (shared.deadline is None or clock() < shared.deadline):
         work = shared.work.next()
         if work is None:
             return
-        await _one(shared, work, user, clock() - shared.t0)
+        record = await _one(shared, work, user, clock() - shared.t0)
+        if record.http_status is not None or record.status == "cancelled":
+            backoff = 0.0
+            continue
+        backoff = min(max(backoff * 2, BACKOFF_S[0]), BACKOFF_S[1])
+        if shared.deadline is not None:
+            backoff = min(backoff, max(shared.deadline - clock(), 0.0))
+        await asyncio.sleep(backoff)  # a stop cancels it
 
 
 async def _open_loop(shared: _Run) -> None:
@@ -255,7 +274,7 @@ async def _open_loop(shared: _Run) -> None:
     settings = shared.settings
     rng = np.random.default_rng(settings.process)
     rate = settings.rate or 1.0
-    inflight: set[asyncio.Task[None]] = set()
+    inflight: set[asyncio.Task[RequestRecord]] = set()
     start, t_next = clock(), 0.0
     try:
         while not shared.stop.is_set():
@@ -263,11 +282,12 @@ async def _open_loop(shared: _Run) -> None:
             if work is None:
                 break
             t_next += float(rng.exponential(1 / rate))
-            if shared.deadline is not None and start + t_next >= shared.deadline:
-                break
-            delay = start + t_next - clock()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            now = clock()
+            if shared.deadline is not None and max(start + t_next, now) >= shared.deadline:
+                break  # the schedule's end, or the clock's: a rate the client cannot keep up with ends too
+            # Behind schedule, the send is not skipped (it shows as late) but the loop yields, so that
+            # what was sent runs: at a rate past what the client can send it never did, and never ended.
+            await asyncio.sleep(max(start + t_next - now, 0.0))
             task = asyncio.create_task(_one(shared, work, work[0], start + t_next - shared.t0))
             inflight.add(task)
             task.add_done_callback(inflight.discard)

@@ -75,6 +75,10 @@ def write_held_out(folder: Path, held_out: HeldOut, fraction: float) -> Path:
 def read_held_out(folder: Path) -> HeldOut:
     """The held-out documents an expert build wrote, or a UserError that says how to get them."""
     path = folder / FILE_NAME
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder (the experts' folder is `expert-router experts build`'s --out)")
+    if not path.is_file() and not (folder / "deployment.yaml").is_file():
+        raise UserError(f"{folder} is not a folder written by `expert-router experts build` (no deployment.yaml)")
     if not path.is_file():
         raise UserError(
             f"{folder} has no {FILE_NAME}: experts built before held-out splits existed; "

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from expert_router.analysis import digest
 from expert_router.analysis.results import CELL_FILE, DIGEST_FILE, cell_folder
-from expert_router.experiment import Configuration, Experiment, load_experiment
+from expert_router.experiment import Configuration, Experiment, check_resume, load_experiment
 from expert_router.loadgen.records import write_records
 from expert_router.loadgen.workload import WorkItem, clustered_corpus, load_workload
 from expert_router.simulate.events import EventQueue
@@ -173,7 +173,12 @@ def plan(
     """Every cell of the experiment file not yet in `results` (resume), the largest loads first so that
     parallel workers finish together."""
     experiment, base = load_experiment(path)
-    results.mkdir(parents=True, exist_ok=True)
+    check_resume(
+        results,
+        experiment,
+        duration_s=experiment.duration_s if duration_s is None else duration_s,  # what the cells ran
+        gateway_overhead_s=[overhead.mean_s, overhead.std_s, len(overhead.samples)],
+    )
     tasks = []
     for mix in experiment.mixes:
         for users in experiment.users:
