@@ -72,6 +72,26 @@ def test_no_usage_counts_one_token_per_chunk_with_text():
     assert r.chunk_tokens == [0, 1] and r.t_first_token == 0.5 and r.token_source == "chunks"
 
 
+def test_a_reasoning_models_thinking_and_tool_calls_are_generated_tokens():
+    """Without usage per chunk (SGLang, OpenAI), only `content` had weight: a reasoning model's time to
+    first token was measured to its first answer token, after all of its thinking."""
+    r = record()
+    account = StreamAccount(r, chat=True)
+    deltas = [
+        {"role": "assistant", "content": ""},
+        {"reasoning_content": "Let me think"},
+        {"reasoning": " more"},
+        {"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]},
+        {"content": "Done"},
+    ]
+    for t, delta in enumerate(deltas):
+        account.add(orjson.dumps({"choices": [{"index": 0, "delta": delta}]}), float(t))
+    account.add(orjson.dumps({"choices": [], "usage": {"completion_tokens": 8}}), 5.0)
+    account.finish()
+    assert r.t_first_token == 1.0 and r.chunk_tokens[0] == 0 and all(n > 0 for n in r.chunk_tokens[1:])
+    assert sum(r.chunk_tokens) == 8
+
+
 def test_error_events_and_empty_streams_fail_the_request():
     r = record()
     account = StreamAccount(r, chat=False)

@@ -11,6 +11,7 @@ Token accounting, best source first (see `records.TokenSource`):
 2. A final `usage` only: its `completion_tokens` are spread over the chunks that carry text or a
    finish reason, in proportion, as whole numbers that add up.
 3. No usage: one token per chunk with text.
+"Text" in a chat delta is any generated output: content, reasoning, tool calls (`GENERATED_FIELDS`).
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ class StreamAccount:
         if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
             return
         choice = choices[0]
-        text = (choice.get("delta") or {}).get("content") if self.chat else choice.get("text")
+        text = _generated(choice.get("delta")) if self.chat else choice.get("text")
         if choice.get("finish_reason"):
             record.finish_reason = choice["finish_reason"]
         self._weights.append(1 if text or choice.get("finish_reason") else 0)
@@ -136,6 +137,19 @@ class StreamAccount:
         record.output_tokens = record.usage_tokens if record.usage_tokens is not None else sum(record.chunk_tokens)
         if record.status == "ok" and record.finish_reason is None and record.output_tokens == 0:
             self._fail("the stream ended without a token")
+
+
+GENERATED_FIELDS = ("content", "reasoning_content", "reasoning", "tool_calls")
+"""Chat delta fields that carry generated tokens: the answer, a reasoning model's thinking (vLLM and
+DeepSeek name it `reasoning_content`, newer servers `reasoning`) and tool calls. Counting only
+`content`, a reasoning model's first token was its first answer token, after all its thinking."""
+
+
+def _generated(delta: object) -> object:
+    """The first generated output of a chat delta (None when it has none: a role-only first chunk)."""
+    if not isinstance(delta, dict):
+        return None
+    return next((delta[name] for name in GENERATED_FIELDS if delta.get(name)), None)
 
 
 def spread(total: int, weights: list[int]) -> list[int]:
