@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from expert_router.analysis import findings, metrics
+from expert_router.analysis import cell_table, findings, metrics
 from expert_router.analysis.results import load_cells
 from expert_router.experiment import load_experiment
 from expert_router.loadgen.records import RequestRecord
@@ -56,7 +56,7 @@ def sweep(duration: float | None, workers: int, results: Path) -> dict[str, Any]
     wall = time.monotonic() - started
     cpu = _cpu_s() - cpu
     experiment, _ = load_experiment(EXPERIMENT)
-    table = findings.Table.of(load_cells(results))
+    table = cell_table.Table.of(load_cells(results))
     found = {check.__name__: check(table).holds for check in findings.FINDINGS}
     return {
         "sweep_wall_s": round(wall, 1),

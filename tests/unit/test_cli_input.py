@@ -64,7 +64,22 @@ def test_instances_that_would_run_past_the_last_port_are_refused(capsys):
     assert "65535" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("line", [b"{", b"[1]", b'{"request_id": "x"}', b"5"])
+VALID = b'{"request_id": 1, "workload_id": 1, "user_id": 0, "cluster_drawn": 0, "prompt_tokens": 1, "max_tokens": 2'
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"{",
+        b"[1]",
+        b'{"request_id": "x"}',
+        b"5",
+        # Null where a value must be: a TypeError deep in the metrics, long after the file was read.
+        VALID + b', "chunk_tokens": null}',
+        VALID + b', "server_timing": null}',
+        VALID + b', "output_tokens": null}',
+    ],
+)
 def test_a_records_file_that_is_not_records_is_a_clear_error(line: bytes, tmp_path: Path):
     """`simulate --gateway-from`, `report` and the rest read records: a bad line was a traceback."""
     path = tmp_path / "records.jsonl"

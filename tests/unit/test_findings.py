@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 
+from expert_router.analysis import cell_table as t
 from expert_router.analysis import digest
 from expert_router.analysis import findings as f
 from expert_router.analysis.results import Cell, CellKey
@@ -45,8 +46,8 @@ def stats(
     peak: float | None = None,
     user: float = 40.0,
     response: float = 10.0,
-) -> f.Stats:
-    return f.Stats(ttft, ttft / 2, ttft * 2, tpot, tpot / 10, tpot * 1.5, response, user, system, peak or system * 1.2)
+) -> t.Stats:
+    return t.Stats(ttft, ttft / 2, ttft * 2, tpot, tpot / 10, tpot * 1.5, response, user, system, peak or system * 1.2)
 
 
 # What the paper reports, as cell statistics: E fastest per token and per user, C best at high load,
@@ -60,7 +61,7 @@ PAPER = {
 }
 
 
-def paper_table(levels: tuple[int, ...] = (1, 200, 600, 1000)) -> f.Table:
+def paper_table(levels: tuple[int, ...] = (1, 200, 600, 1000)) -> t.Table:
     table = {}
     for mix in ("uniform", "normal"):
         for users in levels:
@@ -68,11 +69,11 @@ def paper_table(levels: tuple[int, ...] = (1, 200, 600, 1000)) -> f.Table:
                 if c == "E" and users == 1000:
                     s = replace(s, system_mean=3000, user_throughput=25)  # E falls behind C at 1,000
                 table[CellKey(c, mix, users)] = s
-    return f.Table(table)
+    return t.Table(table)
 
 
 def test_cell_stats_read_from_records_match_hand_computation():
-    s = f.cell_stats(cell("E", 4, ttft=0.1, tpot=0.02))
+    s = t.cell_stats(cell("E", 4, ttft=0.1, tpot=0.02))
     # users 0..3 get TTFT 0.1, 0.11, 0.12, 0.13; every TPOT is exactly 20 ms
     assert s.ttft_min == pytest.approx(0.1) and s.ttft_median == pytest.approx(0.115)
     assert s.tpot_median == pytest.approx(0.02) and s.tpot_std == pytest.approx(0.0, abs=1e-12)
@@ -91,7 +92,7 @@ def test_a_finding_that_fails_says_why_and_missing_cells_say_so():
     by_claim = {x.claim: x for x in f.findings(table)}
     d = by_claim["D stays under 2,000 tokens/s mean system throughput, with the lowest peak"]
     assert d.holds is False and "2,500" in d.numbers and d.why
-    empty = f.findings(f.Table({}))
+    empty = f.findings(t.Table({}))
     assert all(x.holds is None and not x.why for x in empty)
 
 
@@ -112,9 +113,39 @@ def test_capacity_is_the_last_level_before_the_first_miss():
     assert strict["E", "uniform"] == 1000 and strict["D", "uniform"] == 0  # D's p99 TPOT is 75 ms
 
 
+def test_a_level_that_fails_requests_or_was_not_measured_well_is_not_served():
+    """Latencies are of answered requests only: a configuration that turned 40% of its users away (429s)
+    kept a low p99 and was credited with every level."""
+    table = paper_table()
+    table.stats[CellKey("E", "uniform", 1000)] = replace(table.stats[CellKey("E", "uniform", 1000)], error_rate=0.4)
+    table.stats[CellKey("C", "uniform", 600)] = replace(PAPER["C"], valid=False)
+    rows = {(r["configuration"], r["mix"]): r for r in f.capacity(table)}
+    assert rows["E", "uniform"]["users"] == 600 and "40% of requests failed" in str(rows["E", "uniform"]["first_over"])
+    assert rows["C", "uniform"]["users"] == 200 and "not measured well" in str(rows["C", "uniform"]["first_over"])
+    assert rows["E", "normal"]["users"] == 1000
+
+
+def test_a_configuration_that_answered_nothing_does_not_win_a_ranking():
+    """min() over NaN kept the first item: an all-failed A became "lowest TTFT" and "lowest peak"."""
+    nothing = replace(PAPER["A"], ttft_median=float("nan"), ttft_min=float("nan"), system_peak=float("nan"),
+                      system_mean=float("nan"), user_throughput=float("nan"))  # fmt: skip
+    table = paper_table()
+    for key in list(table.stats):
+        if key.configuration == "A":
+            table.stats[key] = nothing
+    found = {check.__name__: check(table) for check in f.FINDINGS}
+    assert found["highest_user_throughput"].holds is True  # E still leads among those that answered
+    assert found["d_under_2000"].holds is True  # D still has the lowest peak of those measured
+    # And the winner itself answering nothing is no win.
+    for key in list(table.stats):
+        if key.configuration == "E":
+            table.stats[key] = replace(PAPER["E"], tpot_median=float("nan"))
+    assert f.lowest_tpot(table).holds is False
+
+
 def test_sections_from_records_for_the_report():
     cells = {}
-    for c, tpot in zip(f.CONFIGURATIONS, (0.03, 0.025, 0.028, 0.05, 0.015)):
+    for c, tpot in zip(t.CONFIGURATIONS, (0.03, 0.025, 0.028, 0.05, 0.015)):
         for users in (1, 4):
             made = cell(c, users, ttft=0.1, tpot=tpot)
             cells[made.key] = made
@@ -129,7 +160,7 @@ def test_cell_stats_use_the_reports_pooled_definitions():
     # a second repetition: 5 users, 10 requests each, one a second (steady windows from 2 s to 8 s)
     second = [record(u, k, 0.1, 0.02 + u / 1000, 30) for u in range(5) for k in range(10)]
     made = Cell.of_records(CellKey("C", "uniform", 5), [first, second])
-    s, pooled = f.cell_stats(made), digest.pooled(made.runs)
+    s, pooled = t.cell_stats(made), digest.pooled(made.runs)
     assert (s.ttft_median, s.ttft_p99, s.tpot_median, s.tpot_p99) == pytest.approx(
         (pooled.ttft_median_s, pooled.ttft_p99_s, pooled.tpot_median_s, pooled.tpot_p99_s)
     )

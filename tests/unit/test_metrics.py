@@ -88,6 +88,30 @@ def test_windows_are_marked_ramp_up_steady_and_drain():
     assert summary.system_throughput_mean > float(np.mean(windows.tokens_per_s))  # ramp and drain pull the mean down
 
 
+def test_a_run_that_never_held_its_load_is_marked_whole_and_the_report_says_so(tmp_path):
+    """With no steady interval every window was marked steady: the table's "steady mean" silently
+    averaged ramp-up and drain."""
+    from expert_router.analysis.report import write_report
+    from expert_router.loadgen.records import RecordWriter
+
+    # user 0 is done (9.0) before user 1's first token (9.5): the load was never held
+    records = [rec(0.0, list(np.arange(1.0, 9.0, 0.5)), t_end=9.0, user=0), rec(0.0, [9.5, 10.0, 12.5], user=1)]
+    assert metrics.steady_interval(records) is None
+    windows = metrics.system_throughput(records, window_s=2.0)
+    assert set(windows.phases) == {"whole"} and windows.whole_run
+    assert len(windows.steady()) == len(windows.tokens_per_s)  # the whole run's mean stands in
+    run = tmp_path / "results" / "runs" / "A" / "uniform" / "u2" / "r0"
+    run.mkdir(parents=True)
+    writer = RecordWriter(run / "records.jsonl")
+    for r in records:
+        writer.write(r)
+    writer.close()
+    (run / "summary.json").write_text("{}")
+    (run / "cell.json").write_text('{"configuration": "A", "mix": "uniform", "users": 2}')
+    report = write_report(tmp_path / "results")
+    assert "No steady state in 1 cell(s) (A uniform u2)" in report.markdown.read_text()
+
+
 def test_a_run_shorter_than_a_window_is_divided_by_its_own_length():
     windows = metrics.system_throughput([rec(0.0, [0.1, 0.2, 0.5])], window_s=2.0)
     assert windows.tokens_per_s.tolist() == pytest.approx([3 / 0.5])

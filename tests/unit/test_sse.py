@@ -92,6 +92,19 @@ def test_a_reasoning_models_thinking_and_tool_calls_are_generated_tokens():
     assert sum(r.chunk_tokens) == 8
 
 
+def test_a_chunk_with_only_a_finish_reason_is_no_token_without_usage():
+    """OpenAI-style streams end with an empty delta and the finish reason: counted as a token, every
+    answer had one more (and a one-token answer got a TPOT)."""
+    r = record()
+    account = StreamAccount(r, chat=True)
+    for t, delta in enumerate([{"content": "a"}, {"content": " b"}]):
+        account.add(orjson.dumps({"choices": [{"index": 0, "delta": delta}]}), float(t))
+    account.add(b"", 1.5)  # an event with empty data (`data:` alone) is allowed, and says nothing
+    account.add(orjson.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}), 2.0)
+    account.finish()
+    assert r.ok and r.output_tokens == 2 and r.chunk_tokens == [1, 1, 0] and r.token_source == "chunks"
+
+
 def test_error_events_and_empty_streams_fail_the_request():
     r = record()
     account = StreamAccount(r, chat=False)

@@ -18,7 +18,7 @@ import numpy as np
 
 from expert_router.loadgen.records import RequestRecord
 
-Phase = Literal["ramp-up", "steady", "drain"]
+Phase = Literal["ramp-up", "steady", "drain", "whole"]
 
 
 def ok(records: Sequence[RequestRecord]) -> list[RequestRecord]:
@@ -97,7 +97,13 @@ class Windows:
     phases: list[Phase]
 
     def steady(self) -> np.ndarray:
-        return np.array([v for v, p in zip(self.tokens_per_s, self.phases) if p == "steady"], dtype=float)
+        """The windows of the steady state; in a run that never reached one, every window ("whole")."""
+        return np.array([v for v, p in zip(self.tokens_per_s, self.phases) if p in ("steady", "whole")], dtype=float)
+
+    @property
+    def whole_run(self) -> bool:
+        """The run never held its full load, so its "steady" mean is the whole run's."""
+        return bool(self.phases) and self.phases[0] == "whole"
 
 
 def steady_interval(records: Sequence[RequestRecord], mode: str = "closed") -> tuple[float, float] | None:
@@ -126,9 +132,9 @@ def system_throughput(records: Sequence[RequestRecord], window_s: float = 2.0, m
     """Tokens per second in consecutive windows of `window_s` from the first send to the last token.
 
     Tokens count at their chunk's arrival. A last, partial window is dropped, unless it is the only one
-    (a run shorter than a window), which is divided by its own length. Each
-    window is marked ramp-up, steady or drain by `steady_interval`; with no steady interval at all
-    (a run too short for its load) every window is marked steady, and the report says so.
+    (a run shorter than a window), which is divided by its own length. Each window is marked ramp-up,
+    steady or drain by `steady_interval`; with no steady interval at all (a run too short for its load)
+    every window is marked "whole": its mean stands in for the steady one, and the report says so.
     """
     good = ok(records)
     times = np.fromiter(itertools.chain.from_iterable(r.chunk_times for r in good), dtype=float)
@@ -147,7 +153,9 @@ def system_throughput(records: Sequence[RequestRecord], window_s: float = 2.0, m
     steady = steady_interval(records, mode)
     phases: list[Phase] = []
     for lo, hi in zip(edges[:-1], edges[1:]):
-        if steady is None or (lo >= steady[0] and hi <= steady[1]):
+        if steady is None:
+            phases.append("whole")
+        elif lo >= steady[0] and hi <= steady[1]:
             phases.append("steady")
         else:
             phases.append("ramp-up" if lo < steady[0] else "drain")

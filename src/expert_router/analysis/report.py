@@ -128,12 +128,16 @@ def write_report(
     figures = _figures(cells, out, fig7_users)
     if answer_quality is not None:
         figures.extend(answer_quality[1])
-    rows = [
-        table_row(cell)
-        for _, cell in sorted(cells.items(), key=lambda kv: (kv[0].mix, kv[0].configuration, kv[0].users))
-    ]
+    ordered = sorted(cells.items(), key=lambda kv: (kv[0].mix, kv[0].configuration, kv[0].users))
+    rows = [table_row(cell) for _, cell in ordered]
     invalid = [r for r in rows if r["valid"] == "no"]
-    sections = [Section("Every cell", COLUMNS, rows, _invalid_note(invalid))]
+    whole = [f"{k.configuration} {k.mix} u{k.users}" for k, c in ordered if any(r.windows.whole_run for r in c.runs)]
+    notes = [_invalid_note(invalid)] + [
+        f"No steady state in {len(whole)} cell(s) ({', '.join(whole[:6])}{', ...' if len(whole) > 6 else ''}): "
+        "a run too short for its load, whose system throughput mean is over every window, ramp-up and drain "
+        "included."
+    ] * bool(whole)
+    sections = [Section("Every cell", COLUMNS, rows, " ".join(n for n in notes if n))]
     if answer_quality is not None:
         sections.append(answer_quality[0])
     overhead = overhead_rows(cells, _direct_pairs(results))

@@ -76,10 +76,14 @@ class RequestRecord:
             data = {**data, "chunk_times": data["token_times"], "chunk_tokens": [1] * len(data["token_times"])}
         if data.get("route_ms") is not None and "server_timing" not in data:
             data = {**data, "server_timing": {"route": data["route_ms"] / 1000}}
+        nulls = [name for name in _NOT_NULL if name in data and data[name] is None]
+        if nulls:  # found here, not as a TypeError deep in the metrics
+            raise ValueError(f"{', '.join(sorted(nulls))} cannot be null")
         return cls(**{name: data[name] for name in _FIELDS if name in data})
 
 
 _FIELDS = frozenset(f.name for f in fields(RequestRecord))
+_NOT_NULL = frozenset(f.name for f in fields(RequestRecord) if "None" not in str(f.type))
 
 
 class RecordWriter:

@@ -78,8 +78,8 @@ class StreamAccount:
         self._weights: list[int] = []
 
     def add(self, payload: bytes, now: float) -> None:
-        if payload.strip() == b"[DONE]":
-            return
+        if not payload.strip() or payload.strip() == b"[DONE]":
+            return  # an event with empty data is allowed by the SSE spec, and says nothing
         try:
             event = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -115,7 +115,10 @@ class StreamAccount:
             self._running_usage = completion
         else:
             self._continuous = False
-            record.chunk_tokens.append(self._weights[-1])
+            # One token per chunk with text. A chunk with only a finish reason (OpenAI-style streams end
+            # with an empty delta) weighs in the spread of a final usage (an EOS token is counted there),
+            # but is no token of its own: counted, every answer had one more, and an empty one looked ok.
+            record.chunk_tokens.append(1 if text else 0)
         record.chunk_times.append(now)
         if "t" in event and isinstance(event["t"], int | float):
             record.server_stamps = (record.server_stamps or []) + [float(event["t"])]
