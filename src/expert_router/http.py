@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from expert_router.errors import ClientError
+
 ERROR_TYPES = {
     400: "invalid_request_error",
     404: "invalid_request_error",
@@ -54,6 +56,11 @@ def error_response(
     )
 
 
+def client_error_response(error: ClientError) -> web.Response:
+    """The answer an aiohttp server gives for a `ClientError` (the gateway's own server writes its own)."""
+    return error_response(error.status, str(error), error.error_type, error.code, error.headers, error.param)
+
+
 def format_server_timing(durations_s: dict[str, float]) -> str:
     """`Server-Timing: name;dur=MILLISECONDS, ...` (W3C Server Timing) from seconds."""
     return ", ".join(f"{name};dur={seconds * 1000:.3f}" for name, seconds in durations_s.items())
@@ -90,6 +97,27 @@ class Drain:
         self.inflight = 0
         self.idle = asyncio.Event()
         self.idle.set()
+
+
+@web.middleware
+async def json_errors(
+    request: web.Request,
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> web.StreamResponse:
+    """The errors aiohttp makes itself (an unknown path's 404, a wrong method's 405 with its Allow, a body
+    over the size limit's 413, a body its Content-Encoding does not decode) as OpenAI-style JSON, like
+    every other answer of the project's servers; they were plain text, and the last a 500."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        text = exc.text or exc.reason
+        message = text.split(": ", 1)[1] if text.startswith(f"{exc.status}: ") else text
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return error_response(exc.status, message, headers=allow)
+    except web.RequestPayloadError as exc:
+        return error_response(400, f"the request body cannot be decoded: {exc.__cause__ or exc}")
 
 
 DRAIN_KEY = web.AppKey("drain", Drain)

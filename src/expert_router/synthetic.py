@@ -21,7 +21,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from expert_router.http import error_response
+from expert_router.api_request import CommonFields, UnknownModel, common_fields, json_object, one_choice
+from expert_router.errors import BadRequest
+from expert_router.http import client_error_response, error_response, json_errors
 
 
 @dataclass
@@ -64,7 +66,7 @@ STATS_KEY = web.AppKey("stats", SyntheticStats)
 
 
 def build_app(settings: SyntheticSettings) -> web.Application:
-    app = web.Application(client_max_size=16 * 1024 * 1024)
+    app = web.Application(client_max_size=16 * 1024 * 1024, middlewares=[json_errors])
     app[SETTINGS_KEY] = settings
     app[STATS_KEY] = SyntheticStats()
     app.router.add_post("/v1/completions", generate)
@@ -115,30 +117,30 @@ async def stats(request: web.Request) -> web.Response:
 
 async def generate(request: web.Request) -> web.StreamResponse:
     settings, stats = request.app[SETTINGS_KEY], request.app[STATS_KEY]
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        return error_response(400, "request body is not valid JSON")
-    if not isinstance(body, dict):
-        return error_response(400, "request body must be a JSON object")
-    stats.requests += 1
-    stats.last_body = body
-    model = body.get("model")
-    stats.models[str(model)] = stats.models.get(str(model), 0) + 1
-    if settings.fail_status is not None:
-        return error_response(settings.fail_status, "synthetic failure", "server_error")
-    if model not in settings.models:
-        return error_response(404, f"The model `{model}` does not exist.", "NotFoundError", code="model_not_found")
     chat = request.path.endswith("/chat/completions")
-    n_tokens = min(int(body.get("max_tokens") or settings.tokens), settings.tokens)
+    try:
+        body = json_object(await request.read())
+        stats.requests += 1
+        stats.last_body = body
+        model = body.get("model")
+        stats.models[str(model)] = stats.models.get(str(model), 0) + 1
+        if settings.fail_status is not None:
+            return error_response(settings.fail_status, "synthetic failure", "server_error")
+        if model not in settings.models:
+            raise UnknownModel(model)
+        fields = common_fields(body, chat)
+        one_choice(body)
+    except BadRequest as exc:
+        return client_error_response(exc)
+    n_tokens = min(fields.max_tokens or settings.tokens, settings.tokens)
     stats.inflight += 1
     stats.max_inflight = max(stats.max_inflight, stats.inflight)
     try:
-        if body.get("stream"):
-            return await _stream(request, settings, body, chat, n_tokens)
+        if fields.stream:
+            return await _stream(request, settings, fields, chat, n_tokens)
         await asyncio.sleep((settings.first_token_ms + settings.interval_ms * max(n_tokens - 1, 0)) / 1000)
         stats.completed += 1
-        return web.json_response(_whole_answer(model, chat, n_tokens))
+        return web.json_response(_whole_answer(str(model), chat, n_tokens))
     except (asyncio.CancelledError, ConnectionResetError):
         stats.cancelled += 1
         raise
@@ -176,22 +178,18 @@ def _whole_answer(model: str, chat: bool, n_tokens: int) -> dict:
 
 
 async def _stream(
-    request: web.Request, settings: SyntheticSettings, body: dict[str, Any], chat: bool, n_tokens: int
+    request: web.Request, settings: SyntheticSettings, fields: CommonFields, chat: bool, n_tokens: int
 ) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
-    model = body["model"]
-    head = {
-        "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
-        "object": "chat.completion.chunk" if chat else "text_completion",
-        "created": int(time.time()),
-        "model": model,
-    }
-    options = body.get("stream_options") or {}
-    final_usage = settings.usage != "none" and bool(options.get("include_usage"))
-    running_usage = settings.usage == "asked" and final_usage and bool(options.get("continuous_usage_stats"))
+    head = _chunk_head(fields.model, chat)
+    final_usage = settings.usage != "none" and fields.include_usage
+    running_usage = settings.usage == "asked" and final_usage and fields.continuous_usage
     if chat:  # vLLM's first chat chunk carries the role and no token
-        role = {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+        role: dict[str, Any] = {
+            **head,
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+        }
         if running_usage:
             role["usage"] = _usage(0)
         await response.write(b"data: " + orjson.dumps(role) + b"\n\n")
@@ -224,6 +222,16 @@ async def _stream(
     await response.write_eof()
     request.app[STATS_KEY].completed += 1
     return response
+
+
+def _chunk_head(model: str | None, chat: bool) -> dict[str, Any]:
+    """The fields every chunk of one stream shares."""
+    return {
+        "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": model,
+    }
 
 
 def _usage(completion_tokens: int) -> dict[str, int]:

@@ -98,6 +98,71 @@ def test_streams_like_vllm_and_exports_its_metrics(experts):
     assert error.value.code == 404 and json.loads(error.value.read())["error"]["code"] == "model_not_found"
 
 
+BAD_REQUESTS = [
+    # (path, body or raw bytes, status, param): each was a 500, a traceback, a silent default or data lost
+    ("/v1/completions", {"prompt": "x", "stream": True, "stream_options": [1]}, 400, "stream_options"),
+    ("/v1/completions", {"prompt": "x", "stream": "false"}, 400, "stream"),
+    ("/v1/completions", {"prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
+    ("/v1/completions", {"prompt": "x", "max_tokens": True}, 400, "max_tokens"),
+    ("/v1/completions", {"prompt": "x", "max_tokens": "5"}, 400, "max_tokens"),
+    ("/v1/completions", {"prompt": "x", "n": 2}, 400, "n"),
+    ("/v1/completions", {"prompt": ["a b", "c d e"]}, 400, "prompt"),
+    (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 0},
+        400,
+        "max_completion_tokens",
+    ),  # fmt: skip
+    ("/v1/completions", b'{"model": "expert-0"}', 400, "prompt"),
+]
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    from expert_router.testing import synthetic_expert
+
+    with synthetic_expert(tmp_path_factory.mktemp("synthetic"), "s", models=["expert-0"]) as server:
+        yield server
+
+
+@pytest.mark.parametrize("path, body, status, param", BAD_REQUESTS)
+def test_bad_requests_get_openai_errors_from_the_emulator_and_the_synthetic_expert(
+    experts, synthetic, path, body, status, param
+):
+    urls, _ = experts
+    for url in (urls[0], synthetic.url):
+        if isinstance(body, bytes) and url == synthetic.url:
+            continue  # the synthetic expert reads no prompt
+        payload = body if isinstance(body, bytes) else json.dumps({"model": "expert-0", **body}).encode()
+        request = urllib.request.Request(url + path, data=payload, headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as error:
+            urllib.request.urlopen(request, timeout=30).read()
+        answer = json.loads(error.value.read())["error"]
+        assert (error.value.code, answer["param"]) == (status, param), (url, answer)
+
+
+def test_the_emulator_refuses_a_request_past_the_models_context_and_errors_are_json(experts):
+    """No length limit: a 100,000-word prompt was served, and one request could hold the whole KV cache
+    for ever. And aiohttp's own 404 and 405 were plain text."""
+    urls, _ = experts
+    with pytest.raises(urllib.error.HTTPError) as error:
+        post(urls[0] + "/v1/completions", {"model": "expert-0", "prompt": "word " * 9000, "max_tokens": 5})
+    assert (
+        error.value.code == 400
+        and "maximum context length is 8192" in json.loads(error.value.read())["error"]["message"]
+    )
+    deep: object = "x"
+    for _ in range(600):
+        deep = [deep]
+    with pytest.raises(urllib.error.HTTPError) as error:
+        post(urls[0] + "/v1/completions", {"model": "expert-0", "prompt": deep})
+    assert error.value.code == 400
+    for method, path, status in (("GET", "/v1/nope", 404), ("GET", "/v1/completions", 405)):
+        with pytest.raises(urllib.error.HTTPError) as error:
+            urllib.request.urlopen(urllib.request.Request(urls[0] + path, method=method), timeout=10)
+        assert error.value.code == status and json.loads(error.value.read())["error"]["code"] == status
+
+
 def test_through_the_gateway_and_the_user_simulator(tmp_path, experts, classifier):
     urls, _ = experts
     deployment = write_deployment(tmp_path / "deploy.yaml", classifier, {c: [urls[c]] for c in range(8)})

@@ -105,6 +105,16 @@ def test_envoy_routes_each_prompt_to_its_classified_expert(stack, classifier):
         assert experts.get_json("/stats")[1]["last_body"]["model"] == f"expert-{cluster}"
 
 
+def test_a_body_past_grpcs_default_message_size_is_routed(stack):
+    """Envoy buffers bodies up to 8 MiB for the processor; past gRPC's default 4 MiB receive limit, a
+    5 MiB prompt came back as a bare 500 from Envoy."""
+    envoy, _, _ = stack
+    prompt = " ".join([PROMPTS[0]] * (5 * 1024 * 1024 // len(PROMPTS[0])))
+    status, headers, raw = post(envoy, "/v1/completions", {"model": "expert-router", "prompt": prompt, "max_tokens": 2})
+    assert status == 200, raw[:300]
+    assert json.loads(raw)["choices"][0]["text"] == " t0 t1" and "x-expert-cluster" in headers
+
+
 def test_chat_and_a_named_expert(stack):
     envoy, experts, _ = stack
     chat = {

@@ -63,7 +63,7 @@ class EngineConfig:
     def kv_capacity_bytes(self, weight_bytes: float) -> float:
         if self.kv_cache_gb is not None:
             return self.kv_cache_gb * 1e9
-        free = self.tp * self.gpu.memory_gb * 1e9 * GPU_MEMORY_UTILIZATION - weight_bytes
+        free = self.tp * self.gpu.memory_bytes * GPU_MEMORY_UTILIZATION - weight_bytes
         if free <= 0:
             raise UserError(
                 f"{self.model.name} in {self.dtype.name} ({weight_bytes / 1e9:.1f} GB) does not fit "

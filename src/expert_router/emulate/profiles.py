@@ -21,7 +21,9 @@ from expert_router.errors import UserError
 class Gpu:
     key: str
     name: str
-    memory_gb: float
+    memory_mib: float
+    """The card's total memory as nvidia-smi and CUDA report it, in MiB: what an engine's memory share
+    is taken of. Not the datasheet's "80GB": read as 80e9 bytes, that was 6.5% less than an H100 has."""
     bandwidth_tbs: float
     tflops: dict[str, float]
     link_gbs: float
@@ -50,6 +52,10 @@ class Gpu:
     def bandwidth(self) -> float:
         return self.bandwidth_tbs * 1e12
 
+    @property
+    def memory_bytes(self) -> float:
+        return self.memory_mib * 2**20
+
 
 @dataclass(frozen=True)
 class Model:
@@ -62,6 +68,9 @@ class Model:
     head_dim: int
     intermediate: int
     vocab: int
+    max_position: int
+    """The longest context, prompt and answer together (config.json's max_position_embeddings): a
+    server refuses a request past it, as vLLM does."""
     source: str
 
     @property

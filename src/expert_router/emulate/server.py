@@ -17,10 +17,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from expert_router.api_request import UnknownModel, common_fields, json_object, one_choice
 from expert_router.emulate.metrics import EngineMetrics
+from expert_router.emulate.profiles import Model
 from expert_router.emulate.realtime import Lateness, RealtimeDriver, Stream
-from expert_router.errors import UserError
-from expert_router.http import error_response
+from expert_router.errors import BadRequest, UserError
+from expert_router.http import client_error_response, error_response, json_errors
 
 DRIVER_KEY = web.AppKey("driver", RealtimeDriver)
 METRICS_KEY = web.AppKey("metrics", EngineMetrics)
@@ -31,7 +33,7 @@ DEFAULT_MAX_TOKENS = 16
 
 
 def build_app(driver: RealtimeDriver, metrics: EngineMetrics, names: tuple[str, ...]) -> web.Application:
-    app = web.Application(client_max_size=16 * 1024 * 1024)
+    app = web.Application(client_max_size=16 * 1024 * 1024, middlewares=[json_errors])
     app[DRIVER_KEY], app[METRICS_KEY], app[NAMES_KEY] = driver, metrics, names
     app.router.add_post("/v1/completions", generate)
     app.router.add_post("/v1/chat/completions", generate)
@@ -111,57 +113,66 @@ def prompt_tokens(body: dict[str, Any], chat: bool) -> int:
     if chat:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
-            raise UserError("'messages' must be a non-empty list")
-        return sum(_count(m.get("content") if isinstance(m, dict) else None) for m in messages) or 1
+            raise BadRequest("'messages' must be a non-empty list", param="messages")
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+                raise BadRequest(f"messages[{i}] must be an object with a 'role'", param="messages")
+        return sum(_count(m.get("content")) for m in messages) or 1
     prompt = body.get("prompt")
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
-        prompt = prompt[0]  # a batch of prompts: this emulator answers the first, as n=1
+        prompt = prompt[0]  # a batch of one prompt (`one_choice` refuses more)
     if prompt is None:
-        raise UserError("'prompt' is required")
+        raise BadRequest("'prompt' is required", param="prompt")
     return _count(prompt) or 1
 
 
 def _count(content: Any) -> int:
+    """Words of a string, ids of a token-id list, words of a list of text parts; one level of list only,
+    as the API has (a deeper nesting recursed until Python's limit: a 500)."""
     if isinstance(content, str):
         return len(content.split())
     if isinstance(content, list):
-        if all(isinstance(x, int) for x in content):
+        if all(isinstance(x, int) and not isinstance(x, bool) for x in content):
             return len(content)
-        return sum(_count(part.get("text") if isinstance(part, dict) else part) for part in content)
+        words = 0
+        for part in content:
+            text = part.get("text") if isinstance(part, dict) else part
+            if isinstance(text, str):
+                words += len(text.split())
+            elif text is not None:
+                raise BadRequest("content must be a string, token ids, or a list of text parts")
+        return words
     return 0
 
 
-def _parse(raw: bytes, chat: bool, names: tuple[str, ...]) -> tuple[dict[str, Any], int, int] | web.Response:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return error_response(400, "request body is not valid JSON")
-    if not isinstance(body, dict):
-        return error_response(400, "request body must be a JSON object")
-    if body.get("model") not in names:
-        return error_response(
-            404,
-            f"The model `{body.get('model')}` does not exist.",
-            "NotFoundError",
-            code="model_not_found",
-            param="model",
+def _parse(raw: bytes, chat: bool, names: tuple[str, ...], model: Model) -> tuple[dict[str, Any], int, int]:
+    """The request's body, prompt tokens and token cap; a BadRequest for anything a vLLM server refuses."""
+    body = json_object(raw)
+    fields = common_fields(body, chat)
+    if fields.model not in names:
+        raise UnknownModel(fields.model)
+    one_choice(body)
+    n_prompt = prompt_tokens(body, chat)
+    max_tokens = fields.max_tokens or DEFAULT_MAX_TOKENS
+    if n_prompt + max_tokens > model.max_position:
+        raise BadRequest(  # vLLM's words
+            f"This model's maximum context length is {model.max_position} tokens. However, you requested "
+            f"{n_prompt + max_tokens} tokens ({n_prompt} in the messages, {max_tokens} in the completion). "
+            "Please reduce the length of the messages or completion.",
+            param="max_tokens",
         )
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS
-    if not isinstance(max_tokens, int) or max_tokens < 1:
-        return error_response(400, "max_tokens must be a positive integer", param="max_tokens")
-    try:
-        return body, prompt_tokens(body, chat), max_tokens
-    except UserError as exc:
-        return error_response(400, str(exc))
+    return body, n_prompt, max_tokens
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
     chat = request.path.endswith("/chat/completions")
-    parsed = _parse(await request.read(), chat, request.app[NAMES_KEY])
-    if isinstance(parsed, web.Response):
-        return parsed
-    body, n_prompt, max_tokens = parsed
     driver = request.app[DRIVER_KEY]
+    try:
+        body, n_prompt, max_tokens = _parse(
+            await request.read(), chat, request.app[NAMES_KEY], driver.engine.config.model
+        )
+    except BadRequest as exc:
+        return client_error_response(exc)
     try:
         stream = driver.submit(n_prompt, max_tokens, bool(body.get("ignore_eos")))
     except UserError as exc:
@@ -213,7 +224,7 @@ async def _stream(request: web.Request, body: dict[str, Any], chat: bool, stream
         # "t": when the emulated GPU produced the token (time.monotonic, shared by every process here), as
         # the synthetic expert stamps its chunks: the user simulator keeps it, so timing error is measurable
         await response.write(b"data: " + orjson.dumps({**head, "choices": [choice], "t": at}) + b"\n\n")
-    if (body.get("stream_options") or {}).get("include_usage"):
+    if (body.get("stream_options") or {}).get("include_usage"):  # checked to be an object by `_parse`
         await response.write(b"data: " + orjson.dumps({**head, "choices": [], "usage": _usage(stream)}) + b"\n\n")
     await response.write(b"data: [DONE]\n\n")
     await response.write_eof()

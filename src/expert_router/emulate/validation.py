@@ -93,7 +93,7 @@ def engine_for(row: Row, efficiency: profiles.Efficiency | None = None) -> Engin
         **limits,
     )
     config, _ = build_config(**settings)
-    free = row.tp * (config.gpu.memory_gb * 1e9 - gpu_reserved_bytes(config, limits["max_batch_size"]))
+    free = row.tp * (config.gpu.memory_bytes - gpu_reserved_bytes(config, limits["max_batch_size"]))
     kv_gb = KV_FREE_FRACTION * free / 1e9
     config, _ = build_config(**settings, kv_cache_gb=kv_gb)
     if efficiency is not None:

@@ -26,6 +26,12 @@ from expert_router.extproc.processor import ExternalProcessor
 SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
 
 
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+"""Largest ext_proc message taken: a buffered request body and its framing. Envoy buffers bodies up to
+8 MiB (deploy/envoy/envoy.yaml); at gRPC's default of 4 MiB, a 5 MiB body came back from Envoy as a
+bare 500 ("Received message larger than max")."""
+
+
 @dataclass
 class ServeOptions:
     host: str = "127.0.0.1"
@@ -42,7 +48,7 @@ def serve(router: Router, options: ServeOptions, on_started: Callable[[int], Non
 
 async def _serve(router: Router, options: ServeOptions, on_started: Callable[[int], None] | None) -> None:
     metrics = ExtprocMetrics()
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
     pb_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(router, metrics), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -1,7 +1,8 @@
 """What the gateway needs from a client's request, checked before anything goes upstream.
 
-The gateway validates only what it relies on (JSON object, the text it routes on, `stream`, `model`,
-`max_tokens`); everything else is forwarded untouched for the expert server to judge.
+The gateway validates only what it relies on (JSON object, the text it routes on, and the fields every
+server here reads alike: `stream`, `stream_options`, `model`, `max_tokens`, in `expert_router.api_request`);
+everything else is forwarded untouched for the expert server to judge.
 """
 
 from __future__ import annotations
@@ -9,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
+from expert_router.api_request import common_fields, json_object
 from expert_router.errors import BadRequest
 
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -27,25 +27,10 @@ class ClientRequest:
 
 
 def parse_request(raw: bytes, chat: bool) -> ClientRequest:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the request body must be a JSON object")
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise BadRequest("'model' must be a string", param="model")
-    stream = body.get("stream", False)
-    if stream is None:
-        stream = False
-    if not isinstance(stream, bool):
-        raise BadRequest("'stream' must be true or false", param="stream")
-    max_tokens = body.get("max_completion_tokens" if chat and "max_completion_tokens" in body else "max_tokens")
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
-        raise BadRequest("'max_tokens' must be a positive integer", param="max_tokens")
+    body = json_object(raw)
+    fields = common_fields(body, chat)
     text = _chat_text(body) if chat else _prompt_text(body)
-    return ClientRequest(body=body, chat=chat, stream=stream, model=model, text=text)
+    return ClientRequest(body=body, chat=chat, stream=fields.stream, model=fields.model, text=text)
 
 
 def _prompt_text(body: dict[str, Any]) -> str:
