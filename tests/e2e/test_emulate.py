@@ -235,3 +235,6 @@ def test_a_client_that_leaves_frees_its_place(experts):
             break
         time.sleep(0.1)
     assert stats["running"] == 0 and stats["kv_cache_usage"] == 0 and stats["generation_tokens"] < 5000
+    # Counted as vLLM counts it: finished, for reason "abort".
+    text = urllib.request.urlopen(urls[5] + "/metrics", timeout=10).read().decode()
+    assert 'vllm:request_success_total{finished_reason="abort",model_name="expert-5"} 1.0' in text

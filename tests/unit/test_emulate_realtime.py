@@ -55,3 +55,12 @@ def test_records_scale_back():
     scaled = scale_times(record, 3.0)
     assert (scaled.t_start, scaled.t_first_token, scaled.t_end, scaled.chunk_times) == (1.0, 2.0, 3.0, [2.0, 3.0])
     assert scaled.output_tokens == 2 and record.t_start == 3.0
+
+
+def test_load_series_exist_before_the_first_request():
+    """A scrape of a fresh engine found no `num_requests_running`: a gateway read it as not reporting."""
+    from expert_router.emulate.metrics import EngineMetrics
+
+    text = EngineMetrics("m", 1.0).exposition().decode()
+    for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc"):
+        assert f'{name}{{model_name="m"}} 0.0' in text

@@ -70,6 +70,12 @@ class EngineMetrics:
         dilation_gauge.set(dilation)
         self.model_name = model_name
         self._seen = (0, 0, 0)
+        # Every series exists from the start, at 0, as vLLM exports them: a scrape before the first
+        # request found no `num_requests_running` at all, and a gateway read that as "not reporting".
+        for gauge in (self.running, self.waiting, self.kv_usage, self.gpu_cache):
+            gauge.labels(model_name).set(0)
+        for counter in (self.prompt_tokens, self.generation_tokens, self.preemptions):
+            counter.labels(model_name)
 
     def update(self, engine: Engine) -> None:
         """Copy the engine's state and counters into the metrics (after each step)."""
@@ -93,6 +99,10 @@ class EngineMetrics:
         if tpot is not None:
             self.tpot.labels(name).observe(tpot)
         self.e2e.labels(name).observe(e2e)
+
+    def aborted(self) -> None:
+        """A request whose client left before its end: vLLM counts it as finished, for reason "abort"."""
+        self.success.labels(self.model_name, "abort").inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

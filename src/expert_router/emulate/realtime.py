@@ -116,6 +116,8 @@ class RealtimeDriver:
         if self._streams.pop(stream.request_id, None) is not None:
             self.engine.abort(stream.request_id)
             self._wake.set()  # what it held is free: a request waiting for room may run now
+            if self.metrics is not None:
+                self.metrics.aborted()
 
     async def run(self) -> None:
         step_end: float | None = None
