@@ -69,6 +69,11 @@ def test_open_loop_ttft_from_the_schedule_shows_client_slip():
     late = rec(1.0, [1.2, 1.3], t_scheduled=0.5)
     assert metrics.ttft([late]) == pytest.approx([0.2])
     assert metrics.ttft([late], from_schedule=True) == pytest.approx([0.7])
+    # Goodput counts from when it was due: 0.2 s after its send, but 0.7 s after its time, misses 0.5 s.
+    # (From the send, a client that fell behind its schedule hid its own delay: coordinated omission.)
+    assert metrics.goodput([late], ttft_target_s=0.5, tpot_target_s=1.0) == 0.0
+    summary = summarize([late], mode="open", ttft_target_s=0.5, tpot_target_s=1.0)
+    assert summary.goodput == 0.0 and summary.ttft_scheduled_p99_s == pytest.approx(0.7)
 
 
 def test_windows_are_marked_ramp_up_steady_and_drain():
