@@ -46,7 +46,19 @@ class ExpertConfig(Strict):
     def _unique(cls, endpoints: list[HttpUrl]) -> list[HttpUrl]:
         if len({str(e) for e in endpoints}) != len(endpoints):
             raise ValueError("an endpoint is listed twice")
+        for endpoint in endpoints:
+            # Requests go to /v1/completions on the endpoint's host: a path (`http://host:8000/v1`) was
+            # dropped from them but kept on health checks (/v1/health, a 404: every replica down).
+            if endpoint.path not in (None, "", "/"):
+                raise ValueError(f"{endpoint}: give the server's base URL, without a path (not /v1)")
         return endpoints
+
+    @field_validator("health_path")
+    @classmethod
+    def _a_path(cls, path: str) -> str:
+        if not path.startswith("/"):  # `health` made http://host:8100health: never up, every request a 503
+            raise ValueError("must start with /, e.g. /health")
+        return path
 
     @field_serializer("endpoints")
     def _as_written(self, endpoints: list[HttpUrl]) -> list[str]:
@@ -136,6 +148,8 @@ class Deployment(Strict):
         duplicates = sorted({c for c in clusters if clusters.count(c) > 1})
         if duplicates:
             raise ValueError(f"clusters {duplicates} have more than one expert; list replicas under endpoints")
+        if any(e.model == self.gateway.model_name for e in self.experts):  # it would be routed, never reached
+            raise ValueError(f"an expert's model is named {self.gateway.model_name!r}, the gateway's own model_name")
         return self
 
     def to_yaml(self) -> str:

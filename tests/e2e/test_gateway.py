@@ -528,3 +528,47 @@ def test_a_per_expert_limit_holds_across_gateway_instances(tmp_path, classifier,
     assert results == [200] * 10
     assert stats["completed"] == 10
     assert stats["max_inflight"] == limit, stats  # full, never over
+
+
+def test_a_slow_whole_answer_times_out_once_with_504_and_marks_nothing_down(tmp_path, classifier):
+    """A non-streamed answer that outlasts request_timeout_s was sent again to every replica in turn
+    (made three times over) and each replica was marked down for being slow: a 503 after all three."""
+    slow = ("--tokens", "3", "--first-token-ms", "3000")
+    with synthetic_expert(tmp_path, "a", *slow) as a, synthetic_expert(tmp_path, "b", *slow) as b:
+        deployment = write_deployment(
+            tmp_path / "deploy.yaml",
+            classifier,
+            {c: [a.url, b.url] for c in range(8)},
+            request_timeout_s=0.5,
+            failures_to_down=1,
+            health_interval_s=60,
+        )
+        with gateway(tmp_path, deployment) as gw:
+            status, _, raw = request(gw, "/v1/completions", {"model": "expert-0", "prompt": "hello", "max_tokens": 3})
+            assert status == 504 and "request timeout" in json.loads(raw)["error"]["message"]
+            assert sum(server.get_json("/stats")[1]["requests"] for server in (a, b)) == 1  # sent once
+            assert gw.get_json("/health")[1]["experts"]["0"]["healthy_replicas"] == 2
+
+
+def test_queued_requests_go_to_the_replica_that_is_free_when_their_slot_comes(tmp_path, classifier):
+    """Replicas were ranked before a request waited for a slot: queued requests all went to the replica
+    that was idle when they arrived, though it was busy by the time they were sent."""
+    with (
+        synthetic_expert(tmp_path, "slow", "--tokens", "2", "--first-token-ms", "4000") as slow,
+        synthetic_expert(tmp_path, "fast", "--tokens", "2") as fast,
+    ):
+        deployment = write_deployment(
+            tmp_path / "deploy.yaml",
+            classifier,
+            {c: [slow.url, fast.url] for c in range(8)},
+            max_inflight_per_expert=2,
+            queue_timeout_s=30,
+            load_aware=False,
+        )
+        with gateway(tmp_path, deployment) as gw:
+            body = {"model": "expert-0", "prompt": "hello", "max_tokens": 2}
+            with ThreadPoolExecutor(6) as pool:
+                statuses = list(pool.map(lambda _: request(gw, "/v1/completions", body, 60)[0], range(6)))
+            assert statuses == [200] * 6
+            # The slow replica holds one slot for 4 s; every other request goes to the fast one.
+            assert slow.get_json("/stats")[1]["requests"] == 1 and fast.get_json("/stats")[1]["requests"] == 5

@@ -39,6 +39,10 @@ def test_a_good_deployment_resolves_the_classifier_next_to_the_file(tmp_path):
         (lambda d: d["gateway"].update(fallback="random"), "gateway.fallback"),
         (lambda d: d.update(classifer="x"), "classifer: unknown key"),
         (lambda d: d.pop("experts"), "experts"),
+        # Each was accepted and broke routing without a word (every replica down, or an expert unreachable).
+        (lambda d: d["experts"][0].update(endpoints=["http://127.0.0.1:8100/v1"]), "without a path"),
+        (lambda d: d["experts"][0].update(health_path="health"), "experts.0.health_path"),
+        (lambda d: d["experts"][0].update(model="expert-router"), "the gateway's own model_name"),
     ],
 )
 def test_bad_keys_are_named(change, named):

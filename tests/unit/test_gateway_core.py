@@ -16,7 +16,7 @@ from expert_router import collector
 from expert_router.classifier import Classifier, ClassifierSettings
 from expert_router.collector import settle_after_start_up
 from expert_router.config import Deployment, ExpertConfig
-from expert_router.errors import BadRequest, ConnectionFailed
+from expert_router.errors import BadRequest, ConnectionFailed, Saturated
 from expert_router.gateway.app import build_app
 from expert_router.gateway.forward import Forwarder, Timing
 from expert_router.gateway.metrics import GatewayMetrics
@@ -428,6 +428,38 @@ def forwarded(fw: Forwarder, client: StreamClient) -> asyncio.Task:
     request = parse_request(b'{"prompt": "hello", "stream": true}', chat=False)
     timing = Timing(clock(), clock())
     return asyncio.create_task(fw.forward(client, request, Plan(0, [0], classified=False), timing))  # type: ignore[arg-type]
+
+
+def test_a_full_fallback_expert_is_passed_over_for_the_next_cluster():
+    """The routed expert down, the nearest fallback full: the request got a 429 although the next
+    cluster of the plan was idle."""
+
+    async def main() -> None:
+        def answer(connection: HttpConnection) -> None:
+            connection.data_received(HEAD + frame(b"one") + frame(DONE) + b"0\r\n\r\n")
+
+        d = Deployment(
+            classifier=Path("unused"),
+            experts=[
+                ExpertConfig(cluster=c, model=f"expert-{c}", endpoints=[f"http://127.0.0.1:{10 + c}"])  # type: ignore[list-item]
+                for c in range(3)
+            ],
+            gateway={"queue_timeout_s": 0, "max_inflight_per_expert": 1},  # type: ignore[arg-type]
+        )
+        experts = Experts(d.experts, d.gateway)
+        fw = Forwarder(d.gateway, experts, GatewayMetrics(), OnePool(answer))
+        experts.by_cluster[0].replicas[0].record_failure(1, "down")
+        client = StreamClient()
+        request = parse_request(b'{"prompt": "hello", "stream": true}', chat=False)
+        async with experts.by_cluster[1].slot():  # the nearest fallback is full
+            response = await fw.forward(client, request, Plan(0, [0, 1, 2], classified=True), Timing(clock(), clock()))  # type: ignore[arg-type]
+        assert response.sent and response.headers["X-Expert-Cluster"] == "2"
+        # The routed expert's own queue still answers 429: back-pressure on the expert the prompt is for.
+        async with experts.by_cluster[2].slot():
+            with pytest.raises(Saturated):
+                await fw.forward(client, request, Plan(2, [2, 1], classified=True), Timing(clock(), clock()))  # type: ignore[arg-type]
+
+    asyncio.run(main())
 
 
 def test_a_request_cancelled_as_its_stream_starts_lets_go_of_everything():

@@ -133,3 +133,60 @@ def test_load_is_read_only_where_it_decides_something():
     assert not Experts(one, GatewaySettings()).reads_load()  # a single replica each: nothing to choose
     assert Experts(two, GatewaySettings()).reads_load()
     assert not Experts(two, GatewaySettings(load_aware=False)).reads_load()
+
+
+def test_the_inflight_gauge_follows_every_change_not_the_scrape():
+    """Set only when a worker answered a scrape, the gauge of the workers not scraped kept their last
+    value, and a multiprocess sum added those stale counts up."""
+    from expert_router.gateway.metrics import GatewayMetrics
+
+    async def scenario():
+        metrics = GatewayMetrics()
+        config = ExpertConfig(cluster=3, model="m", endpoints=["http://a:1"])
+        experts = Experts([config], GatewaySettings(), metrics.set_inflight)
+
+        def gauge() -> float | None:
+            return metrics.registry.get_sample_value("expert_router_inflight", {"cluster": "3"})
+
+        async with experts.by_cluster[3].slot():
+            assert gauge() == 1
+        assert gauge() == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_replica_whose_health_check_hangs_does_not_hold_the_others_checks():
+    """Checked in rounds, every round waited for the hung replica's timeout (1 s here): another
+    replica's failure or recovery was seen a second or more late."""
+
+    class Answer:
+        status = 200
+
+        async def __aenter__(self):
+            return self
+
+        async def __aexit__(self, *exc):
+            return False
+
+    class Hung(Answer):
+        async def __aenter__(self):
+            await asyncio.sleep(3600)
+
+    class Session:
+        def __init__(self):
+            self.checks: list[str] = []
+
+        def get(self, url, timeout):
+            self.checks.append(url)
+            return Hung() if url.startswith("http://a:1") else Answer()
+
+    async def scenario() -> int:
+        config = ExpertConfig(cluster=0, model="m", endpoints=["http://a:1", "http://b:2"])
+        experts = Experts([config], GatewaySettings(health_interval_s=0.05))
+        session = Session()
+        task = asyncio.create_task(experts._check_forever(session))  # type: ignore[arg-type]
+        await asyncio.sleep(0.5)
+        task.cancel()
+        return sum(url.startswith("http://b:2") for url in session.checks)
+
+    assert asyncio.run(scenario()) >= 5

@@ -45,9 +45,11 @@ class Gateway:
 
     def __init__(self, deployment: Deployment, classifier: Classifier):
         self.deployment = deployment
-        self.experts = Experts(deployment.experts, deployment.gateway)
-        self.router = Router(classifier, deployment, self.experts.by_cluster)
         self.metrics = GatewayMetrics()
+        self.experts = Experts(deployment.experts, deployment.gateway, self.metrics.set_inflight)
+        for cluster in self.experts.by_cluster:
+            self.metrics.set_inflight(cluster, 0)  # every series from the start
+        self.router = Router(classifier, deployment, self.experts.by_cluster)
         self.max_body_bytes = deployment.gateway.max_body_bytes
         self.forwarder: Forwarder | None = None  # made on start-up: its connections belong to the event loop
         self.session: aiohttp.ClientSession | None = None  # background health checks only
@@ -95,8 +97,6 @@ class Gateway:
         return json_response({"status": "ok" if ok else "unavailable", "experts": experts}, 200 if ok else 503)
 
     async def metrics_text(self, request: Request) -> Response:
-        for cluster, expert in self.experts.by_cluster.items():
-            self.metrics.inflight.labels(str(cluster)).set(expert.inflight)
         return Response(
             200,
             self.metrics.exposition(),

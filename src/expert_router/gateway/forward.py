@@ -1,9 +1,11 @@
 """Forwarding with fail-over: try the planned clusters' replicas until one starts answering.
 
-Up to the first byte of an answer, a failure (refused, reset, 5xx, silence, an empty stream) marks the
-replica and moves on to the next healthy replica of the expert, then to the next cluster of the plan,
-within `max_attempts`. Each expert admits `max_inflight_per_expert` requests at a time; a request that
-waits longer than the queue timeout for a slot gets 429. Once bytes flow, the relay owns the stream.
+Up to the first byte of an answer, a failure (refused, reset, 5xx, no first token in time, an empty
+stream) marks the replica and moves on to the next healthy replica of the expert, then to the next
+cluster of the plan, within `max_attempts`. A whole (non-streamed) answer not done within the request
+timeout is a 504, not sent again: it is slow, not failed. Each expert admits `max_inflight_per_expert`
+requests at a time; a request that waits longer than the queue timeout for its routed expert's slot
+gets 429, and a full fallback expert is passed over. Once bytes flow, the relay owns the stream.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from expert_router.config import GatewaySettings
-from expert_router.errors import ConnectionFailed, ReplicaFailed, Unavailable
+from expert_router.errors import ConnectionFailed, ReplicaFailed, Saturated, Unavailable
 from expert_router.gateway.messages import Request, Response
 from expert_router.gateway.metrics import GatewayMetrics
 from expert_router.gateway.relay import Relay
@@ -85,29 +87,45 @@ class Forwarder:
         self.connections = connections
 
     async def forward(self, request: Request, client: ClientRequest, plan: Plan, timing: Timing) -> Response:
-        """The answer of the first replica that starts one. Raises Saturated (429) or Unavailable (503)."""
+        """The answer of the first replica that starts one. Raises Saturated (429) or Unavailable (503).
+
+        Replicas are ranked once a slot is taken, not before: other requests went out while this one
+        waited, and ranked before the wait, a burst all went to the replica that was idle when it
+        arrived. A fallback expert that is full is passed over for the next cluster of the plan; only
+        the routed expert's own queue answers 429 (back-pressure on the expert the prompt belongs to)."""
         notes = [] if plan.order else [f"cluster {plan.routed} has no expert"]
         attempts = 0
+        saturated: Saturated | None = None
         for cluster in plan.order:
             expert = self.experts.by_cluster[cluster]
-            replicas = expert.healthy()
-            if not replicas:
+            if not expert.healthy():
                 notes.append(f"cluster {cluster} has no healthy replica")
                 continue
             payload = orjson.dumps({**client.body, "model": expert.model})
-            async with expert.slot():
-                timing.admitted = clock()
-                for replica in replicas[: self.settings.max_attempts - attempts]:
-                    attempts += 1
-                    attempt = Attempt(plan, cluster, expert, replica, timing, list(notes))
-                    try:
-                        return await self._try(request, client, attempt, payload)
-                    except ReplicaFailed as exc:
-                        replica.record_failure(self.settings.failures_to_down, str(exc))
-                        self.metrics.upstream_failures.labels(replica.url, exc.kind).inc()
-                        notes.append(f"{replica.url} failed ({exc})")
+            try:
+                async with expert.slot():
+                    timing.admitted = clock()
+                    replicas = expert.healthy()
+                    if not replicas:
+                        notes.append(f"cluster {cluster}'s replicas went down while the request waited")
+                    for replica in replicas[: self.settings.max_attempts - attempts]:
+                        attempts += 1
+                        attempt = Attempt(plan, cluster, expert, replica, timing, list(notes))
+                        try:
+                            return await self._try(request, client, attempt, payload)
+                        except ReplicaFailed as exc:
+                            replica.record_failure(self.settings.failures_to_down, str(exc))
+                            self.metrics.upstream_failures.labels(replica.url, exc.kind).inc()
+                            notes.append(f"{replica.url} failed ({exc})")
+            except Saturated as exc:
+                if cluster == plan.routed:
+                    raise
+                saturated = saturated or exc
+                notes.append(f"cluster {cluster} is full")
             if attempts >= self.settings.max_attempts:
                 break
+        if saturated is not None:  # every expert left was full: the client should come back, as after a 429
+            raise Saturated(f"{saturated}; before it: " + "; ".join(notes), headers=saturated.headers)
         raise Unavailable(
             "no expert could take the request: " + ("; ".join(notes) or "no experts configured"),
             headers={"Retry-After": "1"},
@@ -138,12 +156,7 @@ class Forwarder:
                     await _first_bytes(connection, relay)
             except TimeoutError:
                 if relay is None or not relay.started:
-                    raise ReplicaFailed(
-                        "timeout",
-                        "no first token within the timeout"
-                        if client.stream
-                        else "no answer within the request timeout",
-                    ) from None
+                    raise _timed_out(relay, settings) from None
             except ConnectionFailed as exc:
                 if relay is None or not relay.started:
                     raise ReplicaFailed("connect", str(exc)) from None
@@ -177,6 +190,16 @@ class Forwarder:
                 connection.content_type.decode("latin-1") or "application/json",
             )
         return await relay.run()
+
+
+def _timed_out(relay: Relay | None, settings: GatewaySettings) -> Exception:
+    """What a timeout before anything reached the client means. A whole answer still being made (a server
+    sends its head with the answer) is slow, not dead, which health checks tell: a 504, not fail-over
+    (sent again elsewhere it was made twice, and again up to max_attempts, and replicas that were only
+    slow were marked down for it). A stream with no first token fails over."""
+    if relay is None:
+        return Unavailable(f"no whole answer within the request timeout ({settings.request_timeout_s:g} s)", status=504)
+    return ReplicaFailed("timeout", "no first token within the timeout")
 
 
 async def _first_bytes(connection: HttpConnection, relay: Relay | None) -> None:

@@ -28,7 +28,8 @@ class GatewayMetrics:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "expert_router_requests",
-            "Requests answered, by endpoint, routed cluster and HTTP status",
+            "Requests answered, by endpoint, the cluster whose expert answered (empty when none did: 499, "
+            "503) and HTTP status; fallbacks are counted in expert_router_fallbacks",
             ["endpoint", "cluster", "status"],
             registry=self.registry,
         )
@@ -70,6 +71,14 @@ class GatewayMetrics:
         )
 
         self._request_counts: dict[tuple[str, str, str], Counter] = {}
+        self._inflight_children: dict[int, Gauge] = {}
+
+    def set_inflight(self, cluster: int, requests: int) -> None:
+        """An expert's requests in flight, set at each change (`Experts`' hook)."""
+        child = self._inflight_children.get(cluster)
+        if child is None:
+            child = self._inflight_children[cluster] = self.inflight.labels(str(cluster))
+        child.set(requests)
 
     def count_request(self, endpoint: str, cluster: str, status: str) -> None:
         """`requests` + 1, its labelled child looked up once per label set (`labels()` takes a lock each call)."""

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+from collections.abc import Callable
 
 import aiohttp
 
@@ -60,13 +62,22 @@ class Replica:
 class Expert:
     """One expert: its configuration, its replicas and its in-flight slots (admission control)."""
 
-    def __init__(self, config: ExpertConfig, settings: GatewaySettings, shared: SharedLimit | None = None):
+    def __init__(
+        self,
+        config: ExpertConfig,
+        settings: GatewaySettings,
+        shared: SharedLimit | None = None,
+        on_inflight: Callable[[int], None] | None = None,
+    ):
         self.config = config
         self.settings = settings
         self.replicas = [Replica(url, url + config.health_path) for url in config.base_urls()]
         self._slots = asyncio.Semaphore(settings.max_inflight_per_expert)
         self.shared = shared
         self.inflight = 0
+        self.on_inflight = on_inflight
+        """Told every change of `inflight` (the gauge: set at each change, not at a scrape, since with
+        several workers a scrape reaches one of them and the others' last values would be summed)."""
 
     @property
     def model(self) -> str:
@@ -104,17 +115,22 @@ class Expert:
                     await self._slots.acquire()
             except TimeoutError:
                 raise self._saturated() from None
-        self.inflight += 1
+        self._count(1)
         return lease
 
     def _leave(self) -> None:
-        self.inflight -= 1
+        self._count(-1)
         self._slots.release()
 
     async def _give_back(self, lease: str) -> None:
-        self.inflight -= 1
+        self._count(-1)
         assert self.shared is not None  # only a shared limit gives leases
         await self.shared.release(lease)
+
+    def _count(self, change: int) -> None:
+        self.inflight += change
+        if self.on_inflight is not None:
+            self.on_inflight(self.inflight)
 
     def _saturated(self) -> Saturated:
         s = self.settings
@@ -151,13 +167,21 @@ class Experts:
     """Every expert by cluster, plus the background health checks and load reads of their replicas, and
     the limit store where limits are shared."""
 
-    def __init__(self, experts: list[ExpertConfig], settings: GatewaySettings):
+    def __init__(
+        self,
+        experts: list[ExpertConfig],
+        settings: GatewaySettings,
+        on_inflight: Callable[[int, int], None] | None = None,
+    ):
+        """`on_inflight(cluster, n)` is told each change of an expert's requests in flight."""
         self.settings = settings
         self.store: LimitStore | None = None
         if settings.limit_scope == "shared":
             assert settings.limit_store is not None  # the settings' own check
             self.store = LimitStore(settings.limit_store, settings.lease_s)
-        self.by_cluster = {e.cluster: Expert(e, settings, self._shared(e)) for e in experts}
+        self.by_cluster = {
+            e.cluster: Expert(e, settings, self._shared(e), _for_cluster(on_inflight, e.cluster)) for e in experts
+        }
         self._tasks: list[asyncio.Task[None]] = []
 
     def _shared(self, config: ExpertConfig) -> SharedLimit | None:
@@ -195,9 +219,13 @@ class Experts:
             for replica in expert.replicas:
                 by_url.setdefault(replica.url, []).append(replica)
         timeout = aiohttp.ClientTimeout(total=max(1.0, 4 * self.settings.load_interval_s))
-        while True:
-            await asyncio.gather(*(self._read_load(session, replicas, timeout) for replicas in by_url.values()))
-            await asyncio.sleep(self.settings.load_interval_s)
+
+        async def read_forever(replicas: list[Replica]) -> None:  # one loop per server: a hung one waits alone
+            while True:
+                await self._read_load(session, replicas, timeout)
+                await asyncio.sleep(self.settings.load_interval_s)
+
+        await asyncio.gather(*(read_forever(replicas) for replicas in by_url.values()))
 
     @staticmethod
     async def _read_load(
@@ -213,10 +241,15 @@ class Experts:
             replica.load.update(text, sent)  # an unreadable report: back to this gateway's own counts
 
     async def _check_forever(self, session: aiohttp.ClientSession) -> None:
-        replicas = [r for pool in self.by_cluster.values() for r in pool.replicas]
-        while True:
-            await asyncio.gather(*(self._check(session, r) for r in replicas))
-            await asyncio.sleep(self.settings.health_interval_s)
+        """One loop per replica: a replica whose /health hangs delays its own next check, not every other's
+        (checked in rounds, one hung replica held every round, and a failed one stayed marked for seconds)."""
+
+        async def check_forever(replica: Replica) -> None:
+            while True:
+                await self._check(session, replica)
+                await asyncio.sleep(self.settings.health_interval_s)
+
+        await asyncio.gather(*(check_forever(r) for pool in self.by_cluster.values() for r in pool.replicas))
 
     async def _check(self, session: aiohttp.ClientSession, replica: Replica) -> None:
         timeout = aiohttp.ClientTimeout(total=max(1.0, self.settings.health_interval_s))
@@ -232,3 +265,7 @@ class Experts:
             replica.record_success()
         else:
             replica.record_failure(self.settings.failures_to_down, why)
+
+
+def _for_cluster(on_inflight: Callable[[int, int], None] | None, cluster: int) -> Callable[[int], None] | None:
+    return None if on_inflight is None else functools.partial(on_inflight, cluster)
