@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -97,7 +98,7 @@ def _read_text(path: Path) -> str:
 def _read_jsonl(path: Path, options: CorpusOptions) -> Iterator[Document]:
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
-        with opener(path, "rt", encoding="utf-8") as handle:
+        with opener(path, "rt", encoding="utf-8-sig") as handle:  # -sig: a byte-order mark is not text
             for number, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue
@@ -108,7 +109,7 @@ def _read_jsonl(path: Path, options: CorpusOptions) -> Iterator[Document]:
                 yield _document_from_record(record, options, f"{path} line {number}")
     except UnicodeDecodeError:
         raise UserError(f"{path} is not UTF-8 text") from None
-    except (gzip.BadGzipFile, EOFError):
+    except (gzip.BadGzipFile, EOFError, zlib.error):
         raise UserError(f"{path} is not a readable gzip file") from None
 
 

@@ -105,6 +105,22 @@ def test_k_larger_than_the_corpus_is_refused():
         Classifier.fit(["one document about cats", "another about dogs"], ClassifierSettings(k=8))
 
 
+def test_fewer_distinct_documents_than_k_is_refused():
+    """Repeated documents are one point: the fit saved k - 3 empty clusters and exit 0."""
+    with pytest.raises(UserError, match="3 distinct documents"):
+        Classifier.fit(
+            ["cats purr softly", "dogs bark loudly", "fish swim slowly"] * 10, ClassifierSettings(k=8, dims=2)
+        )
+
+
+def test_fewer_documents_than_dimensions_is_refused_at_fit(tmp_path):
+    """SVD quietly gave fewer components: the fit saved a classifier that load called corrupt."""
+    words = ["flour", "sugar", "oven", "kernel", "python", "thread", "goal", "match", "score", "pitch", "wine"]
+    texts = [" ".join(words[(i + j) % len(words)] + str(i) * (j % 2) for j in range(8)) for i in range(20)]
+    with pytest.raises(UserError, match="at least as many documents"):
+        Classifier.fit(texts, ClassifierSettings(k=2, dims=30))
+
+
 def test_a_corpus_of_stop_words_is_refused():
     with pytest.raises(UserError, match="no usable words"):
         Classifier.fit(["the and of", "a an the 12", "it is 3"], ClassifierSettings(k=2, dims=1))
@@ -133,6 +149,18 @@ def test_a_tampered_vocabulary_is_refused(saved):
     vocabulary = saved / "vocabulary.json"
     vocabulary.write_text(vocabulary.read_text().replace('"', "'", 2))
     with pytest.raises(UserError):
+        Classifier.load(saved)
+
+
+def test_standard_scaling_without_its_deviation_is_refused(texts, tmp_path):
+    """Only the mean was checked: without `scale_std` the classifier loaded and routed as an L2 one."""
+    saved = Classifier.fit(texts, ClassifierSettings(**{**SETTINGS.model_dump(), "scaling": "standard"})).save(
+        tmp_path / "standard"
+    )
+    manifest = _manifest(saved)
+    del manifest["files"]["scale_std"]
+    (saved / "classifier.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="corrupt"):
         Classifier.load(saved)
 
 

@@ -144,3 +144,32 @@ def test_an_experiment_is_checked_before_its_services_start(tmp_path: Path, caps
     assert main(["experiment", "run", str(path), "--results", str(tmp_path / "results")]) == 2
     assert "not a saved classifier" in " ".join(capsys.readouterr().err.split())  # the console wraps lines
     assert not started.exists()
+
+
+def test_experts_build_reads_a_corpus_as_classifier_fit_does(tmp_path: Path, capsys, monkeypatch):
+    """It took no --text-field or --label-field: a corpus with its text in another field could not be
+    built, and a labelled one lost its labels (evaluate's routing accuracy was always null)."""
+    from expert_router.engine import build
+
+    losses = {"base": 1.0, "expert-0": 1.0, "expert-1": 1.0}
+    monkeypatch.setattr(build, "build_experts", lambda *args, **kwargs: {"final_loss": losses})
+    words = ["flour", "sugar", "oven", "bake", "kernel", "python", "compiler", "thread"]
+    lines = [
+        json.dumps(
+            {"body": f"note{i} " + " ".join(words[(i + j) % 4 + 4 * (i % 2)] for j in range(8)), "topic": "ab"[i % 2]}
+        )
+        for i in range(200)
+    ]
+    labelled = tmp_path / "labelled.jsonl"
+    labelled.write_text("\n".join(lines) + "\n")
+    options = ["--text-field", "body", "--label-field", "topic"]
+    assert (
+        main(["classifier", "fit", str(labelled), "--out", str(tmp_path / "c"), "--k", "2", "--dims", "3", *options])
+        == 0
+    )
+    capsys.readouterr()
+    out = tmp_path / "experts"
+    assert (
+        main(["experts", "build", str(labelled), "--classifier", str(tmp_path / "c"), "--out", str(out), *options]) == 0
+    )
+    assert set(json.loads((out / "held-out.json").read_text())["cluster_labels"].values()) == {"a", "b"}

@@ -99,3 +99,16 @@ def test_a_missing_hugging_face_dataset_is_a_clear_error(tmp_path, monkeypatch):
 def test_demo_corpus_is_labelled_and_interleaved():
     docs = load_corpus("demo", limit=40)
     assert len({d.label for d in docs}) >= 8 and all(d.text for d in docs)
+
+
+def test_a_byte_order_mark_and_a_damaged_gzip_file(tmp_path):
+    """A JSONL file saved with a BOM was "line 1 is not JSON"; a gzip file damaged mid-stream a zlib traceback."""
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + b'{"text": "first"}\n{"text": "second"}\n')
+    assert [d.text for d in read_corpus(str(bom))] == ["first", "second"]
+    damaged = tmp_path / "damaged.jsonl.gz"
+    data = bytearray(gzip.compress(b'{"text": "some words here"}\n' * 2000))
+    data[10:18] = b"\xff" * 8  # the first deflate block's header: zlib.error, "invalid block type"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="not a readable gzip file"):
+        list(read_corpus(str(damaged)))

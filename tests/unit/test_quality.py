@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import make_corpus
@@ -115,3 +116,20 @@ def test_a_quality_folder_asked_for_must_hold_an_evaluation(tmp_path):
     (tmp_path / "quality.json").write_text('{"perplexity": []}')
     with pytest.raises(UserError, match="not a file written by"):
         quality_section(tmp_path, tmp_path)
+
+
+def test_experts_without_held_out_text_are_a_clear_error_and_nan_is_never_written(tiny_experts, tmp_path):
+    """Built with --held-out 0, `evaluate` printed NaN figures and exit 0, and quality.json held NaN,
+    which is not JSON."""
+    import shutil
+
+    from expert_router.quality import HeldOut
+    from expert_router.quality.evaluate import Evaluation
+
+    copy = Path(shutil.copytree(tiny_experts, tmp_path / "experts"))
+    write_held_out(copy, HeldOut(texts=[], clusters=[], labels=[], cluster_labels={}), 0.0)
+    with pytest.raises(UserError, match="no held-out documents"):
+        evaluate_experts(copy)
+    nan = float("nan")
+    one_row = Evaluation(np.array([[2.0, 3.0], [nan, nan]]), np.array([4.0, nan]), [5, 0], {}, None)
+    json.loads(json.dumps(one_row.to_json(), allow_nan=False))  # raises on NaN

@@ -147,6 +147,14 @@ def _read_manifest(directory: Path) -> tuple[Path, Manifest]:
         raise UserError(f"{manifest_path} is corrupt: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
 
 
+def _scaling_fits(scaling: str, dims: int, arrays: dict[str, Any]) -> bool:
+    """L2 scaling keeps no arrays; standard scaling both its mean and its deviation, one per dimension
+    (without `scale_std`, a standard-scaling classifier loaded and silently routed as an L2 one)."""
+    if scaling == "l2":
+        return "scale_mean" not in arrays and "scale_std" not in arrays
+    return all(name in arrays and arrays[name].shape == (dims,) for name in ("scale_mean", "scale_std"))
+
+
 def _check_shapes(
     directory: Path, manifest_path: Path, manifest: Manifest, vocabulary: list[str], arrays: dict[str, Any]
 ) -> None:
@@ -159,7 +167,7 @@ def _check_shapes(
         and arrays["idf"].shape == (manifest.n_terms,)
         and arrays["projection"].shape == (manifest.n_terms, settings.dims)
         and arrays["centroids"].shape == (settings.k, settings.dims)
-        and (settings.scaling == "l2") == ("scale_mean" not in arrays)
+        and _scaling_fits(settings.scaling, settings.dims, arrays)
     )
     if not shapes_ok:
         raise UserError(f"{directory} is corrupt: its arrays do not fit together")

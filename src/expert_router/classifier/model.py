@@ -58,8 +58,9 @@ def fit_pipeline(
     from expert_router.classifier.kmeans import BalancedKMeans
 
     stage = on_stage or (lambda name: None)
-    if len(texts) < settings.k:
-        raise UserError(f"k={settings.k} is larger than the corpus: only {len(texts)} documents")
+    distinct = len(set(texts))
+    if distinct < settings.k:  # repeated documents are one point: k-means would leave clusters empty
+        raise UserError(f"k={settings.k} is larger than the corpus: only {distinct} distinct documents")
     vectorizer = make_vectorizer(max_features=settings.max_features, min_df=settings.min_df)
     stage("tf-idf")
     try:
@@ -67,6 +68,11 @@ def fit_pipeline(
     except ValueError as exc:  # empty vocabulary: only stop-words and numbers
         raise UserError(f"the corpus has no usable words after stop-word removal ({exc})") from None
     n_terms = tfidf.shape[1]
+    if settings.dims > len(texts):  # SVD would give fewer components, and the saved artifact not load
+        raise UserError(
+            f"SVD to {settings.dims} dimensions needs at least as many documents; the corpus has "
+            f"{len(texts)}: use a larger corpus or fewer dimensions (--dims)"
+        )
     if settings.dims >= n_terms:
         raise UserError(
             f"SVD to {settings.dims} dimensions needs more distinct terms than that; the corpus has "

@@ -12,8 +12,8 @@ import numpy as np
 from pydantic import ValidationError
 
 from expert_router.classifier import Classifier, ClassifierSettings
-from expert_router.commands import HelpFormatter
-from expert_router.corpus import CorpusOptions, load_corpus
+from expert_router.commands import HelpFormatter, add_corpus_options, corpus_options
+from expert_router.corpus import load_corpus
 from expert_router.errors import UserError
 from expert_router.progress import Stages, cluster_table, console, output
 
@@ -72,7 +72,7 @@ def _add_fit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fit.add_argument("--limit", type=int, default=None, help="read at most this many documents")
     fit.add_argument("--max-features", type=int, default=None, help="cap on the vocabulary size")
     fit.add_argument("--min-df", type=int, default=1, help="minimum number of documents a term appears in")
-    _add_corpus_options(fit)
+    add_corpus_options(fit)
     fit.set_defaults(handler=run_fit)
 
 
@@ -99,16 +99,6 @@ def _add_inspect_and_route(sub: argparse._SubParsersAction[argparse.ArgumentPars
     route.add_argument("artifact", metavar="DIR", type=Path, help="a folder written by `classifier fit`")
     route.add_argument("texts", metavar="TEXT", nargs="*", help="prompts to route")
     route.set_defaults(handler=run_route)
-
-
-def _add_corpus_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--text-field", default="text", help="JSON/Parquet/dataset field holding the text")
-    parser.add_argument("--label-field", default=None, help="field holding a topic label, to score clusters by")
-    parser.add_argument("--split", default="train", help="Hugging Face dataset split")
-
-
-def corpus_options(args: argparse.Namespace) -> CorpusOptions:
-    return CorpusOptions(text_field=args.text_field, label_field=args.label_field, split=args.split)
 
 
 def run_fit(args: argparse.Namespace) -> int:

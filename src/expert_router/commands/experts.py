@@ -13,7 +13,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 
 from expert_router.arguments import port
-from expert_router.commands import HelpFormatter
+from expert_router.commands import HelpFormatter, add_corpus_options, corpus_options
 from expert_router.config import describe_flag_error
 from expert_router.errors import UserError
 from expert_router.progress import console, output
@@ -59,6 +59,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     build.add_argument("--port", type=port, default=8100, help="port written into the deployment file")
     build.add_argument("--merge", action="store_true", help="also write merged full models, one per expert")
     build.add_argument("--limit", type=int, help="read at most this many documents")
+    add_corpus_options(build)  # the labels give held-out text its topics (evaluate's routing accuracy)
     from expert_router.engine.build import BuildSettings
 
     for name, field in BuildSettings.model_fields.items():
@@ -84,7 +85,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run_build(args: argparse.Namespace) -> int:
     from expert_router.classifier import Classifier
-    from expert_router.corpus import CorpusOptions, load_corpus
+    from expert_router.corpus import load_corpus
     from expert_router.engine.build import BuildSettings, write_deployments
     from expert_router.quality.heldout import split_documents, write_held_out
 
@@ -94,7 +95,7 @@ def run_build(args: argparse.Namespace) -> int:
         raise UserError(describe_flag_error(exc)) from None
     classifier = Classifier.load(args.classifier)
     args.out.mkdir(parents=True, exist_ok=True)  # before training: a bad --out is said at once, not minutes later
-    documents = load_corpus(args.corpus, CorpusOptions(), args.limit, show_progress=True)
+    documents = load_corpus(args.corpus, corpus_options(args), args.limit, show_progress=True)
     texts = [d.text for d in documents]
     by_cluster, held_out = split_documents(
         texts, [d.label for d in documents], classifier.route(texts).cluster.tolist(), classifier.k, settings.held_out

@@ -76,11 +76,15 @@ class Evaluation:
     def to_json(self) -> dict[str, Any]:
         return {
             **self.summary(),
-            "perplexity": self.matrix.tolist(),
-            "base_perplexity": self.base.tolist(),
+            "perplexity": [_json_numbers(row) for row in self.matrix],  # NaN is not JSON: a row with no text is null
+            "base_perplexity": _json_numbers(self.base),
             "documents": self.documents,
             "cluster_labels": {str(c): v for c, v in self.cluster_labels.items()},
         }
+
+
+def _json_numbers(values: np.ndarray) -> list[float | None]:
+    return [None if math.isnan(v) else float(v) for v in values]
 
 
 def routing_accuracy(classifier_dir: Path, held_out: HeldOut) -> float | None:
@@ -124,6 +128,8 @@ def evaluate_experts(
     model, tokenizer, clusters = load_experts(folder)
     seq_len = int(json.loads((folder / "build.json").read_text())["settings"]["seq_len"])
     texts = {c: t[:max_documents] for c, t in held_out.by_cluster(len(clusters)).items()}
+    if not any(texts.get(c) for c in clusters):  # nothing to measure: every figure would be NaN
+        raise UserError(f"{folder} has no held-out documents to evaluate on: build the experts with --held-out above 0")
     k = len(clusters)
     matrix, base = np.full((k, k), math.nan), np.full(k, math.nan)
     for row, cluster in enumerate(clusters):
