@@ -134,12 +134,8 @@ def write_report(
     rows = [table_row(cell) for _, cell in ordered]
     invalid = [r for r in rows if r["valid"] == "no"]
     whole = [f"{k.configuration} {k.mix} u{k.users}" for k, c in ordered if any(r.windows.whole_run for r in c.runs)]
-    notes = [_invalid_note(invalid)] + [
-        f"No steady state in {len(whole)} cell(s) ({', '.join(whole[:6])}{', ...' if len(whole) > 6 else ''}): "
-        "a run too short for its load, whose system throughput mean is over every window, ramp-up and drain "
-        "included."
-    ] * bool(whole)
-    sections = [Section("Every cell", COLUMNS, rows, " ".join(n for n in notes if n))]
+    note = " ".join(n for n in (_invalid_note(invalid), _whole_run_note(whole)) if n)
+    sections = [Section("Every cell", COLUMNS, rows, note)]
     if answer_quality is not None:
         sections.append(answer_quality[0])
     overhead = overhead_rows(cells, _direct_pairs(results))
@@ -224,6 +220,17 @@ def _direct_pairs(results: Path) -> dict[str, str]:
         return {}
     configurations = json.loads(manifest.read_text()).get("experiment", {}).get("configurations", [])
     return {c["name"]: c["direct_of"] for c in configurations if c.get("direct_of")}
+
+
+def _whole_run_note(cells: list[str]) -> str:
+    """Cells whose runs never held their load: their system throughput mean is not a steady one."""
+    if not cells:
+        return ""
+    shown = ", ".join(cells[:6]) + (", ..." if len(cells) > 6 else "")
+    return (
+        f"No steady state in {len(cells)} cell(s) ({shown}): a run too short for its load, whose system "
+        "throughput mean is over every window, ramp-up and drain included."
+    )
 
 
 def _invalid_note(invalid: list[dict[str, Any]]) -> str:

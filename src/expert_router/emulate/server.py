@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from expert_router.api_request import UnknownModel, common_fields, json_object, one_choice
+from expert_router.api_request import CommonFields, UnknownModel, common_fields, json_object, one_choice
 from expert_router.emulate.metrics import EngineMetrics
 from expert_router.emulate.profiles import Model
 from expert_router.emulate.realtime import Lateness, RealtimeDriver, Stream
@@ -145,8 +145,11 @@ def _count(content: Any) -> int:
     return 0
 
 
-def _parse(raw: bytes, chat: bool, names: tuple[str, ...], model: Model) -> tuple[dict[str, Any], int, int]:
-    """The request's body, prompt tokens and token cap; a BadRequest for anything a vLLM server refuses."""
+def _parse(
+    raw: bytes, chat: bool, names: tuple[str, ...], model: Model
+) -> tuple[dict[str, Any], CommonFields, int, int]:
+    """The request's body and checked fields, prompt tokens and token cap; a BadRequest for anything a vLLM
+    server refuses."""
     body = json_object(raw)
     fields = common_fields(body, chat)
     if fields.model not in names:
@@ -161,14 +164,14 @@ def _parse(raw: bytes, chat: bool, names: tuple[str, ...], model: Model) -> tupl
             "Please reduce the length of the messages or completion.",
             param="max_tokens",
         )
-    return body, n_prompt, max_tokens
+    return body, fields, n_prompt, max_tokens
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
     chat = request.path.endswith("/chat/completions")
     driver = request.app[DRIVER_KEY]
     try:
-        body, n_prompt, max_tokens = _parse(
+        body, fields, n_prompt, max_tokens = _parse(
             await request.read(), chat, request.app[NAMES_KEY], driver.engine.config.model
         )
     except BadRequest as exc:
@@ -178,8 +181,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
     except UserError as exc:
         return error_response(400, str(exc))
     try:
-        if body.get("stream"):
-            return await _stream(request, body, chat, stream)
+        if fields.stream:
+            return await _stream(request, body, chat, stream, fields.include_usage)
         return await _whole(body, chat, stream)
     finally:
         driver.cancel(stream)  # a no-op when it finished; frees its KV blocks when the client left
@@ -202,7 +205,9 @@ def _usage(stream: Stream) -> dict[str, int]:
     }
 
 
-async def _stream(request: web.Request, body: dict[str, Any], chat: bool, stream: Stream) -> web.StreamResponse:
+async def _stream(
+    request: web.Request, body: dict[str, Any], chat: bool, stream: Stream, include_usage: bool
+) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -224,7 +229,7 @@ async def _stream(request: web.Request, body: dict[str, Any], chat: bool, stream
         # "t": when the emulated GPU produced the token (time.monotonic, shared by every process here), as
         # the synthetic expert stamps its chunks: the user simulator keeps it, so timing error is measurable
         await response.write(b"data: " + orjson.dumps({**head, "choices": [choice], "t": at}) + b"\n\n")
-    if (body.get("stream_options") or {}).get("include_usage"):  # checked to be an object by `_parse`
+    if include_usage:
         await response.write(b"data: " + orjson.dumps({**head, "choices": [], "usage": _usage(stream)}) + b"\n\n")
     await response.write(b"data: [DONE]\n\n")
     await response.write_eof()

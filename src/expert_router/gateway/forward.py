@@ -98,7 +98,7 @@ class Forwarder:
         saturated: Saturated | None = None
         for cluster in plan.order:
             expert = self.experts.by_cluster[cluster]
-            if not expert.healthy():
+            if not expert.any_healthy():
                 notes.append(f"cluster {cluster} has no healthy replica")
                 continue
             payload = orjson.dumps({**client.body, "model": expert.model})

@@ -14,7 +14,8 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 
@@ -82,6 +83,10 @@ class Expert:
     @property
     def model(self) -> str:
         return self.config.model
+
+    def any_healthy(self) -> bool:
+        """Whether a replica is up: `healthy()` without its ranking (a check before waiting for a slot)."""
+        return any(r.healthy for r in self.replicas)
 
     def healthy(self) -> list[Replica]:
         """Healthy replicas, least busy first (then least KV cache in use)."""
@@ -212,20 +217,15 @@ class Experts:
             await self.store.stop()  # gives back what this process still holds
 
     async def _read_load_forever(self, session: aiohttp.ClientSession) -> None:
-        """Every replica's /metrics once per load interval, all at once. A server (one vLLM holding several
-        LoRA experts) is read once and its report shared by every expert it serves."""
+        """Every replica's /metrics once per load interval, each server on a loop of its own. A server (one
+        vLLM holding several LoRA experts) is read once and its report shared by every expert it serves."""
         by_url: dict[str, list[Replica]] = {}
         for expert in self.by_cluster.values():
             for replica in expert.replicas:
                 by_url.setdefault(replica.url, []).append(replica)
         timeout = aiohttp.ClientTimeout(total=max(1.0, 4 * self.settings.load_interval_s))
-
-        async def read_forever(replicas: list[Replica]) -> None:  # one loop per server: a hung one waits alone
-            while True:
-                await self._read_load(session, replicas, timeout)
-                await asyncio.sleep(self.settings.load_interval_s)
-
-        await asyncio.gather(*(read_forever(replicas) for replicas in by_url.values()))
+        interval = self.settings.load_interval_s
+        await asyncio.gather(*(_every(interval, self._read_load, session, rs, timeout) for rs in by_url.values()))
 
     @staticmethod
     async def _read_load(
@@ -243,13 +243,9 @@ class Experts:
     async def _check_forever(self, session: aiohttp.ClientSession) -> None:
         """One loop per replica: a replica whose /health hangs delays its own next check, not every other's
         (checked in rounds, one hung replica held every round, and a failed one stayed marked for seconds)."""
-
-        async def check_forever(replica: Replica) -> None:
-            while True:
-                await self._check(session, replica)
-                await asyncio.sleep(self.settings.health_interval_s)
-
-        await asyncio.gather(*(check_forever(r) for pool in self.by_cluster.values() for r in pool.replicas))
+        replicas = [r for pool in self.by_cluster.values() for r in pool.replicas]
+        interval = self.settings.health_interval_s
+        await asyncio.gather(*(_every(interval, self._check, session, replica) for replica in replicas))
 
     async def _check(self, session: aiohttp.ClientSession, replica: Replica) -> None:
         timeout = aiohttp.ClientTimeout(total=max(1.0, self.settings.health_interval_s))
@@ -269,3 +265,10 @@ class Experts:
 
 def _for_cluster(on_inflight: Callable[[int, int], None] | None, cluster: int) -> Callable[[int], None] | None:
     return None if on_inflight is None else functools.partial(on_inflight, cluster)
+
+
+async def _every(interval_s: float, step: Callable[..., Awaitable[None]], *args: Any) -> None:
+    """`step(*args)`, then a pause of `interval_s`, for ever: one background loop of its own."""
+    while True:
+        await step(*args)
+        await asyncio.sleep(interval_s)
