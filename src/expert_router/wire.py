@@ -55,6 +55,9 @@ class HttpConnection(asyncio.Protocol):
         self.reused = False
         self.sent_at = 0.0
         """When the request was handed to the socket (`clock()`)."""
+        self.after_read: Callable[[], None] | None = None
+        """Called once each read's bytes have gone through the parser (and the sink): a sink that
+        writes elsewhere can send what one read brought in one write. Its owner sets and clears it."""
         self._reset()
 
     def _reset(self) -> None:
@@ -82,6 +85,9 @@ class HttpConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(ConnectionFailed(f"invalid HTTP from the server: {exc}"))
             self.close()
+        after_read = self.after_read
+        if after_read is not None:
+            after_read()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is None and not self.aborted and self._ends_at_close():

@@ -220,14 +220,17 @@ class StreamClient:
     def __init__(self) -> None:
         self.transport = FakeTransport()
 
-    def start_stream(self, headers: dict[str, str], first: bytes) -> None:
-        self.transport.write(b"HEAD " + first)
+    def stream_head(self, headers: dict[str, str]) -> bytes:
+        return b"HEAD "
 
     def frame(self, data: bytes) -> bytes:
         return frame(data)
 
+    def stream_end(self, last: bytes = b"") -> bytes:
+        return (frame(last) if last else b"") + b"0\r\n\r\n"
+
     def end_stream(self, last: bytes = b"") -> None:
-        self.transport.write((frame(last) if last else b"") + b"0\r\n\r\n")
+        self.transport.write(self.stream_end(last))
 
 
 def started_relay(
@@ -319,17 +322,32 @@ def test_an_error_answer_does_not_start_a_stream_and_is_kept_whole():
     asyncio.run(main())
 
 
-def test_a_relay_writes_each_chunk_as_it_arrives_and_ends_the_stream_once():
+def test_a_relay_writes_what_each_read_brought_in_one_write_and_ends_the_stream_once():
+    """A write per chunk had cost ~6 writes a request with short answers where nginx made ~4: the
+    last token and [DONE] went out on their own though they came in one read."""
     writes, counts = asyncio.run(relayed(frame(b"two"), frame(b"three") + frame(b"four") + frame(DONE) + b"0\r\n\r\n"))
     assert counts == [5]
     assert writes == [
         b"HEAD " + frame(b"one"),
         frame(b"two"),
-        frame(b"three"),
-        frame(b"four"),
-        frame(DONE),
+        frame(b"three") + frame(b"four") + frame(DONE),
         b"0\r\n\r\n",
     ]
+
+
+def test_the_head_goes_out_with_every_chunk_of_the_read_that_started_the_stream():
+    async def main() -> None:
+        client = StreamClient()
+        connection = HttpConnection()
+        connection.connection_made(FakeTransport())
+        relay = Relay(client, "u", lambda _: {}, 60.0, [].append)  # type: ignore[arg-type]
+        relay.bind(connection)
+        connection.send(b"POST / HTTP/1.1\r\n\r\n", relay.first)
+        connection.data_received(HEAD + frame(b"role") + frame(b"one"))
+        assert client.transport.writes == [b"HEAD " + frame(b"role") + frame(b"one")]
+        relay.finish()
+
+    asyncio.run(main())
 
 
 def test_a_stream_that_ends_without_done_gets_one():
@@ -518,7 +536,7 @@ def test_a_stream_that_starts_as_the_first_token_timeout_fires_is_relayed_whole(
         connection.data_received(frame(b"two") + frame(DONE) + b"0\r\n\r\n")
         response = await asyncio.wait_for(task, 5)
         assert response.sent and experts.by_cluster[0].replicas[0].failures == 0
-        assert client.transport.writes == [b"HEAD " + frame(b"one"), frame(b"two"), frame(DONE), b"0\r\n\r\n"]
+        assert client.transport.writes == [b"HEAD " + frame(b"one"), frame(b"two") + frame(DONE), b"0\r\n\r\n"]
 
     asyncio.run(main())
 

@@ -45,7 +45,7 @@ class App:
         return json_response({"body": request.body.decode(), "method": request.method})
 
     async def stream(self, request: Request) -> Response:
-        request.start_stream({"Content-Type": "text/event-stream"}, request.frame(b"a"))
+        request.connection.write(request.stream_head({"Content-Type": "text/event-stream"}) + request.frame(b"a"))
         request.connection.write(request.frame(b"b"))
         request.end_stream(b"c")
         return Response(200, sent=True)

@@ -92,24 +92,29 @@ class Request:
     def transport(self) -> asyncio.Transport | None:
         return None if self.connection.closed else self.connection.transport
 
-    def start_stream(self, headers: Headers, first: bytes = b"") -> None:
-        """Send a 200's head for a body of unknown length, and its `first` bytes (framed) in the same
-        write: chunked for HTTP/1.1, unframed (then closed) for HTTP/1.0. Chunks follow, each as
-        `frame()` makes it; `end_stream()` ends it."""
+    def stream_head(self, headers: Headers) -> bytes:
+        """A 200's head for a body of unknown length: chunked for HTTP/1.1, unframed (then closed) for
+        HTTP/1.0. Chunks follow, each as `frame()` makes it; `stream_end()` ends it. Bytes, not a
+        write: a relay sends the head with what came in the same read, in one write."""
         self.streaming = True
         if not self.http11:
             self.keep_alive = False
-        self.connection.write(head(200, headers, None, self.keep_alive, chunked=self.http11) + first)
+        return head(200, headers, None, self.keep_alive, chunked=self.http11)
 
     def frame(self, data: bytes) -> bytes:
         """`data` as it goes on the wire of this stream."""
         return b"%x\r\n%b\r\n" % (len(data), data) if self.http11 else data
 
-    def end_stream(self, last: bytes = b"") -> None:
+    def stream_end(self, last: bytes = b"") -> bytes:
+        """The stream's `last` bytes (framed) and its end."""
         if self.http11:
-            self.connection.write((self.frame(last) if last else b"") + b"0\r\n\r\n")
-        elif last:
-            self.connection.write(last)
+            return (self.frame(last) if last else b"") + b"0\r\n\r\n"
+        return last
+
+    def end_stream(self, last: bytes = b"") -> None:
+        end = self.stream_end(last)
+        if end:
+            self.connection.write(end)
 
 
 Handler = Callable[[Request], Awaitable[Response]]
