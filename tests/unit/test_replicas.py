@@ -190,3 +190,42 @@ def test_a_replica_whose_health_check_hangs_does_not_hold_the_others_checks():
         return sum(url.startswith("http://b:2") for url in session.checks)
 
     assert asyncio.run(scenario()) >= 5
+
+
+def test_a_server_holding_several_experts_is_health_checked_once_per_interval():
+    """One vLLM with a LoRA adapter per expert: checked once per expert, it answered k requests an
+    interval for one answer. Its answer still holds for every expert it serves."""
+
+    class Answer:
+        def __init__(self, status: int):
+            self.status = status
+
+        async def __aenter__(self):
+            return self
+
+        async def __aexit__(self, *exc):
+            return False
+
+    class Session:
+        def __init__(self):
+            self.checks: list[str] = []
+            self.status = 200
+
+        def get(self, url, timeout):
+            self.checks.append(url)
+            return Answer(self.status)
+
+    async def scenario() -> None:
+        configs = [ExpertConfig(cluster=c, model=f"m{c}", endpoints=["http://a:1"]) for c in range(3)]
+        experts = Experts(configs, GatewaySettings(health_interval_s=0.05, failures_to_down=1))
+        session = Session()
+        task = asyncio.create_task(experts._check_forever(session))  # type: ignore[arg-type]
+        await asyncio.sleep(0.01)
+        assert session.checks == ["http://a:1/health"]
+        session.status = 503
+        await asyncio.sleep(0.06)
+        task.cancel()
+        assert len(session.checks) == 2
+        assert not any(e.any_healthy() for e in experts.by_cluster.values())
+
+    asyncio.run(scenario())

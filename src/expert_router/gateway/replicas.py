@@ -219,13 +219,18 @@ class Experts:
     async def _read_load_forever(self, session: aiohttp.ClientSession) -> None:
         """Every replica's /metrics once per load interval, each server on a loop of its own. A server (one
         vLLM holding several LoRA experts) is read once and its report shared by every expert it serves."""
-        by_url: dict[str, list[Replica]] = {}
-        for expert in self.by_cluster.values():
-            for replica in expert.replicas:
-                by_url.setdefault(replica.url, []).append(replica)
         timeout = aiohttp.ClientTimeout(total=max(1.0, 4 * self.settings.load_interval_s))
         interval = self.settings.load_interval_s
-        await asyncio.gather(*(_every(interval, self._read_load, session, rs, timeout) for rs in by_url.values()))
+        servers = self._grouped(lambda replica: replica.url)
+        await asyncio.gather(*(_every(interval, self._read_load, session, rs, timeout) for rs in servers))
+
+    def _grouped(self, key: Callable[[Replica], str]) -> list[list[Replica]]:
+        """Every replica, grouped by what one request reads for all of a group (a server's URL)."""
+        groups: dict[str, list[Replica]] = {}
+        for expert in self.by_cluster.values():
+            for replica in expert.replicas:
+                groups.setdefault(key(replica), []).append(replica)
+        return list(groups.values())
 
     @staticmethod
     async def _read_load(
@@ -241,26 +246,29 @@ class Experts:
             replica.load.update(text, sent)  # an unreadable report: back to this gateway's own counts
 
     async def _check_forever(self, session: aiohttp.ClientSession) -> None:
-        """One loop per replica: a replica whose /health hangs delays its own next check, not every other's
-        (checked in rounds, one hung replica held every round, and a failed one stayed marked for seconds)."""
-        replicas = [r for pool in self.by_cluster.values() for r in pool.replicas]
+        """One loop per server: a server whose /health hangs delays its own next check, not every other's
+        (checked in rounds, one hung replica held every round, and a failed one stayed marked for seconds).
+        A server holding several experts (one vLLM with a LoRA adapter each) is checked once per interval
+        and its answer holds for each of them, as its load report does."""
         interval = self.settings.health_interval_s
-        await asyncio.gather(*(_every(interval, self._check, session, replica) for replica in replicas))
+        servers = self._grouped(lambda replica: replica.health_url)
+        await asyncio.gather(*(_every(interval, self._check, session, rs) for rs in servers))
 
-    async def _check(self, session: aiohttp.ClientSession, replica: Replica) -> None:
+    async def _check(self, session: aiohttp.ClientSession, replicas: list[Replica]) -> None:
         timeout = aiohttp.ClientTimeout(total=max(1.0, self.settings.health_interval_s))
         try:
-            async with session.get(replica.health_url, timeout=timeout) as response:
+            async with session.get(replicas[0].health_url, timeout=timeout) as response:
                 ok = response.status == 200
         except (aiohttp.ClientError, TimeoutError) as exc:
             ok = False
             why = f"health check failed: {exc.__class__.__name__}"
         else:
             why = "health check answered an error"
-        if ok:
-            replica.record_success()
-        else:
-            replica.record_failure(self.settings.failures_to_down, why)
+        for replica in replicas:
+            if ok:
+                replica.record_success()
+            else:
+                replica.record_failure(self.settings.failures_to_down, why)
 
 
 def _for_cluster(on_inflight: Callable[[int, int], None] | None, cluster: int) -> Callable[[int], None] | None:
