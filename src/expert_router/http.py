@@ -13,7 +13,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from expert_router.encoding import decode_body
 from expert_router.errors import ClientError
+
+MAX_BODY_BYTES = 16 * 1024 * 1024
+"""The largest request body the project's aiohttp servers (the emulated engine, the synthetic expert)
+take, as sent and once decoded."""
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -59,6 +64,16 @@ def error_response(
 def client_error_response(error: ClientError) -> web.Response:
     """The answer an aiohttp server gives for a `ClientError` (the gateway's own server writes its own)."""
     return error_response(error.status, str(error), error.error_type, error.code, error.headers, error.param)
+
+
+async def request_body(request: web.Request) -> bytes:
+    """A request's body, decoded from its `Content-Encoding` as the gateway decodes it (raises
+    BadRequest: 415, 400, 413). The servers run with aiohttp's own decoding off (`serve_until_stopped`,
+    `emulate.launch`): it knew no zstd, and its parser answered such a body with a plain-text 400
+    before any handler or middleware ran."""
+    body = await request.read()
+    encoding = request.headers.get("Content-Encoding")
+    return body if encoding is None else decode_body(body, encoding.encode("latin-1"), MAX_BODY_BYTES)
 
 
 def format_server_timing(durations_s: dict[str, float]) -> str:
@@ -168,7 +183,9 @@ async def serve_until_stopped(
     app[DRAIN_KEY] = drain
     app.middlewares.insert(0, drain_middleware)
     # The drain below is the grace period; after it, aiohttp's own shutdown only cancels what is left.
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.1)
+    runner = web.AppRunner(
+        app, handler_cancellation=True, access_log=None, shutdown_timeout=0.1, auto_decompress=False
+    )  # bodies are decoded by `request_body`
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=4096)
     await site.start()

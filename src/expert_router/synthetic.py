@@ -23,7 +23,7 @@ from aiohttp import web
 
 from expert_router.api_request import CommonFields, UnknownModel, common_fields, json_object, one_choice
 from expert_router.errors import BadRequest
-from expert_router.http import client_error_response, error_response, json_errors
+from expert_router.http import MAX_BODY_BYTES, client_error_response, error_response, json_errors, request_body
 
 
 @dataclass
@@ -66,7 +66,7 @@ STATS_KEY = web.AppKey("stats", SyntheticStats)
 
 
 def build_app(settings: SyntheticSettings) -> web.Application:
-    app = web.Application(client_max_size=16 * 1024 * 1024, middlewares=[json_errors])
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
     app[SETTINGS_KEY] = settings
     app[STATS_KEY] = SyntheticStats()
     app.router.add_post("/v1/completions", generate)
@@ -119,7 +119,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     settings, stats = request.app[SETTINGS_KEY], request.app[STATS_KEY]
     chat = request.path.endswith("/chat/completions")
     try:
-        body = json_object(await request.read())
+        body = json_object(await request_body(request))
         stats.requests += 1
         stats.last_body = body
         model = body.get("model")

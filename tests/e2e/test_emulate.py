@@ -163,6 +163,34 @@ def test_the_emulator_refuses_a_request_past_the_models_context_and_errors_are_j
         assert error.value.code == status and json.loads(error.value.read())["error"]["code"] == status
 
 
+def test_compressed_bodies_are_decoded_as_the_gateway_decodes_them(experts, synthetic):
+    """aiohttp's own decoding knew no zstd: its parser answered such a body with a plain-text 400
+    before any handler or middleware ran."""
+    import gzip
+
+    import zstandard
+
+    urls, _ = experts
+    body = json.dumps({"model": "expert-0", "prompt": "hello", "max_tokens": 2}).encode()
+    cases = (
+        (zstandard.ZstdCompressor().compress(body), "zstd", 200),
+        (gzip.compress(body), "gzip", 200),
+        (body, "zstd", 400),  # not zstd at all
+        (body, "compress", 415),
+    )
+    for url in (urls[0], synthetic.url):
+        for payload, encoding, status in cases:
+            headers = {"Content-Type": "application/json", "Content-Encoding": encoding}
+            request = urllib.request.Request(url + "/v1/completions", data=payload, headers=headers)
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    code, answer = response.status, json.loads(response.read())
+            except urllib.error.HTTPError as error:
+                code, answer = error.code, json.loads(error.read())
+            assert code == status, (url, encoding, answer)
+            assert ("choices" in answer) if status == 200 else answer["error"]["code"] == status
+
+
 def test_through_the_gateway_and_the_user_simulator(tmp_path, experts, classifier):
     urls, _ = experts
     deployment = write_deployment(tmp_path / "deploy.yaml", classifier, {c: [urls[c]] for c in range(8)})

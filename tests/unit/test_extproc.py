@@ -32,13 +32,35 @@ def router(classifier) -> Router:
 
 
 class Broken:
-    """A classifier that fails: stands in for a bug in routing."""
+    """A classifier that fails: stands in for a bug in routing (the router asks it to rank)."""
 
-    def route(self, text):
+    def rank(self, text):
         raise RuntimeError("boom")
 
 
 PROMPT = "the kernel compiler segfaults on a pointer in linux"
+
+
+def test_a_compressed_body_is_decoded_and_held_to_the_body_limit_as_serve_does(router, classifier):
+    """The gzip bytes were parsed as JSON (400 "not valid JSON"), and a body past `max_body_bytes`,
+    which `serve` refuses with 413, was routed."""
+    import gzip
+
+    raw = json.dumps({"model": "expert-router", "prompt": PROMPT}).encode()
+    decision = router.decide("/v1/completions", gzip.compress(raw), "gzip")
+    assert isinstance(decision, Route) and decision.decoded
+    assert json.loads(decision.body)["model"] == f"expert-{int(classifier.route(PROMPT).cluster[0])}"
+    named = router.decide(
+        "/v1/completions", gzip.compress(json.dumps({"model": "expert-2", "prompt": "x"}).encode()), "gzip"
+    )
+    assert isinstance(named, Route) and named.decoded and json.loads(named.body)["model"] == "expert-2"
+    for body, encoding, status in (
+        (raw, "compress", 415),
+        (raw, "gzip", 400),
+        (b" " * (4 * 1024 * 1024 + 1), None, 413),
+    ):
+        reply = router.decide("/v1/completions", body, encoding)
+        assert isinstance(reply, Reply) and reply.status == status, (encoding, reply)
 
 
 # -- decisions -----------------------------------------------------------------------------------

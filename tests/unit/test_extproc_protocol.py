@@ -37,12 +37,13 @@ def router(classifier) -> Router:
     return Router(deployment(), classifier)
 
 
-def headers_message(method: str, path: str, end_of_stream: bool = False):
+def headers_message(method: str, path: str, end_of_stream: bool = False, **more: str):
     from envoy.config.core.v3 import base_pb2
 
+    pairs = [(":method", method), (":path", path), ("content-type", "application/json")]
     values = [
         base_pb2.HeaderValue(key=k, raw_value=v.encode())
-        for k, v in ((":method", method), (":path", path), ("content-type", "application/json"))
+        for k, v in pairs + [(k.replace("_", "-"), v) for k, v in more.items()]
     ]
     return pb.ProcessingRequest(
         request_headers=pb.HttpHeaders(headers=base_pb2.HeaderMap(headers=values), end_of_stream=end_of_stream)
@@ -88,6 +89,19 @@ def test_the_body_phase_sets_headers_rewrites_the_body_and_clears_the_route_cach
         "x-expert-routed-by": "classifier",
         "content-length": str(len(new_body)),
     }
+
+
+def test_a_compressed_body_goes_on_decoded_without_its_encoding_header(router):
+    import gzip
+
+    body = json.dumps({"prompt": PROMPT}).encode()
+    _, second = process(
+        router, headers_message("POST", "/v1/completions", content_encoding="gzip"), body_message(gzip.compress(body))
+    )
+    common = second.request_body.response
+    assert json.loads(common.body_mutation.body)["prompt"] == PROMPT
+    assert list(common.header_mutation.remove_headers) == ["content-encoding"]
+    assert set_headers(common.header_mutation)["content-length"] == str(len(common.body_mutation.body))
 
 
 def test_a_bad_body_gets_an_immediate_response(router):

@@ -14,9 +14,9 @@ import brotli
 import pytest
 import zstandard
 
+from expert_router.encoding import decode_body
 from expert_router.errors import BadRequest
 from expert_router.gateway import listen
-from expert_router.gateway.encoding import decode_body
 from expert_router.gateway.messages import Request, Response, Routes, json_response
 from expert_router.gateway.server import MAX_HEAD_BYTES, Connection, Server
 

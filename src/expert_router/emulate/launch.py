@@ -63,7 +63,11 @@ async def serve_all(
         listeners.extend(listen(host, instance.port) for instance in instances)
         for instance, listener in zip(instances, listeners, strict=True):
             runner = web.AppRunner(
-                app_for(instance, dilation), handler_cancellation=True, access_log=None, shutdown_timeout=2.0
+                app_for(instance, dilation),
+                handler_cancellation=True,
+                access_log=None,
+                shutdown_timeout=2.0,
+                auto_decompress=False,  # bodies are decoded by `http.request_body`
             )
             await runner.setup()
             runners.append(runner)

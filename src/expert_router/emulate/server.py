@@ -22,7 +22,7 @@ from expert_router.emulate.metrics import EngineMetrics
 from expert_router.emulate.profiles import Model
 from expert_router.emulate.realtime import Lateness, RealtimeDriver, Stream
 from expert_router.errors import BadRequest, UserError
-from expert_router.http import client_error_response, error_response, json_errors
+from expert_router.http import MAX_BODY_BYTES, client_error_response, error_response, json_errors, request_body
 
 DRIVER_KEY = web.AppKey("driver", RealtimeDriver)
 METRICS_KEY = web.AppKey("metrics", EngineMetrics)
@@ -33,7 +33,7 @@ DEFAULT_MAX_TOKENS = 16
 
 
 def build_app(driver: RealtimeDriver, metrics: EngineMetrics, names: tuple[str, ...]) -> web.Application:
-    app = web.Application(client_max_size=16 * 1024 * 1024, middlewares=[json_errors])
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
     app[DRIVER_KEY], app[METRICS_KEY], app[NAMES_KEY] = driver, metrics, names
     app.router.add_post("/v1/completions", generate)
     app.router.add_post("/v1/chat/completions", generate)
@@ -172,7 +172,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     driver = request.app[DRIVER_KEY]
     try:
         body, fields, n_prompt, max_tokens = _parse(
-            await request.read(), chat, request.app[NAMES_KEY], driver.engine.config.model
+            await request_body(request), chat, request.app[NAMES_KEY], driver.engine.config.model
         )
     except BadRequest as exc:
         return client_error_response(exc)

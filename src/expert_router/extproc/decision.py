@@ -1,10 +1,11 @@
 """The routing decision for one request seen by Envoy: pure, no gRPC, no sockets.
 
 The gateway's own request parsing (`parse_request`) and the classifier decide, exactly as `serve`
-does: a request naming an expert's model goes to that expert, one naming the deployment's routed
-model (or none) is classified, and the nearest cluster that has an expert wins. The answer is
-either a `Route` (headers to set, the body with `model` rewritten) or a `Reply` that Envoy sends
-itself (a client error, or an internal error when failing closed). Keeping this apart from the
+does: a body with a `Content-Encoding` is decoded and held to `max_body_bytes` as `serve` holds it,
+a request naming an expert's model goes to that expert, one naming the deployment's routed model
+(or none) is classified, and the nearest cluster that has an expert wins. The answer is either a
+`Route` (headers to set, the body with `model` rewritten, and sent on decoded) or a `Reply` that
+Envoy sends itself (a client error, or an internal error when failing closed). Keeping this apart from the
 protocol lets unit tests call it with bytes and compare plain values.
 """
 
@@ -12,13 +13,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import orjson
 
 from expert_router.classifier import Classifier
 from expert_router.config import Deployment
+from expert_router.encoding import decode_body
 from expert_router.errors import BadRequest
 from expert_router.gateway.requests import parse_request
 from expert_router.http import error_body
@@ -50,6 +52,8 @@ class Route:
     body: bytes
     routed_by: str
     classify_s: float = 0.0
+    decoded: bool = False
+    """`body` was decoded from the request's Content-Encoding: it goes on plain, without that header."""
 
     def headers(self) -> dict[str, str]:
         return {CLUSTER_HEADER: str(self.cluster), MODEL_HEADER: self.model, CLASSIFIED_HEADER: self.routed_by}
@@ -93,13 +97,15 @@ class Router:
         if self.default_cluster not in self.by_cluster:
             raise ValueError(f"default cluster {self.default_cluster} has no expert")
 
-    def decide(self, path: str, body: bytes) -> Decision:
-        """The decision for a POST to `path` carrying `body` (the whole body, as Envoy buffered it)."""
+    def decide(self, path: str, body: bytes, content_encoding: str | None = None) -> Decision:
+        """The decision for a POST to `path` carrying `body` (the whole body, as Envoy buffered it, in
+        its `content_encoding`)."""
         chat = routed_path(path)
         if chat is None:
             return None
         try:
-            return self._route(body, chat)
+            route = self._route(self._plain(body, content_encoding), chat)
+            return route if content_encoding is None else replace(route, decoded=True)
         except BadRequest as exc:
             reason = exc.code if exc.code else "bad_request"
             return Reply(exc.status, _error(exc.status, str(exc), exc.code, exc.param), reason)
@@ -121,6 +127,15 @@ class Router:
         names = [self.deployment.gateway.model_name, *self.by_model]
         data = [{"id": n, "object": "model", "created": created, "owned_by": "expert-router"} for n in names]
         return Reply(200, orjson.dumps({"object": "list", "data": data}), "models")
+
+    def _plain(self, body: bytes, content_encoding: str | None) -> bytes:
+        """The body decoded (415, 400, 413 as `serve` answers them) and within the body limit."""
+        limit = self.deployment.gateway.max_body_bytes
+        if content_encoding is not None:
+            body = decode_body(body, content_encoding.encode("latin-1"), limit)
+        if len(body) > limit:
+            raise BadRequest(f"the request body is larger than {limit} bytes", status=413)
+        return body
 
     def _route(self, body: bytes, chat: bool) -> Route:
         client = parse_request(body, chat)

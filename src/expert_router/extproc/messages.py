@@ -57,9 +57,10 @@ def route(decision: Route, original: bytes) -> Any:
     if decision.body != original:
         body_mutation = pb.BodyMutation(body=decision.body)
     headers["content-length"] = str(len(decision.body))
-    common = pb.CommonResponse(
-        header_mutation=_set_headers(headers), body_mutation=body_mutation, clear_route_cache=True
-    )
+    mutation = _set_headers(headers)
+    if decision.decoded:  # the body goes on decoded
+        mutation.remove_headers.append("content-encoding")
+    common = pb.CommonResponse(header_mutation=mutation, body_mutation=body_mutation, clear_route_cache=True)
     return pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
 
 

@@ -31,15 +31,17 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         self.metrics.streams.inc()
         try:
             method = path = ""
+            encoding: str | None = None
             async for request in requests:
                 phase = request.WhichOneof("request")
                 if phase == "request_headers":
                     headers = messages.header_map(request.request_headers)
                     method, path = headers.get(":method", ""), headers.get(":path", "")
+                    encoding = headers.get("content-encoding")
                     spoofed = [name for name in ROUTING_HEADERS if name in headers]
                     yield self.on_headers(method, path, request.request_headers.end_of_stream, spoofed)
                 elif phase == "request_body":
-                    yield self.on_body(method, path, request.request_body.body)
+                    yield self.on_body(method, path, request.request_body.body, encoding)
                 elif phase in messages.PHASE_REPLIES:
                     yield messages.carry_on(phase)
         finally:
@@ -60,16 +62,16 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             return messages.strip_headers(spoofed)
         return messages.carry_on("request_headers")
 
-    def on_body(self, method: str, path: str, body: bytes) -> Any:
-        decision = self._decide(path, body) if method == "POST" else None
+    def on_body(self, method: str, path: str, body: bytes, encoding: str | None = None) -> Any:
+        decision = self._decide(path, body, encoding) if method == "POST" else None
         if isinstance(decision, Route):
             return messages.route(decision, body)
         if isinstance(decision, Reply):
             return messages.reply(decision)
         return messages.carry_on("request_body")
 
-    def _decide(self, path: str, body: bytes) -> Decision:
-        decision = self.router.decide(path, body)
+    def _decide(self, path: str, body: bytes, encoding: str | None = None) -> Decision:
+        decision = self.router.decide(path, body, encoding)
         if isinstance(decision, Route):
             if decision.routed_by == "classifier":
                 self.metrics.classify_seconds.observe(decision.classify_s)

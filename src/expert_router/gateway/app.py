@@ -20,8 +20,8 @@ import aiohttp
 
 from expert_router.classifier import Classifier
 from expert_router.config import Deployment
+from expert_router.encoding import decode_body
 from expert_router.errors import ClientError
-from expert_router.gateway.encoding import decode_body
 from expert_router.gateway.forward import Forwarder, Timing
 from expert_router.gateway.messages import (
     Request,
