@@ -6,6 +6,7 @@ in the file are relative to the file itself, so a deployment folder can be moved
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -40,6 +41,9 @@ class ExpertConfig(Strict):
     health_path: str = Field("/health", description="GET path that answers 200 when a replica is up")
     adapter: Path | None = Field(None, description="LoRA adapter folder (engine kind vllm-lora)")
     model_path: Path | None = Field(None, description="full model folder or hub name (engine kind vllm)")
+    env: dict[str, str] = Field(
+        {}, description="environment of this expert's server (engine kind vllm), e.g. CUDA_VISIBLE_DEVICES"
+    )
 
     @field_validator("endpoints")
     @classmethod
@@ -110,6 +114,11 @@ class GatewaySettings(Strict):
         return self
 
 
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""The adapter ranks vLLM can serve (its `--max-lora-rank` choices)."""
+LoraRank = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]
+
+
 class EngineSettings(Strict):
     """What `expert-router experts serve` starts. The gateway ignores this section.
 
@@ -119,8 +128,8 @@ class EngineSettings(Strict):
     """
 
     kind: Literal["vllm-lora", "vllm", "external"] = "external"
-    base_model: Path | None = None
-    max_lora_rank: int = Field(16, ge=1)
+    base_model: Path | None = Field(None, description="base model folder or hub name (kind vllm-lora)")
+    max_lora_rank: LoraRank = 16
     max_model_len: int = Field(2048, ge=16)
     memory_fraction: float = Field(0.2, gt=0, le=1, description="vLLM --gpu-memory-utilization (CPU: RAM share)")
     extra_args: list[str] = Field([], description="more vLLM command-line arguments")
@@ -195,12 +204,27 @@ def parse_deployment(data: object, source: str = "deployment", base: Path | None
             base / deployment.classifier if not deployment.classifier.is_absolute() else deployment.classifier
         )
         deployment.classifier = deployment.classifier.resolve()
-        deployment.engine.base_model = _resolve(base, deployment.engine.base_model)
+        deployment.engine.base_model = _local_or_hub(base, deployment.engine.base_model)
         for expert in deployment.experts:
             expert.adapter = _resolve(base, expert.adapter)
-            if expert.model_path is not None and (base / expert.model_path).exists():
-                expert.model_path = _resolve(base, expert.model_path)  # else a hub name, e.g. org/model
+            expert.model_path = _local_or_hub(base, expert.model_path)
     return deployment
+
+
+HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+"""A model hub's name (`org/model`), as vLLM takes it in place of a folder."""
+
+
+def is_hub_name(path: Path) -> bool:
+    return not path.is_absolute() and HUB_NAME.fullmatch(str(path)) is not None
+
+
+def _local_or_hub(base: Path, path: Path | None) -> Path | None:
+    """A model: a folder, resolved against `base`, or a hub name (`org/model`) where no such folder
+    exists there; kept as it is for the engine, which downloads it (on a machine that may)."""
+    if path is None or (is_hub_name(path) and not (base / path).exists()):
+        return path
+    return _resolve(base, path)
 
 
 def _resolve(base: Path, path: Path | None) -> Path | None:

@@ -25,7 +25,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from expert_router import __version__
-from expert_router.analysis.results import CELL_FILE, cell_folder
+from expert_router.analysis.results import CELL_FILE, RESUME_FILE, cell_folder
 from expert_router.config import Strict, describe_validation_error
 from expert_router.errors import UserError
 from expert_router.loadgen.client import url_problem
@@ -37,8 +37,15 @@ from expert_router.progress import console
 class Service(Strict):
     name: str = Field(min_length=1)
     command: list[str] | str = Field(description="command line; run from the experiment file's folder")
-    ready_url: str | None = Field(None, description="GET that answers 200 once the service is up")
+    ready_url: str | list[str] | None = Field(
+        None,
+        description="GET that answers 200 once the service is up; a list for a service that starts "
+        "several servers (every one must answer)",
+    )
     ready_timeout_s: float = Field(600.0, gt=0)
+
+    def ready_urls(self) -> list[str]:
+        return [self.ready_url] if isinstance(self.ready_url, str) else list(self.ready_url or [])
 
     def argv(self) -> list[str]:
         argv = shlex.split(self.command) if isinstance(self.command, str) else list(self.command)
@@ -144,8 +151,6 @@ def load_experiment(path: Path) -> tuple[Experiment, Path]:
     return experiment, base
 
 
-RESUME_FILE = "settings.json"
-"""What a results folder's cells were made with: a resume with other settings is refused."""
 EXTENDABLE = ("name", "users", "repetitions", "mixes", "cooldown_s", "configurations")
 """Experiment keys a resume may change: more users, repetitions, mixes or configurations add cells."""
 
@@ -341,7 +346,7 @@ class Services:
 
     @staticmethod
     def key(service: Service) -> tuple[str, str, str | None]:
-        return service.name, " ".join(service.argv()), service.ready_url
+        return service.name, " ".join(service.argv()), " ".join(service.ready_urls()) or None
 
     def switch_to(self, configuration: Configuration) -> None:
         wanted = {self.key(s) for s in configuration.services}
@@ -364,7 +369,7 @@ class Services:
         try:
             _wait_ready(configuration, service, process, self.logs)
         except BaseException:
-            stop_groups([process], grace_s=5.0)
+            stop_groups([process], grace_s=20.0)  # `experts serve` gives its engines 15 s to stop
             raise
         return process
 
@@ -374,10 +379,10 @@ class Services:
 
 
 def _wait_ready(configuration: Configuration, service: Service, process: subprocess.Popen[bytes], logs: Path) -> None:
-    if service.ready_url is not None:
-        url = service.ready_url
+    urls = service.ready_urls()
+    if urls:
         wait_until(
-            lambda: http_ok(url),
+            lambda: all(http_ok(url) for url in urls),
             f"{configuration.name}/{service.name}",
             service.ready_timeout_s,
             process,

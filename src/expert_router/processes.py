@@ -69,14 +69,17 @@ def wait_until(
 ) -> None:
     """Poll `ready()` until it is true. Raises UserError when `process` exits first or time runs out."""
     deadline = time.monotonic() + timeout_s
-    where = f"; its log: {log}\n{tail(log)}" if log is not None else ""
+
+    def where() -> str:  # read when it fails: what the process wrote while starting, not before
+        return f"; its log: {log}\n{tail(log)}" if log is not None else ""
+
     while True:
         if process is not None and process.poll() is not None:
-            raise UserError(f"{what} exited with code {process.returncode} while starting{where}")
+            raise UserError(f"{what} exited with code {process.returncode} while starting{where()}")
         if ready():
             return
         if time.monotonic() > deadline:
-            raise UserError(f"{what} was not ready within {timeout_s:g} s{where}")
+            raise UserError(f"{what} was not ready within {timeout_s:g} s{where()}")
         if on_wait is not None:
             on_wait()
         time.sleep(interval_s)

@@ -173,3 +173,15 @@ def test_experts_build_reads_a_corpus_as_classifier_fit_does(tmp_path: Path, cap
         main(["experts", "build", str(labelled), "--classifier", str(tmp_path / "c"), "--out", str(out), *options]) == 0
     )
     assert set(json.loads((out / "held-out.json").read_text())["cluster_labels"].values()) == {"a", "b"}
+
+
+def test_the_demo_runs_the_papers_eight_expert_study_only_on_eight_clusters(tmp_path):
+    """With --k 12 a prompt of cluster 8 had no expert and the demo failed after its own study; with
+    --k 4 four of the paper's experts idled under its name."""
+    import argparse
+
+    from expert_router.commands.demo import paper_in_virtual_time
+
+    for k in (4, 12):
+        assert paper_in_virtual_time(tmp_path, argparse.Namespace(no_paper=False), k) is None
+    assert not (tmp_path / "paper").exists()

@@ -170,3 +170,39 @@ def test_cell_stats_use_the_reports_pooled_definitions():
     assert (s.system_mean, s.system_peak) == pytest.approx(
         (pooled.system_throughput_mean, pooled.system_throughput_peak)
     )
+
+
+def test_a_cell_that_was_not_measured_is_no_evidence_against_a_claim():
+    """A nan mean read as "E does not match C" and "D is not under 2,000", each with the model's excuse;
+    and where a nan gap sat in the list decided whether the mixes "differ little"."""
+    nan = float("nan")
+    table = paper_table()
+    table.stats[CellKey("C", "uniform", 200)] = replace(PAPER["C"], system_mean=nan)
+    assert f.e_matches_c(table).holds is True  # the other cells still say so
+    for key in list(table.stats):
+        if key.configuration == "D":
+            table.stats[key] = replace(PAPER["D"], system_mean=nan, system_peak=nan)
+    assert f.d_under_2000(table).holds is None
+    for first in (True, False):
+        mixed = paper_table()
+        users = 1 if first else 1000
+        mixed.stats[CellKey("E", "normal", users)] = replace(
+            mixed.stats[CellKey("E", "normal", users)], user_throughput=nan
+        )
+        found = f.mixes_differ_little(mixed)
+        assert found.holds is True and "nan" not in found.numbers
+
+
+def test_claims_about_high_load_need_high_load_cells():
+    """A sweep to 25 users had "C lowest TTFT at >= 600 users" judged at 25 users."""
+    table = paper_table(levels=(1, 10, 25))
+    assert f.lowest_ttft_high_load(table).holds is None and f.lowest_p99_response(table).holds is None
+
+
+def test_ties_count_for_the_claimed_winner_and_counts_are_not_called_milliseconds():
+    table = paper_table()
+    for key in list(table.stats):
+        if key.configuration == "A":
+            table.stats[key] = replace(table.stats[key], system_peak=PAPER["D"].system_peak)
+    assert f.d_under_2000(table).holds is True
+    assert f.lowest_tpot(table).numbers.startswith("E lowest median in 8/8 cells, lowest std in 8/8 cells")

@@ -117,6 +117,15 @@ def test_a_run_that_never_held_its_load_is_marked_whole_and_the_report_says_so(t
     assert "No steady state in 1 cell(s) (A uniform u2)" in report.markdown.read_text()
 
 
+def test_a_steady_state_shorter_than_a_window_counts_as_none():
+    """It held no whole window: the steady mean was blank, Fig. 7 unshaded, and the report said nothing."""
+    records = [rec(0.0, list(np.arange(0.5, 3.5, 0.25)), t_end=3.5, user=0), rec(0.0, [1.2, 2.0, 6.0], user=1)]
+    assert metrics.steady_interval(records) == pytest.approx((1.2, 3.5))
+    windows = metrics.system_throughput(records, window_s=2.0)
+    assert windows.whole_run and len(windows.steady()) == len(windows.tokens_per_s) == 3
+    assert summarize(records).system_throughput_mean is not None
+
+
 def test_a_run_shorter_than_a_window_is_divided_by_its_own_length():
     windows = metrics.system_throughput([rec(0.0, [0.1, 0.2, 0.5])], window_s=2.0)
     assert windows.tokens_per_s.tolist() == pytest.approx([3 / 0.5])

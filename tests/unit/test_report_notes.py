@@ -17,3 +17,21 @@ def test_reasons_that_differ_only_in_numbers_are_one_line():
 
 def test_no_note_when_every_cell_is_valid():
     assert _invalid_note([]) == ""
+
+
+def test_a_direct_path_added_on_resume_gets_its_overhead_rows(tmp_path):
+    """The pairs were read from the manifest, which holds the first run's configurations only: a direct
+    path added on resume was measured and its overhead never shown."""
+    import json
+    from pathlib import Path
+
+    from expert_router.analysis.report import _direct_pairs
+    from expert_router.experiment import Configuration, Experiment, check_resume
+
+    router = Configuration(name="router", url="http://r")
+    direct = Configuration(name="direct", url="http://d", direct_of="router")
+    first = Experiment(classifier=Path("c"), configurations=[router], users=[1])
+    check_resume(tmp_path, first)
+    (tmp_path / "manifest.json").write_text(json.dumps({"experiment": first.model_dump(mode="json")}))
+    check_resume(tmp_path, Experiment(classifier=Path("c"), configurations=[router, direct], users=[1]))
+    assert _direct_pairs(tmp_path) == {"direct": "router"}

@@ -133,7 +133,7 @@ def system_throughput(records: Sequence[RequestRecord], window_s: float = 2.0, m
 
     Tokens count at their chunk's arrival. A last, partial window is dropped, unless it is the only one
     (a run shorter than a window), which is divided by its own length. Each window is marked ramp-up,
-    steady or drain by `steady_interval`; with no steady interval at all (a run too short for its load)
+    steady or drain by `steady_interval`; with no steady window at all (a run too short for its load)
     every window is marked "whole": its mean stands in for the steady one, and the report says so.
     """
     good = ok(records)
@@ -150,7 +150,12 @@ def system_throughput(records: Sequence[RequestRecord], window_s: float = 2.0, m
         edges = edges[:-1]  # a last, partial window is dropped: a few tokens over a sliver would read as a spike
     tokens, _ = np.histogram(times, bins=edges, weights=counts)
     widths = np.diff(edges)
-    steady = steady_interval(records, mode)
+    return Windows(edges[:-1] - start, tokens / widths, _phases(edges, steady_interval(records, mode)))
+
+
+def _phases(edges: np.ndarray, steady: tuple[float, float] | None) -> list[Phase]:
+    """Each window's phase. A steady interval that holds no whole window (shorter than about two) is
+    none: its windows are all "whole", as without one, or the run had no steady mean and no note."""
     phases: list[Phase] = []
     for lo, hi in zip(edges[:-1], edges[1:]):
         if steady is None:
@@ -159,7 +164,7 @@ def system_throughput(records: Sequence[RequestRecord], window_s: float = 2.0, m
             phases.append("steady")
         else:
             phases.append("ramp-up" if lo < steady[0] else "drain")
-    return Windows(edges[:-1] - start, tokens / widths, phases)
+    return phases if "steady" in phases else ["whole"] * len(phases)
 
 
 def percentile(values: np.ndarray, q: float) -> float | None:

@@ -16,7 +16,7 @@ import numpy as np
 from expert_router.analysis import digest, plots
 from expert_router.analysis.findings import findings_sections
 from expert_router.analysis.overhead import overhead_rows
-from expert_router.analysis.results import Cell, CellKey, load_cells, prompt_lengths
+from expert_router.analysis.results import RESUME_FILE, Cell, CellKey, load_cells, prompt_lengths
 from expert_router.analysis.sections import Section
 from expert_router.errors import UserError
 
@@ -214,11 +214,16 @@ def quality_section(folder: Path, out: Path) -> tuple[Section, list[Path]]:
 
 
 def _direct_pairs(results: Path) -> dict[str, str]:
-    """{direct configuration: the configuration it is the direct path of}, from the run's manifest."""
-    manifest = results / "manifest.json"
-    if not manifest.is_file():
+    """{direct configuration: the configuration it is the direct path of}, from every configuration the
+    folder's runs and resumes added (the manifest holds the first run's only: a direct path added on
+    resume was measured and never shown)."""
+    settings, manifest = results / RESUME_FILE, results / "manifest.json"
+    if settings.is_file():
+        configurations = list(json.loads(settings.read_text()).get("configurations", {}).values())
+    elif manifest.is_file():
+        configurations = json.loads(manifest.read_text()).get("experiment", {}).get("configurations", [])
+    else:
         return {}
-    configurations = json.loads(manifest.read_text()).get("experiment", {}).get("configurations", [])
     return {c["name"]: c["direct_of"] for c in configurations if c.get("direct_of")}
 
 
@@ -272,10 +277,14 @@ def render_markdown(title: str, sections: list[Section], figures: list[Path]) ->
     return "\n".join(lines) + "\n"
 
 
+def _base64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
 def render_html(title: str, sections: list[Section], figures: list[Path]) -> str:
     tables = "".join(_html_table(section) for section in sections)
     images = "".join(
-        f'<figure><img alt="{f.stem}" src="data:image/png;base64,{base64.b64encode(f.read_bytes()).decode()}">'
+        f'<figure><img alt="{html.escape(f.stem)}" src="data:image/png;base64,{_base64(f)}">'
         f"<figcaption>{html.escape(f.stem)}</figcaption></figure>"
         for f in figures
     )

@@ -24,6 +24,9 @@ from expert_router.loadgen.workload import load_workload
 
 CELL_FILE = "cell.json"
 DIGEST_FILE = "digest.npz"
+RESUME_FILE = "settings.json"
+"""What a results folder's cells were made with, every configuration a run or a resume added
+(`experiment.check_resume`): a resume with other settings is refused."""
 
 
 @dataclass(frozen=True, order=True)

@@ -27,6 +27,7 @@ BUILD_EXAMPLES = """examples:
 Writes OUT/base (tokenizer + tiny Llama model), OUT/adapters/expert-C (one LoRA adapter per cluster),
 OUT/classifier and OUT/deployment.yaml (one vLLM server, multi-LoRA); with --merge also OUT/experts/
 expert-C (full models) and OUT/deployment-per-expert.yaml (one server per expert, the paper's layout).
+A build into a folder an earlier build wrote replaces what that build wrote there.
 """
 
 SERVE_EXAMPLES = """examples:
@@ -86,7 +87,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run_build(args: argparse.Namespace) -> int:
     from expert_router.classifier import Classifier
     from expert_router.corpus import load_corpus
-    from expert_router.engine.build import BuildSettings, write_deployments
+    from expert_router.engine.build import BuildSettings, clear_previous_build, write_deployments
     from expert_router.quality.heldout import split_documents, write_held_out
 
     try:
@@ -95,6 +96,7 @@ def run_build(args: argparse.Namespace) -> int:
         raise UserError(describe_flag_error(exc)) from None
     classifier = Classifier.load(args.classifier)
     args.out.mkdir(parents=True, exist_ok=True)  # before training: a bad --out is said at once, not minutes later
+    clear_previous_build(args.out)
     documents = load_corpus(args.corpus, corpus_options(args), args.limit, show_progress=True)
     texts = [d.text for d in documents]
     by_cluster, held_out = split_documents(
@@ -163,14 +165,7 @@ def run_serve(args: argparse.Namespace) -> int:
             ) from None
     logs = args.logs or args.deployment.parent / "logs"
     servers = kind_of(deployment).servers(deployment, logs)
-    stopping = False
-
-    def on_signal(signum, frame):
-        nonlocal stopping
-        stopping = True
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_signal)
+    signals = StopSignals()
     try:
         serve.start(servers, deployment.engine.nice)
         with console.status(f"starting {len(servers)} server(s) for {len(deployment.experts)} experts; logs in {logs}"):
@@ -191,5 +186,28 @@ def run_serve(args: argparse.Namespace) -> int:
         console.print("stopping expert servers")
         return 0
     finally:
+        signals.stopping = True
         serve.stop(servers)
-        signal.signal(signal.SIGTERM, previous)
+        signals.restore()
+
+
+class StopSignals:
+    """SIGTERM, SIGINT and SIGHUP stop `experts serve` (as Ctrl-C does), once: a second signal lets the
+    stop under way finish, SIGKILL pass included. SIGHUP too: the servers run in sessions of their
+    own, so a closed terminal (an ssh session that dropped) reached only this process, which died
+    without stopping them."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.previous = {signum: signal.signal(signum, self._on_signal) for signum in self.SIGNALS}
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if not self.stopping:
+            self.stopping = True
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from expert_router.config import Deployment
+from expert_router.config import LORA_RANKS, Deployment
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
@@ -44,7 +44,7 @@ class BuildSettings(BaseModel):
     )
     batch_size: int = Field(16, ge=1)
     learning_rate: float = Field(3e-3, gt=0)
-    lora_rank: int = Field(8, ge=1)
+    lora_rank: int = Field(8, ge=1, le=LORA_RANKS[-1], description="LoRA adapter rank (vLLM serves up to 512)")
     held_out: float = Field(
         0.15,
         ge=0,
@@ -209,6 +209,28 @@ def _build_adapters(
     return losses
 
 
+def served_rank(rank: int) -> int:
+    """The `--max-lora-rank` vLLM is started with for adapters of `rank`: the next of its choices (at
+    least 8, its default). 12 had been written as it was, and vLLM refused to start."""
+    return min(r for r in LORA_RANKS if r >= max(8, rank))
+
+
+BUILT = ("base", "adapters", "experts", "deployment.yaml", "deployment-per-expert.yaml", "held-out.json", "build.json")
+"""What a build writes into its folder (and the classifier, which may be the user's own)."""
+
+
+def clear_previous_build(out: Path) -> None:
+    """Remove what an earlier build wrote in `out`: rebuilt with another k or without --merge, the old
+    adapters, merged models and deployment files stayed beside the new ones (evaluate read them all),
+    and a build stopped half-way left the old deployment pointing at a new base model."""
+    for name in BUILT:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
 def write_deployments(
     out: Path, classifier_dir: Path, clusters: Sequence[int], port: int, merged: bool, lora_rank: int
 ) -> list[Path]:
@@ -221,7 +243,7 @@ def write_deployments(
     url = f"http://127.0.0.1:{port}"
     lora = Deployment.model_validate({
         "classifier": "classifier",
-        "engine": {"kind": "vllm-lora", "base_model": "base", "max_lora_rank": max(8, lora_rank)},
+        "engine": {"kind": "vllm-lora", "base_model": "base", "max_lora_rank": served_rank(lora_rank)},
         "experts": [
             {"cluster": c, "model": f"expert-{c}", "adapter": f"adapters/expert-{c}", "endpoints": [url]}
             for c in clusters
@@ -236,7 +258,9 @@ def write_deployments(
     if merged:
         per_expert = Deployment.model_validate({
             "classifier": "classifier",
-            "engine": {"kind": "vllm"},
+            # vLLM's CPU build takes its share of the machine's memory for each server's KV cache:
+            # the one-server share for each of k servers was 1.6 x the machine's memory at k = 8.
+            "engine": {"kind": "vllm", "memory_fraction": min(0.2, 0.8 / len(clusters))},
             "experts": [
                 {"cluster": c, "model": f"expert-{c}", "model_path": f"experts/expert-{c}",
                  "endpoints": [f"http://127.0.0.1:{port + i}"]}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from expert_router.config import Deployment
+from expert_router.config import Deployment, is_hub_name
 from expert_router.engine.serve import ServerProcess, host_port, vllm_argv
 from expert_router.errors import UserError
 
@@ -49,7 +49,7 @@ class VllmLora(EngineKind):
         engine, problems = deployment.engine, []
         if engine.base_model is None:
             problems.append("engine.base_model: required for kind vllm-lora")
-        elif not engine.base_model.exists():
+        elif not is_hub_name(engine.base_model) and not engine.base_model.exists():
             problems.append(f"engine.base_model: {engine.base_model} does not exist")
         for i, expert in enumerate(deployment.experts):
             if expert.adapter is None:
@@ -92,6 +92,8 @@ class VllmPerExpert(EngineKind):
         for i, expert in enumerate(deployment.experts):
             if expert.model_path is None:
                 problems.append(f"experts.{i}.model_path: required for kind vllm ({expert.model})")
+            elif not is_hub_name(expert.model_path) and not expert.model_path.exists():
+                problems.append(f"experts.{i}.model_path: {expert.model_path} does not exist ({expert.model})")
             if len(expert.endpoints) != 1:
                 problems.append(f"experts.{i}.endpoints: kind vllm starts one server per expert: give one endpoint")
         return problems
@@ -108,6 +110,7 @@ class VllmPerExpert(EngineKind):
                     [expert.model],
                     vllm_argv(expert.model_path, port, host, deployment, [expert.model]),
                     logs / f"{expert.model}.log",
+                    env=expert.env,
                 )
             )
         return servers

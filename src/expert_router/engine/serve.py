@@ -10,17 +10,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from expert_router.config import Deployment
+from expert_router.errors import UserError
 from expert_router.processes import stop_groups, wait_until
 
 
@@ -31,6 +33,8 @@ class ServerProcess:
     models: list[str]
     argv: list[str]
     log: Path
+    env: dict[str, str] = field(default_factory=dict)
+    """Added to the environment it starts in (an expert's own GPUs, say)."""
     process: subprocess.Popen[bytes] | None = None
 
 
@@ -64,7 +68,17 @@ def host_port(url: str) -> tuple[str, int]:
 
 
 def start(servers: list[ServerProcess], nice: int = 0) -> None:
-    """Start every server that has a command line, at `nice` (lower CPU priority; see `EngineSettings`)."""
+    """Start every server that has a command line, at `nice` (lower CPU priority; see `EngineSettings`).
+    Refuses, before starting any, where a port is taken: a server already there (one left from an
+    earlier run, say) would have answered the readiness check for the new one, which then failed to
+    bind."""
+    taken = [s for s in servers if s.argv and port_taken(s.url)]
+    if taken:
+        raise UserError(
+            "something already listens at "
+            + ", ".join(f"{s.url} ({s.name})" for s in taken)
+            + ": stop it (an earlier `experts serve`?) or give the experts other ports"
+        )
     for server in servers:
         if not server.argv:
             continue
@@ -75,9 +89,18 @@ def start(servers: list[ServerProcess], nice: int = 0) -> None:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env={**os.environ, "VLLM_NO_USAGE_STATS": "1"},
+                env={**os.environ, "VLLM_NO_USAGE_STATS": "1", **server.env},
                 preexec_fn=partial(lower_priority, nice) if nice else None,  # inherited by vLLM's forks
             )
+
+
+def port_taken(url: str) -> bool:
+    """Whether something accepts connections at `url`'s host and port."""
+    try:
+        with socket.create_connection(host_port(url), timeout=1.0):
+            return True
+    except OSError:
+        return False
 
 
 def lower_priority(nice: int) -> None:
