@@ -82,6 +82,7 @@ def test_every_manifest_is_checked_and_all_kinds_are_there():
         "HTTPRoute",
         "Gateway",
         "EnvoyExtensionPolicy",
+        "ClientTrafficPolicy",
     } <= kinds
 
 
@@ -184,3 +185,20 @@ def test_termination_grace_covers_the_prestop_sleep_and_the_drain():
     pod = gateway["spec"]["template"]["spec"]
     sleep = pod["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
     assert pod["terminationGracePeriodSeconds"] > sleep + drain
+
+
+def test_the_processors_pods_leave_envoy_before_they_stop_taking_streams():
+    """With no preStop sleep, SIGTERM stopped new ext_proc streams while Envoy still sent them there:
+    every such request a 500 (failOpen: false)."""
+    (extproc,) = [d for d in by_kind("Deployment") if d["metadata"]["name"] == "expert-router-extproc"]
+    assert extproc["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
+
+
+def test_envoy_gateway_buffers_the_bodies_the_processor_reads():
+    """Envoy Gateway's listeners buffer 32 KiB a connection by default: a Buffered ext_proc then
+    answered every request body past 32 KiB with a plain-text 413."""
+    gateways = {g["metadata"]["name"] for g in by_kind("Gateway")}
+    (policy,) = by_kind("ClientTrafficPolicy")
+    assert {ref["name"] for ref in policy["spec"]["targetRefs"]} == gateways
+    limit = policy["spec"]["connection"]["bufferLimit"]
+    assert limit.endswith("Mi") and int(limit[:-2]) * 1024 * 1024 >= 8 * 1024 * 1024

