@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -242,12 +241,13 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 def truth(args: argparse.Namespace) -> dict[str, float]:
-    chunks = math.ceil(args.tokens / args.tokens_per_chunk)
-    first = args.first_token_ms + (min(args.tokens_per_chunk, args.tokens) - 1) * args.interval_ms
+    first_chunk = min(args.tokens_per_chunk, args.tokens)  # a chunk goes out when its last token is due
+    first = args.first_token_ms + (first_chunk - 1) * args.interval_ms
     request_ms = args.first_token_ms + (args.tokens - 1) * args.interval_ms
     return {
         "ttft_ms": round(first, 3),
-        "tpot_ms": round((chunks - 1) * args.tokens_per_chunk * args.interval_ms / (args.tokens - 1), 3),
+        # from the first chunk to the last (whose last token is the answer's), over n - 1 tokens
+        "tpot_ms": round((args.tokens - first_chunk) * args.interval_ms / max(args.tokens - 1, 1), 3),
         "request_ms": round(request_ms, 3),
         "tps_bound": round(args.streams * args.tokens / request_ms * 1000, 1),
     }

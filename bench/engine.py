@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from expert_router.analysis import metrics
@@ -38,13 +39,17 @@ def build(out: Path) -> Path:
     return out / "experts"
 
 
-def measure(url: str, models: list[str], streams: int, seconds: float, max_tokens: int, tmp: Path) -> dict:
-    """`streams` users, user u always asking expert u mod k."""
+def measure(
+    url: str, models: list[str], streams: int, seconds: float, max_tokens: int, tmp: Path, name: str | None = None
+) -> dict:
+    """`streams` users, user u always asking expert u mod k; records in `tmp/NAME.jsonl` (a file of its
+    own: the writer appends, and the warm-up's records had been counted in the 8-stream level)."""
     items = [WorkItem(i, 0, "The computer said that", 5, max_tokens) for i in range(64)]
     per_model = {m: [] for m in models}
     for u in range(streams):
         per_model[models[u % len(models)]].append(u)
-    path = tmp / f"c{streams}.jsonl"
+    path = tmp / f"{name or f'c{streams}'}.jsonl"
+    path.unlink(missing_ok=True)
 
     async def main() -> None:
         t0 = clock()
@@ -74,7 +79,7 @@ def measure(url: str, models: list[str], streams: int, seconds: float, max_token
     tokens = sum(r.output_tokens for r in ok)
     result: dict = {
         "tok_s": tokens / (end - start),
-        "ttft_ms": float(metrics.ttft(records).mean() * 1000),
+        "ttft_ms": _mean_ms(metrics.ttft(records)),
         "requests": len(records),
         "failed": len(records) - len(ok),
     }
@@ -88,6 +93,11 @@ def measure(url: str, models: list[str], streams: int, seconds: float, max_token
         result["tok_s"] = None
         result["errors"] = errors[:3]
     return result
+
+
+def _mean_ms(seconds: np.ndarray) -> float | None:
+    """None where nothing was measured: a NaN would make the line invalid JSON."""
+    return float(seconds.mean() * 1000) if len(seconds) else None
 
 
 def main() -> None:
@@ -115,7 +125,7 @@ def main() -> None:
                 if not line and server.poll() is not None:
                     raise RuntimeError("experts serve exited")
             startup_s = time.monotonic() - started
-            measure(url, models, 8, 3, 8, tmp)  # warm-up: compiled graphs, adapters in cache
+            measure(url, models, 8, 3, 8, tmp, name="warm-up")  # compiled graphs, adapters in cache
             results = {level: measure(url, models, level, args.seconds, args.max_tokens, tmp) for level in args.levels}
         finally:
             server.terminate()
@@ -130,7 +140,7 @@ def main() -> None:
     }
     for level, r in results.items():
         out[f"tok_s_c{level}"] = None if r["tok_s"] is None else round(r["tok_s"], 1)
-        out[f"ttft_ms_c{level}"] = round(r["ttft_ms"], 1)
+        out[f"ttft_ms_c{level}"] = None if r["ttft_ms"] is None else round(r["ttft_ms"], 1)
         out[f"failed_c{level}"] = r["failed"]
         if r["failed"]:
             out[f"errors_c{level}"] = r["errors"]

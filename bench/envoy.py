@@ -91,7 +91,7 @@ def cpu_cases(args: argparse.Namespace, tmp: Path, classifier: Path) -> dict[str
             )
         )
         for name, (url, model, pids, extproc_pids) in start_paths(stack, tmp, classifier, upstream.url).items():
-            results[name] = measure_long(args, url, model, pids, extproc_pids)
+            results[name] = measure_long(args, url, model, pids, args.long_tokens, extproc_pids)
     return results
 
 

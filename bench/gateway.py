@@ -427,7 +427,9 @@ def summarize_latency(repeats: list[dict], levels: list[int]) -> dict[str, objec
     """Added TTFT per path, level and percentile (median over repetitions, with spread), the ratio of
     the gateway's to nginx's, and at the loaded levels a check against `GOALS` that says when it
     cannot be read: where nginx's added time is smaller than the noise (how far the direct path's own
-    percentile moves between repetitions), a ratio divides noise by noise, and is not reported."""
+    percentile moves between repetitions), a ratio divides noise by noise, and is not reported (the
+    ratio's key is null then, at every level: it had been reported beside a check that said it was
+    unreadable)."""
     out: dict[str, object] = {}
     for streams in (1, *levels):
         suffix = f"c{streams}"
@@ -441,11 +443,11 @@ def summarize_latency(repeats: list[dict], levels: list[int]) -> dict[str, objec
                 out[f"{prefix}_overhead_p{q}_ms_{suffix}"] = spread(diffs)
                 added[name, q] = float(np.median(diffs))
         for q in (50, 99):
-            gw, ng = added["gateway", q], added["nginx", q]
-            out[f"overhead_ratio_p{q}_gateway_vs_nginx_{suffix}"] = round(gw / ng, 2) if ng > 0 else None
+            direct = [float(np.percentile(r["direct"][streams]["ttft"], q)) for r in repeats]
+            verdict = check(added["gateway", q], added["nginx", q], max(direct) - min(direct), GOALS[q])
+            out[f"overhead_ratio_p{q}_gateway_vs_nginx_{suffix}"] = verdict["ratio"]
             if streams in levels:
-                direct = [float(np.percentile(r["direct"][streams]["ttft"], q)) for r in repeats]
-                out[f"overhead_check_p{q}_{suffix}"] = check(gw, ng, max(direct) - min(direct), GOALS[q])
+                out[f"overhead_check_p{q}_{suffix}"] = verdict
         route = np.concatenate([r["gateway"][streams]["route_ms"] for r in repeats])
         out[f"server_timing_route_p50_ms_{suffix}"] = round(float(np.percentile(route, 50)), 3)
         out[f"server_timing_route_p99_ms_{suffix}"] = round(float(np.percentile(route, 99)), 3)

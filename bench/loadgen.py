@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from expert_router.loadgen.records import read_records
+from expert_router.loadgen.records import RequestRecord, read_records
 from expert_router.loadgen.workload import WorkItem, save_workload
 from expert_router.testing import cli_args, synthetic_expert
 
@@ -50,17 +50,11 @@ def measure(url: str, workload: Path, streams: int, seconds: float, out: Path, c
         raise RuntimeError(result.stderr[-2000:])
     t0 = json.loads((out / "records.jsonl").read_text().splitlines()[0])["t0_monotonic"]
     records = [r for r in read_records(out / "records.jsonl") if r.ok]
-    errors = (
-        np.concatenate(
-            [np.array(r.chunk_times) + t0 - np.array(r.server_stamps or []) for r in records if r.get("server_stamps")]
-        )
-        * 1000
-    )
+    errors = stamp_errors_ms(records, t0)
     summary = json.loads((out / "summary.json").read_text())
-    tokens = sum(r.output_tokens for r in records)
     return {
         "streams": streams,
-        "tokens_per_s": round(tokens / seconds, 1),
+        "tokens_per_s": round(token_rate(records), 1),
         "stamp_error_mean_ms": round(float(np.mean(np.abs(errors))), 3),
         "stamp_error_p50_ms": round(float(np.percentile(errors, 50)), 3),
         "stamp_error_p99_ms": round(float(np.percentile(errors, 99)), 3),
@@ -68,6 +62,21 @@ def measure(url: str, workload: Path, streams: int, seconds: float, out: Path, c
         "cpu_share": round(summary["self_check"][0]["cpu_share"], 2),
         "valid": summary["valid"],
     }
+
+
+def stamp_errors_ms(records: list[RequestRecord], t0: float) -> np.ndarray:
+    """Client read time minus server stamp, for every stamped chunk, in ms."""
+    stamped = [r for r in records if r.server_stamps]
+    if not stamped:
+        raise RuntimeError("no chunk carried the server's stamp: is the upstream the synthetic expert?")
+    return np.concatenate([np.array(r.chunk_times) + t0 - np.array(r.server_stamps) for r in stamped]) * 1000
+
+
+def token_rate(records: list[RequestRecord]) -> float:
+    """Tokens per second over the records' own span: the users' last requests end after the run's
+    duration (they are answered, not cancelled), so tokens over the duration overstated the rate."""
+    span = max(r.t_end or r.t_start for r in records) - min(r.t_start for r in records)
+    return sum(r.output_tokens for r in records) / span if span > 0 else 0.0
 
 
 def vllm_bench_status() -> str | None:

@@ -223,6 +223,20 @@ class Nginx(_Daemon):
             [binary, "-p", str(self.prefix), "-c", str(self.prefix / "nginx.conf"), "-g", "daemon off;"],
             self.prefix / "stderr.log",
         )
+        # Ready once its worker runs: the master listens before it forks one, and a benchmark that read
+        # the process tree at once counted the master alone (nginx's CPU then near zero).
+        try:
+            wait_until(lambda: _has_children(self.process.pid), "nginx's worker", 10.0, self.process, self.log)
+        except BaseException:
+            self.stop()
+            raise
+
+
+def _has_children(pid: int) -> bool:
+    try:
+        return bool(Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+    except OSError:
+        return True  # no /proc here: nothing to wait for
 
 
 class RedisServer(_Daemon):

@@ -1,13 +1,23 @@
-"""bench/gateway.py's goal checks: a ratio is read only where nginx's added time stands above the noise."""
+"""The benchmarks' own arithmetic, on hand-made input: bench/gateway.py's goal checks (a ratio is read
+only where nginx's added time stands above the noise), and the helpers of the other benches."""
 
+import argparse
+import contextlib
+import functools
 import importlib.util
+import inspect
 import sys
 
+import numpy as np
+import pytest
+
+from expert_router.loadgen.records import RequestRecord
 from expert_router.testing import REPO
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_gateway", REPO / "bench" / "gateway.py")
+@functools.cache  # bench/gateway.py reads the demo corpus when loaded
+def load_bench(name: str = "gateway"):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up
@@ -26,3 +36,70 @@ def test_no_ratio_is_read_where_nginx_adds_less_than_the_noise():
     verdict = bench.check(0.4, 0.03, 0.9, 1.5)  # 13x, of noise
     assert verdict["ratio"] is None and verdict["met"] is None and verdict["within_noise"] is True
     assert bench.check(1.0, 0.03, 0.9, 1.5)["within_noise"] is False
+
+
+def test_no_ratio_is_reported_beside_a_check_that_says_it_cannot_be_read():
+    """`overhead_ratio_*` was 13.3 where `overhead_check_*` said no ratio could be read."""
+    bench = load_bench()
+
+    def repetition(direct_ms: float) -> dict:
+        ttft = {"direct": direct_ms, "nginx": direct_ms + 0.03, "gateway": direct_ms + 0.4}
+        return {
+            name: {streams: {"ttft": np.full(50, ms / 1000), "route_ms": np.array([0.1])} for streams in (1, 500)}
+            for name, ms in ttft.items()
+        }
+
+    out = bench.summarize_latency([repetition(1.0), repetition(1.9), repetition(1.4)], [500])
+    assert out["overhead_check_p50_c500"]["ratio"] is None
+    assert out["overhead_ratio_p50_gateway_vs_nginx_c500"] is None
+
+
+def record(t_start: float, chunks: list[float], stamps: list[float] | None = None) -> RequestRecord:
+    return RequestRecord(
+        request_id=0, workload_id=0, user_id=0, cluster_drawn=0, prompt_tokens=5, max_tokens=len(chunks),
+        t_scheduled=t_start, t_start=t_start, t_first_token=chunks[0], t_end=chunks[-1], chunk_times=chunks,
+        chunk_tokens=[1] * len(chunks), output_tokens=len(chunks), server_stamps=stamps,
+    )  # fmt: skip
+
+
+def test_the_simulator_bench_reads_records_as_records():
+    """It called `.get` on a record (a dataclass since the records moved to one): an AttributeError before
+    its JSON line; and it divided the tokens by the run's duration, though the last answers end after it."""
+    loadgen = load_bench("loadgen")
+    records = [record(0.0, [1.0, 2.0], stamps=[100.999, 101.998]), record(1.0, [3.0, 4.0])]
+    assert loadgen.stamp_errors_ms(records, t0=100.0) == pytest.approx([1.0, 2.0])
+    assert loadgen.token_rate(records) == pytest.approx(4 / 4.0)
+
+
+def test_the_crosscheck_truth_follows_the_synthetic_servers_chunks():
+    """A last, partial chunk goes out when the answer's last token is due: with 10 tokens in chunks of
+    4 the truth's TPOT was 8.9 ms against the schedule's 6.7."""
+    crosscheck = load_bench("crosscheck")
+    args = argparse.Namespace(tokens=10, tokens_per_chunk=4, interval_ms=10.0, first_token_ms=50.0, streams=1)
+    truth = crosscheck.truth(args)
+    assert truth["ttft_ms"] == pytest.approx(80.0) and truth["tpot_ms"] == pytest.approx(60 / 9, abs=1e-3)
+    assert crosscheck.truth(argparse.Namespace(**{**vars(args), "tokens": 128}))["tpot_ms"] == pytest.approx(
+        1240 / 127, abs=1e-3
+    )
+
+
+def test_the_envoy_bench_calls_the_cpu_case_as_it_is_defined(monkeypatch, tmp_path):
+    """It passed the processor's pids where the answer length goes: a TypeError after the latency cases."""
+    sys.modules["gateway"] = load_bench()  # bench/envoy.py imports its sibling by that name
+    envoy = load_bench("envoy")
+    calls = []
+
+    def measure_long(*args, **kwargs):
+        bound = inspect.signature(sys.modules["gateway"].measure_long).bind(*args, **kwargs)
+        calls.append(bound.arguments)
+        return {}
+
+    class Upstream:
+        url = "http://127.0.0.1:1"
+
+    monkeypatch.setattr(envoy, "measure_long", measure_long)
+    monkeypatch.setattr(envoy, "synthetic_expert", lambda *a, **k: contextlib.nullcontext(Upstream()))
+    monkeypatch.setattr(envoy, "start_paths", lambda *a: {"envoy": ("http://e", "expert-router", [1], [2])})
+    args = argparse.Namespace(long_tokens=256)
+    envoy.cpu_cases(args, tmp_path / "cpu", REPO)
+    assert calls[0]["tokens"] == 256 and calls[0]["part_pids"] == [2]
