@@ -21,7 +21,7 @@ FIT_EXAMPLES = """examples:
   expert-router classifier fit demo --out artifacts/classifier
   expert-router classifier fit corpus.jsonl --k 16 --balanced --out artifacts/classifier
   expert-router classifier fit hf:allenai/c4:en --limit 200000 --out artifacts/c4-k8   (online)
-  expert-router classifier fit docs/ --scaling standard --dims 50 --out artifacts/docs
+  expert-router classifier fit my-texts/ --scaling standard --dims 50 --out artifacts/my-texts   (.txt files)
 
 CORPUS is `demo` (offline: 8 topics from Debian packages), `fortunes` (the older fortunes-only corpus),
 `hf:NAME[:CONFIG]` (a Hugging Face dataset, streamed), a .jsonl/.jsonl.gz/.parquet/.txt file, or a folder

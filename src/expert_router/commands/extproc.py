@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         from expert_router.extproc.server import ServeOptions, announce, serve
     except ImportError as exc:
         raise UserError(
-            f"the ext_proc server needs the extproc extra (`pip install 'expert-router[extproc]'`): {exc}"
+            f"the ext_proc server needs the extproc extra (`pip install -e '.[extproc]'` in a checkout): {exc}"
         ) from None
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     metrics_port = None if args.metrics_port < 0 else args.metrics_port

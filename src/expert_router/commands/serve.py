@@ -19,9 +19,9 @@ from expert_router.errors import UserError
 from expert_router.progress import console
 
 EXAMPLES = """examples:
-  expert-router serve deploy/demo.yaml                      # http://127.0.0.1:8000/v1
-  expert-router serve deploy/demo.yaml --port 9000 --workers 2
-  expert-router serve deploy/gpu-vllm.yaml --host 0.0.0.0 --max-inflight-per-expert 512
+  expert-router serve demo-out/experts/deployment.yaml      # http://127.0.0.1:8000/v1
+  expert-router serve demo-out/experts/deployment.yaml --port 9000 --workers 2
+  expert-router serve deploy/gpu-vllm-per-expert.yaml --host 0.0.0.0 --max-inflight-per-expert 512
 
 Clients ask for model "expert-router" (or leave it out) to be routed, or name an expert's model to
 reach that expert directly. Responses carry X-Expert-Cluster, X-Expert-Model, X-Expert-Fallback
