@@ -80,12 +80,17 @@ def _cpu_s() -> float:
 
 
 def medians(records: list[RequestRecord], window_s: float) -> dict[str, float]:
-    steady = metrics.system_throughput(records, window_s).steady()
-    return {
-        "ttft": float(np.median(metrics.ttft(records))),
-        "tpot": float(np.median(metrics.tpot(records))),
-        "system_throughput": float(np.median(steady)),
+    """Each metric's median; a metric with nothing measured is an error, not a NaN (invalid JSON, and
+    `max` over the differences would have kept or dropped it by its place in the list)."""
+    values = {
+        "ttft": metrics.ttft(records),
+        "tpot": metrics.tpot(records),
+        "system_throughput": metrics.system_throughput(records, window_s).steady(),
     }
+    empty = [name for name, v in values.items() if not len(v)]
+    if empty:
+        raise RuntimeError(f"the agreement run measured no {', '.join(empty)}: {len(records)} records")
+    return {name: float(np.median(v)) for name, v in values.items()}
 
 
 def agreement(tmp: Path, users: int, seconds: float, dilation: float) -> dict[str, Any]:

@@ -103,3 +103,13 @@ def test_the_envoy_bench_calls_the_cpu_case_as_it_is_defined(monkeypatch, tmp_pa
     args = argparse.Namespace(long_tokens=256)
     envoy.cpu_cases(args, tmp_path / "cpu", REPO)
     assert calls[0]["tokens"] == 256 and calls[0]["part_pids"] == [2]
+
+
+def test_the_paper_bench_refuses_an_agreement_run_that_measured_nothing():
+    """np.median of nothing is NaN: invalid JSON, and `max` over the differences kept or dropped it by
+    its place in the list."""
+    paper = load_bench("paper")
+    answered = [record(0.0, [0.5, 0.6, 0.7]), record(0.1, [0.6, 0.8, 1.0])]
+    assert set(paper.medians(answered, 0.2)) == {"ttft", "tpot", "system_throughput"}
+    with pytest.raises(RuntimeError, match="measured no ttft, tpot, system_throughput"):
+        paper.medians([], 0.2)
