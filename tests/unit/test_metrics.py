@@ -206,3 +206,22 @@ def test_routing_overhead_is_the_ttft_difference_at_equal_load():
     assert row["ttft_diff_std_ms"] == pytest.approx(np.sqrt(2 * np.var([0.10, 0.12, 0.14])) * 1000)
     assert row["gateway_mean_ms"] == pytest.approx(1.0)
     assert overhead_rows(cells, {}) == []
+
+
+def test_a_report_asked_for_fig7_panels_at_unmeasured_user_counts_says_so(tmp_path):
+    """Each unmeasured count had been drawn as an empty panel, without a word."""
+    from expert_router.analysis.report import write_report
+    from expert_router.errors import UserError
+    from expert_router.loadgen.records import RecordWriter
+
+    run = tmp_path / "results" / "runs" / "A" / "uniform" / "u2" / "r0"
+    run.mkdir(parents=True)
+    writer = RecordWriter(run / "records.jsonl")
+    for r in RECORDS:
+        writer.write(r)
+    writer.close()
+    (run / "summary.json").write_text("{}")
+    (run / "cell.json").write_text('{"configuration": "A", "mix": "uniform", "users": 2}')
+    with pytest.raises(UserError, match=r"--fig7-users \[1000\]: no cells at those user counts; measured: \[2\]"):
+        write_report(tmp_path / "results", fig7_users=[2, 1000])
+    assert write_report(tmp_path / "results", fig7_users=[2]).figures

@@ -157,6 +157,9 @@ def write_report(
 def _figures(cells: dict[CellKey, Cell], out: Path, fig7_users: list[int] | None) -> list[Path]:
     mixes = sorted({k.mix for k in cells})
     users = sorted({k.users for k in cells})
+    unmeasured = sorted(set(fig7_users or []) - set(users))
+    if unmeasured:  # an empty panel, without a word, had been drawn for each
+        raise UserError(f"--fig7-users {unmeasured}: no cells at those user counts; measured: {users}")
     chosen = fig7_users or sorted({users[0], users[len(users) // 2], users[-1]})
     lengths, unit = prompt_lengths(cells)
     figures = [plots.fig2_input_lengths(lengths, unit, out / "fig2_input_lengths.png")]
