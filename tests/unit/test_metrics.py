@@ -93,19 +93,11 @@ def test_windows_are_marked_ramp_up_steady_and_drain():
     assert summary.system_throughput_mean > float(np.mean(windows.tokens_per_s))  # ramp and drain pull the mean down
 
 
-def test_a_run_that_never_held_its_load_is_marked_whole_and_the_report_says_so(tmp_path):
-    """With no steady interval every window was marked steady: the table's "steady mean" silently
-    averaged ramp-up and drain."""
-    from expert_router.analysis.report import write_report
+def write_cell(results, records) -> None:
+    """`records` as the results folder's one cell: configuration A, uniform mix, 2 users."""
     from expert_router.loadgen.records import RecordWriter
 
-    # user 0 is done (9.0) before user 1's first token (9.5): the load was never held
-    records = [rec(0.0, list(np.arange(1.0, 9.0, 0.5)), t_end=9.0, user=0), rec(0.0, [9.5, 10.0, 12.5], user=1)]
-    assert metrics.steady_interval(records) is None
-    windows = metrics.system_throughput(records, window_s=2.0)
-    assert set(windows.phases) == {"whole"} and windows.whole_run
-    assert len(windows.steady()) == len(windows.tokens_per_s)  # the whole run's mean stands in
-    run = tmp_path / "results" / "runs" / "A" / "uniform" / "u2" / "r0"
+    run = results / "runs" / "A" / "uniform" / "u2" / "r0"
     run.mkdir(parents=True)
     writer = RecordWriter(run / "records.jsonl")
     for r in records:
@@ -113,6 +105,20 @@ def test_a_run_that_never_held_its_load_is_marked_whole_and_the_report_says_so(t
     writer.close()
     (run / "summary.json").write_text("{}")
     (run / "cell.json").write_text('{"configuration": "A", "mix": "uniform", "users": 2}')
+
+
+def test_a_run_that_never_held_its_load_is_marked_whole_and_the_report_says_so(tmp_path):
+    """With no steady interval every window was marked steady: the table's "steady mean" silently
+    averaged ramp-up and drain."""
+    from expert_router.analysis.report import write_report
+
+    # user 0 is done (9.0) before user 1's first token (9.5): the load was never held
+    records = [rec(0.0, list(np.arange(1.0, 9.0, 0.5)), t_end=9.0, user=0), rec(0.0, [9.5, 10.0, 12.5], user=1)]
+    assert metrics.steady_interval(records) is None
+    windows = metrics.system_throughput(records, window_s=2.0)
+    assert set(windows.phases) == {"whole"} and windows.whole_run
+    assert len(windows.steady()) == len(windows.tokens_per_s)  # the whole run's mean stands in
+    write_cell(tmp_path / "results", records)
     report = write_report(tmp_path / "results")
     assert "No steady state in 1 cell(s) (A uniform u2)" in report.markdown.read_text()
 
@@ -212,16 +218,8 @@ def test_a_report_asked_for_fig7_panels_at_unmeasured_user_counts_says_so(tmp_pa
     """Each unmeasured count had been drawn as an empty panel, without a word."""
     from expert_router.analysis.report import write_report
     from expert_router.errors import UserError
-    from expert_router.loadgen.records import RecordWriter
 
-    run = tmp_path / "results" / "runs" / "A" / "uniform" / "u2" / "r0"
-    run.mkdir(parents=True)
-    writer = RecordWriter(run / "records.jsonl")
-    for r in RECORDS:
-        writer.write(r)
-    writer.close()
-    (run / "summary.json").write_text("{}")
-    (run / "cell.json").write_text('{"configuration": "A", "mix": "uniform", "users": 2}')
+    write_cell(tmp_path / "results", RECORDS)
     with pytest.raises(UserError, match=r"--fig7-users \[1000\]: no cells at those user counts; measured: \[2\]"):
         write_report(tmp_path / "results", fig7_users=[2, 1000])
     assert write_report(tmp_path / "results", fig7_users=[2]).figures
