@@ -29,6 +29,8 @@ from expert_router.http import install_uvloop
 from expert_router.testing import Envoy, ExtProc, Nginx, gateway, synthetic_expert, write_deployment
 from gateway import (
     LONG_INTERVAL_MS,
+    add_length_spread,
+    longest,
     measure,
     measure_long,
     process_tree,
@@ -66,15 +68,16 @@ def latency_cases(args: argparse.Namespace, tmp: Path, classifier: Path) -> dict
     with ExitStack() as stack:
         upstream = stack.enter_context(
             synthetic_expert(
-                tmp, "upstream", "--tokens", str(args.tokens), "--interval-ms", str(args.interval_ms), models=models
+                tmp, "upstream", "--tokens", str(longest(args)), "--interval-ms", str(args.interval_ms), models=models
             )
         )
         paths = {"direct": (upstream.url, "expert-0", [], []), **start_paths(stack, tmp, classifier, upstream.url)}
         for streams in (1, args.streams):
-            tokens = 2 if streams == 1 else args.tokens  # TTFT does not depend on length; many short requests
+            # TTFT does not depend on length; many short requests
+            tokens, spread = (2, 0.0) if streams == 1 else (args.tokens, args.length_spread)
             for name, (url, model, pids, _extproc_pids) in paths.items():
                 results[name][streams] = asyncio.run(
-                    measure(url, model, streams, args.seconds, tokens, pids, interval_ms=args.interval_ms)
+                    measure(url, model, streams, args.seconds, tokens, pids, None, args.interval_ms, spread)
                 )
     return results
 
@@ -106,6 +109,7 @@ def summarise(
         "bench": "envoy",
         "streams": args.streams,
         "tokens_per_answer": args.tokens,
+        "length_spread": args.length_spread,
         "interval_ms": args.interval_ms,
         "seconds_per_case": args.seconds,
         "long_answer_tokens": args.long_tokens,
@@ -138,7 +142,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--streams", type=int, default=500, help="concurrent streams of the loaded case")
     parser.add_argument("--seconds", type=float, default=8.0, help="measured time per path and level")
-    parser.add_argument("--tokens", type=int, default=32, help="tokens per answer")
+    parser.add_argument("--tokens", type=int, default=32, help="tokens per answer (the mean, with --length-spread)")
+    add_length_spread(parser)
     parser.add_argument("--interval-ms", type=float, default=40.0, help="upstream gap between tokens")
     parser.add_argument("--long-tokens", type=int, default=256, help="answer length of the CPU-per-token case")
     parser.add_argument("--long-streams", type=int, default=100, help="concurrent streams of the CPU-per-token case")

@@ -27,6 +27,14 @@ How the load is made, and why (each was a larger effect than the one measured):
   millisecond every ~1.3 s, and "added TTFT" measured how long each proxy took to work through a burst
   of 500 requests (its per-request CPU times 500: p99 ~350 ms for the gateway, ~165 ms for nginx),
   not the latency of a steady load (p99 ~5 ms and ~4 ms, same machine).
+- Each request of the loaded cases asks for its own answer length, drawn uniformly within `--tokens`
+  x (1 ± `--length-spread`), 0.5 by default, each user's draws the same on every path. With one length
+  for all, the spread start did not last: any stall (a collection, a process off its core for a few ms)
+  lined users up, and users whose answers are all alike stay lined up. At 1,000 streams the sends
+  counted in 5 ms bins varied with a coefficient of 0.65-1.53 (a steady, Poisson load: ~0.5), up to 60
+  in one bin against ~4 on average, and one path's TTFT median moved 1.7-21.6 ms between repetitions.
+  With the lengths spread: 0.51-0.57, at most 10-25 a bin, and the medians within 1.5-2.1 ms (gateway),
+  0.8-1.0 (nginx) and 0.8-0.9 ms (direct).
 
 What a profile of the gateway under this load showed (py-spy on the gateway's pid, `perf`, and
 `gc.callbacks` timing each collection; 500 and 1,000 streams of 32 tokens, 100 streams of 256): with
@@ -137,6 +145,23 @@ reads rarely hold two chunks, no change showed (0.91-1.10x, 0.93-1.26x). The str
 the request's task: written from the read callback with the last token, it let the client's next
 request arrive before the server had finished the last one, and wait for it (TTFT p50 +0.1-0.4 ms).
 
+The eighth pass made the loaded cases steady (answer lengths spread, above) and then asked where the
+gateway's added median goes, with stamps in a copy of the gateway at 1,000 streams (p50, ms): from the
+client's send to the request parsed 0.30, to its handler 0.05-0.11, classified and sent upstream
+0.06-0.10, the upstream's own time to its first chunk 0.5-0.9, and from the upstream's write to the
+gateway's read 0.15-0.32. Each hop through the gateway waits for its event loop to finish the pass under
+way, ~0.3 ms at this load; nginx's passes are a fraction of that. The same gateway adds ~0.5 ms at one
+stream, without load, where nginx adds ~0.07 (`server_timing_route_p50_ms_c1` 0.63 ms; asked once every
+50 ms, classification took 0.05-0.16 and the rest of routing 0.2-0.5 ms: a cold path): the median's
+excess under load is about the excess without it. The tail is another matter: a 1 ms timer in the
+gateway, at 500 streams, fired 2-7 ms late a few times a second, and the gateway's own CPU time across
+those late intervals was almost nil, so it was off its core (the kernel ran the client and the
+upstream), not busy; a process that wants more CPU waits more often. Two ways around either were
+measured and not kept: two gateway workers (`--workers 2`, SO_REUSEPORT) halved each loop's share of the
+streams but cost more CPU in all (3.4 s against 2.7-3.1 s per window) and raised the median (2.0-2.6 ms
+against 1.5-2.1); running both proxies at a higher priority (nice -10) left the gateway's added median
+as it was (0.4 ms at 500 streams, ~1 ms at 1,000; nginx's ~0).
+
 The ratios are checked against the goals in the JSON (`overhead_check_*`, `cpu_check*`). Where
 nginx's added time is smaller than the noise (how far the direct path's own percentile moves between
 repetitions) its ratio divides noise by noise: the check then reports no ratio and `met` null, and
@@ -147,6 +172,7 @@ and keeps the client and the upstream on the others, so added latency measures t
 queueing rather than its fight with the client for a core; the JSON says which CPUs each side had.
 
 Prints one JSON line. Run: python bench/gateway.py [--streams 500 1000] [--seconds 8] [--repeats 3] [--pin]
+[--length-spread 0.5]
 """
 
 from __future__ import annotations
@@ -154,7 +180,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
+import random
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,8 +228,19 @@ class Window:
     short_answers: int = 0
 
 
-async def user(pool: ConnectionPool, url: str, model: str, tokens: int, start_at: float, window: Window) -> None:
-    """One closed-loop user, from `start_at` until the window ends.
+async def user(
+    pool: ConnectionPool,
+    url: str,
+    model: str,
+    tokens: int,
+    start_at: float,
+    window: Window,
+    spread: float = 0.0,
+    seed: int = 0,
+) -> None:
+    """One closed-loop user, from `start_at` until the window ends, asking for answers of `tokens`
+    tokens, or with `spread`, of a length drawn uniformly within `tokens` x (1 ± spread) (the same
+    draws, by `seed`, on every path).
 
     It runs on the load generator's own client (`loadgen.client.send`): each chunk is stamped inside
     the socket's read callback, so TTFT is not inflated by the client's event-loop queueing, which at
@@ -212,9 +251,12 @@ async def user(pool: ConnectionPool, url: str, model: str, tokens: int, start_at
     target = Target(url, model=model)
     await asyncio.sleep(max(start_at - clock(), 0.0))
     i = int(start_at * 1e6)
+    lengths = random.Random(seed)
+    low, high = round(tokens * (1 - spread)), round(tokens * (1 + spread))
     while clock() < window.stop:
-        body = target.body(WorkItem(i, 0, PROMPTS[i % len(PROMPTS)], 0, tokens))
-        record = RequestRecord(i, i, 0, 0, 0, tokens, clock())
+        length = lengths.randint(low, high)
+        body = target.body(WorkItem(i, 0, PROMPTS[i % len(PROMPTS)], 0, length))
+        record = RequestRecord(i, i, 0, 0, 0, length, clock())
         i += 1
         await send(pool, target, body, record, 0.0, 120.0)
         if not record.ok or record.t_first_token is None or record.t_end is None:
@@ -226,7 +268,7 @@ async def user(pool: ConnectionPool, url: str, model: str, tokens: int, start_at
         window.tokens += sum(1 for t in record.chunk_times if window.start <= t < window.stop)
         if window.start <= record.t_end < window.stop:
             window.requests += 1
-            window.short_answers += len(record.chunk_times) < tokens
+            window.short_answers += len(record.chunk_times) < length
 
 
 async def cpu_over(window: Window, pids: list[int]) -> float:
@@ -246,9 +288,10 @@ async def measure(
     pids: list[int],
     part_pids: list[int] | None = None,
     interval_ms: float = 40.0,
+    spread: float = 0.0,
 ) -> dict:
     """TTFTs, tokens and CPU seconds of `pids` over the measured window (and of `part_pids`, a subset
-    whose share is wanted, as `part_cpu_s`).
+    whose share is wanted, as `part_cpu_s`); answer lengths within `tokens` x (1 ± `spread`).
 
     The users start evenly spread over one answer's length, and the window opens one answer's length
     after the last has started. Started together, closed-loop users with answers of one length stay in
@@ -260,7 +303,10 @@ async def measure(
     window = Window(start=now + 2 * answer_s + 0.2, stop=now + 2 * answer_s + 0.2 + seconds)
     pool = ConnectionPool(10.0)
     try:
-        users = [user(pool, url, model, tokens, now + 0.1 + answer_s * i / streams, window) for i in range(streams)]
+        users = [
+            user(pool, url, model, tokens, now + 0.1 + answer_s * i / streams, window, spread, seed=i)
+            for i in range(streams)
+        ]
         cpu, part_cpu, *_ = await asyncio.gather(cpu_over(window, pids), cpu_over(window, part_pids or []), *users)
     finally:
         pool.close()
@@ -306,6 +352,7 @@ def parse_args() -> argparse.Namespace:
         "--tokens", type=int, default=32, help="tokens per answer (and the short length of the CPU split)"
     )
     parser.add_argument("--interval-ms", type=float, default=40.0, help="upstream gap between tokens")
+    add_length_spread(parser)
     parser.add_argument("--long-tokens", type=int, default=256, help="answer length of the CPU-per-token case")
     parser.add_argument("--long-streams", type=int, default=100, help="concurrent streams of the CPU-per-token case")
     parser.add_argument("--soak-minutes", type=float, default=0.0, help="also soak the gateway this long (not in CI)")
@@ -313,6 +360,28 @@ def parse_args() -> argparse.Namespace:
         "--pin", action="store_true", help="the proxies on the last CPU, client and upstream on the rest"
     )
     return parser.parse_args()
+
+
+def length_spread(text: str) -> float:
+    """--length-spread's value: a fraction of --tokens, from 0 up to (not including) 1."""
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, not {text}")
+    return value
+
+
+def add_length_spread(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--length-spread",
+        type=length_spread,
+        default=0.5,
+        help="loaded latency cases: answer lengths drawn uniformly within --tokens x (1 ± this); 0: all alike",
+    )
+
+
+def longest(args: argparse.Namespace) -> int:
+    """The upstream's answer length in the latency cases: each request asks for its own, up to this."""
+    return math.ceil(args.tokens * (1 + args.length_spread))
 
 
 def pin(args: argparse.Namespace, proxies: list[int], others: list[int]) -> dict[str, list[int]] | None:
@@ -336,7 +405,7 @@ def latency_cases(
     repeats: list[dict] = []
     soak, pinned = None, None
     with synthetic_expert(
-        tmp, "upstream", "--tokens", str(args.tokens), "--interval-ms", str(args.interval_ms), models=models
+        tmp, "upstream", "--tokens", str(longest(args)), "--interval-ms", str(args.interval_ms), models=models
     ) as upstream:
         deployment = write_deployment(
             tmp / "deploy.yaml",
@@ -358,13 +427,14 @@ def latency_cases(
                     order = list(paths)[repeat % 3 :] + list(paths)[: repeat % 3]  # no path always first
                     for name in order:
                         url, model, pids = paths[name]
-                        tokens = 2 if streams == 1 else args.tokens  # TTFT does not depend on length
+                        # TTFT does not depend on length
+                        tokens, spread = (2, 0.0) if streams == 1 else (args.tokens, args.length_spread)
                         results[name][streams] = asyncio.run(
-                            measure(url, model, streams, args.seconds, tokens, pids, interval_ms=args.interval_ms)
+                            measure(url, model, streams, args.seconds, tokens, pids, None, args.interval_ms, spread)
                         )
                 repeats.append(results)
             if args.soak_minutes > 0:
-                soak = asyncio.run(run_soak(gw, args.streams[0], args.soak_minutes * 60, args.tokens, args.interval_ms))
+                soak = asyncio.run(run_soak(gw, args, args.soak_minutes * 60))
     return repeats, soak, pinned
 
 
@@ -500,13 +570,14 @@ def summarize_cpu(repeats: list[dict], loaded: int, long_runs: list[dict], long_
     return out
 
 
-async def run_soak(gw: object, streams: int, seconds: float, tokens: int, interval_ms: float) -> dict[str, object]:
+async def run_soak(gw: object, args: argparse.Namespace, seconds: float) -> dict[str, object]:
     """`streams` users for `seconds` through the gateway; memory and descriptors sampled every 5 s."""
     pid = gw.process.pid  # type: ignore[attr-defined]
     samples: list[tuple[int, int]] = []
     now = clock()
     window = Window(start=now, stop=now + seconds)
-    answer_s = tokens * interval_ms / 1000
+    streams, tokens, spread = args.streams[0], args.tokens, args.length_spread
+    answer_s = tokens * args.interval_ms / 1000
 
     async def sample() -> None:
         while clock() < window.stop:
@@ -518,7 +589,10 @@ async def run_soak(gw: object, streams: int, seconds: float, tokens: int, interv
     try:
         sampler = asyncio.create_task(sample())
         url: str = gw.url  # type: ignore[attr-defined]
-        users = [user(pool, url, "expert-router", tokens, now + answer_s * i / streams, window) for i in range(streams)]
+        users = [
+            user(pool, url, "expert-router", tokens, now + answer_s * i / streams, window, spread, seed=i)
+            for i in range(streams)
+        ]
         results = await asyncio.gather(*users, return_exceptions=True)
         sampler.cancel()
     finally:
@@ -548,6 +622,7 @@ def main() -> None:
         "bench": "gateway",
         "streams": args.streams,
         "tokens_per_answer": args.tokens,
+        "length_spread": args.length_spread,
         "interval_ms": args.interval_ms,
         "seconds_per_case": args.seconds,
         "repeats": args.repeats,

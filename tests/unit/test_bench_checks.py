@@ -2,10 +2,12 @@
 only where nginx's added time stands above the noise), and the helpers of the other benches."""
 
 import argparse
+import asyncio
 import contextlib
 import functools
 import importlib.util
 import inspect
+import json
 import sys
 
 import numpy as np
@@ -113,3 +115,40 @@ def test_the_paper_bench_refuses_an_agreement_run_that_measured_nothing():
     assert set(paper.medians(answered, 0.2)) == {"ttft", "tpot", "system_throughput"}
     with pytest.raises(RuntimeError, match="measured no ttft, tpot, system_throughput"):
         paper.medians([], 0.2)
+
+
+def test_loaded_users_ask_for_answers_of_varied_length_the_same_on_every_path(monkeypatch):
+    """Closed-loop users whose answers all had one length stayed in step once any stall had lined them
+    up, and the loaded cases measured bursts (5 ms bins at 1,000 streams held up to 60 sends against
+    ~4 on average). Each user now draws its answers' lengths within --tokens x (1 ± spread), by seed."""
+    bench = load_bench()
+
+    def asked(seed: int, spread: float) -> list[int]:
+        lengths: list[int] = []
+        window = bench.Window(start=0.0, stop=float("inf"))
+
+        async def send(pool, target, body, record, *args):
+            lengths.append(json.loads(body)["max_tokens"])
+            record.t_first_token = record.t_end = record.t_start
+            if len(lengths) == 200:
+                window.stop = 0.0
+
+        monkeypatch.setattr(bench, "send", send)
+        asyncio.run(bench.user(None, "http://127.0.0.1:1", "m", 32, 0.0, window, spread, seed=seed))
+        return lengths
+
+    varied = asked(seed=3, spread=0.5)
+    assert min(varied) >= 16 and max(varied) <= 48 and len(set(varied)) > 20
+    assert 28 < sum(varied) / len(varied) < 36
+    assert varied == asked(seed=3, spread=0.5) and varied != asked(seed=4, spread=0.5)
+    assert set(asked(seed=3, spread=0.0)) == {32}
+    args = argparse.Namespace(tokens=32, length_spread=0.5)
+    assert bench.longest(args) == 48  # the upstream's own length: what each request asks for is at most this
+
+
+def test_the_benches_refuse_a_length_spread_outside_zero_to_one():
+    bench = load_bench()
+    assert bench.length_spread("0.25") == 0.25
+    for bad in ("1", "-0.1", "1.5"):
+        with pytest.raises(argparse.ArgumentTypeError, match="at least 0 and below 1"):
+            bench.length_spread(bad)
