@@ -206,3 +206,21 @@ def test_ties_count_for_the_claimed_winner_and_counts_are_not_called_millisecond
             table.stats[key] = replace(table.stats[key], system_peak=PAPER["D"].system_peak)
     assert f.d_under_2000(table).holds is True
     assert f.lowest_tpot(table).numbers.startswith("E lowest median in 8/8 cells, lowest std in 8/8 cells")
+
+
+def test_a_configuration_that_failed_many_requests_does_not_win_a_ranking():
+    """Latencies are of answered requests only: D turning 40% of its users away at high load had the
+    lowest median TTFT of the few it answered, and took the ranking from C."""
+    table = paper_table()
+    fast_but_failing = replace(PAPER["D"], ttft_median=0.01, response_p99=1.0, error_rate=0.4)
+    table.stats[CellKey("D", "uniform", 1000)] = fast_but_failing
+    found = f.lowest_ttft_high_load(table)
+    assert found.holds is True and "D 10 (40% failed)" in found.numbers
+    assert f.lowest_p99_response(table).holds is True
+    # The claimed winner failing as much wins nothing either, however low its figure.
+    table.stats[CellKey("C", "normal", 600)] = replace(PAPER["C"], error_rate=0.3)
+    assert f.lowest_ttft_high_load(table).holds is False
+    # Within the capacity table's limit (1%), a failure or two changes nothing.
+    table = paper_table()
+    table.stats[CellKey("C", "normal", 600)] = replace(PAPER["C"], error_rate=0.005)
+    assert f.lowest_ttft_high_load(table).holds is True

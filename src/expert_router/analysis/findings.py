@@ -60,7 +60,12 @@ def _lowest(
     claim: str,
     highest: bool = False,
 ) -> Finding:
-    """`winner` has the lowest (highest) `field` among A..E at every one of `levels`, in every mix."""
+    """`winner` has the lowest (highest) `field` among A..E at every one of `levels`, in every mix.
+
+    A cell with no answer ranks nowhere, nor does one that failed more of its requests than a served
+    level may (`Targets.error_rate`, as in the capacity table): these latencies and rates are of the
+    answered requests only, so a configuration that turned most users away (429, 503) had won a TTFT
+    ranking on the few it answered."""
     checks, shown = [], []
     for mix in table.mixes:
         for users in levels:
@@ -68,7 +73,8 @@ def _lowest(
             if not row:
                 continue
             values = {c: getattr(s, field) for c, s in row.items()}
-            measured = [c for c in values if not np.isnan(values[c])]  # a cell with no answer ranks nowhere
+            failing = {c for c, s in row.items() if s.error_rate > Targets.error_rate}
+            measured = [c for c in values if not np.isnan(values[c]) and c not in failing]
             if winner not in measured:
                 best = "none"  # the winner answered nothing here: the claim does not hold
             else:
@@ -78,7 +84,10 @@ def _lowest(
             checks.append(best == winner)
             shown.append(
                 f"{mix} u{users}: "
-                + " ".join(f"{c} {unit(v)}" for c, v in values.items())
+                + " ".join(
+                    f"{c} {unit(v)}" + (f" ({row[c].error_rate:.0%} failed)" if c in failing else "")
+                    for c, v in values.items()
+                )
                 + ("" if best == winner else f" (best {best})")
             )
     if not checks:
