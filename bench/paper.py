@@ -7,6 +7,8 @@ processes side by side, into a fresh folder; `sweep_wall_s` is its wall time, `c
 `--duration` shortens every cell (default: the experiment file's duration_s); the JSON says which.
 `sweep_cpu_s` is the CPU time it took (what a quiet machine's wall time x cores would be), and
 `load_average` the machine's load before and after: on a shared machine wall time alone misleads.
+`--keep DIR` writes the cells there instead; a folder that already holds some resumes, and then
+`cells_kept_from_before` counts them and `sweep_whole` is false: the times cover only the cells run now.
 
 Findings: analysis/findings.py on those cells: each claim true/false, and how many hold.
 
@@ -56,13 +58,17 @@ def sweep(duration: float | None, workers: int, results: Path) -> dict[str, Any]
     wall = time.monotonic() - started
     cpu = _cpu_s() - cpu
     experiment, _ = load_experiment(EXPERIMENT)
-    table = cell_table.Table.of(load_cells(results))
+    cells = load_cells(results)
+    table = cell_table.Table.of(cells)
     found = {check.__name__: check(table).holds for check in findings.FINDINGS}
+    kept = len(cells) - len(done)
     return {
         "sweep_wall_s": round(wall, 1),
         "sweep_cpu_s": round(cpu, 1),
         "load_average": [load, os.getloadavg()[0]],
         "cells": len(done),
+        "cells_kept_from_before": kept,
+        "sweep_whole": kept == 0,  # --keep on a folder with cells resumes: the times are of the rest only
         "duration_s": duration or experiment.duration_s,
         "workers": workers,
         "findings": found,

@@ -152,3 +152,18 @@ def test_the_benches_refuse_a_length_spread_outside_zero_to_one():
     for bad in ("1", "-0.1", "1.5"):
         with pytest.raises(argparse.ArgumentTypeError, match="at least 0 and below 1"):
             bench.length_spread(bad)
+
+
+def test_the_paper_bench_says_when_its_sweep_resumed(monkeypatch, tmp_path):
+    """--keep on a folder that held cells resumed the sweep: `sweep_wall_s` then timed the rest only,
+    with nothing in the line to say so."""
+    paper = load_bench("paper")
+    from expert_router.analysis import cell_table
+
+    monkeypatch.setattr(paper, "simulate_experiment", lambda *a, **k: [tmp_path / "one", tmp_path / "two"])
+    monkeypatch.setattr(paper, "load_cells", lambda results: dict.fromkeys("abcde"))
+    monkeypatch.setattr(cell_table.Table, "of", classmethod(lambda cls, cells: cls({})))
+    resumed = paper.sweep(1.0, 1, tmp_path)
+    assert resumed["cells"] == 2 and resumed["cells_kept_from_before"] == 3 and resumed["sweep_whole"] is False
+    monkeypatch.setattr(paper, "load_cells", lambda results: dict.fromkeys("ab"))
+    assert paper.sweep(1.0, 1, tmp_path)["sweep_whole"] is True
