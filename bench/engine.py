@@ -16,6 +16,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -100,6 +101,19 @@ def _mean_ms(seconds: np.ndarray) -> float | None:
     return float(seconds.mean() * 1000) if len(seconds) else None
 
 
+def wait_for_serving(server: subprocess.Popen[str]) -> threading.Thread:
+    """Read the server's output until it says "serving", then go on reading it in a thread (returned):
+    a pipe left unread fills (64 KiB on Linux), and the server, writing its logs, then blocks
+    mid-benchmark."""
+    assert server.stdout is not None
+    while "serving" not in (line := server.stdout.readline()):
+        if not line and server.poll() is not None:
+            raise RuntimeError("experts serve exited")
+    reader = threading.Thread(target=server.stdout.read, daemon=True)
+    reader.start()
+    return reader
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experts", type=Path, help="folder from `experts build` (default: build one)")
@@ -121,9 +135,7 @@ def main() -> None:
         )
         try:
             started = time.monotonic()
-            while "serving" not in (line := server.stdout.readline()):
-                if not line and server.poll() is not None:
-                    raise RuntimeError("experts serve exited")
+            wait_for_serving(server)
             startup_s = time.monotonic() - started
             measure(url, models, 8, 3, 8, tmp, name="warm-up")  # compiled graphs, adapters in cache
             results = {level: measure(url, models, level, args.seconds, args.max_tokens, tmp) for level in args.levels}

@@ -8,6 +8,7 @@ import functools
 import importlib.util
 import inspect
 import json
+import subprocess
 import sys
 
 import numpy as np
@@ -167,3 +168,20 @@ def test_the_paper_bench_says_when_its_sweep_resumed(monkeypatch, tmp_path):
     assert resumed["cells"] == 2 and resumed["cells_kept_from_before"] == 3 and resumed["sweep_whole"] is False
     monkeypatch.setattr(paper, "load_cells", lambda results: dict.fromkeys("ab"))
     assert paper.sweep(1.0, 1, tmp_path)["sweep_whole"] is True
+
+
+def test_the_engine_bench_keeps_reading_the_servers_output_after_it_serves():
+    """It read up to "serving" and no further: once the server had logged 64 KiB more, its writes
+    blocked, and with them the server."""
+    engine = load_bench("engine")
+    chatty = "print('serving', flush=True); import sys; sys.stdout.write('x' * 1_000_000); sys.stdout.flush()"
+    with subprocess.Popen([sys.executable, "-c", chatty], stdout=subprocess.PIPE, text=True) as server:
+        try:
+            reader = engine.wait_for_serving(server)
+            assert server.wait(timeout=30) == 0  # blocked on a full pipe, it would never exit
+            reader.join(timeout=30)
+        finally:
+            server.kill()
+    silent = subprocess.Popen([sys.executable, "-c", "pass"], stdout=subprocess.PIPE, text=True)
+    with silent, pytest.raises(RuntimeError, match="exited"):
+        engine.wait_for_serving(silent)
