@@ -185,3 +185,26 @@ def test_the_engine_bench_keeps_reading_the_servers_output_after_it_serves():
     silent = subprocess.Popen([sys.executable, "-c", "pass"], stdout=subprocess.PIPE, text=True)
     with silent, pytest.raises(RuntimeError, match="exited"):
         engine.wait_for_serving(silent)
+
+
+def test_nginx_moving_between_repetitions_is_noise_too():
+    """The noise had been the direct path's spread only: an nginx p99 that ranged 0.07-0.67 ms over a
+    steady direct path was divided into the gateway's as if it were its median, 0.5 ms (4.5x, "missed")."""
+    bench = load_bench()
+
+    def repetition(nginx_ms: float) -> dict:
+        ttft = {"direct": 1.0, "nginx": 1.0 + nginx_ms, "gateway": 3.4}
+        return {
+            name: {streams: {"ttft": np.full(50, ms), "route_ms": np.array([0.1])} for streams in (1, 500)}
+            for name, ms in ttft.items()
+        }
+
+    out = bench.summarize_latency([repetition(0.07), repetition(0.5), repetition(0.67)], [500])
+    verdict = out["overhead_check_p99_c500"]
+    assert verdict["ratio"] is None and verdict["noise_ms"] == pytest.approx(0.6, abs=1e-3)
+    assert verdict["within_noise"] is False  # the gateway's 2.4 ms stands out all the same
+    steady = bench.summarize_latency([repetition(0.5), repetition(0.52), repetition(0.48)], [500])
+    assert (
+        steady["overhead_check_p99_c500"]["ratio"] == pytest.approx(4.8)
+        and not steady["overhead_check_p99_c500"]["met"]
+    )
