@@ -151,16 +151,17 @@ client's send to the request parsed 0.30, to its handler 0.05-0.11, classified a
 0.06-0.10, the upstream's own time to its first chunk 0.5-0.9, and from the upstream's write to the
 gateway's read 0.15-0.32. Each hop through the gateway waits for its event loop to finish the pass under
 way, ~0.3 ms at this load; nginx's passes are a fraction of that. The same gateway adds ~0.5 ms at one
-stream, without load, where nginx adds ~0.07 (`server_timing_route_p50_ms_c1` 0.63 ms; asked once every
-50 ms, classification took 0.05-0.16 and the rest of routing 0.2-0.5 ms: a cold path): the median's
-excess under load is about the excess without it. The tail is another matter: a 1 ms timer in the
-gateway, at 500 streams, fired 2-7 ms late a few times a second, and the gateway's own CPU time across
-those late intervals was almost nil, so it was off its core (the kernel ran the client and the
-upstream), not busy; a process that wants more CPU waits more often. Two ways around either were
-measured and not kept: two gateway workers (`--workers 2`, SO_REUSEPORT) halved each loop's share of the
-streams but cost more CPU in all (3.4 s against 2.7-3.1 s per window) and raised the median (2.0-2.6 ms
-against 1.5-2.1); running both proxies at a higher priority (nice -10) left the gateway's added median
-as it was (0.4 ms at 500 streams, ~1 ms at 1,000; nginx's ~0).
+stream, without load, where nginx adds ~0.07 (`server_timing_route_p50_ms_c1` 0.63 ms, of which the
+write of the request to the upstream took 0.45-0.63 ms: the kernel ran the upstream it woke on the
+gateway's own CPU, in the middle of that write; with the two pinned to different CPUs the write took
+50-67 us and routing 0.26 ms): the median's excess under load is about the excess without it. The tail
+is another matter: a 1 ms timer in the gateway, at 500 streams, fired 2-7 ms late a few times a second,
+and the gateway's own CPU time across those late intervals was almost nil, so it was off its core (the
+kernel ran the client and the upstream), not busy; a process that wants more CPU waits more often. Two
+ways around either were measured and not kept: two gateway workers (`--workers 2`, SO_REUSEPORT) halved
+each loop's share of the streams but cost more CPU in all (3.4 s against 2.7-3.1 s per window) and
+raised the median (2.0-2.6 ms against 1.5-2.1); running both proxies at a higher priority (nice -10)
+left the gateway's added median as it was (0.4 ms at 500 streams, ~1 ms at 1,000; nginx's ~0).
 
 The ratios are checked against the goals in the JSON (`overhead_check_*`, `cpu_check*`). Where
 nginx's added time is smaller than the noise (how far the direct path's own percentile, or nginx's added
