@@ -322,6 +322,20 @@ def test_trailers_count_against_the_head_limit_and_are_not_taken_for_headers():
     assert status == 200 and json.loads(body)["body"] == "ok"
 
 
+def test_an_unterminated_trailer_line_is_refused_not_buffered():
+    """A trailer line that never ends made no callback at all (httptools keeps the partial line until
+    its end), so nothing counted it, and the parser's buffer grew with every read."""
+    head = b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-Trailer: "
+    [(status, _, body)] = responses(asyncio.run(fed(head, *[b"v" * 1024] * 100)))
+    assert status == 431 and json.loads(body)["error"]["code"] == 431
+    # A body sent in many small reads, and trailers that end, are read whole.
+    chunks = b"".join(b"9\r\n" + b"b" * 9 + b"\r\n" for _ in range(100))
+    reads = [chunks[i : i + 7] for i in range(0, len(chunks), 7)]
+    end = b"0\r\nX-Trailer: " + b"v" * 1000 + b"\r\nConnection: close\r\n\r\n"
+    [(status, _, body)] = responses(asyncio.run(fed(head.split(b"2\r\n")[0], *reads, end)))
+    assert status == 200 and len(json.loads(body)["body"]) == 900
+
+
 def test_100_continue_is_not_written_into_an_answer_in_progress_nor_to_http_1_0():
     async def main() -> tuple[bytes, bytes]:
         connection = Connection(Server(App()))

@@ -126,6 +126,9 @@ class Connection(asyncio.Protocol):
         self._size = 0
         self._in_head = False
         self._head_bytes = 0
+        self._quiet = 0
+        """Bytes read outside a head since the parser's last callback: an unterminated trailer line
+        makes none (httptools keeps the partial line until its end), and nothing else would count it."""
         self._begun = 0  # requests begun and completed on this connection (which reads a head's size counts)
         self._completed = 0
         self._upgrade_asked = False
@@ -140,6 +143,8 @@ class Connection(asyncio.Protocol):
             return  # what follows a refused request is not read
         self.last_seen = time.monotonic()
         begun, completed = self._begun, self._completed
+        if not self._in_head:
+            self._quiet += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -159,6 +164,8 @@ class Connection(asyncio.Protocol):
                     self.refuse(
                         error_response(431, f"the request line and headers are longer than {MAX_HEAD_BYTES} bytes")
                     )
+            elif self._quiet > MAX_HEAD_BYTES and self._begun > self._completed:
+                self.refuse(error_response(431, f"a trailer line is longer than {MAX_HEAD_BYTES} bytes"))
 
     def _answer_without_upgrade(self, rest: bytes) -> None:
         """A request asking to switch protocols (`Upgrade: h2c`, which `curl --http2` sends over plain
@@ -192,13 +199,14 @@ class Connection(asyncio.Protocol):
     # -- httptools callbacks -------------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._url, self._headers, self._body, self._size = b"", {}, [], 0
-        self._in_head, self._head_bytes = True, 0
+        self._in_head, self._head_bytes, self._quiet = True, 0, 0
         self._begun += 1
 
     def on_url(self, url: bytes) -> None:
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._quiet = 0
         if self._in_head:
             self._headers[name.lower()] = value
             return
@@ -225,6 +233,7 @@ class Connection(asyncio.Protocol):
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
+        self._quiet = 0
         self._size += len(body)
         if self._size > self.server.app.max_body_bytes:
             self.refuse(error_response(413, f"the request body is larger than {self.server.app.max_body_bytes} bytes"))
@@ -232,6 +241,7 @@ class Connection(asyncio.Protocol):
             self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._quiet = 0
         self._completed += 1
         if self.refused:
             return
