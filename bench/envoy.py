@@ -30,6 +30,7 @@ from expert_router.testing import Envoy, ExtProc, Nginx, gateway, synthetic_expe
 from gateway import (
     LONG_INTERVAL_MS,
     add_length_spread,
+    answers,
     longest,
     measure,
     measure_long,
@@ -73,8 +74,7 @@ def latency_cases(args: argparse.Namespace, tmp: Path, classifier: Path) -> dict
         )
         paths = {"direct": (upstream.url, "expert-0", [], []), **start_paths(stack, tmp, classifier, upstream.url)}
         for streams in (1, args.streams):
-            # TTFT does not depend on length; many short requests
-            tokens, spread = (2, 0.0) if streams == 1 else (args.tokens, args.length_spread)
+            tokens, spread = answers(args, streams)
             for name, (url, model, pids, _extproc_pids) in paths.items():
                 results[name][streams] = asyncio.run(
                     measure(url, model, streams, args.seconds, tokens, pids, None, args.interval_ms, spread)

@@ -381,6 +381,12 @@ def add_length_spread(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def answers(args: argparse.Namespace, streams: int) -> tuple[int, float]:
+    """(tokens, spread) of the answers at a level: 2 alike at one stream (TTFT does not depend on
+    length; many short requests), `--tokens` with `--length-spread` under load."""
+    return (2, 0.0) if streams == 1 else (args.tokens, args.length_spread)
+
+
 def longest(args: argparse.Namespace) -> int:
     """The upstream's answer length in the latency cases: each request asks for its own, up to this."""
     return math.ceil(args.tokens * (1 + args.length_spread))
@@ -429,8 +435,7 @@ def latency_cases(
                     order = list(paths)[repeat % 3 :] + list(paths)[: repeat % 3]  # no path always first
                     for name in order:
                         url, model, pids = paths[name]
-                        # TTFT does not depend on length
-                        tokens, spread = (2, 0.0) if streams == 1 else (args.tokens, args.length_spread)
+                        tokens, spread = answers(args, streams)
                         results[name][streams] = asyncio.run(
                             measure(url, model, streams, args.seconds, tokens, pids, None, args.interval_ms, spread)
                         )
