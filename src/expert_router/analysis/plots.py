@@ -16,6 +16,10 @@ from expert_router.analysis.digest import WINDOW_S
 from expert_router.analysis.results import Cell, CellKey
 
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+MAX_WIDTH_IN = 14
+"""Widest a box figure gets: wider, it is shrunk to fit a page and its labels become unreadable."""
+LOG_SPAN = 10
+"""Whiskers reaching past this many times the largest median put the value axis on a log scale."""
 
 
 def _configurations(cells: dict[CellKey, Cell]) -> list[str]:
@@ -67,8 +71,9 @@ def fig3_response_time(cells: dict[CellKey, Cell], mix: str, path: Path) -> Path
 
 def _boxes(cells: dict[CellKey, Cell], mix: str, metric: str, ylabel: str, title: str, path: Path) -> Path:
     configs, users = _configurations(cells), _users(cells)
-    fig, ax = plt.subplots(figsize=(max(7, 1.2 * len(users) * len(configs)), 4.5))
+    fig, ax = plt.subplots(figsize=(min(MAX_WIDTH_IN, max(7, 1.2 * len(users) * len(configs))), 4.5))
     width = 0.8 / len(configs)
+    shown: list[np.ndarray] = []
     for i, config in enumerate(configs):
         positions, data, medians = [], [], []
         for j, u in enumerate(users):
@@ -78,6 +83,7 @@ def _boxes(cells: dict[CellKey, Cell], mix: str, metric: str, ylabel: str, title
             values = cell.values(metric) * 1000
             positions.append(j + (i - (len(configs) - 1) / 2) * width)
             data.append(values if len(values) else [np.nan])
+            shown.append(values)
             medians.append(np.median(values) if len(values) else np.nan)
             _mark_quality(ax, cell, positions[-1], np.nanmax(data[-1]) if len(values) else 0.0)
         if not data:
@@ -96,10 +102,24 @@ def _boxes(cells: dict[CellKey, Cell], mix: str, metric: str, ylabel: str, title
         ax.plot(positions, medians, "o-", color=color, label=f"{config} median")
     ax.set_xticks(range(len(users)), [str(u) for u in users])
     ax.set_xlabel("concurrent users")
-    ax.set_ylabel(ylabel)
+    scale = value_scale(shown)
+    ax.set_yscale(scale)
+    ax.set_ylabel(ylabel + (", log scale" if scale == "log" else ""))
     ax.set_title(title)
     ax.legend()
     return _save(fig, path)
+
+
+def value_scale(groups: Sequence[np.ndarray]) -> str:
+    """Which value axis a box figure gets, log or linear: log when the whiskers (minimum to maximum) reach past `LOG_SPAN` times the
+    largest median. The paper's box plots whisker to the extremes, and one stalled token among thousands
+    (a 2-s TPOT beside medians of 10-60 ms) otherwise squeezes every box into the bottom pixel row."""
+    kept = [g[np.isfinite(g)] for g in groups]
+    kept = [g for g in kept if len(g)]
+    if not kept or min(float(g.min()) for g in kept) <= 0:
+        return "linear"  # a log axis cannot show zero or less
+    largest_median = max(float(np.median(g)) for g in kept)
+    return "log" if max(float(g.max()) for g in kept) > LOG_SPAN * largest_median else "linear"
 
 
 def _mark_quality(ax: Axes, cell: Cell, x: float, y: float) -> None:
