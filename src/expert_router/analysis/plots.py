@@ -111,9 +111,10 @@ def _boxes(cells: dict[CellKey, Cell], mix: str, metric: str, ylabel: str, title
 
 
 def value_scale(groups: Sequence[np.ndarray]) -> str:
-    """Which value axis a box figure gets, log or linear: log when the whiskers (minimum to maximum) reach past `LOG_SPAN` times the
-    largest median. The paper's box plots whisker to the extremes, and one stalled token among thousands
-    (a 2-s TPOT beside medians of 10-60 ms) otherwise squeezes every box into the bottom pixel row."""
+    """Which value axis a box figure gets, log or linear: log when the whiskers (minimum to maximum)
+    reach past `LOG_SPAN` times the largest median. The paper's box plots whisker to the extremes, and
+    one stalled token among thousands (a 2-s TPOT beside medians of 10-60 ms) otherwise squeezes every
+    box into the bottom pixel row."""
     kept = [g[np.isfinite(g)] for g in groups]
     kept = [g for g in kept if len(g)]
     if not kept or min(float(g.min()) for g in kept) <= 0:
