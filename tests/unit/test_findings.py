@@ -224,3 +224,29 @@ def test_a_configuration_that_failed_many_requests_does_not_win_a_ranking():
     table = paper_table()
     table.stats[CellKey("C", "normal", 600)] = replace(PAPER["C"], error_rate=0.005)
     assert f.lowest_ttft_high_load(table).holds is True
+
+
+def test_a_cell_that_was_not_measured_well_is_no_evidence_for_or_against_a_claim():
+    """Cells whose self-check failed (no steady state) still ranked: C's queue still filling at 600 users
+    lost it "lowest TTFT at high load", and only the capacity table stopped at such cells."""
+    table = paper_table()
+    table.stats[CellKey("C", "uniform", 600)] = replace(PAPER["C"], ttft_median=50.0, valid=False)
+    found = {finding.claim: finding for finding in f.findings(table)}
+    ttft = found[f.lowest_ttft_high_load(table).claim]
+    assert ttft.holds is True and ttft.numbers.startswith("3/3 cells")  # the other high-load cells still say so
+    assert f.lowest_ttft_high_load(table).holds is False  # judged on every cell, it had failed
+    for users in (600, 1000):
+        for mix in ("uniform", "normal"):
+            table.stats[CellKey("C", mix, users)] = replace(PAPER["C"], valid=False)
+    ttft = next(x for x in f.findings(table) if x.claim == ttft.claim)
+    assert ttft.holds is None and "4 cell(s) not measured well left out" in ttft.numbers
+
+
+def test_the_report_says_how_many_cells_the_findings_left_out():
+    cells = {}
+    for c, tpot in zip(t.CONFIGURATIONS, (0.03, 0.025, 0.028, 0.05, 0.015)):
+        made = cell(c, 4, ttft=0.1, tpot=tpot)
+        cells[made.key] = made
+    assert "left out" not in f.findings_sections(cells)[0].note
+    cells[CellKey("A", "uniform", 4)].valid = False
+    assert "1 cell(s) that were not measured well are left out" in f.findings_sections(cells)[0].note

@@ -88,6 +88,10 @@ class Table:
         found = {c: self.get(c, mix, users) for c in configurations}
         return {c: s for c, s in found.items() if s is not None} if all(found.values()) else {}
 
+    def measured_well(self) -> Table:
+        """The cells whose self-check passed: the ones a finding may read."""
+        return Table({key: s for key, s in self.stats.items() if s.valid})
+
     def high_levels(self) -> list[int]:
         """The levels at `HIGH_LOAD` users or more: none in a sweep that stops short of it (a claim about
         high load was judged at 25 users, with the paper's reason for 1,000 beside it)."""

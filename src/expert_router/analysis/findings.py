@@ -291,11 +291,19 @@ set-up) explains it. Written from the engine model's structure, never fitted."""
 
 
 def findings(table: Table) -> list[Finding]:
+    """Every claim, judged on the cells that were measured well. A cell whose self-check failed (no
+    steady state in the window) is left out as a missing one is, evidence neither for a claim nor
+    against it: its latencies are of a load that had not settled, and a baseline still filling its
+    queue had ranked beside cells that had."""
+    judged = table.measured_well()
+    left_out = len(table.stats) - len(judged.stats)
     found = []
     for check in FINDINGS:
-        finding = check(table)
+        finding = check(judged)
         if finding.holds is False:
             finding.why = WHY.get(check.__name__, "")
+        elif finding.holds is None and left_out:
+            finding.numbers += f" ({left_out} cell(s) not measured well left out)"
         found.append(finding)
     return found
 
@@ -351,8 +359,12 @@ def findings_sections(cells: dict[CellKey, Cell], targets: Targets = Targets()) 
         for f in found
     ]
     held = sum(f.holds is True for f in found)
+    left_out = len(table.stats) - len(table.measured_well().stats)
+    note = f"{held} of {len(found)} hold." + (
+        f" {left_out} cell(s) that were not measured well are left out of them." if left_out else ""
+    )
     return [
-        Section("The paper's findings", FINDING_COLUMNS, rows, f"{held} of {len(found)} hold."),
+        Section("The paper's findings", FINDING_COLUMNS, rows, note),
         Section(
             "Capacity",
             CAPACITY_COLUMNS,
