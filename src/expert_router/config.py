@@ -221,8 +221,11 @@ def is_hub_name(path: Path) -> bool:
 
 def _local_or_hub(base: Path, path: Path | None) -> Path | None:
     """A model: a folder, resolved against `base`, or a hub name (`org/model`) where no such folder
-    exists there; kept as it is for the engine, which downloads it (on a machine that may)."""
-    if path is None or (is_hub_name(path) and not (base / path).exists()):
+    exists there; kept as it is for the engine, which downloads it (on a machine that may). A name
+    whose first part is a folder there (`experts/expert-0` beside an `experts` folder) is a folder
+    that is missing, not a hub name: read as one, vLLM went to download it, and offline it failed
+    minutes later in its own log instead of at once with the path."""
+    if path is None or (is_hub_name(path) and not (base / path.parts[0]).is_dir()):
         return path
     return _resolve(base, path)
 

@@ -149,3 +149,17 @@ def test_stop_signals_stop_once_and_a_closed_terminal_counts():
     finally:
         signals.restore()
     assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+
+
+def test_a_missing_folder_inside_a_local_folder_is_not_a_hub_name(tmp_path):
+    """`experts/expert-0` (a typo, or a model not yet trained) was read as the hub model of an org named
+    "experts", and vLLM went to download it."""
+    (tmp_path / "experts").mkdir()
+    (tmp_path / "d.yaml").write_text(
+        "classifier: c\nengine: {kind: vllm}\n"
+        "experts: [{cluster: 0, model: e, model_path: experts/expert-0, endpoints: [http://127.0.0.1:8100]}]\n"
+    )
+    with pytest.raises(UserError, match=r"model_path: .*experts/expert-0 does not exist"):
+        check_engine(load_deployment(tmp_path / "d.yaml"))
+    (tmp_path / "experts").rmdir()  # no such folder: a hub name, downloaded by the engine
+    assert str(load_deployment(tmp_path / "d.yaml").experts[0].model_path) == "experts/expert-0"
