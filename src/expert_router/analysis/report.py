@@ -15,7 +15,7 @@ import numpy as np
 
 from expert_router.analysis import digest, plots
 from expert_router.analysis.findings import findings_sections
-from expert_router.analysis.overhead import overhead_rows
+from expert_router.analysis.overhead import overhead_note, overhead_rows
 from expert_router.analysis.results import RESUME_FILE, Cell, CellKey, load_cells, prompt_lengths
 from expert_router.analysis.sections import Section
 from expert_router.errors import UserError
@@ -142,7 +142,10 @@ def write_report(
     if overhead:
         sections.append(
             Section(
-                "Routing overhead: TTFT through the gateway minus TTFT direct, same load", OVERHEAD_COLUMNS, overhead
+                "Routing overhead: TTFT through the gateway minus TTFT direct, same load",
+                OVERHEAD_COLUMNS,
+                overhead,
+                overhead_note(overhead),
             )
         )
     if {"A", "B", "C", "D", "E"} <= {k.configuration for k in cells}:  # the paper's configurations (Table I)
