@@ -176,7 +176,7 @@ def fig6_user_throughput_and_p99(cells: dict[CellKey, Cell], path: Path) -> Path
 def fig7_system_throughput(cells: dict[CellKey, Cell], mix: str, users: Sequence[int], path: Path) -> Path:
     window_s = WINDOW_S
     configs = _configurations(cells)
-    fig, axes = plt.subplots(len(users), 1, figsize=(9, 2.6 * len(users)), squeeze=False)
+    fig, axes = plt.subplots(len(users), 1, figsize=(11, 2.6 * len(users)), squeeze=False)
     for row, u in enumerate(users):
         ax = axes[row][0]
         for i, config in enumerate(configs):
@@ -211,9 +211,9 @@ def fig7_system_throughput(cells: dict[CellKey, Cell], mix: str, users: Sequence
                     linestyle=":",
                     label=f"{config} steady mean {mean:,.0f}" + ("" if cell.valid else " (not valid)"),
                 )
-        ax.set(ylabel="tokens/s", title=f"{u} users")
+        ax.set(ylabel="tokens/s", title=f"{u} user" + ("" if u == 1 else "s"))
         ax.set_ylim(bottom=0)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the lines, not over them
     axes[-1][0].set_xlabel(f"time (s), {window_s:g}-second windows")
     fig.suptitle(f"Fig. 7 - system throughput over time ({mix} mix; shaded: steady state, all repetitions drawn)")
     return _save(fig, path)
