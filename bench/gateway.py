@@ -163,6 +163,21 @@ each loop's share of the streams but cost more CPU in all (3.4 s against 2.7-3.1
 raised the median (2.0-2.6 ms against 1.5-2.1); running both proxies at a higher priority (nice -10)
 left the gateway's added median as it was (0.4 ms at 500 streams, ~1 ms at 1,000; nginx's ~0).
 
+The ninth pass measured the design the eighth pointed to, the stream carried by nginx and only the
+decision in Python, before building it. A throwaway copy of the gateway answered each request with
+its parse and plan alone, as an `X-Accel-Redirect` to a named location per expert (nginx keeps the
+method and the body across such a redirect, and then relays the stream itself); nginx proxied every
+request to it first. Same run, four paths interleaved, three repetitions, 32-token answers: CPU per
+relayed token against nginx alone 1.20-1.26x at 500 streams and 1.21-1.43x at 1,000, where the
+gateway took 1.33-1.35x and 1.36-1.63x; added TTFT p50 at 1,000 streams 0.4-1.0 ms against the
+gateway's 1.0-2.2 (nginx -0.1-0.3); one stream 0.53-0.61 ms against 0.42-0.50 (a hop more); p99 as
+noisy for both. So taking every token out of Python buys ~10% of CPU: what is left is per request,
+in the Python HTTP exchange and the classification, which a stream carried by nginx still pays once.
+Not kept: it loses the model rename (the expert gets the client's model name), fail-over, shared
+limits and Server-Timing, for that. Meeting 1.5x at 32 tokens and nginx's added median needs the
+decision itself out of Python (the classifier's regex, look-ups and 100-dimension sums inside the
+proxy: an Envoy Wasm or Lua filter, or nginx's njs), not only the relay.
+
 The ratios are checked against the goals in the JSON (`overhead_check_*`, `cpu_check*`). Where
 nginx's added time is smaller than the noise (how far the direct path's own percentile, or nginx's added
 time, moves between repetitions, whichever moved more) its ratio divides noise by noise: the check then
