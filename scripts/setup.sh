@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The offline demo corpus (fortunes, dictionaries, the Python manual); the load balancer of the scale-out tests;
-# the Redis server that counts limits shared by several gateways (its tests start their own).
-APT_PACKAGES=(fortunes dict-gcide dict-foldoc dict-jargon dict-wn python3-doc nginx redis-server)
+# the Redis server that counts limits shared by several gateways (its tests start their own); nginx's Lua
+# module and lua-cjson, for the router that runs inside nginx (`expert-router nginx-router`).
+APT_PACKAGES=(fortunes dict-gcide dict-foldoc dict-jargon dict-wn python3-doc nginx redis-server libnginx-mod-http-lua lua-cjson)
 PYTHON=${PYTHON:-python3}
 
 missing=()

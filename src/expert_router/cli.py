@@ -18,6 +18,7 @@ from expert_router.commands import (
     experts,
     extproc,
     load,
+    nginx_router,
     report,
     serve,
     simulate,
@@ -26,7 +27,21 @@ from expert_router.commands import (
 from expert_router.errors import UserError
 from expert_router.progress import console
 
-COMMANDS = (demo, classifier, experts, evaluate, serve, extproc, synthetic, emulate, simulate, load, experiment, report)
+COMMANDS = (
+    demo,
+    classifier,
+    experts,
+    evaluate,
+    serve,
+    extproc,
+    nginx_router,
+    synthetic,
+    emulate,
+    simulate,
+    load,
+    experiment,
+    report,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -232,6 +232,33 @@ class Nginx(_Daemon):
             raise
 
 
+class NginxRouter(_Daemon):
+    """`expert-router nginx-router DEPLOYMENT` written to a scratch folder and run by nginx: the routing
+    decision in nginx's Lua, every stream relayed by nginx."""
+
+    def __init__(self, tmp: Path, deployment: Path, workers: int = 1, name: str = "nginx-router"):
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.prefix = tmp / name
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        written = subprocess.run(
+            cli_args("nginx-router", str(deployment), "--out", str(self.prefix), "--port", str(self.port))
+            + ["--workers", str(workers)],
+            capture_output=True,
+            text=True,
+        )
+        if written.returncode != 0:
+            raise RuntimeError(f"expert-router nginx-router failed: {written.stderr.strip()}")
+        self._start(
+            [binary, "-p", str(self.prefix), "-c", "nginx.conf", "-g", "daemon off;"], self.prefix / "stderr.log"
+        )
+        try:
+            wait_until(lambda: _has_children(self.process.pid), "nginx's worker", 10.0, self.process, self.log)
+        except BaseException:
+            self.stop()
+            raise
+
+
 def _has_children(pid: int) -> bool:
     try:
         return bool(Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
