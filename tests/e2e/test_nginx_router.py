@@ -82,6 +82,13 @@ def test_the_body_reaches_the_expert_as_sent_but_for_its_model(stack):
     assert seen == {**body, "max_tokens": 2, "model": headers["X-Expert-Model"]}
     status, headers, _ = post(router.url + "/v1/completions", {"prompt": "no model named", "max_tokens": 2})
     assert status == 200  # no "model": the expert's is put in
+    # Only the top-level member is rewritten: not a "model" inside a string, nor one nested deeper.
+    tricky = {"prompt": 'say "model": x\\', "extra": {"model": "inner", "list": [{"model": 1}]}, "model": None}
+    status, headers, _ = post(router.url + "/v1/completions", {**tricky, "max_tokens": 2})
+    assert status == 200
+    with urllib.request.urlopen(experts.url + "/stats") as response:
+        seen = json.load(response)["last_body"]
+    assert seen == {**tricky, "max_tokens": 2, "model": headers["X-Expert-Model"]}
 
 
 def test_a_request_naming_an_expert_goes_to_it_and_a_dead_replica_is_passed_over(stack):
