@@ -12,7 +12,8 @@ PYTHON=${PYTHON:-python3}
 
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
-  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+  # "install ok installed" only: `dpkg -s` also succeeds for a package removed with its configuration kept
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
 done
 if ((${#missing[@]})); then
   if command -v apt-get >/dev/null; then

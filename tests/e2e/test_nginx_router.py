@@ -13,15 +13,9 @@ import pytest
 
 from expert_router.classifier import Classifier, ClassifierSettings
 from expert_router.errors import UserError
-from expert_router.nginx.render import cjson_module, lua_modules
 from expert_router.testing import NginxRouter, free_port, synthetic_expert, write_deployment
 
-pytestmark = pytest.mark.e2e
-
-try:
-    lua_modules(), cjson_module()
-except UserError as exc:  # scripts/setup.sh installs both; a machine set up otherwise may lack them
-    pytest.skip(str(exc), allow_module_level=True)
+pytestmark = pytest.mark.e2e  # needs nginx's Lua module and lua-cjson, which scripts/setup.sh installs
 
 
 @pytest.fixture(scope="module")
