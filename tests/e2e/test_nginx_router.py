@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -147,3 +148,34 @@ def test_the_command_refuses_what_nginx_could_not_route(tmp_path, classifier, sm
     with pytest.raises(UserError, match="l2 scaling"):
         run(args(scaled))  # type: ignore[arg-type]
     assert load_deployment(scaled).classifier == standard.resolve()
+
+
+def test_an_expert_at_its_limit_answers_429_until_a_request_ends(tmp_path, classifier):
+    """`max_inflight_per_expert` as nginx's limit_conn on the chosen expert: one zone shared by every
+    nginx worker, counted once the router has picked the expert; no queue, unlike the Python gateway."""
+    import threading
+
+    with synthetic_expert(tmp_path, "slow", "--tokens", "8", "--interval-ms", "150") as experts:
+        deployment = write_deployment(
+            tmp_path / "deploy.yaml", classifier, {c: [experts.url] for c in range(8)}, max_inflight_per_expert=1
+        )
+        with NginxRouter(tmp_path, deployment, workers=2) as router:
+            first: list[tuple[int, dict, bytes]] = []
+            body = {"model": "expert-2", "prompt": "hello", "stream": True}
+            streaming = threading.Thread(target=lambda: first.append(post(router.url + "/v1/completions", body)))
+            streaming.start()
+            try:
+                deadline = time.monotonic() + 5
+                while json.loads(urllib.request.urlopen(experts.url + "/stats").read())["inflight"] < 1:
+                    assert time.monotonic() < deadline, "the first request never reached the expert"
+                    time.sleep(0.02)
+                status, headers, answer = post(router.url + "/v1/completions", body)
+                assert status == 429 and headers["Retry-After"] == "1"
+                error = json.loads(answer)["error"]
+                assert error["type"] == "rate_limit_error" and "expert-2" in error["message"]
+                other = post(router.url + "/v1/completions", {**body, "model": "expert-3"})
+                assert other[0] == 200  # the limit is per expert
+            finally:
+                streaming.join(timeout=10)
+            assert first[0][0] == 200
+            assert post(router.url + "/v1/completions", body)[0] == 200  # free again

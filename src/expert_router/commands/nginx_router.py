@@ -17,9 +17,10 @@ EXAMPLES = """examples:
 
 nginx relays every answer itself; route.lua (lua-nginx-module) classifies each prompt with the
 deployment's classifier, names the expert's model in the body and picks the expert's upstream
-(least connections over its replicas, the next replica on a failure before the first byte). It does
-not fail over to other experts, keep concurrency limits, read replicas' load or export metrics: the
-Python gateway (`expert-router serve`) does. Needs nginx with libnginx-mod-http-lua and lua-cjson.
+(least connections over its replicas, the next replica on a failure before the first byte), and
+answers 429 past max_inflight_per_expert requests in flight on one expert. It does not fail over to
+other experts, queue, share limits between nginx instances, read replicas' load or export metrics:
+the Python gateway (`expert-router serve`) does. Needs nginx with libnginx-mod-http-lua and lua-cjson.
 """
 
 

@@ -65,6 +65,7 @@ def export_classifier(deployment: Deployment, classifier: Classifier, router: Pa
         "k": classifier.k,
         "centroid_sq": [float(x) for x in classifier._centroid_sq_list],
         "model_name": deployment.gateway.model_name,
+        "max_inflight": deployment.gateway.max_inflight_per_expert,
         "experts": {
             str(e.cluster): {"model": e.model, "upstream": upstream_name(e.cluster)} for e in deployment.experts
         },
@@ -91,7 +92,10 @@ def render_config(deployment: Deployment, router: Path, modules: Path, cjson: Pa
         host=listen.host,
         port=listen.port,
         proxy=PROXY.format(
-            connect=f"{settings.connect_timeout_s:g}s", read=f"{read_timeout:g}s", tries=settings.max_attempts
+            connect=f"{settings.connect_timeout_s:g}s",
+            read=f"{read_timeout:g}s",
+            tries=settings.max_attempts,
+            max_inflight=settings.max_inflight_per_expert,
         ),
     )
 
@@ -136,6 +140,8 @@ PROXY = """\
             proxy_next_upstream_tries {tries};
             add_header X-Expert-Cluster $expert_cluster always;
             add_header X-Expert-Model $expert_model always;
+            limit_conn expert_inflight {max_inflight};    # counted once the router has set the expert
+            error_page 429 = @saturated;
 """
 
 TEMPLATE = """\
@@ -166,6 +172,8 @@ http {{
         router = require "route"
         router.load("{router}")
     }}
+    limit_conn_zone $expert_upstream zone=expert_inflight:1m;  # requests in flight per expert, all workers
+    limit_conn_status 429;
 
 {upstreams}
     server {{
@@ -184,6 +192,10 @@ http {{
             set $expert_model "";
             rewrite_by_lua_block {{ router.route(true) }}
 {proxy}        }}
+
+        location @saturated {{
+            content_by_lua_block {{ router.saturated() }}
+        }}
 
         location = /v1/models {{
             content_by_lua_block {{ router.models() }}

@@ -16,10 +16,11 @@ local byte, find, sub, lower, gmatch = string.byte, string.find, string.sub, str
 
 local M = {}
 local vocabulary, rows, width, dims, k, centroid_sq, acc
-local model_name, experts, by_model
+local model_name, experts, by_model, max_inflight
 
 local TYPES = { [400] = "invalid_request_error", [404] = "invalid_request_error", [405] = "invalid_request_error",
-  [413] = "invalid_request_error", [415] = "invalid_request_error", [500] = "server_error", [503] = "server_error" }
+  [413] = "invalid_request_error", [415] = "invalid_request_error", [429] = "rate_limit_error",
+  [500] = "server_error", [503] = "server_error" }
 
 --- Load what `expert-router nginx-router` wrote into `dir` (once, in init_by_lua: shared by every worker).
 function M.load(dir)
@@ -28,7 +29,7 @@ function M.load(dir)
   file:close()
   dims, k, centroid_sq = meta.dims, meta.k, meta.centroid_sq
   width = dims + k
-  model_name, experts = meta.model_name, meta.experts
+  model_name, experts, max_inflight = meta.model_name, meta.experts, meta.max_inflight
   by_model = {}
   for cluster, expert in pairs(experts) do by_model[expert.model] = tonumber(cluster) end
   vocabulary = {}
@@ -257,6 +258,13 @@ function M.models()
   end
   ngx.header["Content-Type"] = "application/json"
   ngx.print(cjson.encode({ object = "list", data = data }))
+end
+
+--- content_by_lua for @saturated: the expert already has max_inflight_per_expert requests in flight.
+function M.saturated()
+  ngx.header["Retry-After"] = "1"
+  return fail(429, ("expert %s already has %d requests in flight (max_inflight_per_expert); try again shortly"):format(
+    ngx.var.expert_model, max_inflight))
 end
 
 --- content_by_lua for any other path.
