@@ -179,3 +179,14 @@ def test_an_expert_at_its_limit_answers_429_until_a_request_ends(tmp_path, class
                 streaming.join(timeout=10)
             assert first[0][0] == 200
             assert post(router.url + "/v1/completions", body)[0] == 200  # free again
+
+
+def test_a_limit_nginx_cannot_count_means_none(tmp_path, classifier):
+    """nginx refuses limit_conn past 65,535 and would not start (the benchmark's deployment asks 100,000)."""
+    with synthetic_expert(tmp_path, "experts", "--tokens", "2") as experts:
+        deployment = write_deployment(
+            tmp_path / "deploy.yaml", classifier, {c: [experts.url] for c in range(8)}, max_inflight_per_expert=100_000
+        )
+        with NginxRouter(tmp_path, deployment) as router:
+            assert post(router.url + "/v1/completions", {"prompt": "hello"})[0] == 200
+        assert "limit_conn" not in (router.prefix / "nginx.conf").read_text().split("limit_conn_status")[1]

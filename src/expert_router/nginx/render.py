@@ -95,7 +95,9 @@ def render_config(deployment: Deployment, router: Path, modules: Path, cjson: Pa
             connect=f"{settings.connect_timeout_s:g}s",
             read=f"{read_timeout:g}s",
             tries=settings.max_attempts,
-            max_inflight=settings.max_inflight_per_expert,
+            limit=LIMIT.format(max_inflight=settings.max_inflight_per_expert)
+            if settings.max_inflight_per_expert <= NGINX_MAX_LIMIT
+            else "",
         ),
     )
 
@@ -140,9 +142,11 @@ PROXY = """\
             proxy_next_upstream_tries {tries};
             add_header X-Expert-Cluster $expert_cluster always;
             add_header X-Expert-Model $expert_model always;
-            limit_conn expert_inflight {max_inflight};    # counted once the router has set the expert
-            error_page 429 = @saturated;
+{limit}            error_page 429 = @saturated;
 """
+LIMIT = "            limit_conn expert_inflight {max_inflight};    # counted once the router has set the expert\n"
+NGINX_MAX_LIMIT = 65535
+"""The largest limit_conn nginx accepts: a max_inflight_per_expert above it sets none (nginx refused to start)."""
 
 TEMPLATE = """\
 # Written by `expert-router nginx-router`: nginx relays every stream, router/route.lua picks the expert.
