@@ -352,6 +352,10 @@ async def measure(
     }
 
 
+NO_LIMIT = 65_535
+"""Requests in flight per expert: more than any case here sends, and the most nginx's limit_conn
+counts, so that the nginx router measures with its limit in place, as deployed."""
+
 LONG_INTERVAL_MS = 10.0
 """Upstream gap between tokens in the CPU-per-token case."""
 
@@ -463,7 +467,7 @@ def latency_cases(
             tmp / "deploy.yaml",
             classifier_dir,
             {c: [upstream.url] for c in range(8)},
-            max_inflight_per_expert=100_000,
+            max_inflight_per_expert=NO_LIMIT,
             health_interval_s=5.0,
         )
         with start_router(args, tmp, deployment, "gateway") as gw, Nginx(tmp, [upstream.url]) as nginx:
@@ -506,7 +510,7 @@ def cpu_cases(args: argparse.Namespace, tmp: Path, classifier_dir: Path) -> list
             tmp / "long.yaml",
             classifier_dir,
             {c: [upstream.url] for c in range(8)},
-            max_inflight_per_expert=100_000,
+            max_inflight_per_expert=NO_LIMIT,
             health_interval_s=5.0,
         )
         with start_router(args, tmp, deployment, "gateway-long") as gw, Nginx(tmp / "long", [upstream.url]) as nginx:
