@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
@@ -86,6 +87,16 @@ def make_corpus(n_per_topic: int = 60, seed: int = 0) -> list[tuple[str, str]]:
 @pytest.fixture(scope="session")
 def small_corpus() -> list[tuple[str, str]]:
     return make_corpus()
+
+
+@pytest.fixture(scope="session")
+def small_classifier(tmp_path_factory: pytest.TempPathFactory, small_corpus: list[tuple[str, str]]) -> Path:
+    """Eight clusters of the tiny corpus, saved: a second to fit, enough for routing to differ by prompt."""
+    from expert_router.classifier import Classifier, ClassifierSettings
+
+    out = tmp_path_factory.mktemp("small-classifier") / "classifier"
+    Classifier.fit([text for text, _ in small_corpus], ClassifierSettings(k=8, dims=20)).save(out)
+    return out
 
 
 @pytest.fixture

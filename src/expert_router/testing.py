@@ -204,11 +204,31 @@ class _Daemon:
         self.stop()
 
 
-class Nginx(_Daemon):
+class _NginxDaemon(_Daemon):
+    """nginx run on a configuration in its own scratch folder (`prefix`)."""
+
+    prefix: Path
+
+    def _start_nginx(self) -> None:
+        """nginx on `prefix/nginx.conf`, ready once its worker runs: the master listens before it forks
+        one, and a benchmark that read the process tree at once counted the master alone (nginx's CPU
+        then near zero)."""
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        self._start(
+            [binary, "-p", str(self.prefix), "-c", str(self.prefix / "nginx.conf"), "-g", "daemon off;"],
+            self.prefix / "stderr.log",
+        )
+        try:
+            wait_until(lambda: _has_children(self.process.pid), "nginx's worker", 10.0, self.process, self.log)
+        except BaseException:
+            self.stop()
+            raise
+
+
+class Nginx(_NginxDaemon):
     """nginx with the project's deploy/nginx.conf, pointed at the given upstreams, in a scratch folder."""
 
     def __init__(self, tmp: Path, upstreams: list[str], config: Path = REPO / "deploy" / "nginx.conf"):
-        binary = shutil.which("nginx") or "/usr/sbin/nginx"
         self.prefix = tmp / "nginx"
         self.prefix.mkdir(parents=True)
         self.port = free_port()
@@ -219,25 +239,14 @@ class Nginx(_Daemon):
         text = text.replace("listen 127.0.0.1:8080;", f"listen 127.0.0.1:{self.port};")
         text = text.replace("worker_processes auto;", "worker_processes 1;")
         (self.prefix / "nginx.conf").write_text(text)
-        self._start(
-            [binary, "-p", str(self.prefix), "-c", str(self.prefix / "nginx.conf"), "-g", "daemon off;"],
-            self.prefix / "stderr.log",
-        )
-        # Ready once its worker runs: the master listens before it forks one, and a benchmark that read
-        # the process tree at once counted the master alone (nginx's CPU then near zero).
-        try:
-            wait_until(lambda: _has_children(self.process.pid), "nginx's worker", 10.0, self.process, self.log)
-        except BaseException:
-            self.stop()
-            raise
+        self._start_nginx()
 
 
-class NginxRouter(_Daemon):
+class NginxRouter(_NginxDaemon):
     """`expert-router nginx-router DEPLOYMENT` written to a scratch folder and run by nginx: the routing
     decision in nginx's Lua, every stream relayed by nginx."""
 
     def __init__(self, tmp: Path, deployment: Path, workers: int = 1, name: str = "nginx-router"):
-        binary = shutil.which("nginx") or "/usr/sbin/nginx"
         self.prefix = tmp / name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -249,14 +258,7 @@ class NginxRouter(_Daemon):
         )
         if written.returncode != 0:
             raise RuntimeError(f"expert-router nginx-router failed: {written.stderr.strip()}")
-        self._start(
-            [binary, "-p", str(self.prefix), "-c", "nginx.conf", "-g", "daemon off;"], self.prefix / "stderr.log"
-        )
-        try:
-            wait_until(lambda: _has_children(self.process.pid), "nginx's worker", 10.0, self.process, self.log)
-        except BaseException:
-            self.stop()
-            raise
+        self._start_nginx()
 
 
 def _has_children(pid: int) -> bool:

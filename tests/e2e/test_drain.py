@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from expert_router.classifier import Classifier, ClassifierSettings
 from expert_router.processes import http_ok, wait_until
 from expert_router.testing import gateway, listening, synthetic_expert, write_deployment
 
@@ -20,10 +19,8 @@ TOKENS = 20
 
 
 @pytest.fixture(scope="module")
-def classifier(tmp_path_factory: pytest.TempPathFactory, small_corpus: list[tuple[str, str]]) -> Path:
-    out = tmp_path_factory.mktemp("classifier") / "classifier"
-    Classifier.fit([text for text, _ in small_corpus], ClassifierSettings(k=8, dims=20)).save(out)
-    return out
+def classifier(small_classifier: Path) -> Path:
+    return small_classifier  # tests/conftest.py
 
 
 class Stream(threading.Thread):

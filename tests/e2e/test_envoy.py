@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from expert_router.classifier import Classifier, ClassifierSettings
+from expert_router.classifier import Classifier
 from expert_router.testing import Envoy, ExtProc, Server, free_port, synthetic_expert, write_deployment
 
 pytestmark = pytest.mark.e2e
@@ -45,11 +45,8 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def classifier(tmp_path_factory: pytest.TempPathFactory, small_corpus: list[tuple[str, str]]) -> Path:
-    """Eight clusters of the tiny corpus: a second to fit, enough for routing to differ by prompt."""
-    out = tmp_path_factory.mktemp("classifier") / "classifier"
-    Classifier.fit([text for text, _ in small_corpus], ClassifierSettings(k=8, dims=20)).save(out)
-    return out
+def classifier(small_classifier: Path) -> Path:
+    return small_classifier  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -20,10 +20,8 @@ pytestmark = pytest.mark.e2e  # needs nginx's Lua module and lua-cjson, which sc
 
 
 @pytest.fixture(scope="module")
-def classifier(tmp_path_factory: pytest.TempPathFactory, small_corpus: list[tuple[str, str]]) -> Path:
-    out = tmp_path_factory.mktemp("classifier") / "classifier"
-    Classifier.fit([text for text, _ in small_corpus], ClassifierSettings(k=8, dims=20)).save(out)
-    return out
+def classifier(small_classifier: Path) -> Path:
+    return small_classifier  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -290,13 +290,18 @@ WHY: dict[str, str] = {
 set-up) explains it. Written from the engine model's structure, never fitted."""
 
 
+def _left_out(table: Table) -> int:
+    """How many cells the findings leave out: those not measured well."""
+    return sum(not s.valid for s in table.stats.values())
+
+
 def findings(table: Table) -> list[Finding]:
     """Every claim, judged on the cells that were measured well. A cell whose self-check failed (no
     steady state in the window) is left out as a missing one is, evidence neither for a claim nor
     against it: its latencies are of a load that had not settled, and a baseline still filling its
     queue had ranked beside cells that had."""
     judged = table.measured_well()
-    left_out = len(table.stats) - len(judged.stats)
+    left_out = _left_out(table)
     found = []
     for check in FINDINGS:
         finding = check(judged)
@@ -359,7 +364,7 @@ def findings_sections(cells: dict[CellKey, Cell], targets: Targets = Targets()) 
         for f in found
     ]
     held = sum(f.holds is True for f in found)
-    left_out = len(table.stats) - len(table.measured_well().stats)
+    left_out = _left_out(table)
     note = f"{held} of {len(found)} hold." + (
         f" {left_out} cell(s) that were not measured well are left out of them." if left_out else ""
     )

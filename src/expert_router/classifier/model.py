@@ -249,6 +249,12 @@ class Classifier:
         factor = 2.0 / math.sqrt(norm_sq)
         return [max(sq - factor * dot + 1.0, 0.0) for sq, dot in zip(self._centroid_sq_list, rows[dims:].tolist())]
 
+    def routing_rows(self) -> tuple[np.ndarray, list[float]]:
+        """What `rank`'s l2 path sums, for a router outside Python (`expert_router.nginx`): one row per
+        vocabulary term (its idf-weighted projection, then its k centroid products) and |c|^2 per
+        centroid."""
+        return self._rows[: len(self.vocabulary)], list(self._centroid_sq_list)
+
     def _term_ids(self, text: str) -> list[int]:
         # Most prompts are ASCII: bytes.translate + split tokenizes them far faster than a regex.
         # map(dict.get, keys, defaults) runs the look-ups in C; unknown terms land in column `_unknown`.

@@ -57,13 +57,13 @@ def write(deployment: Deployment, classifier: Classifier, out: Path, listen: Lis
 
 def export_classifier(deployment: Deployment, classifier: Classifier, router: Path) -> None:
     """vocabulary.txt (a term per line, row order), rows.f32 and router.json (sizes, norms, experts)."""
-    terms = len(classifier.vocabulary)
+    rows, centroid_sq = classifier.routing_rows()
     (router / "vocabulary.txt").write_text("\n".join(classifier.vocabulary) + "\n", encoding="utf-8")
-    classifier._rows[:terms].astype("<f4").tofile(router / "rows.f32")
+    rows.astype("<f4").tofile(router / "rows.f32")
     meta = {
         "dims": int(classifier.projection.shape[1]),
         "k": classifier.k,
-        "centroid_sq": [float(x) for x in classifier._centroid_sq_list],
+        "centroid_sq": centroid_sq,
         "model_name": deployment.gateway.model_name,
         "max_inflight": deployment.gateway.max_inflight_per_expert,
         "experts": {

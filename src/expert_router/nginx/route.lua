@@ -57,7 +57,7 @@ local function fail(status, message, param, code)
   return ngx.exit(ngx.HTTP_OK)
 end
 
---- The clusters nearest first (ties to the lower cluster, as Python's stable sort).
+--- The nearest cluster (ties to the lower one, as `Classifier.rank`'s stable sort puts first).
 local function nearest(text)
   for j = 0, width - 1 do acc[j] = 0 end
   local words
