@@ -356,8 +356,8 @@ async def measure(
 
 
 NO_LIMIT = 65_535
-"""Requests in flight per expert: more than any case here sends, and the most nginx's limit_conn
-counts, so that the nginx router measures with its limit in place, as deployed."""
+"""Requests in flight per expert: more than any case here sends, so no request waits for a slot, while
+the nginx router still counts every one in its shared dict, as deployed."""
 
 LONG_INTERVAL_MS = 10.0
 """Upstream gap between tokens in the CPU-per-token case."""

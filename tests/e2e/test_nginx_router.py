@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -92,6 +93,17 @@ def test_a_request_naming_an_expert_goes_to_it_and_a_dead_replica_is_passed_over
         assert headers["X-Expert-Cluster"] == "0" and headers["X-Expert-Model"] == "expert-0"
 
 
+def test_experts_on_the_same_replicas_share_one_upstream_and_its_idle_connections(stack):
+    """nginx keeps idle connections per upstream: experts served by the same replicas (LoRA adapters of
+    one vLLM) share one, so a connection one expert's answer frees carries the next request to another."""
+    router, _ = stack
+    config = (router.prefix / "nginx.conf").read_text()
+    meta = json.loads((router.prefix / "router" / "router.json").read_text())
+    upstreams = {meta["experts"][str(c)]["upstream"] for c in range(8)}
+    assert len(upstreams) == 2 and config.count("    upstream ") == 2  # expert 0 has a replica of its own
+    assert len({meta["experts"][str(c)]["upstream"] for c in range(1, 8)}) == 1
+
+
 @pytest.mark.parametrize(
     ("path", "raw", "headers", "status", "words"),
     [
@@ -148,43 +160,162 @@ def test_the_command_refuses_what_nginx_could_not_route(tmp_path, classifier, sm
     assert load_deployment(scaled).classifier == standard.resolve()
 
 
-def test_an_expert_at_its_limit_answers_429_until_a_request_ends(tmp_path, classifier):
-    """`max_inflight_per_expert` as nginx's limit_conn on the chosen expert: one zone shared by every
-    nginx worker, counted once the router has picked the expert; no queue, unlike the Python gateway."""
-    import threading
+def stats(expert_url: str) -> dict:
+    with urllib.request.urlopen(expert_url + "/stats") as response:
+        return json.load(response)
 
+
+def scrape(router_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """/metrics as {(sample name, sorted labels): value}, parsed by prometheus_client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(router_url + "/metrics") as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def stream_in_background(url: str, body: dict) -> tuple[threading.Thread, list[tuple[int, dict, bytes]]]:
+    answers: list[tuple[int, dict, bytes]] = []
+    thread = threading.Thread(target=lambda: answers.append(post(url, body)))
+    thread.start()
+    return thread, answers
+
+
+def wait_for_inflight(expert_url: str, count: int) -> None:
+    deadline = time.monotonic() + 5
+    while stats(expert_url)["inflight"] < count:
+        assert time.monotonic() < deadline, "the first request never reached the expert"
+        time.sleep(0.02)
+
+
+def test_an_expert_at_its_limit_queues_its_requests_then_answers_429(tmp_path, classifier):
+    """`max_inflight_per_expert`, counted in a shared dict by every nginx worker: a request past it waits
+    up to `queue_timeout_s` for a slot, as in the Python gateway, and then gets 429; the limit is per
+    expert, and /metrics shows the requests in flight."""
     with synthetic_expert(tmp_path, "slow", "--tokens", "8", "--interval-ms", "150") as experts:
+        endpoints = {c: [experts.url] for c in range(8)}
         deployment = write_deployment(
-            tmp_path / "deploy.yaml", classifier, {c: [experts.url] for c in range(8)}, max_inflight_per_expert=1
+            tmp_path / "deploy.yaml", classifier, endpoints, max_inflight_per_expert=1, queue_timeout_s=0.3
         )
+        body = {"model": "expert-2", "prompt": "hello", "stream": True}
         with NginxRouter(tmp_path, deployment, workers=2) as router:
-            first: list[tuple[int, dict, bytes]] = []
-            body = {"model": "expert-2", "prompt": "hello", "stream": True}
-            streaming = threading.Thread(target=lambda: first.append(post(router.url + "/v1/completions", body)))
-            streaming.start()
+            url = router.url + "/v1/completions"
+            streaming, first = stream_in_background(url, body)
             try:
-                deadline = time.monotonic() + 5
-                while json.loads(urllib.request.urlopen(experts.url + "/stats").read())["inflight"] < 1:
-                    assert time.monotonic() < deadline, "the first request never reached the expert"
-                    time.sleep(0.02)
-                status, headers, answer = post(router.url + "/v1/completions", body)
+                wait_for_inflight(experts.url, 1)
+                assert scrape(router.url)[("expert_router_inflight", (("cluster", "2"),))] == 1
+                status, headers, answer = post(url, body)
                 assert status == 429 and headers["Retry-After"] == "1"
                 error = json.loads(answer)["error"]
                 assert error["type"] == "rate_limit_error" and "expert-2" in error["message"]
-                other = post(router.url + "/v1/completions", {**body, "model": "expert-3"})
-                assert other[0] == 200  # the limit is per expert
+                assert "0.3s" in error["message"]
+                assert post(url, {**body, "model": "expert-3"})[0] == 200  # the limit is per expert
             finally:
                 streaming.join(timeout=10)
             assert first[0][0] == 200
-            assert post(router.url + "/v1/completions", body)[0] == 200  # free again
+            assert post(url, body)[0] == 200  # free again
+            counts = scrape(router.url)
+            assert counts[("expert_router_inflight", (("cluster", "2"),))] == 0
+            answered = {key[1]: value for key, value in counts.items() if key[0] == "expert_router_requests_total"}
+            assert answered[(("cluster", ""), ("endpoint", "completions"), ("status", "429"))] == 1
+            assert answered[(("cluster", "2"), ("endpoint", "completions"), ("status", "200"))] == 2
+
+    with synthetic_expert(tmp_path, "patient", "--tokens", "8", "--interval-ms", "150") as experts:
+        endpoints = {c: [experts.url] for c in range(8)}
+        patient = write_deployment(
+            tmp_path / "patient.yaml", classifier, endpoints, max_inflight_per_expert=1, queue_timeout_s=10
+        )
+        with NginxRouter(tmp_path / "patient", patient, workers=2) as router:
+            url = router.url + "/v1/completions"
+            streaming, first = stream_in_background(url, body)
+            try:
+                wait_for_inflight(experts.url, 1)
+                second = post(url, body)  # waits in the queue for the first to end
+            finally:
+                streaming.join(timeout=10)
+            assert first[0][0] == 200 and second[0] == 200, second
+            assert second[2].rstrip().endswith(b"data: [DONE]")
+            assert stats(experts.url)["max_inflight"] == 1  # never two on the expert at once
 
 
-def test_a_limit_nginx_cannot_count_means_none(tmp_path, classifier):
-    """nginx refuses limit_conn past 65,535 and would not start (the benchmark's deployment asks 100,000)."""
-    with synthetic_expert(tmp_path, "experts", "--tokens", "2") as experts:
+def test_a_client_that_hangs_up_gives_its_slot_back(tmp_path, classifier):
+    """The slot is given back in the log phase, which runs for a request whose client went away too."""
+    import socket
+
+    with synthetic_expert(tmp_path, "slow", "--tokens", "50", "--interval-ms", "100") as experts:
         deployment = write_deployment(
-            tmp_path / "deploy.yaml", classifier, {c: [experts.url] for c in range(8)}, max_inflight_per_expert=100_000
+            tmp_path / "deploy.yaml", classifier, {c: [experts.url] for c in range(8)}, max_inflight_per_expert=1
         )
         with NginxRouter(tmp_path, deployment) as router:
-            assert post(router.url + "/v1/completions", {"prompt": "hello"})[0] == 200
-        assert "limit_conn" not in (router.prefix / "nginx.conf").read_text().split("limit_conn_status")[1]
+            raw = json.dumps({"model": "expert-4", "prompt": "hello", "stream": True}).encode()
+            with socket.create_connection(("127.0.0.1", router.port)) as client:
+                client.sendall(
+                    b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    + f"Content-Length: {len(raw)}\r\n\r\n".encode()
+                    + raw
+                )
+                assert client.recv(4096).startswith(b"HTTP/1.1 200")
+            deadline = time.monotonic() + 10
+            while scrape(router.url)[("expert_router_inflight", (("cluster", "4"),))] != 0:
+                assert time.monotonic() < deadline, "the slot was never given back"
+                time.sleep(0.05)
+            status, _, _ = post(router.url + "/v1/completions", {"model": "expert-4", "prompt": "hi", "max_tokens": 2})
+            assert status == 200
+
+
+def test_an_expert_that_fails_passes_the_request_to_the_next_nearest(tmp_path, classifier, small_corpus):
+    """The gateway's fail-over order: when every replica of the routed expert fails before the first
+    byte (refused, or a 503 from the expert), the request goes to the next expert by distance, with that
+    expert's model in its body; /metrics counts it. A request naming an expert's model, or a deployment
+    with `fallback: none`, gets 503 instead."""
+    python = Classifier.load(classifier)
+    texts = [text for text, _ in small_corpus]
+    with (
+        synthetic_expert(tmp_path, "good", "--tokens", "3") as good,
+        synthetic_expert(tmp_path, "failing", "--tokens", "3", "--fail-status", "503") as failing,
+        synthetic_expert(tmp_path, "refusing", "--tokens", "3", "--fail-status", "400") as refusing,
+    ):
+        endpoints = {c: [good.url] for c in range(8)}
+        endpoints[1] = [f"http://127.0.0.1:{free_port()}"]  # refuses connections
+        endpoints[2] = [failing.url]
+        endpoints[3] = [refusing.url]  # a 4xx is the expert's answer, passed on
+        deployment = write_deployment(tmp_path / "deploy.yaml", classifier, endpoints, max_attempts=4)
+        with NginxRouter(tmp_path, deployment) as router:
+            for down in (1, 2):
+                # the first expert by distance that answers (cluster 3's would answer 400, passed on)
+                plans = [(t, next(c for c in python.rank(t) if c not in (1, 2))) for t in texts]
+                text, expected = next((t, c) for t, c in plans if python.rank(t)[0] == down and c != 3)
+                status, headers, answer = post(
+                    router.url + "/v1/completions", {"prompt": text, "stream": True, "max_tokens": 3}
+                )
+                assert status == 200, answer
+                assert answer.rstrip().endswith(b"data: [DONE]")
+                assert headers["X-Expert-Routed-Cluster"] == str(down)
+                assert headers["X-Expert-Cluster"] == str(expected)
+                assert stats(good.url)["last_body"] == {
+                    "prompt": text,
+                    "stream": True,
+                    "max_tokens": 3,
+                    "model": f"expert-{expected}",
+                }
+                key = (("from_cluster", str(down)), ("to_cluster", str(expected)))
+                assert scrape(router.url)[("expert_router_fallbacks_total", key)] >= 1
+            status, headers, answer = post(router.url + "/v1/completions", {"model": "expert-1", "prompt": "hi"})
+            assert status == 503 and headers["Retry-After"] == "1"
+            error = json.loads(answer)["error"]
+            assert error["type"] == "service_unavailable" and "cluster 1 failed" in error["message"]
+            assert scrape(router.url)[("expert_router_inflight", (("cluster", "1"),))] == 0
+            status, headers, answer = post(router.url + "/v1/completions", {"model": "expert-3", "prompt": "hi"})
+            assert status == 400 and headers["X-Expert-Cluster"] == "3", answer
+            assert "error" in json.loads(answer)
+
+        strict = write_deployment(tmp_path / "strict.yaml", classifier, endpoints, fallback="none")
+        with NginxRouter(tmp_path / "strict", strict) as router:
+            text = next(t for t in texts if python.rank(t)[0] == 1)
+            status, _, answer = post(router.url + "/v1/completions", {"prompt": text})
+            assert status == 503, answer

@@ -17,10 +17,11 @@ EXAMPLES = """examples:
 
 nginx relays every answer itself; route.lua (lua-nginx-module) classifies each prompt with the
 deployment's classifier, names the expert's model in the body and picks the expert's upstream
-(least connections over its replicas, the next replica on a failure before the first byte), and
-answers 429 past max_inflight_per_expert requests in flight on one expert. It does not fail over to
-other experts, queue, share limits between nginx instances, read replicas' load or export metrics:
-the Python gateway (`expert-router serve`) does. Needs nginx with libnginx-mod-http-lua and lua-cjson.
+(least connections over its replicas, the next replica on a failure before the first byte, then the
+next-nearest expert), queues a request past max_inflight_per_expert for queue_timeout_s before its
+429, and serves Prometheus counts at /metrics. It does not share limits between nginx instances, read
+replicas' load or decode gzip bodies: the Python gateway (`expert-router serve`) does. Needs nginx
+with libnginx-mod-http-lua and lua-cjson.
 """
 
 

@@ -7,14 +7,14 @@ classifies the prompt with the same arrays and arithmetic as `Classifier.rank`'s
 the expert's model in the body, and nginx relays the expert's answer itself.
 
 What it keeps from the gateway: the same routing (the nearest centroid; a request naming an expert's
-model goes to that expert), the model rename, OpenAI-style JSON errors for what it refuses, and
-fail-over between an expert's replicas before the first byte (nginx's `proxy_next_upstream`), which
-nginx picks by least connections, and `max_inflight_per_expert` as nginx's `limit_conn` on the chosen
-expert (one count for all of this nginx's workers; a request past it gets 429 at once, where the
-Python gateway queues it for `queue_timeout_s`). What it does not do: fail-over to the next-nearest
-expert, limits shared between several nginx instances, load reports read from the replicas,
-Server-Timing, Prometheus metrics, and gzip request bodies (415). Use the Python gateway
-(`expert-router serve`) where those matter; this is for the many-streams, small-machine end.
+model goes to that expert), the model rename, OpenAI-style JSON errors for what it refuses, fail-over
+between an expert's replicas before the first byte (nginx's `proxy_next_upstream`, least connections)
+and then to the next-nearest expert (`error_page` to a location where the Lua picks it),
+`max_inflight_per_expert` counted in a shared dict by every worker of one nginx, with a request past it
+waiting `queue_timeout_s` for a slot before its 429, and Prometheus counts at /metrics with the
+gateway's names. What it does not do: limits shared between several nginx instances, load reports read
+from the replicas, Server-Timing and latency histograms, and gzip request bodies (415). Use the Python
+gateway (`expert-router serve`) where those matter; this is for the many-streams, small-machine end.
 
 `render` writes what nginx needs from a deployment: its configuration and the classifier's arrays.
 """

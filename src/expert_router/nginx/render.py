@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from expert_router.classifier import Classifier
 from expert_router.config import Deployment, check_against_classifier
 from expert_router.errors import UserError
+from expert_router.http import ERROR_TYPES
 
 MODULE_DIRS = ("/usr/lib/nginx/modules", "/usr/share/nginx/modules", "/etc/nginx/modules")
 """Where distributions put nginx's dynamic modules (Debian's libnginx-mod-http-lua: the first)."""
@@ -60,26 +61,41 @@ def export_classifier(deployment: Deployment, classifier: Classifier, router: Pa
     rows, centroid_sq = classifier.routing_rows()
     (router / "vocabulary.txt").write_text("\n".join(classifier.vocabulary) + "\n", encoding="utf-8")
     rows.astype("<f4").tofile(router / "rows.f32")
+    names = upstream_names(deployment)
     meta = {
         "dims": int(classifier.projection.shape[1]),
         "k": classifier.k,
         "centroid_sq": centroid_sq,
+        "error_types": {str(status): kind for status, kind in ERROR_TYPES.items()},
         "model_name": deployment.gateway.model_name,
         "max_inflight": deployment.gateway.max_inflight_per_expert,
+        "queue_timeout_s": deployment.gateway.queue_timeout_s,
+        "fallback": deployment.gateway.fallback,
+        "max_attempts": deployment.gateway.max_attempts,
         "experts": {
-            str(e.cluster): {"model": e.model, "upstream": upstream_name(e.cluster)} for e in deployment.experts
+            str(e.cluster): {"model": e.model, "upstream": names[tuple(e.base_urls())]} for e in deployment.experts
         },
     }
     (router / "router.json").write_text(json.dumps(meta))
 
 
-def upstream_name(cluster: int) -> str:
-    return f"expert_{cluster}"
+def upstream_names(deployment: Deployment) -> dict[tuple[str, ...], str]:
+    """One nginx upstream per distinct list of replicas, shared by the experts served there (LoRA
+    adapters of one vLLM, or the benchmark's one server): nginx keeps idle connections per upstream, so
+    with one upstream per expert, a connection freed by one expert's answer could not carry the next
+    request for another expert on the same server, and nginx opened a new one (at 500 streams, 2-3x
+    the connections nginx alone opened; each costs the expert an accept and the router a handshake)."""
+    names: dict[tuple[str, ...], str] = {}
+    for expert in deployment.experts:
+        names.setdefault(tuple(expert.base_urls()), f"replicas_{len(names)}")
+    return names
 
 
 def render_config(deployment: Deployment, router: Path, modules: Path, cjson: Path, listen: Listen) -> str:
     settings = deployment.gateway
-    upstreams = "".join(_upstream(e.cluster, e.base_urls(), settings.failures_to_down) for e in deployment.experts)
+    upstreams = "".join(
+        _upstream(name, list(urls), settings.failures_to_down) for urls, name in upstream_names(deployment).items()
+    )
     read_timeout = max(settings.first_token_timeout_s, settings.idle_timeout_s)
     return TEMPLATE.format(
         ndk=modules / "ndk_http_module.so",
@@ -91,20 +107,18 @@ def render_config(deployment: Deployment, router: Path, modules: Path, cjson: Pa
         upstreams=upstreams,
         host=listen.host,
         port=listen.port,
+        route=ROUTE,
         proxy=PROXY.format(
             connect=f"{settings.connect_timeout_s:g}s",
             read=f"{read_timeout:g}s",
             tries=settings.max_attempts,
-            limit=LIMIT.format(max_inflight=settings.max_inflight_per_expert)
-            if settings.max_inflight_per_expert <= NGINX_MAX_LIMIT
-            else "",
         ),
     )
 
 
-def _upstream(cluster: int, urls: list[str], max_fails: int) -> str:
+def _upstream(name: str, urls: list[str], max_fails: int) -> str:
     servers = "".join(f"        server {_address(url)} max_fails={max_fails} fail_timeout=10s;\n" for url in urls)
-    return f"    upstream {upstream_name(cluster)} {{\n        least_conn;\n{servers}        keepalive 256;\n    }}\n"
+    return f"    upstream {name} {{\n        least_conn;\n{servers}        keepalive 256;\n    }}\n"
 
 
 def _address(url: str) -> str:
@@ -138,15 +152,23 @@ PROXY = """\
             proxy_connect_timeout {connect};
             proxy_read_timeout {read};               # the longer of the first-token and idle timeouts
             proxy_send_timeout {read};
-            proxy_next_upstream error timeout http_502 http_503 http_504 non_idempotent;  # before any byte
+            proxy_next_upstream error timeout http_500 http_502 http_503 http_504 non_idempotent;  # before any byte
             proxy_next_upstream_tries {tries};
+            proxy_intercept_errors on;               # an expert's 5xx (its last replica's) goes to @fallback
+            error_page 500 502 503 504 = @fallback;  # the next expert by distance, before any byte
             add_header X-Expert-Cluster $expert_cluster always;
             add_header X-Expert-Model $expert_model always;
-{limit}            error_page 429 = @saturated;
+            add_header X-Expert-Routed-Cluster $expert_routed always;
+            log_by_lua_block {{ router.done() }}
 """
-LIMIT = "            limit_conn expert_inflight {max_inflight};    # counted once the router has set the expert\n"
-NGINX_MAX_LIMIT = 65535
-"""The largest limit_conn nginx accepts: a max_inflight_per_expert above it sets none (nginx refused to start)."""
+ROUTE = """\
+            set $expert_upstream "";
+            set $expert_cluster "";
+            set $expert_model "";
+            set $expert_routed "";
+            set $expert_order "";                    # the clusters left to fail over to, nearest first
+            set $expert_admitted "";                 # the cluster whose slot this request holds
+"""
 
 TEMPLATE = """\
 # Written by `expert-router nginx-router`: nginx relays every stream, router/route.lua picks the expert.
@@ -176,29 +198,27 @@ http {{
         router = require "route"
         router.load("{router}")
     }}
-    limit_conn_zone $expert_upstream zone=expert_inflight:1m;  # requests in flight per expert, all workers
-    limit_conn_status 429;
+    lua_shared_dict expert_router 1m;            # requests in flight per expert and the counts, all workers
 
 {upstreams}
     server {{
         listen {host}:{port};
 
         location = /v1/completions {{
-            set $expert_upstream "";
-            set $expert_cluster "";
-            set $expert_model "";
-            rewrite_by_lua_block {{ router.route(false) }}
+{route}            rewrite_by_lua_block {{ router.route(false) }}
 {proxy}        }}
 
         location = /v1/chat/completions {{
-            set $expert_upstream "";
-            set $expert_cluster "";
-            set $expert_model "";
-            rewrite_by_lua_block {{ router.route(true) }}
+{route}            rewrite_by_lua_block {{ router.route(true) }}
 {proxy}        }}
 
-        location @saturated {{
-            content_by_lua_block {{ router.saturated() }}
+        location @fallback {{
+            recursive_error_pages on;                # its own expert's failure falls back again
+            rewrite_by_lua_block {{ router.fall_back() }}
+{proxy}        }}
+
+        location = /metrics {{
+            content_by_lua_block {{ router.metrics() }}
         }}
 
         location = /v1/models {{
