@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
 import threading
 import time
 import urllib.error
@@ -63,6 +64,29 @@ def test_every_prompt_goes_where_the_python_gateway_sends_it(stack, classifier, 
         assert status == 200, answer
         assert int(headers["X-Expert-Cluster"]) == python.rank(text)[0], text
         assert answer.rstrip().endswith(b"data: [DONE]") and b" t3" in answer  # every token relayed
+
+
+def test_capitals_outside_ascii_are_lower_cased_as_python_does(tmp_path, small_corpus):
+    """LuaJIT's string.lower changes ASCII only: 'ÑANDÚ' stayed 'Ñandú' and missed the vocabulary's
+    'ñandú'. The Lua lower-cases with str.lower's own table."""
+    words = ["ärger", "öl", "ñandú", "łódź", "škoda", "œuvre", "éclair", "ćevapi", "żubr", "ørsted"]
+    rng = random.Random(1)
+    accented = [" ".join(rng.choice(words) for _ in range(15)) for _ in range(60)]
+    out = tmp_path / "classifier"
+    Classifier.fit([text for text, _ in small_corpus] + accented, ClassifierSettings(k=8, dims=20)).save(out)
+    python = Classifier.load(out)
+    prompt = " ".join(w.upper() for w in words)
+    assert python.rank(prompt)[0] == python.rank(" ".join(words))[0] != python.rank("qqq zzz")[0]
+    with synthetic_expert(tmp_path, "experts", "--tokens", "2") as experts:
+        deployment = write_deployment(tmp_path / "deploy.yaml", out, {c: [experts.url] for c in range(8)})
+        with NginxRouter(tmp_path, deployment) as router:
+            for body, path in (
+                ({"prompt": prompt}, "/v1/completions"),
+                ({"messages": [{"role": "user", "content": prompt}]}, "/v1/chat/completions"),
+            ):
+                status, headers, _ = post(router.url + path, body)
+                assert status == 200
+                assert int(headers["X-Expert-Cluster"]) == python.rank(prompt)[0]
 
 
 def test_the_body_reaches_the_expert_as_sent_but_for_its_model(stack):

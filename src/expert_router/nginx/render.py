@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import shutil
+import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -67,6 +68,7 @@ def export_classifier(deployment: Deployment, classifier: Classifier, router: Pa
         "k": classifier.k,
         "centroid_sq": centroid_sq,
         "error_types": {str(status): kind for status, kind in ERROR_TYPES.items()},
+        "lower_case": lower_case(),
         "model_name": deployment.gateway.model_name,
         "max_inflight": deployment.gateway.max_inflight_per_expert,
         "queue_timeout_s": deployment.gateway.queue_timeout_s,
@@ -76,7 +78,14 @@ def export_classifier(deployment: Deployment, classifier: Classifier, router: Pa
             str(e.cluster): {"model": e.model, "upstream": names[tuple(e.base_urls())]} for e in deployment.experts
         },
     }
-    (router / "router.json").write_text(json.dumps(meta))
+    (router / "router.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
+
+
+def lower_case() -> dict[str, str]:
+    """What str.lower, which the classifier's tokenizer calls, makes of each non-ASCII character it
+    changes (~1,400 of them): the Lua lower-cases with it, as LuaJIT's string.lower changes ASCII only.
+    Python's one context rule, a final capital sigma's 'ς', is not in it."""
+    return {chr(c): chr(c).lower() for c in range(0x80, sys.maxunicode + 1) if chr(c).lower() != chr(c)}
 
 
 def upstream_names(deployment: Deployment) -> dict[tuple[str, ...], str]:

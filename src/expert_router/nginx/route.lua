@@ -6,8 +6,8 @@
 -- The classifier is the Python gateway's l2 fast path (`Classifier._distances_one_l2`): the rows of a
 -- prompt's vocabulary terms (each row its idf-weighted SVD projection and its k centroid products) are
 -- summed, and |r - c|^2 = |c|^2 - 2 r.c / |r| + 1. Tokens: lower-case, maximal runs of [A-Za-z0-9_]
--- for ASCII text (as `ascii_word_tokens`), PCRE's Unicode \w\w+ otherwise (non-ASCII capitals are not
--- lower-cased: LuaJIT's string.lower knows ASCII only).
+-- for ASCII text (as `ascii_word_tokens`), PCRE's Unicode \w\w+ otherwise (non-ASCII capitals
+-- lower-cased with the table of Python's str.lower that `expert-router nginx-router` writes).
 
 local cjson = require "cjson.safe"
 local ffi = require "ffi"
@@ -19,6 +19,7 @@ local vocabulary, rows, width, dims, k, centroid_sq, acc
 local model_name, experts, by_model, max_inflight, queue_timeout, fallback, max_attempts
 local slots -- ngx.shared.expert_router: requests in flight per expert, and the counts /metrics serves
 
+local lower_case -- every non-ASCII character that Python's str.lower changes -> what it makes of it
 local error_types -- status (a string) -> OpenAI error type: the gateway's own table (`http.ERROR_TYPES`)
 
 --- Load what `expert-router nginx-router` wrote into `dir` (once, in init_by_lua: shared by every worker).
@@ -28,7 +29,7 @@ function M.load(dir)
   file:close()
   dims, k, centroid_sq = meta.dims, meta.k, meta.centroid_sq
   width = dims + k
-  error_types = meta.error_types
+  error_types, lower_case = meta.error_types, meta.lower_case
   model_name, experts, max_inflight = meta.model_name, meta.experts, meta.max_inflight
   queue_timeout, fallback, max_attempts = meta.queue_timeout_s, meta.fallback == "nearest", meta.max_attempts
   slots = ngx.shared.expert_router
@@ -59,13 +60,19 @@ local function fail(status, message, param, code, kind)
   return ngx.exit(ngx.HTTP_OK)
 end
 
+--- A non-ASCII character lower-cased as Python's str.lower does it (LuaJIT's string.lower knows ASCII only).
+local function fold(match)
+  return lower_case[match[0]] or match[0]
+end
+
 --- Every cluster by its distance to the text's point, nearest first (ties to the lower cluster, as
 --- `Classifier.rank`'s stable sort puts them).
 local function rank(text)
   for j = 0, width - 1 do acc[j] = 0 end
   local words
   if find(text, "[\128-\255]") then
-    words = ngx.re.gmatch(lower(text), [[(*UCP)\b\w\w+\b]], "jou")
+    local folded = ngx.re.gsub(lower(text), "[^\\x00-\\x7F]", fold, "jou") or lower(text) -- nil: not UTF-8
+    words = ngx.re.gmatch(folded, [[(*UCP)\b\w\w+\b]], "jou")
   else
     words = gmatch(lower(text), "[%w_]+")
   end
