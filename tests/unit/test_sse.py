@@ -68,8 +68,9 @@ def test_no_usage_counts_one_token_per_chunk_with_text():
     role = orjson.dumps({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
     account.add(role, 0.0)
     account.add(orjson.dumps({"choices": [{"index": 0, "delta": {"content": "hi"}}]}), 0.5)
+    account.add(b"[DONE]", 0.6)
     account.finish()
-    assert r.chunk_tokens == [0, 1] and r.t_first_token == 0.5 and r.token_source == "chunks"
+    assert r.chunk_tokens == [0, 1] and r.t_first_token == 0.5 and r.token_source == "chunks" and r.ok
 
 
 def test_a_reasoning_models_thinking_and_tool_calls_are_generated_tokens():
@@ -148,3 +149,21 @@ def test_a_run_where_most_requests_failed_is_never_valid():
 @pytest.mark.parametrize("lag_ms", [[0.0], [1.0, 2.0]])
 def test_a_quiet_run_is_valid(lag_ms):
     assert self_check(lag_ms, cpu_share=0.1, run_s=10.0, requests=5).valid
+
+
+def test_a_stream_that_ends_before_its_answer_does_fails_the_request():
+    """Tokens, then a clean end of the HTTP message with neither a finish_reason nor [DONE]: the answer
+    was cut short, and had counted as a success with a short answer's tokens and times."""
+    cut = record()
+    account = StreamAccount(cut, chat=False)
+    for t, text in enumerate([" a", " b"]):
+        account.add(chunk(text), float(t))
+    account.finish()
+    assert cut.status == "error" and "cut short" in (cut.error or "")
+    for ending in ([chunk("", finish="stop")], [b"[DONE]"]):  # either says the answer is whole
+        whole = record()
+        account = StreamAccount(whole, chat=False)
+        for t, payload in enumerate([chunk(" a"), chunk(" b"), *ending]):
+            account.add(payload, float(t))
+        account.finish()
+        assert whole.ok and whole.output_tokens == 2

@@ -76,9 +76,13 @@ class StreamAccount:
         self._running_usage: int | None = None
         self._continuous = True
         self._weights: list[int] = []
+        self._done = False
 
     def add(self, payload: bytes, now: float) -> None:
-        if not payload.strip() or payload.strip() == b"[DONE]":
+        if payload.strip() == b"[DONE]":
+            self._done = True
+            return
+        if not payload.strip():
             return  # an event with empty data is allowed by the SSE spec, and says nothing
         try:
             event = orjson.loads(payload)
@@ -140,6 +144,10 @@ class StreamAccount:
         record.output_tokens = record.usage_tokens if record.usage_tokens is not None else sum(record.chunk_tokens)
         if record.status == "ok" and record.finish_reason is None and record.output_tokens == 0:
             self._fail("the stream ended without a token")
+        elif record.status == "ok" and record.finish_reason is None and not self._done:
+            # The HTTP message ended cleanly, but the answer did not: counted a success, its tokens
+            # and times were a short answer's, and the run looked measured well.
+            self._fail("the stream ended without a finish_reason or [DONE]: cut short")
 
 
 GENERATED_FIELDS = ("content", "reasoning_content", "reasoning", "tool_calls")
