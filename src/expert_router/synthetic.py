@@ -39,6 +39,8 @@ class SyntheticSettings:
     fail_status: int | None = None
     """Answer every generation request with this HTTP status instead."""
     die_after_tokens: int | None = None
+    end_after_tokens: int | None = None
+    """End the stream cleanly after this many tokens, with neither a finish_reason nor [DONE]: cut short."""
     """Drop the connection after this many tokens, without finishing the stream."""
     send_done: bool = True
     """End streams with `data: [DONE]` (vLLM, OpenAI) or just close them (some servers)."""
@@ -200,6 +202,9 @@ async def _stream(
         last = min(first + per_chunk, n_tokens) - 1
         if settings.die_after_tokens is not None and first >= settings.die_after_tokens:
             request.transport.abort()  # type: ignore[union-attr]
+            return response
+        if settings.end_after_tokens is not None and first >= settings.end_after_tokens:
+            await response.write_eof()
             return response
         delay = start + last * settings.interval_ms / 1000 - loop.time()
         if delay > 0:

@@ -296,6 +296,38 @@ def test_streams_that_just_close_get_a_done(tmp_path, classifier):
     assert sse_events(raw)[-1] == "[DONE]" and len(sse_events(raw)) == 3
 
 
+def test_a_stream_cut_short_is_an_error_for_the_client_and_the_simulator(tmp_path, classifier):
+    """An expert whose stream ends cleanly after two tokens, with neither a finish_reason nor [DONE]:
+    the gateway had closed it with a bare [DONE], and the simulator counted it a whole answer."""
+    import asyncio
+
+    from expert_router.loadgen.client import Target, send
+    from expert_router.loadgen.records import RequestRecord
+    from expert_router.wire import ConnectionPool
+
+    async def simulate(url: str, model: str) -> RequestRecord:
+        record = RequestRecord(0, 0, 0, 0, 5, 8, 0.0)
+        body = json.dumps({"model": model, "prompt": PROMPTS[0], "stream": True, "max_tokens": 8}).encode()
+        pool = ConnectionPool(5.0)
+        try:
+            await send(pool, Target(url, model=model), body, record, 0.0, 10.0)
+        finally:
+            pool.close()
+        return record
+
+    with synthetic_expert(tmp_path, "cut", "--tokens", "6", "--end-after-tokens", "2") as upstream:
+        deployment = write_deployment(tmp_path / "deploy.yaml", classifier, {c: [upstream.url] for c in range(8)})
+        with gateway(tmp_path, deployment) as gw:
+            status, _, raw = request(gw, "/v1/completions", {"prompt": PROMPTS[0], "stream": True})
+            events = sse_events(raw)
+            assert status == 200 and len(events) == 4 and events[-1] == "[DONE]"
+            assert "ended before its answer did" in json.loads(events[-2])["error"]["message"]
+            through = asyncio.run(simulate(gw.url, "expert-router"))
+        direct = asyncio.run(simulate(upstream.url, "expert-0"))
+    assert through.status == "error" and "ended before its answer did" in (through.error or "")
+    assert direct.status == "error" and "cut short" in (direct.error or "")
+
+
 def test_upstream_errors_before_the_first_token_fail_over(tmp_path, classifier):
     first = Classifier.load(classifier).route(PROMPTS[1]).cluster[0]
     with (

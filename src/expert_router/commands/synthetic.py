@@ -50,6 +50,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--die-after-tokens", type=int, help="drop the connection after this many tokens")
     parser.add_argument("--no-done", action="store_true", help="close streams without `data: [DONE]`")
     parser.add_argument(
+        "--end-after-tokens",
+        type=int,
+        help="end the stream cleanly after this many tokens, without a finish_reason or [DONE] (cut short)",
+    )
+    parser.add_argument(
         "--reported-waiting",
         type=int,
         default=0,
@@ -71,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         models=tuple(args.models),
         fail_status=args.fail_status,
         die_after_tokens=args.die_after_tokens,
+        end_after_tokens=args.end_after_tokens,
         send_done=not args.no_done,
         tokens_per_chunk=args.tokens_per_chunk,
         usage=args.usage,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
 
 import orjson
@@ -38,6 +39,9 @@ SSE_HEADERS = {
     "X-Accel-Buffering": "no",  # tells nginx not to buffer the stream
 }
 DONE = b"data: [DONE]\n\n"
+FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')
+"""A finish reason with a value (not null): the answer ended, though the server sent no [DONE]."""
+CUT_SHORT = "the expert's stream ended before its answer did (no finish_reason, no [DONE])"
 WRITE_FAST_LIMIT = 64 * 1024
 """Below this many bytes waiting for the client, relayed chunks are written to its socket directly."""
 
@@ -158,9 +162,16 @@ class Relay:
         self.previous, self.last = self.last, data
 
     def _last_event(self) -> bytes:
-        """What goes before a clean end: nothing after [DONE]; some servers just close the stream, and
-        clients get [DONE] either way."""
-        return b"" if (self.previous + self.last).rstrip().endswith(b"[DONE]") else DONE
+        """What goes before a clean end: nothing after [DONE]; [DONE] after a stream that gave its finish
+        reason but just closed (some servers do); an error event first after one that gave neither,
+        which was cut short (given a bare [DONE], clients counted it whole)."""
+        tail = (self.previous + self.last).rstrip()
+        if tail.endswith(b"[DONE]"):
+            return b""
+        if FINISHED.search(tail):
+            return DONE
+        log.warning("stream from %s ended early: %s", self.upstream_url, CUT_SHORT)
+        return b"data: " + orjson.dumps(error_body(502, CUT_SHORT, "upstream_error")) + b"\n\n" + DONE
 
     def _client_gone(self) -> bool:
         return self.transport is None or self.transport.is_closing()
