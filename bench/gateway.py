@@ -203,8 +203,8 @@ expert's answer could not carry a user's next request to another expert on the s
 opened a new one, and every accept and handshake is CPU on the two shared cores. Pinned (`--pin`), at
 1,000 streams, the router's added p99 was 2.3-2.8 s in every repetition, where nginx's was 20 ms: the
 client and the upstream shared one core, and the upstream's accepts tipped it over. With one upstream
-per distinct list of replicas (what LoRA adapters on one vLLM, or this bench's one server, share), the
-router opens what nginx opens (1,000 and 744 in the same two windows), and its p99 is nginx's: 2.2 and
+per distinct list of replicas (what LoRA adapters on one vLLM, or this bench's one server, share; since,
+one per replica, which the Lua picks), the router opens what nginx opens (1,000 and 744 in the same two windows), and its p99 is nginx's: 2.2 and
 2.7 ms against 2.2 and 2.8 at 500 streams, 125 and 122 ms against 131 and 594 ms pinned at 1,000.
 Three whole runs of the bench then (unpinned, 3 repetitions each, with the router's new fail-over,
 queue and counters in place): CPU per token 0.98x / 1.11x / 0.94x nginx's with 256-token answers and

@@ -118,14 +118,16 @@ def test_a_request_naming_an_expert_goes_to_it_and_a_dead_replica_is_passed_over
 
 
 def test_experts_on_the_same_replicas_share_one_upstream_and_its_idle_connections(stack):
-    """nginx keeps idle connections per upstream: experts served by the same replicas (LoRA adapters of
-    one vLLM) share one, so a connection one expert's answer frees carries the next request to another."""
-    router, _ = stack
+    """nginx keeps idle connections per upstream: one upstream per replica, shared by every expert it
+    serves (LoRA adapters of one vLLM), so a connection one expert's answer frees carries the next request
+    to another. One upstream per expert had opened 2-3x nginx's connections at 500 streams."""
+    router, experts = stack
     config = (router.prefix / "nginx.conf").read_text()
     meta = json.loads((router.prefix / "router" / "router.json").read_text())
-    upstreams = {meta["experts"][str(c)]["upstream"] for c in range(8)}
-    assert len(upstreams) == 2 and config.count("    upstream ") == 2  # expert 0 has a replica of its own
-    assert len({meta["experts"][str(c)]["upstream"] for c in range(1, 8)}) == 1
+    shared = next(name for name, replica in meta["replicas"].items() if replica["url"] == experts.url)
+    assert config.count("    upstream ") == len(meta["replicas"]) == 2  # expert 0 has a dead replica of its own
+    assert all(meta["experts"][str(c)]["replicas"] == [shared] for c in range(1, 8))
+    assert shared in meta["experts"]["0"]["replicas"]
 
 
 @pytest.mark.parametrize(
@@ -290,6 +292,28 @@ def test_a_client_that_hangs_up_gives_its_slot_back(tmp_path, classifier):
                 time.sleep(0.05)
             status, _, _ = post(router.url + "/v1/completions", {"model": "expert-4", "prompt": "hi", "max_tokens": 2})
             assert status == 200
+
+
+def test_a_replica_that_reports_a_long_queue_gets_no_requests_while_another_is_idle(tmp_path, classifier):
+    """Load-aware choice, as the gateway's: worker 0 reads each replica's /metrics (vLLM's running and
+    waiting requests) every `load_interval_s` into the shared dict, and every worker picks the least busy
+    replica. nginx's least_conn, which knows only its own connections, alternated between the two."""
+    with (
+        synthetic_expert(tmp_path, "queued", "--tokens", "2", "--reported-waiting", "50") as queued,
+        synthetic_expert(tmp_path, "idle", "--tokens", "2") as idle,
+    ):
+        endpoints = {c: [idle.url] for c in range(8)}
+        endpoints[2] = [queued.url, idle.url]
+        deployment = write_deployment(tmp_path / "deploy.yaml", classifier, endpoints, load_interval_s=0.1)
+        with NginxRouter(tmp_path, deployment, workers=2) as router:
+            body = {"model": "expert-2", "prompt": "hello", "max_tokens": 2, "stream": True}
+            deadline = time.monotonic() + 10
+            streak = 0  # requests in a row that went to the idle replica
+            while streak < 20:
+                assert time.monotonic() < deadline, "the replica with the long queue kept getting requests"
+                before = stats(queued.url)["requests"]
+                assert post(router.url + "/v1/completions", body)[0] == 200
+                streak = streak + 1 if stats(queued.url)["requests"] == before else 0
 
 
 def test_an_expert_that_fails_passes_the_request_to_the_next_nearest(tmp_path, classifier, small_corpus):

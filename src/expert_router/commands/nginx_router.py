@@ -16,12 +16,12 @@ EXAMPLES = """examples:
   expert-router nginx-router deploy.yaml --out /srv/router --host 0.0.0.0 --port 80 --workers 4
 
 nginx relays every answer itself; route.lua (lua-nginx-module) classifies each prompt with the
-deployment's classifier, names the expert's model in the body and picks the expert's upstream
-(least connections over its replicas, the next replica on a failure before the first byte, then the
-next-nearest expert), queues a request past max_inflight_per_expert for queue_timeout_s before its
-429, and serves Prometheus counts at /metrics. It does not share limits between nginx instances, read
-replicas' load or decode gzip bodies: the Python gateway (`expert-router serve`) does. Needs nginx
-with libnginx-mod-http-lua and lua-cjson.
+deployment's classifier, names the expert's model in the body and picks the expert's replica (the
+least busy by its /metrics load report and this nginx's requests in flight; on a failure before the
+first byte another replica, then the next-nearest expert), queues a request past
+max_inflight_per_expert for queue_timeout_s before its 429, and serves Prometheus counts at /metrics.
+It does not share limits between nginx instances, run health checks or decode gzip bodies: the
+Python gateway (`expert-router serve`) does. Needs nginx with libnginx-mod-http-lua and lua-cjson.
 """
 
 

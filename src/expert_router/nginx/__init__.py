@@ -7,14 +7,16 @@ classifies the prompt with the same arrays and arithmetic as `Classifier.rank`'s
 the expert's model in the body, and nginx relays the expert's answer itself.
 
 What it keeps from the gateway: the same routing (the nearest centroid; a request naming an expert's
-model goes to that expert), the model rename, OpenAI-style JSON errors for what it refuses, fail-over
-between an expert's replicas before the first byte (nginx's `proxy_next_upstream`, least connections)
-and then to the next-nearest expert (`error_page` to a location where the Lua picks it),
-`max_inflight_per_expert` counted in a shared dict by every worker of one nginx, with a request past it
-waiting `queue_timeout_s` for a slot before its 429, and Prometheus counts at /metrics with the
-gateway's names. What it does not do: limits shared between several nginx instances, load reports read
-from the replicas, Server-Timing and latency histograms, and gzip request bodies (415). Use the Python
-gateway (`expert-router serve`) where those matter; this is for the many-streams, small-machine end.
+model goes to that expert), the model rename, OpenAI-style JSON errors for what it refuses, the
+replica picked by its own load report (read by worker 0 on `load_interval_s`) and this nginx's
+requests in flight, fail-over before the first byte to another replica and then to the next-nearest
+expert (`error_page` to a location where the Lua picks it), `max_inflight_per_expert` counted in a
+shared dict by every worker of one nginx, with a request past it waiting `queue_timeout_s` for a slot
+before its 429, and Prometheus counts at /metrics with the gateway's names. What it does not do: limits
+shared between several nginx instances, health checks (a replica that failed `failures_to_down` times
+in a row is passed over for 10 s instead), Server-Timing and latency histograms, and gzip request
+bodies (415). Use the Python gateway (`expert-router serve`) where those matter; this is for the
+many-streams, small-machine end.
 
 `render` writes what nginx needs from a deployment: its configuration and the classifier's arrays.
 """

@@ -62,7 +62,8 @@ def export_classifier(deployment: Deployment, classifier: Classifier, router: Pa
     rows, centroid_sq = classifier.routing_rows()
     (router / "vocabulary.txt").write_text("\n".join(classifier.vocabulary) + "\n", encoding="utf-8")
     rows.astype("<f4").tofile(router / "rows.f32")
-    names = upstream_names(deployment)
+    names = replica_names(deployment)
+    settings = deployment.gateway
     meta = {
         "dims": int(classifier.projection.shape[1]),
         "k": classifier.k,
@@ -74,9 +75,15 @@ def export_classifier(deployment: Deployment, classifier: Classifier, router: Pa
         "queue_timeout_s": deployment.gateway.queue_timeout_s,
         "fallback": deployment.gateway.fallback,
         "max_attempts": deployment.gateway.max_attempts,
+        "failures_to_down": settings.failures_to_down,
+        "fail_timeout_s": FAIL_TIMEOUT_S,
+        "load_aware": settings.load_aware,
+        "load_interval_s": settings.load_interval_s,
         "experts": {
-            str(e.cluster): {"model": e.model, "upstream": names[tuple(e.base_urls())]} for e in deployment.experts
+            str(e.cluster): {"model": e.model, "replicas": [names[url] for url in e.base_urls()]}
+            for e in deployment.experts
         },
+        "replicas": {name: _replica(url) for url, name in names.items()},
     }
     (router / "router.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
 
@@ -88,23 +95,34 @@ def lower_case() -> dict[str, str]:
     return {chr(c): chr(c).lower() for c in range(0x80, sys.maxunicode + 1) if chr(c).lower() != chr(c)}
 
 
-def upstream_names(deployment: Deployment) -> dict[tuple[str, ...], str]:
-    """One nginx upstream per distinct list of replicas, shared by the experts served there (LoRA
-    adapters of one vLLM, or the benchmark's one server): nginx keeps idle connections per upstream, so
-    with one upstream per expert, a connection freed by one expert's answer could not carry the next
-    request for another expert on the same server, and nginx opened a new one (at 500 streams, 2-3x
-    the connections nginx alone opened; each costs the expert an accept and the router a handshake)."""
-    names: dict[tuple[str, ...], str] = {}
+FAIL_TIMEOUT_S = 10
+"""How long a replica that failed `failures_to_down` times in a row is passed over (nginx's fail_timeout):
+there are no health checks here to bring it back, as the gateway's bring its replicas back."""
+
+
+def _replica(url: str) -> dict[str, object]:
+    _address(url)  # refused here first: nothing is written for an endpoint nginx cannot proxy to
+    parts = urlsplit(url)
+    return {"url": url, "host": parts.hostname, "port": parts.port or 80}
+
+
+def replica_names(deployment: Deployment) -> dict[str, str]:
+    """One nginx upstream per replica (base URL), shared by every expert it serves (LoRA adapters of one
+    vLLM, or the benchmark's one server): nginx keeps idle connections per upstream, and with one
+    upstream per expert, a connection freed by one expert's answer could not carry the next request for
+    another expert on the same server, so nginx opened a new one (at 500 streams, 2-3x the connections
+    nginx alone opened; each costs the expert an accept and the router a handshake). The Lua picks the
+    replica, as the gateway does, so each upstream holds one server."""
+    names: dict[str, str] = {}
     for expert in deployment.experts:
-        names.setdefault(tuple(expert.base_urls()), f"replicas_{len(names)}")
+        for url in expert.base_urls():
+            names.setdefault(url, f"replica_{len(names)}")
     return names
 
 
 def render_config(deployment: Deployment, router: Path, modules: Path, cjson: Path, listen: Listen) -> str:
     settings = deployment.gateway
-    upstreams = "".join(
-        _upstream(name, list(urls), settings.failures_to_down) for urls, name in upstream_names(deployment).items()
-    )
+    upstreams = "".join(_upstream(name, url) for url, name in replica_names(deployment).items())
     read_timeout = max(settings.first_token_timeout_s, settings.idle_timeout_s)
     return TEMPLATE.format(
         ndk=modules / "ndk_http_module.so",
@@ -120,14 +138,12 @@ def render_config(deployment: Deployment, router: Path, modules: Path, cjson: Pa
         proxy=PROXY.format(
             connect=f"{settings.connect_timeout_s:g}s",
             read=f"{read_timeout:g}s",
-            tries=settings.max_attempts,
         ),
     )
 
 
-def _upstream(name: str, urls: list[str], max_fails: int) -> str:
-    servers = "".join(f"        server {_address(url)} max_fails={max_fails} fail_timeout=10s;\n" for url in urls)
-    return f"    upstream {name} {{\n        least_conn;\n{servers}        keepalive 256;\n    }}\n"
+def _upstream(name: str, url: str) -> str:
+    return f"    upstream {name} {{\n        server {_address(url)};\n        keepalive 256;\n    }}\n"
 
 
 def _address(url: str) -> str:
@@ -161,10 +177,9 @@ PROXY = """\
             proxy_connect_timeout {connect};
             proxy_read_timeout {read};               # the longer of the first-token and idle timeouts
             proxy_send_timeout {read};
-            proxy_next_upstream error timeout http_500 http_502 http_503 http_504 non_idempotent;  # before any byte
-            proxy_next_upstream_tries {tries};
-            proxy_intercept_errors on;               # an expert's 5xx (its last replica's) goes to @fallback
-            error_page 500 502 503 504 = @fallback;  # the next expert by distance, before any byte
+            proxy_next_upstream off;                 # one server an upstream: the Lua picks the next replica
+            proxy_intercept_errors on;               # a replica's 5xx goes to @fallback, as its failure does
+            error_page 500 502 503 504 = @fallback;  # another replica, then the next expert, before any byte
             add_header X-Expert-Cluster $expert_cluster always;
             add_header X-Expert-Model $expert_model always;
             add_header X-Expert-Routed-Cluster $expert_routed always;
@@ -177,6 +192,8 @@ ROUTE = """\
             set $expert_routed "";
             set $expert_order "";                    # the clusters left to fail over to, nearest first
             set $expert_admitted "";                 # the cluster whose slot this request holds
+            set $expert_replica "";                  # the replica it was sent to last
+            set $expert_tried "";                    # every replica it was sent to
 """
 
 TEMPLATE = """\
@@ -207,6 +224,8 @@ http {{
         router = require "route"
         router.load("{router}")
     }}
+    init_worker_by_lua_block {{ router.start_load_reports() }}
+    lua_socket_log_errors off;                   # a dead replica's load read is no error.log line each interval
     lua_shared_dict expert_router 1m;            # requests in flight per expert and the counts, all workers
 
 {upstreams}

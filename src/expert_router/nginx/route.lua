@@ -18,6 +18,7 @@ local M = {}
 local vocabulary, rows, width, dims, k, centroid_sq, acc
 local model_name, experts, by_model, max_inflight, queue_timeout, fallback, max_attempts
 local slots -- ngx.shared.expert_router: requests in flight per expert, and the counts /metrics serves
+local replicas, failures_to_down, fail_timeout, load_aware, load_interval
 
 local lower_case -- every non-ASCII character that Python's str.lower changes -> what it makes of it
 local error_types -- status (a string) -> OpenAI error type: the gateway's own table (`http.ERROR_TYPES`)
@@ -32,6 +33,8 @@ function M.load(dir)
   error_types, lower_case = meta.error_types, meta.lower_case
   model_name, experts, max_inflight = meta.model_name, meta.experts, meta.max_inflight
   queue_timeout, fallback, max_attempts = meta.queue_timeout_s, meta.fallback == "nearest", meta.max_attempts
+  replicas, failures_to_down, fail_timeout = meta.replicas, meta.failures_to_down, meta.fail_timeout_s
+  load_aware, load_interval = meta.load_aware, meta.load_interval_s
   slots = ngx.shared.expert_router
   by_model = {}
   for cluster, expert in pairs(experts) do by_model[expert.model] = tonumber(cluster) end
@@ -247,15 +250,78 @@ local function release()
   end
 end
 
---- Send the request to `cluster`'s expert: its model in the body, its upstream for proxy_pass.
-local function send_to(cluster, raw, has_model)
+-- Replicas (`gateway.replicas`' choice): each is an nginx upstream of its own, shared by every expert it
+-- serves (one pool of idle connections per server). A replica that failed `failures_to_down` times in a
+-- row is passed over for `fail_timeout_s`; among the others, the least busy: its own load report (read
+-- by worker 0 every `load_interval_s`, as `gateway.load` reads it) plus what this nginx sent it since
+-- that read began, never less than this nginx's requests in flight on it.
+
+local function live(name)
+  return (slots:get("fails\t" .. name) or 0) < failures_to_down
+end
+
+local function busy(name)
+  local inflight = slots:get("busy\t" .. name) or 0
+  local report = slots:get("report\t" .. name)
+  if not report then return inflight end
+  local since = (slots:get("sent\t" .. name) or 0) - (slots:get("seen\t" .. name) or 0)
+  return math.max(inflight, report + since)
+end
+
+--- The replica of `cluster`'s expert to send to: the least busy live one not in `tried`; nil when none.
+local function pick(cluster, tried)
+  local names = experts[tostring(cluster)].replicas
+  if #names == 1 then
+    return (not tried[names[1]] and live(names[1])) and names[1] or nil
+  end
+  local best, least
+  for _, name in ipairs(names) do
+    if not tried[name] and live(name) then
+      local load = busy(name)
+      if not best or load < least then best, least = name, load end
+    end
+  end
+  return best
+end
+
+--- The replicas this request has been sent to, as a set, and how many.
+local function tried_replicas()
+  local tried, count = {}, 0
+  for name in gmatch(ngx.var.expert_tried, "[^,]+") do
+    tried[name], count = true, count + 1
+  end
+  return tried, count
+end
+
+local function let_go_of_replica()
+  local name = ngx.var.expert_replica
+  if name ~= "" then
+    slots:incr("busy\t" .. name, -1)
+    ngx.var.expert_replica = ""
+  end
+end
+
+--- A failure before the first byte: `failures_to_down` in a row take the replica out for a while.
+local function replica_failed(name)
+  local fails = slots:incr("fails\t" .. name, 1, 0, fail_timeout)
+  if fails and fails >= failures_to_down then slots:set("fails\t" .. name, fails, fail_timeout) end
+end
+
+--- Send the request to `replica` of `cluster`'s expert: the expert's model in the body, the replica's
+--- upstream for proxy_pass.
+local function send_to(cluster, replica, raw, has_model)
   local expert = experts[tostring(cluster)]
   local rewritten = with_model(raw, expert.model, has_model)
   if not rewritten then return false end
   ngx.req.set_body_data(rewritten)
-  ngx.var.expert_upstream = expert.upstream
+  ngx.var.expert_upstream = replica
   ngx.var.expert_cluster = cluster
   ngx.var.expert_model = expert.model
+  ngx.var.expert_replica = replica
+  local tried = ngx.var.expert_tried
+  ngx.var.expert_tried = tried == "" and replica or tried .. "," .. replica
+  slots:incr("busy\t" .. replica, 1, 0)
+  slots:incr("sent\t" .. replica, 1, 0)
   return true
 end
 
@@ -264,6 +330,8 @@ local function saturated(cluster)
   return fail(429, ("expert %s already has %d requests in flight (max_inflight_per_expert) and none ended "
     .. "within %gs; try again shortly"):format(experts[tostring(cluster)].model, max_inflight, queue_timeout))
 end
+
+local send -- below M.route, which ends in it
 
 --- rewrite_by_lua: route one POST to /v1/completions or /v1/chat/completions, or answer its error.
 --- The plan is the gateway's (`routing.Router.plan`): a classified prompt goes to the nearest expert,
@@ -310,80 +378,142 @@ function M.route(chat)
     order = { routed }
   end
   ngx.var.expert_routed = routed
-  -- Only the routed expert's own queue answers 429; a full fallback expert is passed over.
+  return send(order, routed, raw, model ~= nil, {}, 0, {})
+end
+
+--- Send to the first expert of `order` that has a live replica not tried yet and a free slot (waiting
+--- for the routed expert's, as only its queue answers 429; a full fallback expert is passed over), while
+--- fewer than `max_attempts` replicas have been tried; else 429 when one was full, 503 when none could.
+send = function(order, routed, raw, has_model, tried, count, notes)
+  local full = false
   for i, cluster in ipairs(order) do
-    if admit(cluster, cluster == routed) then
-      ngx.var.expert_order = table.concat(order, ",", i + 1)
-      if not send_to(cluster, raw, model ~= nil) then
+    if count >= max_attempts then break end
+    if not pick(cluster, tried) then
+      notes[#notes + 1] = ("cluster %d has no live replica"):format(cluster)
+    elseif admit(cluster, cluster == routed) then
+      local replica = pick(cluster, tried) -- again: the wait may have been long
+      if replica then
+        ngx.var.expert_order = table.concat(order, ",", i + 1)
+        if send_to(cluster, replica, raw, has_model) then return end
         release()
         return fail(400, "write the 'model' key without escapes", "model")
       end
-      return
-    end
-    if cluster == routed then return saturated(cluster) end
-  end
-  if #order == 0 then
-    return fail(503, ("no expert could take the request: cluster %d has no expert"):format(routed), nil, nil,
-      "service_unavailable")
-  end
-  return saturated(order[1])
-end
-
---- How many upstream servers this request has tried: $upstream_addr lists them, ", " between tries of
---- one proxy_pass and " : " between the proxy_passes of an internal redirect.
-local function tries()
-  local addresses = ngx.var.upstream_addr
-  if not addresses or addresses == "" then return 0 end
-  local count = 1
-  for _ in gmatch(addresses, " [,:] ") do count = count + 1 end
-  return count
-end
-
---- rewrite_by_lua of @fallback, where error_page sends a request whose expert failed before its first
---- byte (every replica tried, refused, timed out or answered 5xx): the next expert of its order that has
---- a free slot, while `max_attempts` upstream tries remain; or 503 (429 when the rest were full).
-function M.fall_back()
-  local failed = ngx.var.expert_cluster
-  release()
-  if failed == "" then -- not an expert's failure: the router's own (a Lua error is a 500)
-    return fail(500, "internal error in the nginx router; see its error.log")
-  end
-  local notes = { ("cluster %s failed (%s)"):format(failed, ngx.var.upstream_status or "no answer") }
-  local full = false
-  local rest = ngx.var.expert_order
-  if tries() < max_attempts then
-    local order = {}
-    for cluster in gmatch(rest, "%d+") do order[#order + 1] = tonumber(cluster) end
-    for i, cluster in ipairs(order) do
-      if admit(cluster, false) then
-        ngx.var.expert_order = table.concat(order, ",", i + 1)
-        ngx.req.read_body()
-        if send_to(cluster, ngx.req.get_body_data(), true) then return end
-        release()
-      else
-        full = true
-        notes[#notes + 1] = ("cluster %d is full"):format(cluster)
-      end
+      release()
+      notes[#notes + 1] = ("cluster %d's replicas went down while the request waited"):format(cluster)
+    elseif cluster == routed then
+      return saturated(cluster)
+    else
+      full = true
+      notes[#notes + 1] = ("cluster %d is full"):format(cluster)
     end
   end
   ngx.var.expert_cluster = ""
   ngx.header["Retry-After"] = "1"
-  if full then
-    return fail(429, "every expert left to try is full: " .. table.concat(notes, "; "))
-  end
+  if full then return fail(429, "every expert left to try is full: " .. table.concat(notes, "; ")) end
+  if #order == 0 then notes[1] = ("cluster %d has no expert"):format(routed) end
   return fail(503, "no expert could take the request: " .. table.concat(notes, "; "), nil, nil, "service_unavailable")
+end
+
+--- rewrite_by_lua of @fallback, where error_page sends a request whose replica failed before its first
+--- byte (refused, timed out or answered 5xx): another live replica of the same expert, then the next
+--- experts of its order, while fewer than `max_attempts` replicas have been tried.
+function M.fall_back()
+  local cluster, replica = ngx.var.expert_cluster, ngx.var.expert_replica
+  if cluster == "" or replica == "" then -- not a replica's failure: the router's own (a Lua error is a 500)
+    release()
+    return fail(500, "internal error in the nginx router; see its error.log")
+  end
+  replica_failed(replica)
+  let_go_of_replica()
+  local tried, count = tried_replicas()
+  local notes = { ("%s failed (%s)"):format(replicas[replica].url, ngx.var.upstream_status or "no answer") }
+  ngx.req.read_body()
+  local raw = ngx.req.get_body_data()
+  cluster = tonumber(cluster)
+  local other = count < max_attempts and pick(cluster, tried)
+  if other then
+    send_to(cluster, other, raw, true)
+    return
+  end
+  release()
+  notes[#notes + 1] = ("cluster %d failed"):format(cluster)
+  local order = {}
+  for next_cluster in gmatch(ngx.var.expert_order, "%d+") do order[#order + 1] = tonumber(next_cluster) end
+  return send(order, tonumber(ngx.var.expert_routed), raw, true, tried, count, notes)
 end
 
 --- log_by_lua of the routing locations: give the slot back, count the answer (a client that hung up
 --- is 499, as in the gateway's metrics).
 function M.done()
   release()
+  local replica = ngx.var.expert_replica
+  if replica ~= "" then
+    let_go_of_replica()
+    if ngx.status < 500 and slots:get("fails\t" .. replica) then slots:delete("fails\t" .. replica) end
+  end
   local cluster = ngx.status < 400 and ngx.var.expert_cluster or ""
   local endpoint = ngx.var.uri == "/v1/chat/completions" and "chat" or "completions"
   slots:incr(("requests\t%s\t%s\t%d"):format(endpoint, cluster, ngx.status), 1, 0)
   if cluster ~= "" and cluster ~= ngx.var.expert_routed then
     slots:incr(("fallbacks\t%s\t%s"):format(ngx.var.expert_routed, cluster), 1, 0)
   end
+end
+
+--- What a replica says of its load in its Prometheus text (vLLM's names, summed over models): running
+--- plus waiting requests, or nil when it reports neither (it is then judged by this nginx's counts).
+local function reported(text)
+  local load, found = 0, false
+  for name, value in gmatch(text, "\n(vllm:num_requests_%a+)[^\n]- ([^%s]+)") do
+    if name == "vllm:num_requests_running" or name == "vllm:num_requests_waiting" then
+      local number = tonumber(value)
+      if number then load, found = load + number, found or name == "vllm:num_requests_running" end
+    end
+  end
+  return found and load or nil
+end
+
+--- Read one replica's /metrics; the report stands for three intervals, then the replica is judged by
+--- this nginx's own counts again. `seen`: the sends made before the read began, which it may show.
+local function read_load(name)
+  local replica = replicas[name]
+  local seen = slots:get("sent\t" .. name) or 0
+  local sock = ngx.socket.tcp()
+  sock:settimeouts(1000, 1000, 1000)
+  local text
+  if sock:connect(replica.host, replica.port) then
+    sock:send("GET /metrics HTTP/1.0\r\nHost: " .. replica.host .. "\r\n\r\n")
+    text = sock:receive("*a")
+    sock:close()
+  end
+  local load = text and find(text, "^HTTP/1%.%d 200") and reported("\n" .. text)
+  if load then
+    local ttl = 3 * load_interval + 1
+    slots:set("report\t" .. name, load, ttl)
+    slots:set("seen\t" .. name, seen, ttl)
+  else
+    slots:delete("report\t" .. name)
+  end
+end
+
+--- init_worker_by_lua: worker 0 reads the load reports of every replica of an expert that has more than
+--- one (where they decide something), all at once every `load_interval_s`; the dict shares them.
+function M.start_load_reports()
+  if not load_aware or ngx.worker.id() ~= 0 then return end
+  local names, seen = {}, {}
+  for _, expert in pairs(experts) do
+    if #expert.replicas > 1 then
+      for _, name in ipairs(expert.replicas) do
+        if not seen[name] then names[#names + 1], seen[name] = name, true end
+      end
+    end
+  end
+  if #names == 0 then return end
+  ngx.timer.every(load_interval, function(premature)
+    if premature then return end
+    local threads = {}
+    for i, name in ipairs(names) do threads[i] = ngx.thread.spawn(read_load, name) end
+    for _, thread in ipairs(threads) do ngx.thread.wait(thread) end
+  end)
 end
 
 local METRICS = {
