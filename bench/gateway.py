@@ -203,19 +203,24 @@ expert's answer could not carry a user's next request to another expert on the s
 opened a new one, and every accept and handshake is CPU on the two shared cores. Pinned (`--pin`), at
 1,000 streams, the router's added p99 was 2.3-2.8 s in every repetition, where nginx's was 20 ms: the
 client and the upstream shared one core, and the upstream's accepts tipped it over. With one upstream
-per distinct list of replicas (what LoRA adapters on one vLLM, or this bench's one server, share; since,
-one per replica, which the Lua picks), the router opens what nginx opens (1,000 and 744 in the same two windows), and its p99 is nginx's: 2.2 and
-2.7 ms against 2.2 and 2.8 at 500 streams, 125 and 122 ms against 131 and 594 ms pinned at 1,000.
-Three whole runs of the bench then (unpinned, 3 repetitions each, with the router's new fail-over,
-queue and counters in place): CPU per token 0.98x / 1.11x / 0.94x nginx's with 256-token answers and
-1.12x / 1.11x / 1.15x with 32-token ones, met in every repetition; 1,700-1,800 requests per CPU-second
-against nginx's 1,850-1,990. Of the twelve latency checks, ten sat inside the noise, and two stood outside
-it by less than 0.2 ms: run 1's 1,000-stream p50 (0.36 ms against nginx's 0.21, noise 0.28: 1.7x)
-and run 3's 500-stream p99 (0.75 ms against 0.26, noise 0.59; one repetition 3.3 ms). What is left is
-per request: 95 us of nginx worker CPU per request through the router against 68 us through nginx
-(one stream, 2-token answers), ~18 us of it the classification (lower-casing, tokens, look-ups
-and the 108-float sums; a byte-scanning tokenizer through LuaJIT's FFI saved ~1 us of its ~9 and was
-not kept) and no measurable part the log phase's counting.
+per distinct list of replicas (what LoRA adapters on one vLLM, or this bench's one server, share; since
+then one per replica, which the Lua picks), the router opens what nginx opens (1,000 and 744 in the same
+two windows), and its p99 is nginx's: 2.2 and 2.7 ms against 2.2 and 2.8 at 500 streams, 125 and 122 ms
+against 131 and 594 ms pinned at 1,000. Three whole runs of the bench then (unpinned, 3 repetitions
+each, with the router's new fail-over, queue and counters in place): CPU per token 0.98x / 1.11x /
+0.94x nginx's with 256-token answers and 1.12x / 1.11x / 1.15x with 32-token ones, met in every
+repetition; 1,700-1,800 requests per CPU-second against nginx's 1,850-1,990. Of the twelve latency
+checks, ten sat inside the noise, and two stood outside it by less than 0.2 ms: run 1's 1,000-stream
+p50 (0.36 ms against nginx's 0.21, noise 0.28: 1.7x) and run 3's 500-stream p99 (0.75 ms against
+0.26, noise 0.59; one repetition 3.3 ms). A fourth, after the Lua took over picking the replica: CPU
+0.88x and 1.09x, met in every repetition; a quiet run (noise 0.14-0.47 ms at three checks), in which
+three checks stood outside it: 500 streams p50 0.16 ms against -0.01 and p99 0.67 against 0.25, 1,000
+streams p50 0.40 against 0.07 (p99 10.2 against 10.0 ms, inside). Where nginx adds nothing, the
+router's own constant shows: 0.15-0.35 ms more than nginx's, about what it adds more at one stream
+(0.26 ms against 0.13). What is left is per request: 95 us of nginx worker CPU per request through the
+router against 68 us through nginx (one stream, 2-token answers), ~18 us of it the classification
+(lower-casing, tokens, look-ups and the 108-float sums; a byte-scanning tokenizer through LuaJIT's FFI
+saved ~1 us of its ~9 and was not kept) and no measurable part the log phase's counting.
 
 The ratios are checked against the goals in the JSON (`overhead_check_*`, `cpu_check*`). Where
 nginx's added time is smaller than the noise (how far the direct path's own percentile, or nginx's added

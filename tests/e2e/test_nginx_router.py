@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import socket
 import threading
 import time
 import urllib.error
@@ -212,6 +213,13 @@ def stream_in_background(url: str, body: dict) -> tuple[threading.Thread, list[t
     return thread, answers
 
 
+def raw_post(body: dict, path: str = "/v1/completions") -> bytes:
+    """The bytes of a POST, for a client on a bare socket that can hang up mid-request."""
+    data = json.dumps(body).encode()
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+    return head.encode() + data
+
+
 def wait_for_inflight(expert_url: str, count: int) -> None:
     deadline = time.monotonic() + 5
     while stats(expert_url)["inflight"] < count:
@@ -268,23 +276,39 @@ def test_an_expert_at_its_limit_queues_its_requests_then_answers_429(tmp_path, c
             assert second[2].rstrip().endswith(b"data: [DONE]")
             assert stats(experts.url)["max_inflight"] == 1  # never two on the expert at once
 
+            # A client that hangs up while its request waits: nothing reaches the expert, and it counts as
+            # 499. (It leaves the queue at once, lua_check_client_abort; without that, nginx dropped it
+            # only when its turn came, before connecting upstream.)
+            streaming, first = stream_in_background(url, body)
+            try:
+                wait_for_inflight(experts.url, 1)
+                sent = stats(experts.url)["requests"]
+                with socket.create_connection(("127.0.0.1", router.port)) as client:
+                    client.sendall(raw_post(body))
+                    time.sleep(0.2)  # in the queue by now
+            finally:
+                streaming.join(timeout=10)
+            assert first[0][0] == 200
+            assert post(url, {**body, "model": "expert-5"})[0] == 200  # a request after it, to another expert
+            assert stats(experts.url)["requests"] == sent + 1
+            waited = scrape(router.url)
+            assert (
+                waited[
+                    ("expert_router_requests_total", (("cluster", ""), ("endpoint", "completions"), ("status", "499")))
+                ]
+                == 1
+            )
+
 
 def test_a_client_that_hangs_up_gives_its_slot_back(tmp_path, classifier):
     """The slot is given back in the log phase, which runs for a request whose client went away too."""
-    import socket
-
     with synthetic_expert(tmp_path, "slow", "--tokens", "50", "--interval-ms", "100") as experts:
         deployment = write_deployment(
             tmp_path / "deploy.yaml", classifier, {c: [experts.url] for c in range(8)}, max_inflight_per_expert=1
         )
         with NginxRouter(tmp_path, deployment) as router:
-            raw = json.dumps({"model": "expert-4", "prompt": "hello", "stream": True}).encode()
             with socket.create_connection(("127.0.0.1", router.port)) as client:
-                client.sendall(
-                    b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                    + f"Content-Length: {len(raw)}\r\n\r\n".encode()
-                    + raw
-                )
+                client.sendall(raw_post({"model": "expert-4", "prompt": "hello", "stream": True}))
                 assert client.recv(4096).startswith(b"HTTP/1.1 200")
             deadline = time.monotonic() + 10
             while scrape(router.url)[("expert_router_inflight", (("cluster", "4"),))] != 0:

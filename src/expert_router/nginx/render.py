@@ -225,6 +225,7 @@ http {{
         router.load("{router}")
     }}
     init_worker_by_lua_block {{ router.start_load_reports() }}
+    lua_check_client_abort on;                   # a client that hangs up while queued leaves the queue (499)
     lua_socket_log_errors off;                   # a dead replica's load read is no error.log line each interval
     lua_shared_dict expert_router 1m;            # requests in flight per expert and the counts, all workers
 
