@@ -187,6 +187,23 @@ def test_the_command_refuses_what_nginx_could_not_route(tmp_path, classifier, sm
     assert load_deployment(scaled).classifier == standard.resolve()
 
 
+def test_a_replica_named_by_host_name_is_read_at_its_address(tmp_path, classifier):
+    """nginx's cosockets resolve no names without a `resolver`: the load reads of a replica written as
+    http://localhost:PORT failed, silently, and its own counts alone decided. The name is resolved when
+    the configuration is written, as nginx resolves an upstream's when it starts."""
+    from expert_router.config import load_deployment
+    from expert_router.nginx.render import Listen, write
+
+    deployment = write_deployment(
+        tmp_path / "deploy.yaml", classifier, {c: ["http://localhost:9100", "http://127.0.0.1:9101"] for c in range(8)}
+    )
+    write(load_deployment(deployment), Classifier.load(classifier), tmp_path / "out", Listen(port=free_port()))
+    replicas = json.loads((tmp_path / "out" / "router" / "router.json").read_text())["replicas"]
+    hosts = {replica["url"]: replica["host"] for replica in replicas.values()}
+    assert hosts["http://localhost:9100"] in ("127.0.0.1", "[::1]")
+    assert hosts["http://127.0.0.1:9101"] == "127.0.0.1"
+
+
 def stats(expert_url: str) -> dict:
     with urllib.request.urlopen(expert_url + "/stats") as response:
         return json.load(response)
@@ -316,6 +333,34 @@ def test_a_client_that_hangs_up_gives_its_slot_back(tmp_path, classifier):
                 time.sleep(0.05)
             status, _, _ = post(router.url + "/v1/completions", {"model": "expert-4", "prompt": "hi", "max_tokens": 2})
             assert status == 200
+
+
+def test_fail_over_goes_on_past_a_second_failure_until_max_attempts(tmp_path, classifier, small_corpus):
+    """The nearest expert refuses, the second answers 503: the third by distance answers, as JSON
+    errors in between never reach the client (nginx took the error_page from the first location, and
+    without recursive_error_pages there, @fallback's own failure was nginx's HTML 503). With
+    `max_attempts: 2` the two failures are all it tries: a JSON 503."""
+    python = Classifier.load(classifier)
+    text = small_corpus[0][0]
+    first, second, third = python.rank(text)[:3]
+    with (
+        synthetic_expert(tmp_path, "good", "--tokens", "3") as good,
+        synthetic_expert(tmp_path, "failing", "--tokens", "3", "--fail-status", "503") as failing,
+    ):
+        endpoints = {c: [good.url] for c in range(8)}
+        endpoints[first] = [f"http://127.0.0.1:{free_port()}"]
+        endpoints[second] = [failing.url]
+        for attempts, prefix in ((3, "three"), (2, "two")):
+            deployment = write_deployment(tmp_path / f"{prefix}.yaml", classifier, endpoints, max_attempts=attempts)
+            with NginxRouter(tmp_path / prefix, deployment) as router:
+                status, headers, answer = post(router.url + "/v1/completions", {"prompt": text, "max_tokens": 3})
+                if attempts == 3:
+                    assert status == 200, answer
+                    assert headers["X-Expert-Cluster"] == str(third)
+                    assert headers["X-Expert-Routed-Cluster"] == str(first)
+                else:
+                    assert status == 503 and headers["Content-Type"] == "application/json", answer
+                    assert json.loads(answer)["error"]["type"] == "service_unavailable"
 
 
 def test_a_replica_that_reports_a_long_queue_gets_no_requests_while_another_is_idle(tmp_path, classifier):

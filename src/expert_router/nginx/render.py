@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import shutil
+import socket
 import sys
 from dataclasses import dataclass
 from importlib import resources
@@ -95,15 +96,31 @@ def lower_case() -> dict[str, str]:
     return {chr(c): chr(c).lower() for c in range(0x80, sys.maxunicode + 1) if chr(c).lower() != chr(c)}
 
 
+KEEPALIVE_TIMEOUT_S = 4
+"""Idle connections to a replica are closed before the replica closes them (uvicorn's, vLLM's server,
+after 5 s): with no retry on the same replica, a request sent on a connection the replica had just
+closed would count as the replica's failure and go to another one."""
+
 FAIL_TIMEOUT_S = 10
 """How long a replica that failed `failures_to_down` times in a row is passed over (nginx's fail_timeout):
 there are no health checks here to bring it back, as the gateway's bring its replicas back."""
 
 
 def _replica(url: str) -> dict[str, object]:
+    """Where worker 0 reads the replica's /metrics: nginx's cosockets resolve no names without a
+    `resolver`, so a name is resolved here, once, as nginx resolves an upstream's at its start."""
     _address(url)  # refused here first: nothing is written for an endpoint nginx cannot proxy to
     parts = urlsplit(url)
-    return {"url": url, "host": parts.hostname, "port": parts.port or 80}
+    host, port = parts.hostname or "", parts.port or 80
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        found = []  # not resolvable here: the name stays, and its load reads fail (own counts decide)
+    addresses = sorted(found, key=lambda entry: entry[0] != socket.AF_INET)  # IPv4 first
+    if addresses:
+        address = str(addresses[0][4][0])
+        host = f"[{address}]" if addresses[0][0] == socket.AF_INET6 else address
+    return {"url": url, "host": host, "port": port}
 
 
 def replica_names(deployment: Deployment) -> dict[str, str]:
@@ -143,7 +160,10 @@ def render_config(deployment: Deployment, router: Path, modules: Path, cjson: Pa
 
 
 def _upstream(name: str, url: str) -> str:
-    return f"    upstream {name} {{\n        server {_address(url)};\n        keepalive 256;\n    }}\n"
+    return (
+        f"    upstream {name} {{\n        server {_address(url)};\n        keepalive 256;\n"
+        f"        keepalive_timeout {KEEPALIVE_TIMEOUT_S}s;\n    }}\n"
+    )
 
 
 def _address(url: str) -> str:
@@ -232,6 +252,8 @@ http {{
 {upstreams}
     server {{
         listen {host}:{port};
+        recursive_error_pages on;                    # @fallback's own failure falls back again (nginx counts
+                                                     # the error_page from the first location's setting)
 
         location = /v1/completions {{
 {route}            rewrite_by_lua_block {{ router.route(false) }}
@@ -242,7 +264,6 @@ http {{
 {proxy}        }}
 
         location @fallback {{
-            recursive_error_pages on;                # its own expert's failure falls back again
             rewrite_by_lua_block {{ router.fall_back() }}
 {proxy}        }}
 

@@ -431,10 +431,7 @@ function M.fall_back()
   local raw = ngx.req.get_body_data()
   cluster = tonumber(cluster)
   local other = count < max_attempts and pick(cluster, tried)
-  if other then
-    send_to(cluster, other, raw, true)
-    return
-  end
+  if other and send_to(cluster, other, raw, true) then return end
   release()
   notes[#notes + 1] = ("cluster %d failed"):format(cluster)
   local order = {}
@@ -451,7 +448,7 @@ function M.done()
     let_go_of_replica()
     if ngx.status < 500 and slots:get("fails\t" .. replica) then slots:delete("fails\t" .. replica) end
   end
-  local cluster = ngx.status < 400 and ngx.var.expert_cluster or ""
+  local cluster = ngx.status < 500 and ngx.var.expert_cluster or "" -- an expert's 4xx is its answer
   local endpoint = ngx.var.uri == "/v1/chat/completions" and "chat" or "completions"
   slots:incr(("requests\t%s\t%s\t%d"):format(endpoint, cluster, ngx.status), 1, 0)
   if cluster ~= "" and cluster ~= ngx.var.expert_routed then
@@ -475,6 +472,7 @@ end
 --- Read one replica's /metrics; the report stands for three intervals, then the replica is judged by
 --- this nginx's own counts again. `seen`: the sends made before the read began, which it may show.
 local function read_load(name)
+  if not slots:add("reading\t" .. name, true, 5) then return end -- the last read of it is still under way
   local replica = replicas[name]
   local seen = slots:get("sent\t" .. name) or 0
   local sock = ngx.socket.tcp()
@@ -493,6 +491,7 @@ local function read_load(name)
   else
     slots:delete("report\t" .. name)
   end
+  slots:delete("reading\t" .. name)
 end
 
 --- init_worker_by_lua: worker 0 reads the load reports of every replica of an expert that has more than
