@@ -430,6 +430,8 @@ def test_an_expert_that_fails_passes_the_request_to_the_next_nearest(tmp_path, c
             status, headers, answer = post(router.url + "/v1/completions", {"model": "expert-3", "prompt": "hi"})
             assert status == 400 and headers["X-Expert-Cluster"] == "3", answer
             assert "error" in json.loads(answer)
+            counted = (("cluster", "3"), ("endpoint", "completions"), ("status", "400"))
+            assert scrape(router.url)[("expert_router_requests_total", counted)] == 1  # the expert's answer
 
         strict = write_deployment(tmp_path / "strict.yaml", classifier, endpoints, fallback="none")
         with NginxRouter(tmp_path / "strict", strict) as router:
