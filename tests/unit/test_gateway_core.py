@@ -351,8 +351,18 @@ def test_the_head_goes_out_with_every_chunk_of_the_read_that_started_the_stream(
 
 
 def test_a_stream_that_ends_without_done_gets_one():
-    writes, _ = asyncio.run(relayed(frame(b"two") + b"0\r\n\r\n"))
-    assert writes[-2:] == [frame(b"two"), frame(DONE) + b"0\r\n\r\n"]
+    """After its finish reason some servers just close the stream: clients get [DONE] either way."""
+    last = b'data: {"choices": [{"index": 0, "text": " b", "finish_reason": "stop"}]}\n\n'
+    writes, _ = asyncio.run(relayed(frame(last) + b"0\r\n\r\n"))
+    assert writes[-2:] == [frame(last), frame(DONE) + b"0\r\n\r\n"]
+
+
+def test_a_stream_that_ends_before_its_finish_reason_gets_an_error_event_first():
+    """Neither a finish reason nor [DONE]: the answer was cut short, and a bare [DONE] made it whole."""
+    cut = b'data: {"choices": [{"index": 0, "text": " b", "finish_reason": null}]}\n\n'
+    writes, _ = asyncio.run(relayed(frame(cut) + b"0\r\n\r\n"))
+    end = writes[-1]
+    assert b"ended before its answer did" in end and end.index(b"ended before") < end.index(b"data: [DONE]")
 
 
 def test_a_stream_that_ends_while_reading_is_paused_for_a_slow_client_is_not_pooled():
