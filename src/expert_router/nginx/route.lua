@@ -36,6 +36,11 @@ function M.load(dir)
   replicas, failures_to_down, fail_timeout = meta.replicas, meta.failures_to_down, meta.fail_timeout_s
   load_aware, load_interval = meta.load_aware, meta.load_interval_s
   slots = ngx.shared.expert_router
+  for _, expert in pairs(experts) do -- a replica one of several of an expert's is scored when picked
+    if #expert.replicas > 1 then
+      for _, name in ipairs(expert.replicas) do replicas[name].scored = true end
+    end
+  end
   by_model = {}
   for cluster, expert in pairs(experts) do by_model[expert.model] = tonumber(cluster) end
   vocabulary = {}
@@ -241,13 +246,18 @@ local function admit(cluster, wait)
   return true
 end
 
+--- Give back the count this request holds under `prefix`, named by its variable `held` (empty: none).
+local function give_back(held, prefix)
+  local name = ngx.var[held]
+  if name ~= "" then
+    slots:incr(prefix .. name, -1)
+    ngx.var[held] = ""
+  end
+end
+
 --- Give back the slot this request holds, if any (at its end, or when it moves to another expert).
 local function release()
-  local held = ngx.var.expert_admitted
-  if held ~= "" then
-    slots:incr("inflight\t" .. held, -1)
-    ngx.var.expert_admitted = ""
-  end
+  give_back("expert_admitted", "inflight\t")
 end
 
 -- Replicas (`gateway.replicas`' choice): each is an nginx upstream of its own, shared by every expert it
@@ -293,12 +303,14 @@ local function tried_replicas()
   return tried, count
 end
 
+--- Stop counting this request on its replica: only replicas chosen among others are counted
+--- (`scored`), so a request to an expert's one replica pays no count it never reads.
 local function let_go_of_replica()
   local name = ngx.var.expert_replica
-  if name ~= "" then
-    slots:incr("busy\t" .. name, -1)
-    ngx.var.expert_replica = ""
+  if name ~= "" and replicas[name].scored then
+    give_back("expert_replica", "busy\t")
   end
+  ngx.var.expert_replica = ""
 end
 
 --- A failure before the first byte: `failures_to_down` in a row take the replica out for a while.
@@ -320,8 +332,10 @@ local function send_to(cluster, replica, raw, has_model)
   ngx.var.expert_replica = replica
   local tried = ngx.var.expert_tried
   ngx.var.expert_tried = tried == "" and replica or tried .. "," .. replica
-  slots:incr("busy\t" .. replica, 1, 0)
-  slots:incr("sent\t" .. replica, 1, 0)
+  if replicas[replica].scored then
+    slots:incr("busy\t" .. replica, 1, 0)
+    slots:incr("sent\t" .. replica, 1, 0)
+  end
   return true
 end
 
@@ -498,13 +512,9 @@ end
 --- one (where they decide something), all at once every `load_interval_s`; the dict shares them.
 function M.start_load_reports()
   if not load_aware or ngx.worker.id() ~= 0 then return end
-  local names, seen = {}, {}
-  for _, expert in pairs(experts) do
-    if #expert.replicas > 1 then
-      for _, name in ipairs(expert.replicas) do
-        if not seen[name] then names[#names + 1], seen[name] = name, true end
-      end
-    end
+  local names = {}
+  for name, replica in pairs(replicas) do
+    if replica.scored then names[#names + 1] = name end
   end
   if #names == 0 then return end
   ngx.timer.every(load_interval, function(premature)
