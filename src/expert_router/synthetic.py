@@ -39,9 +39,9 @@ class SyntheticSettings:
     fail_status: int | None = None
     """Answer every generation request with this HTTP status instead."""
     die_after_tokens: int | None = None
+    """Drop the connection after this many tokens, without finishing the stream."""
     end_after_tokens: int | None = None
     """End the stream cleanly after this many tokens, with neither a finish_reason nor [DONE]: cut short."""
-    """Drop the connection after this many tokens, without finishing the stream."""
     send_done: bool = True
     """End streams with `data: [DONE]` (vLLM, OpenAI) or just close them (some servers)."""
     tokens_per_chunk: int = 1
