@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 
 # The offline demo corpus (fortunes, dictionaries, the Python manual); the load balancer of the scale-out tests;
 # the Redis server that counts limits shared by several gateways (its tests start their own); nginx's Lua
-# module and lua-cjson, for the router that runs inside nginx (`expert-router nginx-router`).
-APT_PACKAGES=(fortunes dict-gcide dict-foldoc dict-jargon dict-wn python3-doc nginx redis-server libnginx-mod-http-lua lua-cjson)
+# module, lua-cjson and lua-resty-redis (Debian's lua-nginx-redis; it pulls nginx-extras's modules, which
+# nothing here loads), for the router that runs inside nginx (`expert-router nginx-router`).
+APT_PACKAGES=(fortunes dict-gcide dict-foldoc dict-jargon dict-wn python3-doc nginx redis-server libnginx-mod-http-lua lua-cjson lua-nginx-redis)
 PYTHON=${PYTHON:-python3}
 
 missing=()

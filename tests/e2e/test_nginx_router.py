@@ -11,13 +11,16 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import redis
 
 from expert_router.classifier import Classifier, ClassifierSettings
 from expert_router.errors import UserError
-from expert_router.testing import NginxRouter, free_port, synthetic_expert, write_deployment
+from expert_router.gateway.shared_limit import KEY_PREFIX
+from expert_router.testing import NginxRouter, free_port, gateway, synthetic_expert, write_deployment
 
 pytestmark = pytest.mark.e2e  # needs nginx's Lua module and lua-cjson, which scripts/setup.sh installs
 
@@ -41,11 +44,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory, classifier: Path):
             yield router, experts
 
 
-def post(url: str, body: object = None, raw: bytes | None = None, **headers: str) -> tuple[int, dict, bytes]:
+def post(
+    url: str, body: object = None, raw: bytes | None = None, timeout: float = 10, **headers: str
+) -> tuple[int, dict, bytes]:
     data = raw if raw is not None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **headers})
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers), exc.read()
@@ -187,6 +192,23 @@ def test_the_command_refuses_what_nginx_could_not_route(tmp_path, classifier, sm
     assert load_deployment(scaled).classifier == standard.resolve()
 
 
+def test_the_limit_store_is_written_as_redis_py_reads_its_url(tmp_path, classifier):
+    """Host names resolved, the database and credentials from the URL (redis-py's own parser, as the
+    gateway's), a Unix socket as nginx's cosockets name one, and no password in what errors show; TLS,
+    which the router's Redis client lacks, is refused rather than ignored."""
+    from expert_router.config import GatewaySettings
+    from expert_router.nginx.render import limit_store
+
+    tcp = limit_store(GatewaySettings(limit_scope="shared", limit_store="redis://:secret@localhost:6380/2"))
+    assert tcp is not None and tcp["host"] in ("127.0.0.1", "[::1]") and (tcp["port"], tcp["db"]) == (6380, 2)
+    assert tcp["password"] == "secret" and "secret" not in str(tcp["where"])
+    unix = limit_store(GatewaySettings(limit_scope="shared", limit_store="unix:///run/redis.sock?db=3"))
+    assert unix is not None and (unix["host"], unix["port"], unix["db"]) == ("unix:/run/redis.sock", None, 3)
+    assert limit_store(GatewaySettings(limit_store="redis://localhost/0")) is None  # limit_scope: process
+    with pytest.raises(UserError, match="without TLS"):
+        limit_store(GatewaySettings(limit_scope="shared", limit_store="rediss://localhost:6380/0"))
+
+
 def test_a_replica_named_by_host_name_is_read_at_its_address(tmp_path, classifier):
     """nginx's cosockets resolve no names without a `resolver`: the load reads of a replica written as
     http://localhost:PORT failed, silently, and its own counts alone decided. The name is resolved when
@@ -244,6 +266,20 @@ def wait_for_inflight(expert_url: str, count: int) -> None:
         time.sleep(0.02)
 
 
+def hang_up_while_queued(router: NginxRouter, body: dict, expert_url: str) -> None:
+    """A stream holds the expert's one slot while a second request, on a bare socket, waits for it and
+    hangs up."""
+    streaming, first = stream_in_background(router.url + "/v1/completions", body)
+    try:
+        wait_for_inflight(expert_url, 1)
+        with socket.create_connection(("127.0.0.1", router.port)) as client:
+            client.sendall(raw_post(body))
+            time.sleep(0.2)  # in the queue by now
+    finally:
+        streaming.join(timeout=10)
+    assert first[0][0] == 200
+
+
 def test_an_expert_at_its_limit_queues_its_requests_then_answers_429(tmp_path, classifier):
     """`max_inflight_per_expert`, counted in a shared dict by every nginx worker: a request past it waits
     up to `queue_timeout_s` for a slot, as in the Python gateway, and then gets 429; the limit is per
@@ -296,18 +332,10 @@ def test_an_expert_at_its_limit_queues_its_requests_then_answers_429(tmp_path, c
             # A client that hangs up while its request waits: nothing reaches the expert, and it counts as
             # 499. (It leaves the queue at once, lua_check_client_abort; without that, nginx dropped it
             # only when its turn came, before connecting upstream.)
-            streaming, first = stream_in_background(url, body)
-            try:
-                wait_for_inflight(experts.url, 1)
-                sent = stats(experts.url)["requests"]
-                with socket.create_connection(("127.0.0.1", router.port)) as client:
-                    client.sendall(raw_post(body))
-                    time.sleep(0.2)  # in the queue by now
-            finally:
-                streaming.join(timeout=10)
-            assert first[0][0] == 200
+            sent = stats(experts.url)["requests"]
+            hang_up_while_queued(router, body, experts.url)
             assert post(url, {**body, "model": "expert-5"})[0] == 200  # a request after it, to another expert
-            assert stats(experts.url)["requests"] == sent + 1
+            assert stats(experts.url)["requests"] == sent + 2  # the stream that held the slot, and this
             waited = scrape(router.url)
             assert (
                 waited[
@@ -438,3 +466,123 @@ def test_an_expert_that_fails_passes_the_request_to_the_next_nearest(tmp_path, c
             text = next(t for t in texts if python.rank(t)[0] == 1)
             status, _, answer = post(router.url + "/v1/completions", {"prompt": text})
             assert status == 503, answer
+
+
+def test_a_shared_limit_holds_across_routers_and_gateways(tmp_path, classifier, redis_url):
+    """`limit_scope: shared`: two nginx routers (one with two workers) and a Python gateway, each with
+    limit L=3 on one Redis, in front of one expert; twelve requests at once, four through each: the
+    expert never carries more than L (each counting its own, as the router did, lets it carry 3L), and
+    every request is answered once a slot frees. The routers run the gateway's own lease scripts."""
+    limit = 3
+    with synthetic_expert(tmp_path, "expert", "--tokens", "20", "--interval-ms", "25") as expert:
+        deployment = write_deployment(
+            tmp_path / "deploy.yaml",
+            classifier,
+            {c: [expert.url] for c in range(8)},
+            max_inflight_per_expert=limit,
+            limit_scope="shared",
+            limit_store=redis_url,
+            queue_timeout_s=60,
+        )
+        with (
+            NginxRouter(tmp_path, deployment, workers=2, name="one") as one,
+            NginxRouter(tmp_path, deployment, name="two") as two,
+            gateway(tmp_path, deployment) as python,
+        ):
+            urls = [one.url, two.url, python.url]
+            body = {"prompt": "hello", "model": "expert-1", "max_tokens": 20, "stream": True}
+            with ThreadPoolExecutor(12) as pool:
+                answers = list(pool.map(lambda i: post(urls[i % 3] + "/v1/completions", body, timeout=60), range(12)))
+        assert [status for status, _, _ in answers] == [200] * 12, answers
+        assert all(answer.rstrip().endswith(b"data: [DONE]") for _, _, answer in answers)
+        assert stats(expert.url)["max_inflight"] == limit  # full, never over
+    assert redis.Redis.from_url(redis_url).zcard(KEY_PREFIX + "expert-1") == 0  # every lease given back
+
+
+def test_a_shared_lease_is_renewed_while_its_stream_runs_and_given_back_when_its_client_leaves(
+    tmp_path, classifier, redis_url
+):
+    """A lease outlives `lease_s` while its stream runs (each worker renews its own) and goes back when
+    the client hangs up."""
+    leases = redis.Redis.from_url(redis_url)
+    key = KEY_PREFIX + "expert-2"
+    with synthetic_expert(tmp_path, "slow", "--tokens", "25", "--interval-ms", "100") as slow:
+        settings = {"max_inflight_per_expert": 1, "limit_scope": "shared", "limit_store": redis_url, "lease_s": 1}
+        endpoints = {c: [slow.url] for c in range(8)}
+        deployment = write_deployment(tmp_path / "deploy.yaml", classifier, endpoints, **settings, queue_timeout_s=0)
+        body = {"model": "expert-2", "prompt": "hello", "stream": True}
+        with NginxRouter(tmp_path, deployment, name="one") as one, NginxRouter(tmp_path, deployment, name="two") as two:
+            streaming, first = stream_in_background(one.url + "/v1/completions", body)
+            try:
+                wait_for_inflight(slow.url, 1)
+                time.sleep(2.0)  # twice lease_s: a lease not renewed has lapsed
+                status, _, answer = post(two.url + "/v1/completions", body)
+                assert status == 429, answer
+            finally:
+                streaming.join(timeout=10)
+            assert first[0][0] == 200 and leases.zcard(key) == 0
+
+            with socket.create_connection(("127.0.0.1", two.port)) as client:
+                client.sendall(raw_post(body))
+                assert client.recv(4096).startswith(b"HTTP/1.1 200")
+                assert leases.zcard(key) == 1
+            deadline = time.monotonic() + 5
+            while leases.zcard(key) != 0:
+                assert time.monotonic() < deadline, "the lease of a client that hung up was never given back"
+                time.sleep(0.05)
+
+
+@pytest.mark.parametrize("scope", ["process", "shared"])
+def test_requests_waiting_for_a_slot_get_it_in_the_order_they_came(tmp_path, classifier, scope, request):
+    """Each worker's waiting requests queue per expert, one poller taking the head's slot, whether this
+    nginx counts (the wait had polled on its own: a freed slot went to whichever request looked first)
+    or the shared store does; one whose client hangs up while it waits gives back the slot its turn
+    brings, not held (and, shared, renewed) for a request that is gone."""
+    store = {"limit_scope": "shared", "limit_store": request.getfixturevalue("redis_url")} if scope == "shared" else {}
+    body = {"model": "expert-2", "prompt": "hello", "stream": True}
+    with synthetic_expert(tmp_path, "quick", "--tokens", "3", "--interval-ms", "100") as quick:
+        endpoints = {c: [quick.url] for c in range(8)}
+        deployment = write_deployment(
+            tmp_path / "queue.yaml", classifier, endpoints, max_inflight_per_expert=1, queue_timeout_s=30, **store
+        )
+        with NginxRouter(tmp_path, deployment, name="queue") as router:
+            url = router.url + "/v1/completions"
+            ended: list[int] = []
+            threads = []
+            for i in range(6):  # the first holds the slot; five wait, 40 ms apart
+                threads.append(threading.Thread(target=lambda i=i: (post(url, body, timeout=30), ended.append(i))))
+                threads[-1].start()
+                time.sleep(0.04)
+            for thread in threads:
+                thread.join(timeout=30)
+            assert ended == [0, 1, 2, 3, 4, 5]  # one at a time, in the order they came
+            assert stats(quick.url)["max_inflight"] == 1
+
+            hang_up_while_queued(router, body, quick.url)
+            status, _, answer = post(url, body, timeout=10)
+            assert status == 200, answer
+            deadline = time.monotonic() + 5
+            while scrape(router.url)[("expert_router_inflight", (("cluster", "2"),))] != 0:
+                assert time.monotonic() < deadline, "a slot is held for a request that is gone"
+                time.sleep(0.05)
+            if scope == "shared":
+                assert redis.Redis.from_url(store["limit_store"]).zcard(KEY_PREFIX + "expert-2") == 0
+
+
+def test_a_shared_limit_store_out_of_reach_is_a_503_not_an_unlimited_expert(tmp_path, classifier):
+    """Admitting without the store would break the limit it exists for: 503 with Retry-After, as the
+    gateway answers (the router had ignored `limit_scope: shared` and admitted everything)."""
+    with synthetic_expert(tmp_path, "expert", "--tokens", "2") as expert:
+        deployment = write_deployment(
+            tmp_path / "deploy.yaml",
+            classifier,
+            {c: [expert.url] for c in range(8)},
+            limit_scope="shared",
+            limit_store=f"redis://127.0.0.1:{free_port()}/0",
+        )
+        with NginxRouter(tmp_path, deployment) as router:
+            status, headers, answer = post(router.url + "/v1/completions", {"prompt": "hello", "max_tokens": 2})
+        assert status == 503 and headers["Retry-After"] == "1", answer
+        error = json.loads(answer)["error"]
+        assert error["type"] == "service_unavailable" and "shared limit store" in error["message"]
+        assert stats(expert.url)["requests"] == 0

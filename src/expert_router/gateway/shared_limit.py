@@ -33,7 +33,7 @@ from expert_router.errors import Unavailable
 
 log = logging.getLogger("expert_router.gateway")
 
-_TAKE = """
+TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -45,7 +45,7 @@ return 0
 """
 """Take a slot: KEYS[1] the expert's leases; ARGV limit, lease seconds, lease id. 1 if taken."""
 
-_RENEW = """
+RENEW = """
 local t = redis.call('TIME')
 local lapses = tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ARGV[1])
 local renewed = 0
@@ -56,6 +56,10 @@ return renewed
 """
 """Push held leases' lapse forward (XX: a lease that already lapsed is not brought back)."""
 
+KEY_PREFIX = "expert-router:inflight:"
+"""Each expert's leases are under this prefix and its model name. The nginx router (`expert_router.nginx`)
+runs these same scripts on the same keys, so gateways and routers in front of one expert share its count."""
+
 FIRST_BACKOFF_S = 0.002
 LAST_BACKOFF_S = 0.05
 
@@ -63,13 +67,13 @@ LAST_BACKOFF_S = 0.05
 class LimitStore:
     """One gateway process's connection to the limit store, and the renewal of every lease it holds."""
 
-    def __init__(self, url: str, lease_s: float, key_prefix: str = "expert-router:inflight:"):
+    def __init__(self, url: str, lease_s: float, key_prefix: str = KEY_PREFIX):
         self.url = url
         self.lease_s = lease_s
         self.key_prefix = key_prefix
         self.redis = aioredis.Redis.from_url(url, socket_timeout=max(1.0, lease_s / 3))
-        self._take = self.redis.register_script(_TAKE)
-        self._renew = self.redis.register_script(_RENEW)
+        self._take = self.redis.register_script(TAKE)
+        self._renew = self.redis.register_script(RENEW)
         self.limits: list[SharedLimit] = []
         self._reachable = True
         self._renewer: asyncio.Task[None] | None = None

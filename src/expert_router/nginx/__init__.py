@@ -11,12 +11,13 @@ model goes to that expert), the model rename, OpenAI-style JSON errors for what 
 replica picked by its own load report (read by worker 0 on `load_interval_s`) and this nginx's
 requests in flight, fail-over before the first byte to another replica and then to the next-nearest
 expert (`error_page` to a location where the Lua picks it), `max_inflight_per_expert` counted in a
-shared dict by every worker of one nginx, with a request past it waiting `queue_timeout_s` for a slot
-before its 429, and Prometheus counts at /metrics with the gateway's names. What it does not do: limits
-shared between several nginx instances, health checks (a replica that failed `failures_to_down` times
-in a row is passed over for 10 s instead), Server-Timing and latency histograms, and gzip request
-bodies (415). Use the Python gateway (`expert-router serve`) where those matter; this is for the
-many-streams, small-machine end.
+shared dict by every worker of one nginx, or with `limit_scope: shared` as the gateway counts it (its
+lease scripts on its keys in Redis, through lua-resty-redis), so routers and gateways share one limit,
+with a request past it waiting `queue_timeout_s` for a slot, in arrival order, before its 429, and
+Prometheus counts at /metrics with the gateway's names. What it does not do: health checks (a replica
+that failed `failures_to_down` times in a row is passed over for 10 s instead), Server-Timing and
+latency histograms, gzip request bodies (415), and a limit store over TLS. Use the Python gateway
+(`expert-router serve`) where those matter; this is for the many-streams, small-machine end.
 
 `render` writes what nginx needs from a deployment: its configuration and the classifier's arrays.
 """

@@ -9,6 +9,7 @@ a classifier fitted with standard scaling is refused.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import shutil
 import socket
@@ -19,8 +20,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from expert_router.classifier import Classifier
-from expert_router.config import Deployment, check_against_classifier
+from expert_router.config import Deployment, GatewaySettings, check_against_classifier
 from expert_router.errors import UserError
+from expert_router.gateway.shared_limit import KEY_PREFIX, RENEW, TAKE
 from expert_router.http import ERROR_TYPES
 
 MODULE_DIRS = ("/usr/lib/nginx/modules", "/usr/share/nginx/modules", "/etc/nginx/modules")
@@ -29,6 +31,10 @@ CJSON_GLOBS = ("/usr/lib/*/lua/5.1/cjson.so", "/usr/local/lib/lua/5.1/cjson.so",
 """Where lua-cjson's module for Lua 5.1 (LuaJIT's ABI) is installed."""
 PACKAGES = "libnginx-mod-http-lua lua-cjson"
 """The Debian packages that provide both."""
+REDIS_MODULES = ("resty.redis", "nginx.redis")
+"""lua-resty-redis, the Redis client for nginx's Lua, by OpenResty's name and by Debian's (lua-nginx-redis)."""
+LUA_DIRS = ("/usr/share/lua/5.1", "/usr/local/share/lua/5.1", "/usr/local/openresty/lualib")
+"""Where they are installed."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +45,8 @@ class Listen:
 
 
 def write(deployment: Deployment, classifier: Classifier, out: Path, listen: Listen) -> Path:
-    """Write `out/nginx.conf`, `out/router/` (route.lua and the classifier's arrays); returns the config."""
+    """Write `out/nginx.conf`, `out/router/` (route.lua, limits.lua and the classifier's arrays); returns
+    the config."""
     check_against_classifier(deployment, classifier.k)
     if classifier.scale_mean is not None:
         raise UserError(
@@ -47,19 +54,25 @@ def write(deployment: Deployment, classifier: Classifier, out: Path, listen: Lis
             "this one uses standard scaling: fit it again without --scaling standard"
         )
     modules, cjson = lua_modules(), cjson_module()
+    store = limit_store(deployment.gateway)
     router = out / "router"
     router.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(str(resources.files("expert_router.nginx").joinpath("route.lua")), router / "route.lua")
-    export_classifier(deployment, classifier, router)
+    for name in ("route.lua", "limits.lua"):
+        shutil.copyfile(str(resources.files("expert_router.nginx").joinpath(name)), router / name)
+    export_classifier(deployment, classifier, router, store)
     config = out / "nginx.conf"
-    config.write_text(render_config(deployment, router.resolve(), modules, cjson, listen))
+    lua_dirs = [router.resolve()] + ([Path(str(store["lua_dir"]))] if store else [])
+    config.write_text(render_config(deployment, lua_dirs, modules, cjson, listen))
     for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (out / name).mkdir(exist_ok=True)
     return config
 
 
-def export_classifier(deployment: Deployment, classifier: Classifier, router: Path) -> None:
-    """vocabulary.txt (a term per line, row order), rows.f32 and router.json (sizes, norms, experts)."""
+def export_classifier(
+    deployment: Deployment, classifier: Classifier, router: Path, store: dict[str, object] | None = None
+) -> None:
+    """vocabulary.txt (a term per line, row order), rows.f32 and router.json (sizes, norms, experts, and
+    the shared limits' store where `limit_scope` is shared)."""
     rows, centroid_sq = classifier.routing_rows()
     (router / "vocabulary.txt").write_text("\n".join(classifier.vocabulary) + "\n", encoding="utf-8")
     rows.astype("<f4").tofile(router / "rows.f32")
@@ -80,6 +93,7 @@ def export_classifier(deployment: Deployment, classifier: Classifier, router: Pa
         "fail_timeout_s": FAIL_TIMEOUT_S,
         "load_aware": settings.load_aware,
         "load_interval_s": settings.load_interval_s,
+        "limit_store": store,
         "experts": {
             str(e.cluster): {"model": e.model, "replicas": [names[url] for url in e.base_urls()]}
             for e in deployment.experts
@@ -107,20 +121,66 @@ there are no health checks here to bring it back, as the gateway's bring its rep
 
 
 def _replica(url: str) -> dict[str, object]:
-    """Where worker 0 reads the replica's /metrics: nginx's cosockets resolve no names without a
-    `resolver`, so a name is resolved here, once, as nginx resolves an upstream's at its start."""
+    """Where worker 0 reads the replica's /metrics."""
     _address(url)  # refused here first: nothing is written for an endpoint nginx cannot proxy to
     parts = urlsplit(url)
-    host, port = parts.hostname or "", parts.port or 80
+    port = parts.port or 80
+    return {"url": url, "host": _resolved(parts.hostname or "", port), "port": port}
+
+
+def _resolved(host: str, port: int) -> str:
+    """`host` as an address: nginx's cosockets resolve no names without a `resolver`, so a name is
+    resolved here, once, as nginx resolves an upstream's at its start. A name not resolvable here stays
+    (its connections fail: a replica is then judged by this nginx's own counts, a store is unreachable)."""
     try:
         found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError:
-        found = []  # not resolvable here: the name stays, and its load reads fail (own counts decide)
+        return host
     addresses = sorted(found, key=lambda entry: entry[0] != socket.AF_INET)  # IPv4 first
-    if addresses:
-        address = str(addresses[0][4][0])
-        host = f"[{address}]" if addresses[0][0] == socket.AF_INET6 else address
-    return {"url": url, "host": host, "port": port}
+    if not addresses:
+        return host
+    address = str(addresses[0][4][0])
+    return f"[{address}]" if addresses[0][0] == socket.AF_INET6 else address
+
+
+def limit_store(settings: GatewaySettings) -> dict[str, object] | None:
+    """Where `limit_scope: shared` keeps its leases, for route.lua: the gateway's own store, scripts, keys
+    and lease term (`gateway.shared_limit`), so routers and gateways in front of one expert share its
+    count. None where each nginx counts alone. The URL is read by redis-py, as the gateway reads it."""
+    if settings.limit_scope != "shared":
+        return None
+    from redis.connection import parse_url
+
+    url = settings.limit_store or ""
+    if url.startswith("rediss://"):
+        raise UserError(f"the nginx router reaches its limit store without TLS: use redis:// or unix://, not {url!r}")
+    try:
+        parts = parse_url(url)
+    except ValueError as exc:
+        raise UserError(f"limit_store {url!r} is not a Redis URL: {exc}") from None
+    module, lua_dir = redis_module()
+    if "path" in parts:
+        where, host, port = f"unix:{parts['path']}", f"unix:{parts['path']}", None
+    else:
+        port = int(parts.get("port") or 6379)
+        where, host = f"{parts.get('host') or 'localhost'}:{port}", _resolved(parts.get("host") or "localhost", port)
+    db = int(parts.get("db") or 0)
+    return {
+        "module": module,
+        "lua_dir": str(lua_dir),
+        "where": f"redis at {where}/{db}",  # no password: this is shown in errors and logs
+        "host": host,
+        "port": port,
+        "db": db,
+        "username": parts.get("username"),
+        "password": parts.get("password"),
+        "key_prefix": KEY_PREFIX,
+        "lease_s": settings.lease_s,
+        "take": TAKE,
+        "take_sha": hashlib.sha1(TAKE.encode()).hexdigest(),
+        "renew": RENEW,
+        "renew_sha": hashlib.sha1(RENEW.encode()).hexdigest(),
+    }
 
 
 def replica_names(deployment: Deployment) -> dict[str, str]:
@@ -137,7 +197,8 @@ def replica_names(deployment: Deployment) -> dict[str, str]:
     return names
 
 
-def render_config(deployment: Deployment, router: Path, modules: Path, cjson: Path, listen: Listen) -> str:
+def render_config(deployment: Deployment, lua_dirs: list[Path], modules: Path, cjson: Path, listen: Listen) -> str:
+    """`lua_dirs`: the router's own folder first (route.lua's), then any other module's (the Redis client)."""
     settings = deployment.gateway
     upstreams = "".join(_upstream(name, url) for url, name in replica_names(deployment).items())
     read_timeout = max(settings.first_token_timeout_s, settings.idle_timeout_s)
@@ -146,7 +207,8 @@ def render_config(deployment: Deployment, router: Path, modules: Path, cjson: Pa
         lua=modules / "ngx_http_lua_module.so",
         workers=listen.workers,
         max_body=settings.max_body_bytes,
-        router=router,
+        router=lua_dirs[0],
+        lua_path="".join(f"{directory}/?.lua;" for directory in lua_dirs),
         cjson_dir=cjson.parent,
         upstreams=upstreams,
         host=listen.host,
@@ -181,6 +243,17 @@ def lua_modules() -> Path:
     raise UserError(f"nginx's Lua module is not installed (Debian/Ubuntu: apt-get install {PACKAGES})")
 
 
+def redis_module() -> tuple[str, Path]:
+    """lua-resty-redis's module name and the folder it is under (needed by `limit_scope: shared` only)."""
+    for directory in LUA_DIRS:
+        for module in REDIS_MODULES:
+            if (Path(directory) / (module.replace(".", "/") + ".lua")).is_file():
+                return module, Path(directory)
+    raise UserError(
+        "limit_scope: shared needs lua-resty-redis in nginx's Lua (Debian/Ubuntu: apt-get install lua-nginx-redis)"
+    )
+
+
 def cjson_module() -> Path:
     for pattern in CJSON_GLOBS:
         found = sorted(glob.glob(pattern))
@@ -212,6 +285,7 @@ ROUTE = """\
             set $expert_routed "";
             set $expert_order "";                    # the clusters left to fail over to, nearest first
             set $expert_admitted "";                 # the cluster whose slot this request holds
+            set $expert_lease "";                    # its lease on that slot (limit_scope: shared)
             set $expert_replica "";                  # the replica it was sent to last
             set $expert_tried "";                    # every replica it was sent to
 """
@@ -238,13 +312,13 @@ http {{
     scgi_temp_path scgi;
     client_max_body_size {max_body};
     client_body_buffer_size {max_body};          # the whole body in memory, where the router reads it
-    lua_package_path "{router}/?.lua;;";
+    lua_package_path "{lua_path};";
     lua_package_cpath "{cjson_dir}/?.so;;";
     init_by_lua_block {{
         router = require "route"
         router.load("{router}")
     }}
-    init_worker_by_lua_block {{ router.start_load_reports() }}
+    init_worker_by_lua_block {{ router.start_worker() }}
     lua_check_client_abort on;                   # a client that hangs up while queued leaves the queue (499)
     lua_socket_log_errors off;                   # a dead replica's load read is no error.log line each interval
     lua_shared_dict expert_router 1m;            # requests in flight per expert and the counts, all workers

@@ -11,6 +11,7 @@
 
 local cjson = require "cjson.safe"
 local ffi = require "ffi"
+local limits = require "limits"
 
 local byte, find, sub, lower, gmatch = string.byte, string.find, string.sub, string.lower, string.gmatch
 
@@ -36,6 +37,7 @@ function M.load(dir)
   replicas, failures_to_down, fail_timeout = meta.replicas, meta.failures_to_down, meta.fail_timeout_s
   load_aware, load_interval = meta.load_aware, meta.load_interval_s
   slots = ngx.shared.expert_router
+  limits.load(meta, slots)
   for _, expert in pairs(experts) do -- a replica one of several of an expert's is scored when picked
     if #expert.replicas > 1 then
       for _, name in ipairs(expert.replicas) do replicas[name].scored = true end
@@ -223,43 +225,6 @@ local function with_model(raw, model, has_model)
   return sub(raw, 1, open) .. '"model":' .. value .. "," .. sub(raw, open + 1)
 end
 
---- Take a slot of `cluster`'s expert (one count in the shared dict for all of this nginx's workers),
---- waiting up to `queue_timeout_s` when `wait` (the routed expert: back-pressure on the expert the
---- prompt belongs to) and not at all otherwise (a full fallback expert is passed over). The wait polls,
---- backing off from 1 to 50 ms: slots go to whichever waiting request looks first, not in arrival order.
-local function admit(cluster, wait)
-  local key = "inflight\t" .. cluster
-  local waited, pause = 0, 0.001
-  while true do
-    local count = slots:incr(key, 1, 0)
-    if not count then break end -- the dict is full (it holds a few keys per expert): admit, uncounted
-    if count <= max_inflight then
-      ngx.var.expert_admitted = cluster
-      return true
-    end
-    slots:incr(key, -1)
-    if not wait or waited >= queue_timeout then return false end
-    local step = math.min(pause, queue_timeout - waited)
-    ngx.sleep(step)
-    waited, pause = waited + step, math.min(pause * 2, 0.05)
-  end
-  return true
-end
-
---- Give back the count this request holds under `prefix`, named by its variable `held` (empty: none).
-local function give_back(held, prefix)
-  local name = ngx.var[held]
-  if name ~= "" then
-    slots:incr(prefix .. name, -1)
-    ngx.var[held] = ""
-  end
-end
-
---- Give back the slot this request holds, if any (at its end, or when it moves to another expert).
-local function release()
-  give_back("expert_admitted", "inflight\t")
-end
-
 -- Replicas (`gateway.replicas`' choice): each is an nginx upstream of its own, shared by every expert it
 -- serves (one pool of idle connections per server). A replica that failed `failures_to_down` times in a
 -- row is passed over for `fail_timeout_s`; among the others, the least busy: its own load report (read
@@ -308,7 +273,7 @@ end
 local function let_go_of_replica()
   local name = ngx.var.expert_replica
   if name ~= "" and replicas[name].scored then
-    give_back("expert_replica", "busy\t")
+    limits.give_back("expert_replica", "busy\t")
   end
   ngx.var.expert_replica = ""
 end
@@ -402,17 +367,22 @@ send = function(order, routed, raw, has_model, tried, count, notes)
   local full = false
   for i, cluster in ipairs(order) do
     if count >= max_attempts then break end
-    if not pick(cluster, tried) then
+    local admitted, err
+    if pick(cluster, tried) then admitted, err = limits.admit(cluster, cluster == routed) end
+    if admitted == nil and err then
+      ngx.header["Retry-After"] = "1" -- admitting anyway would break the limit the store exists for
+      return fail(503, err, nil, nil, "service_unavailable")
+    elseif admitted == nil then
       notes[#notes + 1] = ("cluster %d has no live replica"):format(cluster)
-    elseif admit(cluster, cluster == routed) then
+    elseif admitted then
       local replica = pick(cluster, tried) -- again: the wait may have been long
       if replica then
         ngx.var.expert_order = table.concat(order, ",", i + 1)
         if send_to(cluster, replica, raw, has_model) then return end
-        release()
+        limits.release()
         return fail(400, "write the 'model' key without escapes", "model")
       end
-      release()
+      limits.release()
       notes[#notes + 1] = ("cluster %d's replicas went down while the request waited"):format(cluster)
     elseif cluster == routed then
       return saturated(cluster)
@@ -434,7 +404,7 @@ end
 function M.fall_back()
   local cluster, replica = ngx.var.expert_cluster, ngx.var.expert_replica
   if cluster == "" or replica == "" then -- not a replica's failure: the router's own (a Lua error is a 500)
-    release()
+    limits.release()
     return fail(500, "internal error in the nginx router; see its error.log")
   end
   replica_failed(replica)
@@ -446,7 +416,7 @@ function M.fall_back()
   cluster = tonumber(cluster)
   local other = count < max_attempts and pick(cluster, tried)
   if other and send_to(cluster, other, raw, true) then return end
-  release()
+  limits.release()
   notes[#notes + 1] = ("cluster %d failed"):format(cluster)
   local order = {}
   for next_cluster in gmatch(ngx.var.expert_order, "%d+") do order[#order + 1] = tonumber(next_cluster) end
@@ -456,7 +426,8 @@ end
 --- log_by_lua of the routing locations: give the slot back, count the answer (a client that hung up
 --- is 499, as in the gateway's metrics).
 function M.done()
-  release()
+  limits.abandon()
+  limits.release()
   local replica = ngx.var.expert_replica
   if replica ~= "" then
     let_go_of_replica()
@@ -508,9 +479,9 @@ local function read_load(name)
   slots:delete("reading\t" .. name)
 end
 
---- init_worker_by_lua: worker 0 reads the load reports of every replica of an expert that has more than
+--- Worker 0 reads the load reports of every replica of an expert that has more than
 --- one (where they decide something), all at once every `load_interval_s`; the dict shares them.
-function M.start_load_reports()
+local function start_load_reports()
   if not load_aware or ngx.worker.id() ~= 0 then return end
   local names = {}
   for name, replica in pairs(replicas) do
@@ -523,6 +494,12 @@ function M.start_load_reports()
     for i, name in ipairs(names) do threads[i] = ngx.thread.spawn(read_load, name) end
     for _, thread in ipairs(threads) do ngx.thread.wait(thread) end
   end)
+end
+
+--- init_worker_by_lua: the load reports (worker 0), and every worker's renewal of its leases.
+function M.start_worker()
+  start_load_reports()
+  limits.start_worker()
 end
 
 local METRICS = {
