@@ -20,7 +20,15 @@ import redis
 from expert_router.classifier import Classifier, ClassifierSettings
 from expert_router.errors import UserError
 from expert_router.gateway.shared_limit import KEY_PREFIX
-from expert_router.testing import NginxRouter, free_port, gateway, synthetic_expert, write_deployment
+from expert_router.testing import (
+    NginxRouter,
+    Server,
+    cli_args,
+    free_port,
+    gateway,
+    synthetic_expert,
+    write_deployment,
+)
 
 pytestmark = pytest.mark.e2e  # needs nginx's Lua module and lua-cjson, which scripts/setup.sh installs
 
@@ -586,3 +594,29 @@ def test_a_shared_limit_store_out_of_reach_is_a_503_not_an_unlimited_expert(tmp_
         error = json.loads(answer)["error"]
         assert error["type"] == "service_unavailable" and "shared limit store" in error["message"]
         assert stats(expert.url)["requests"] == 0
+
+
+def test_health_checks_take_a_dead_replica_out_and_bring_it_back(tmp_path, classifier):
+    """Worker 0 checks each replica's health path every `health_interval_s` (0.2 s here): a dead replica
+    is out before any request is sent to it, and once it answers its checks it takes requests again at
+    once. Without checks, requests found it dead, and it was passed over for 10 s after its last failure."""
+    port = free_port()
+    with synthetic_expert(tmp_path, "steady", "--tokens", "2") as steady:
+        endpoints = {c: [f"http://127.0.0.1:{port}", steady.url] for c in range(8)}
+        deployment = write_deployment(tmp_path / "deploy.yaml", classifier, endpoints, failures_to_down=1)
+        body = {"model": "expert-1", "prompt": "hello", "max_tokens": 2}
+        with NginxRouter(tmp_path, deployment) as router:
+            url = router.url + "/v1/completions"
+            time.sleep(0.6)  # a few checks
+            assert [post(url, body)[0] for _ in range(4)] == [200] * 4
+            log = (router.prefix / "error.log").read_text()
+            assert "while connecting to upstream" not in log, log  # no request was sent to the dead replica
+            assert log.count("marked down") == 1, log  # once, when it went
+
+            models = [f"expert-{c}" for c in range(8)]
+            back = cli_args("synthetic-expert", "--port", str(port), "--models", *models, "--tokens", "2")
+            with Server(back, port, tmp_path / "back.log"):
+                time.sleep(0.6)
+                assert [post(url, body)[0] for _ in range(4)] == [200] * 4
+                assert stats(f"http://127.0.0.1:{port}")["requests"] >= 1  # listed first, idle: picked again
+            assert "is back up" in (router.prefix / "error.log").read_text()

@@ -45,8 +45,7 @@ class Listen:
 
 
 def write(deployment: Deployment, classifier: Classifier, out: Path, listen: Listen) -> Path:
-    """Write `out/nginx.conf`, `out/router/` (route.lua, limits.lua and the classifier's arrays); returns
-    the config."""
+    """Write `out/nginx.conf`, `out/router/` (the Lua and the classifier's arrays); returns the config."""
     check_against_classifier(deployment, classifier.k)
     if classifier.scale_mean is not None:
         raise UserError(
@@ -57,7 +56,7 @@ def write(deployment: Deployment, classifier: Classifier, out: Path, listen: Lis
     store = limit_store(deployment.gateway)
     router = out / "router"
     router.mkdir(parents=True, exist_ok=True)
-    for name in ("route.lua", "limits.lua"):
+    for name in ("route.lua", "limits.lua", "replicas.lua"):
         shutil.copyfile(str(resources.files("expert_router.nginx").joinpath(name)), router / name)
     export_classifier(deployment, classifier, router, store)
     config = out / "nginx.conf"
@@ -77,6 +76,11 @@ def export_classifier(
     (router / "vocabulary.txt").write_text("\n".join(classifier.vocabulary) + "\n", encoding="utf-8")
     rows.astype("<f4").tofile(router / "rows.f32")
     names = replica_names(deployment)
+    health: dict[str, list[str]] = {}  # each replica's health paths: every expert's on it
+    for expert in deployment.experts:
+        for url in expert.base_urls():
+            if expert.health_path not in health.setdefault(url, []):
+                health[url].append(expert.health_path)
     settings = deployment.gateway
     meta = {
         "dims": int(classifier.projection.shape[1]),
@@ -93,12 +97,13 @@ def export_classifier(
         "fail_timeout_s": FAIL_TIMEOUT_S,
         "load_aware": settings.load_aware,
         "load_interval_s": settings.load_interval_s,
+        "health_interval_s": settings.health_interval_s,
         "limit_store": store,
         "experts": {
             str(e.cluster): {"model": e.model, "replicas": [names[url] for url in e.base_urls()]}
             for e in deployment.experts
         },
-        "replicas": {name: _replica(url) for url, name in names.items()},
+        "replicas": {name: {**_replica(url), "health": health[url]} for url, name in names.items()},
     }
     (router / "router.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
 
@@ -116,8 +121,9 @@ after 5 s): with no retry on the same replica, a request sent on a connection th
 closed would count as the replica's failure and go to another one."""
 
 FAIL_TIMEOUT_S = 10
-"""How long a replica that failed `failures_to_down` times in a row is passed over (nginx's fail_timeout):
-there are no health checks here to bring it back, as the gateway's bring its replicas back."""
+"""How long after its last failure a replica that failed `failures_to_down` times in a row is passed over
+at most (nginx's fail_timeout): a passed health check or an answer brings it back sooner, and failed
+checks (every `health_interval_s`) keep it out."""
 
 
 def _replica(url: str) -> dict[str, object]:

@@ -12,6 +12,7 @@
 local cjson = require "cjson.safe"
 local ffi = require "ffi"
 local limits = require "limits"
+local replicas = require "replicas"
 
 local byte, find, sub, lower, gmatch = string.byte, string.find, string.sub, string.lower, string.gmatch
 
@@ -19,7 +20,6 @@ local M = {}
 local vocabulary, rows, width, dims, k, centroid_sq, acc
 local model_name, experts, by_model, max_inflight, queue_timeout, fallback, max_attempts
 local slots -- ngx.shared.expert_router: requests in flight per expert, and the counts /metrics serves
-local replicas, failures_to_down, fail_timeout, load_aware, load_interval
 
 local lower_case -- every non-ASCII character that Python's str.lower changes -> what it makes of it
 local error_types -- status (a string) -> OpenAI error type: the gateway's own table (`http.ERROR_TYPES`)
@@ -34,15 +34,9 @@ function M.load(dir)
   error_types, lower_case = meta.error_types, meta.lower_case
   model_name, experts, max_inflight = meta.model_name, meta.experts, meta.max_inflight
   queue_timeout, fallback, max_attempts = meta.queue_timeout_s, meta.fallback == "nearest", meta.max_attempts
-  replicas, failures_to_down, fail_timeout = meta.replicas, meta.failures_to_down, meta.fail_timeout_s
-  load_aware, load_interval = meta.load_aware, meta.load_interval_s
   slots = ngx.shared.expert_router
   limits.load(meta, slots)
-  for _, expert in pairs(experts) do -- a replica one of several of an expert's is scored when picked
-    if #expert.replicas > 1 then
-      for _, name in ipairs(expert.replicas) do replicas[name].scored = true end
-    end
-  end
+  replicas.load(meta, slots)
   by_model = {}
   for cluster, expert in pairs(experts) do by_model[expert.model] = tonumber(cluster) end
   vocabulary = {}
@@ -225,65 +219,6 @@ local function with_model(raw, model, has_model)
   return sub(raw, 1, open) .. '"model":' .. value .. "," .. sub(raw, open + 1)
 end
 
--- Replicas (`gateway.replicas`' choice): each is an nginx upstream of its own, shared by every expert it
--- serves (one pool of idle connections per server). A replica that failed `failures_to_down` times in a
--- row is passed over for `fail_timeout_s`; among the others, the least busy: its own load report (read
--- by worker 0 every `load_interval_s`, as `gateway.load` reads it) plus what this nginx sent it since
--- that read began, never less than this nginx's requests in flight on it.
-
-local function live(name)
-  return (slots:get("fails\t" .. name) or 0) < failures_to_down
-end
-
-local function busy(name)
-  local inflight = slots:get("busy\t" .. name) or 0
-  local report = slots:get("report\t" .. name)
-  if not report then return inflight end
-  local since = (slots:get("sent\t" .. name) or 0) - (slots:get("seen\t" .. name) or 0)
-  return math.max(inflight, report + since)
-end
-
---- The replica of `cluster`'s expert to send to: the least busy live one not in `tried`; nil when none.
-local function pick(cluster, tried)
-  local names = experts[tostring(cluster)].replicas
-  if #names == 1 then
-    return (not tried[names[1]] and live(names[1])) and names[1] or nil
-  end
-  local best, least
-  for _, name in ipairs(names) do
-    if not tried[name] and live(name) then
-      local load = busy(name)
-      if not best or load < least then best, least = name, load end
-    end
-  end
-  return best
-end
-
---- The replicas this request has been sent to, as a set, and how many.
-local function tried_replicas()
-  local tried, count = {}, 0
-  for name in gmatch(ngx.var.expert_tried, "[^,]+") do
-    tried[name], count = true, count + 1
-  end
-  return tried, count
-end
-
---- Stop counting this request on its replica: only replicas chosen among others are counted
---- (`scored`), so a request to an expert's one replica pays no count it never reads.
-local function let_go_of_replica()
-  local name = ngx.var.expert_replica
-  if name ~= "" and replicas[name].scored then
-    limits.give_back("expert_replica", "busy\t")
-  end
-  ngx.var.expert_replica = ""
-end
-
---- A failure before the first byte: `failures_to_down` in a row take the replica out for a while.
-local function replica_failed(name)
-  local fails = slots:incr("fails\t" .. name, 1, 0, fail_timeout)
-  if fails and fails >= failures_to_down then slots:set("fails\t" .. name, fails, fail_timeout) end
-end
-
 --- Send the request to `replica` of `cluster`'s expert: the expert's model in the body, the replica's
 --- upstream for proxy_pass.
 local function send_to(cluster, replica, raw, has_model)
@@ -297,10 +232,7 @@ local function send_to(cluster, replica, raw, has_model)
   ngx.var.expert_replica = replica
   local tried = ngx.var.expert_tried
   ngx.var.expert_tried = tried == "" and replica or tried .. "," .. replica
-  if replicas[replica].scored then
-    slots:incr("busy\t" .. replica, 1, 0)
-    slots:incr("sent\t" .. replica, 1, 0)
-  end
+  replicas.sent(replica)
   return true
 end
 
@@ -368,14 +300,14 @@ send = function(order, routed, raw, has_model, tried, count, notes)
   for i, cluster in ipairs(order) do
     if count >= max_attempts then break end
     local admitted, err
-    if pick(cluster, tried) then admitted, err = limits.admit(cluster, cluster == routed) end
+    if replicas.pick(cluster, tried) then admitted, err = limits.admit(cluster, cluster == routed) end
     if admitted == nil and err then
       ngx.header["Retry-After"] = "1" -- admitting anyway would break the limit the store exists for
       return fail(503, err, nil, nil, "service_unavailable")
     elseif admitted == nil then
       notes[#notes + 1] = ("cluster %d has no live replica"):format(cluster)
     elseif admitted then
-      local replica = pick(cluster, tried) -- again: the wait may have been long
+      local replica = replicas.pick(cluster, tried) -- again: the wait may have been long
       if replica then
         ngx.var.expert_order = table.concat(order, ",", i + 1)
         if send_to(cluster, replica, raw, has_model) then return end
@@ -407,14 +339,15 @@ function M.fall_back()
     limits.release()
     return fail(500, "internal error in the nginx router; see its error.log")
   end
-  replica_failed(replica)
-  let_go_of_replica()
-  local tried, count = tried_replicas()
-  local notes = { ("%s failed (%s)"):format(replicas[replica].url, ngx.var.upstream_status or "no answer") }
+  local why = ngx.var.upstream_status or "no answer"
+  replicas.failed(replica, why)
+  replicas.let_go()
+  local tried, count = replicas.tried()
+  local notes = { ("%s failed (%s)"):format(replicas.url(replica), why) }
   ngx.req.read_body()
   local raw = ngx.req.get_body_data()
   cluster = tonumber(cluster)
-  local other = count < max_attempts and pick(cluster, tried)
+  local other = count < max_attempts and replicas.pick(cluster, tried)
   if other and send_to(cluster, other, raw, true) then return end
   limits.release()
   notes[#notes + 1] = ("cluster %d failed"):format(cluster)
@@ -430,8 +363,8 @@ function M.done()
   limits.release()
   local replica = ngx.var.expert_replica
   if replica ~= "" then
-    let_go_of_replica()
-    if ngx.status < 500 and slots:get("fails\t" .. replica) then slots:delete("fails\t" .. replica) end
+    replicas.let_go()
+    if ngx.status < 500 then replicas.answered(replica) end
   end
   local cluster = ngx.status < 500 and ngx.var.expert_cluster or "" -- an expert's 4xx is its answer
   local endpoint = ngx.var.uri == "/v1/chat/completions" and "chat" or "completions"
@@ -441,64 +374,10 @@ function M.done()
   end
 end
 
---- What a replica says of its load in its Prometheus text (vLLM's names, summed over models): running
---- plus waiting requests, or nil when it reports neither (it is then judged by this nginx's counts).
-local function reported(text)
-  local load, found = 0, false
-  for name, value in gmatch(text, "\n(vllm:num_requests_%a+)[^\n]- ([^%s]+)") do
-    if name == "vllm:num_requests_running" or name == "vllm:num_requests_waiting" then
-      local number = tonumber(value)
-      if number then load, found = load + number, found or name == "vllm:num_requests_running" end
-    end
-  end
-  return found and load or nil
-end
-
---- Read one replica's /metrics; the report stands for three intervals, then the replica is judged by
---- this nginx's own counts again. `seen`: the sends made before the read began, which it may show.
-local function read_load(name)
-  if not slots:add("reading\t" .. name, true, 5) then return end -- the last read of it is still under way
-  local replica = replicas[name]
-  local seen = slots:get("sent\t" .. name) or 0
-  local sock = ngx.socket.tcp()
-  sock:settimeouts(1000, 1000, 1000)
-  local text
-  if sock:connect(replica.host, replica.port) then
-    sock:send("GET /metrics HTTP/1.0\r\nHost: " .. replica.host .. "\r\n\r\n")
-    text = sock:receive("*a")
-    sock:close()
-  end
-  local load = text and find(text, "^HTTP/1%.%d 200") and reported("\n" .. text)
-  if load then
-    local ttl = 3 * load_interval + 1
-    slots:set("report\t" .. name, load, ttl)
-    slots:set("seen\t" .. name, seen, ttl)
-  else
-    slots:delete("report\t" .. name)
-  end
-  slots:delete("reading\t" .. name)
-end
-
---- Worker 0 reads the load reports of every replica of an expert that has more than
---- one (where they decide something), all at once every `load_interval_s`; the dict shares them.
-local function start_load_reports()
-  if not load_aware or ngx.worker.id() ~= 0 then return end
-  local names = {}
-  for name, replica in pairs(replicas) do
-    if replica.scored then names[#names + 1] = name end
-  end
-  if #names == 0 then return end
-  ngx.timer.every(load_interval, function(premature)
-    if premature then return end
-    local threads = {}
-    for i, name in ipairs(names) do threads[i] = ngx.thread.spawn(read_load, name) end
-    for _, thread in ipairs(threads) do ngx.thread.wait(thread) end
-  end)
-end
-
---- init_worker_by_lua: the load reports (worker 0), and every worker's renewal of its leases.
+--- init_worker_by_lua: the replicas' load reads and health checks (worker 0), and every worker's renewal of
+--- its leases.
 function M.start_worker()
-  start_load_reports()
+  replicas.start_worker()
   limits.start_worker()
 end
 
