@@ -82,25 +82,29 @@ def test_every_prompt_goes_where_the_python_gateway_sends_it(stack, classifier, 
 
 def test_capitals_outside_ascii_are_lower_cased_as_python_does(tmp_path, small_corpus):
     """LuaJIT's string.lower changes ASCII only: 'ÑANDÚ' stayed 'Ñandú' and missed the vocabulary's
-    'ñandú'. The Lua lower-cases with str.lower's own table."""
+    'ñandú'. The Lua lower-cases with str.lower's own table, and with its one context rule: a capital
+    sigma that ends a word is 'ς' ('ΛΌΓΟΣ' is 'λόγος'; the table alone made it 'λόγοσ')."""
     words = ["ärger", "öl", "ñandú", "łódź", "škoda", "œuvre", "éclair", "ćevapi", "żubr", "ørsted"]
+    greek = ["λόγος", "κόσμος", "σοφός", "ήλιος", "θεός", "χρόνος"]
     rng = random.Random(1)
-    accented = [" ".join(rng.choice(words) for _ in range(15)) for _ in range(60)]
+    documents = [" ".join(rng.choice(group) for _ in range(15)) for group in (words, greek) for _ in range(60)]
     out = tmp_path / "classifier"
-    Classifier.fit([text for text, _ in small_corpus] + accented, ClassifierSettings(k=8, dims=20)).save(out)
+    Classifier.fit([text for text, _ in small_corpus] + documents, ClassifierSettings(k=8, dims=20)).save(out)
     python = Classifier.load(out)
-    prompt = " ".join(w.upper() for w in words)
-    assert python.rank(prompt)[0] == python.rank(" ".join(words))[0] != python.rank("qqq zzz")[0]
+    prompts = [" ".join(w.upper() for w in group) for group in (words, greek)]
+    for prompt, group in zip(prompts, (words, greek), strict=True):
+        assert python.rank(prompt)[0] == python.rank(" ".join(group))[0] != python.rank("qqq zzz")[0]
     with synthetic_expert(tmp_path, "experts", "--tokens", "2") as experts:
         deployment = write_deployment(tmp_path / "deploy.yaml", out, {c: [experts.url] for c in range(8)})
         with NginxRouter(tmp_path, deployment) as router:
-            for body, path in (
-                ({"prompt": prompt}, "/v1/completions"),
-                ({"messages": [{"role": "user", "content": prompt}]}, "/v1/chat/completions"),
-            ):
-                status, headers, _ = post(router.url + path, body)
-                assert status == 200
-                assert int(headers["X-Expert-Cluster"]) == python.rank(prompt)[0]
+            for prompt in prompts:
+                for body, path in (
+                    ({"prompt": prompt}, "/v1/completions"),
+                    ({"messages": [{"role": "user", "content": prompt}]}, "/v1/chat/completions"),
+                ):
+                    status, headers, _ = post(router.url + path, body)
+                    assert status == 200
+                    assert int(headers["X-Expert-Cluster"]) == python.rank(prompt)[0], prompt
 
 
 def test_the_body_reaches_the_expert_as_sent_but_for_its_model(stack):
@@ -220,18 +224,20 @@ def test_the_limit_store_is_written_as_redis_py_reads_its_url(tmp_path, classifi
 def test_a_replica_named_by_host_name_is_read_at_its_address(tmp_path, classifier):
     """nginx's cosockets resolve no names without a `resolver`: the load reads of a replica written as
     http://localhost:PORT failed, silently, and its own counts alone decided. The name is resolved when
-    the configuration is written, as nginx resolves an upstream's when it starts."""
+    the configuration is written, as nginx resolves an upstream's when it starts. One that does not
+    resolve there is marked so: health checks that could not reach it would have taken it out for good,
+    though nginx, resolving it where it runs, proxies to it."""
     from expert_router.config import load_deployment
     from expert_router.nginx.render import Listen, write
 
-    deployment = write_deployment(
-        tmp_path / "deploy.yaml", classifier, {c: ["http://localhost:9100", "http://127.0.0.1:9101"] for c in range(8)}
-    )
+    urls = ["http://localhost:9100", "http://127.0.0.1:9101", "http://no-such-host.invalid:9102"]
+    deployment = write_deployment(tmp_path / "deploy.yaml", classifier, {c: urls for c in range(8)})
     write(load_deployment(deployment), Classifier.load(classifier), tmp_path / "out", Listen(port=free_port()))
     replicas = json.loads((tmp_path / "out" / "router" / "router.json").read_text())["replicas"]
-    hosts = {replica["url"]: replica["host"] for replica in replicas.values()}
-    assert hosts["http://localhost:9100"] in ("127.0.0.1", "[::1]")
-    assert hosts["http://127.0.0.1:9101"] == "127.0.0.1"
+    written = {replica["url"]: replica for replica in replicas.values()}
+    assert written[urls[0]]["host"] in ("127.0.0.1", "[::1]") and written[urls[0]]["authority"] == "localhost:9100"
+    assert written[urls[1]]["host"] == "127.0.0.1"
+    assert [written[url]["resolved"] for url in urls] == [True, True, False]
 
 
 def stats(expert_url: str) -> dict:
@@ -371,6 +377,23 @@ def test_a_client_that_hangs_up_gives_its_slot_back(tmp_path, classifier):
             assert status == 200
 
 
+def test_a_client_that_hangs_up_on_a_whole_answer_cancels_it_upstream(tmp_path, classifier):
+    """Non-streaming: nothing is relayed until the answer is whole, so only the client's connection tells
+    that it left. nginx watches it while it proxies and closes the upstream's connection, and the expert
+    stops (vLLM aborts the request; the synthetic expert counts it cancelled)."""
+    with synthetic_expert(tmp_path, "slow", "--tokens", "200", "--interval-ms", "50") as slow:
+        deployment = write_deployment(tmp_path / "deploy.yaml", classifier, {c: [slow.url] for c in range(8)})
+        with NginxRouter(tmp_path, deployment) as router:
+            with socket.create_connection(("127.0.0.1", router.port)) as client:
+                client.sendall(raw_post({"model": "expert-6", "prompt": "hello", "stream": False}))
+                wait_for_inflight(slow.url, 1)
+            deadline = time.monotonic() + 5
+            while stats(slow.url)["inflight"]:
+                assert time.monotonic() < deadline, "the expert kept answering a client that had left"
+                time.sleep(0.05)
+            assert stats(slow.url)["cancelled"] == 1 and stats(slow.url)["completed"] == 0
+
+
 def test_fail_over_goes_on_past_a_second_failure_until_max_attempts(tmp_path, classifier, small_corpus):
     """The nearest expert refuses, the second answers 503: the third by distance answers, as JSON
     errors in between never reach the client (nginx took the error_page from the first location, and
@@ -461,7 +484,8 @@ def test_an_expert_that_fails_passes_the_request_to_the_next_nearest(tmp_path, c
             status, headers, answer = post(router.url + "/v1/completions", {"model": "expert-1", "prompt": "hi"})
             assert status == 503 and headers["Retry-After"] == "1"
             error = json.loads(answer)["error"]
-            assert error["type"] == "service_unavailable" and "cluster 1 failed" in error["message"]
+            assert error["type"] == "service_unavailable"
+            assert "cluster 1 failed" in error["message"] or "cluster 1 has no live replica" in error["message"]
             assert scrape(router.url)[("expert_router_inflight", (("cluster", "1"),))] == 0
             status, headers, answer = post(router.url + "/v1/completions", {"model": "expert-3", "prompt": "hi"})
             assert status == 400 and headers["X-Expert-Cluster"] == "3", answer

@@ -357,6 +357,14 @@ def test_a_stream_that_ends_without_done_gets_one():
     assert writes[-2:] == [frame(last), frame(DONE) + b"0\r\n\r\n"]
 
 
+def test_keep_alive_comments_after_the_finish_reason_do_not_hide_it():
+    """The finish reason was looked for in the last two chunks only: two SSE comments after it (a
+    server's keep-alives) and the answer was called cut short."""
+    last = b'data: {"choices": [{"index": 0, "text": " b", "finish_reason": "length"}]}\n\n'
+    writes, _ = asyncio.run(relayed(frame(last), frame(b": ping\n\n"), frame(b": ping\n\n") + b"0\r\n\r\n"))
+    assert writes[-1] == frame(DONE) + b"0\r\n\r\n"
+
+
 def test_a_stream_that_ends_before_its_finish_reason_gets_an_error_event_first():
     """Neither a finish reason nor [DONE]: the answer was cut short, and a bare [DONE] made it whole."""
     cut = b'data: {"choices": [{"index": 0, "text": " b", "finish_reason": null}]}\n\n'

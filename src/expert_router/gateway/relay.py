@@ -80,7 +80,7 @@ class Relay:
         self.pending: list[bytes] = []
         """What the read being parsed brought, framed, for `flush` (empty outside a read callback)."""
         self.previous, self.last = b"", b""
-        """The two latest chunks: where a [DONE] would be."""
+        """The two latest chunks that were not only a comment: where a [DONE] or a finish reason would be."""
         self.chunks = 0
         self.started = False
         self.paused = False
@@ -159,7 +159,8 @@ class Relay:
 
     def _keep(self, data: bytes) -> None:
         self.chunks += 1
-        self.previous, self.last = self.last, data
+        if data[:1] != b":":  # an SSE comment (a keep-alive) is no event: the last two events are kept
+            self.previous, self.last = self.last, data
 
     def _last_event(self) -> bytes:
         """What goes before a clean end: nothing after [DONE]; [DONE] after a stream that gave its finish
@@ -180,8 +181,9 @@ class Relay:
         """Called from the upstream's read callback with each decoded chunk of the answer (once per
         token: `_keep` is written out here, one call fewer)."""
         self.chunks += 1
-        self.previous = self.last
-        self.last = data
+        if data[:1] != b":":  # as in `_keep`
+            self.previous = self.last
+            self.last = data
         self.pending.append(b"%x\r\n%b\r\n" % (len(data), data) if self.framed else data)
 
     def flush(self) -> None:

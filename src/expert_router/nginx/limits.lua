@@ -61,7 +61,7 @@ end
 --- `command(red)` on a kept-alive connection to the store: its answer, or nil and why.
 local function with_store(command)
   local red = redis:new()
-  red:set_timeout(1000)
+  red:set_timeout(math.max(1000, store.lease_s / 3 * 1000)) -- the gateway's socket timeout
   local ok, err
   if store.port == cjson.null then ok, err = red:connect(store.host) else ok, err = red:connect(store.host, store.port) end
   if ok and red:get_reused_times() == 0 then
@@ -90,13 +90,21 @@ local function script(red, name, key, ...)
   return answer, err
 end
 
+--- `command(red, part)` for each part of `list` of up to 1,000 items (LuaJIT's unpack takes ~8,000 at most).
+local function in_parts(list, command)
+  for first = 1, #list, 1000 do
+    local part = { unpack(list, first, math.min(first + 999, #list)) }
+    with_store(function(red) return command(red, part) end)
+  end
+end
+
 --- Timer: give back every lease queued for it, one call per expert, then wake that expert's poller.
 local function return_leases()
   while next(returning) do
     local batch = returning
     returning = {}
     for key, leases in pairs(batch) do
-      with_store(function(red) return red:zrem(key, unpack(leases)) end) -- failed: each lapses within lease_s
+      in_parts(leases, function(red, part) return red:zrem(key, unpack(part)) end) -- failed: they lapse
       wake(key)
     end
   end
@@ -124,7 +132,10 @@ local function take(key, lease)
     return false
   end
   local taken, err = with_store(function(red) return script(red, "take", key, max_inflight, store.lease_s, lease) end)
-  if taken == nil then return nil, err end
+  if taken == nil then -- no answer (a timeout, say): the store may have taken the slot all the same
+    give_lease_back(key, lease)
+    return nil, err
+  end
   if taken ~= 1 then return false end
   local mine = held[key] or {}
   held[key], mine[lease] = mine, true
@@ -215,7 +226,9 @@ function L.admit(cluster, wait)
   local count = "inflight\t" .. cluster
   local lease = store and ngx.var.request_id -- 32 random hex digits; this nginx's own count needs none
   local taken, err = queued(store and experts[tostring(cluster)].lease_key or count, lease, wait)
-  if taken == nil then return nil, ("the shared limit store (%s) cannot be reached (%s)"):format(store.where, err) end
+  if taken == nil then
+    return nil, store and ("the shared limit store (%s) cannot be reached (%s)"):format(store.where, err) or err
+  end
   if not taken then return false end
   if store then
     slots:incr(count, 1, 0) -- this nginx's own count too, for /metrics
@@ -247,22 +260,36 @@ function L.abandon()
   if not pending.waiter or pending.waiter.taken then give(pending.key, pending.lease) end
 end
 
---- Timer: push the lapse of every lease this worker holds forward (`gateway.shared_limit`'s renewal).
-local function renew_leases(premature)
-  if premature then return end
-  for key, mine in pairs(held) do
+--- Push the lapse of every lease this worker holds forward (`gateway.shared_limit`'s renewal).
+local function renew_leases()
+  local keys = {} -- first: `held` gains keys while a renewal waits for the store
+  for key in pairs(held) do keys[#keys + 1] = key end
+  for _, key in ipairs(keys) do
     local leases = {}
-    for lease in pairs(mine) do leases[#leases + 1] = lease end
-    if #leases > 0 then
-      with_store(function(red) return script(red, "renew", key, store.lease_s, unpack(leases)) end)
-    end
+    for lease in pairs(held[key]) do leases[#leases + 1] = lease end
+    in_parts(leases, function(red, part) return script(red, "renew", key, store.lease_s, unpack(part)) end)
+  end
+end
+
+--- A worker that is exiting (a reload, a graceful stop) still relays its streams: it renews their
+--- leases until it holds none (ngx.timer.every stops at once).
+local function renew_while_held()
+  while next(held) do
+    local any = false
+    for _, mine in pairs(held) do any = any or next(mine) ~= nil end
+    if not any then return end
+    renew_leases()
+    ngx.sleep(store.lease_s / 3)
   end
 end
 
 
 --- init_worker_by_lua: every worker renews the leases it holds.
 function L.start_worker()
-  if store then ngx.timer.every(store.lease_s / 3, renew_leases) end
+  if not store then return end
+  ngx.timer.every(store.lease_s / 3, function(premature)
+    if premature then ngx.timer.at(0, renew_while_held) else renew_leases() end
+  end)
 end
 
 return L

@@ -111,7 +111,7 @@ def export_classifier(
 def lower_case() -> dict[str, str]:
     """What str.lower, which the classifier's tokenizer calls, makes of each non-ASCII character it
     changes (~1,400 of them): the Lua lower-cases with it, as LuaJIT's string.lower changes ASCII only.
-    Python's one context rule, a final capital sigma's 'ς', is not in it."""
+    Python's one context rule, a word-final capital sigma's 'ς', is the Lua's own (route.lua's FINAL_SIGMA)."""
     return {chr(c): chr(c).lower() for c in range(0x80, sys.maxunicode + 1) if chr(c).lower() != chr(c)}
 
 
@@ -131,20 +131,21 @@ def _replica(url: str) -> dict[str, object]:
     _address(url)  # refused here first: nothing is written for an endpoint nginx cannot proxy to
     parts = urlsplit(url)
     port = parts.port or 80
-    return {"url": url, "host": _resolved(parts.hostname or "", port), "port": port}
+    host = _resolved(parts.hostname or "", port)
+    return {"url": url, "host": host or parts.hostname, "port": port, "authority": parts.netloc, "resolved": bool(host)}
 
 
-def _resolved(host: str, port: int) -> str:
+def _resolved(host: str, port: int) -> str | None:
     """`host` as an address: nginx's cosockets resolve no names without a `resolver`, so a name is
-    resolved here, once, as nginx resolves an upstream's at its start. A name not resolvable here stays
-    (its connections fail: a replica is then judged by this nginx's own counts, a store is unreachable)."""
+    resolved here, once, as nginx resolves an upstream's at its start. None when it does not resolve
+    here (its replica is then neither checked nor read: requests alone judge it)."""
     try:
         found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError:
-        return host
+        return None
     addresses = sorted(found, key=lambda entry: entry[0] != socket.AF_INET)  # IPv4 first
     if not addresses:
-        return host
+        return None
     address = str(addresses[0][4][0])
     return f"[{address}]" if addresses[0][0] == socket.AF_INET6 else address
 
@@ -169,7 +170,8 @@ def limit_store(settings: GatewaySettings) -> dict[str, object] | None:
         where, host, port = f"unix:{parts['path']}", f"unix:{parts['path']}", None
     else:
         port = int(parts.get("port") or 6379)
-        where, host = f"{parts.get('host') or 'localhost'}:{port}", _resolved(parts.get("host") or "localhost", port)
+        name = parts.get("host") or "localhost"
+        where, host = f"{name}:{port}", _resolved(name, port) or name  # unresolved: the store is unreachable
     db = int(parts.get("db") or 0)
     return {
         "module": module,

@@ -5,22 +5,28 @@
 -- Each replica is an nginx upstream of its own, shared by every expert it serves (one pool of idle
 -- connections per server). A replica that failed `failures_to_down` times in a row, by requests or by
 -- health checks, is passed over until a request or a check succeeds on it (or for `fail_timeout_s`
--- after its last failure); among the others, the least busy: its own load report (read every
+-- after its last failure, when nothing checks it); among the others, the least busy: its own load report (read every
 -- `load_interval_s`, as `gateway.load` reads it) plus what this nginx sent it since that read began,
 -- never less than this nginx's requests in flight on it. Worker 0 reads the reports and runs the health
 -- checks (every `health_interval_s`, each replica's `health_path`s), and the shared dict shares them.
+-- A replica is one server for every expert on it: one of its health paths failing takes it out for all
+-- of them (the gateway judges each expert's path apart). A replica whose host name did not resolve when
+-- the configuration was written is neither checked nor read (cosockets resolve no names without a
+-- `resolver`; nginx itself resolved its upstream): requests alone judge it.
 
 local find, gmatch = string.find, string.gmatch
 
 local R = {}
 local slots, experts, replicas, failures_to_down, fail_timeout
 local load_aware, load_interval, health_interval
+local fail_ttl -- how long a count of failures in a row lasts: past the next health check's end
 
 --- router.json's settings (in init_by_lua, by route.lua's load), and the dict the counts are kept in.
 function R.load(meta, dict)
   slots, experts, replicas = dict, meta.experts, meta.replicas
   failures_to_down, fail_timeout = meta.failures_to_down, meta.fail_timeout_s
   load_aware, load_interval, health_interval = meta.load_aware, meta.load_interval_s, meta.health_interval_s
+  fail_ttl = math.max(fail_timeout, health_interval + math.max(1, health_interval) + 1)
   for _, expert in pairs(experts) do -- a replica one of several of an expert's is scored when picked
     if #expert.replicas > 1 then
       for _, name in ipairs(expert.replicas) do replicas[name].scored = true end
@@ -88,11 +94,10 @@ end
 --- A failure (a request's before its first byte, or a health check's): `failures_to_down` in a row take
 --- the replica out; logged once, when it goes.
 function R.failed(name, why)
-  local fails = slots:incr("fails\t" .. name, 1, 0, fail_timeout)
-  if fails and fails >= failures_to_down then
-    slots:set("fails\t" .. name, fails, fail_timeout)
-    if fails == failures_to_down then ngx.log(ngx.WARN, "replica ", replicas[name].url, " marked down: ", why) end
-  end
+  local key = "fails\t" .. name
+  local fails = slots:incr(key, 1, 0)
+  slots:expire(key, fail_ttl) -- from the latest failure: in a row, however far apart the checks are
+  if fails == failures_to_down then ngx.log(ngx.WARN, "replica ", replicas[name].url, " marked down: ", why) end
 end
 
 --- A success (an answer below 500, or a passed health check): the failures in a row start again.
@@ -111,7 +116,7 @@ local function get(replica, path, timeout_s)
   sock:settimeouts(ms, ms, ms)
   local ok, err = sock:connect(replica.host, replica.port)
   if not ok then return nil, err end
-  sock:send("GET " .. path .. " HTTP/1.0\r\nHost: " .. replica.host .. "\r\n\r\n")
+  sock:send("GET " .. path .. " HTTP/1.0\r\nHost: " .. replica.authority .. "\r\n\r\n")
   local text
   text, err = sock:receive("*a")
   sock:close()
@@ -151,7 +156,7 @@ local function read_load(name)
 end
 
 --- Check one replica's health paths (every expert's on it): a failure on any is the replica's failure,
---- all passing its success, as the gateway's checks count.
+--- all passing its success.
 local function check(name)
   local timeout = math.max(1, health_interval)
   if not slots:add("checking\t" .. name, true, timeout + 1) then return end -- the last check still runs
@@ -168,16 +173,18 @@ local function check(name)
   slots:delete("checking\t" .. name)
 end
 
---- Every `interval_s`, `step(name)` for each of `names` at once (light threads: one slow replica
---- holds no other's).
+--- Now and then every `interval_s`, `step(name)` for each of `names` at once (light threads: one slow
+--- replica holds no other's).
 local function every(interval_s, step, names)
   if #names == 0 then return end
-  ngx.timer.every(interval_s, function(premature)
+  local function round(premature)
     if premature then return end
     local threads = {}
     for i, name in ipairs(names) do threads[i] = ngx.thread.spawn(step, name) end
     for _, thread in ipairs(threads) do ngx.thread.wait(thread) end
-  end)
+  end
+  ngx.timer.at(0, round)
+  ngx.timer.every(interval_s, round)
 end
 
 --- init_worker_by_lua: worker 0 checks every replica's health, and reads the load reports of every
@@ -186,8 +193,13 @@ function R.start_worker()
   if ngx.worker.id() ~= 0 then return end
   local all, scored = {}, {}
   for name, replica in pairs(replicas) do
-    all[#all + 1] = name
-    if replica.scored then scored[#scored + 1] = name end
+    if replica.resolved then
+      all[#all + 1] = name
+      if replica.scored then scored[#scored + 1] = name end
+    else
+      ngx.log(ngx.WARN, "replica ", replica.url, "'s host name did not resolve when the configuration was ",
+        "written: it is not health-checked and its load is not read (write the configuration again here)")
+    end
   end
   every(health_interval, check, all)
   if load_aware then every(load_interval, read_load, scored) end

@@ -7,7 +7,8 @@
 -- prompt's vocabulary terms (each row its idf-weighted SVD projection and its k centroid products) are
 -- summed, and |r - c|^2 = |c|^2 - 2 r.c / |r| + 1. Tokens: lower-case, maximal runs of [A-Za-z0-9_]
 -- for ASCII text (as `ascii_word_tokens`), PCRE's Unicode \w\w+ otherwise (non-ASCII capitals
--- lower-cased with the table of Python's str.lower that `expert-router nginx-router` writes).
+-- lower-cased with the table of Python's str.lower that `expert-router nginx-router` writes, and a
+-- word-final capital sigma as 'ς', as str.lower's context rule has it).
 
 local cjson = require "cjson.safe"
 local ffi = require "ffi"
@@ -69,12 +70,18 @@ local function fold(match)
   return lower_case[match[0]] or match[0]
 end
 
+-- str.lower's one context rule: a capital sigma after a cased letter and not before one is final, 'ς'
+-- (Python also looks past case-ignorable characters, such as combining accents, on either side).
+local FINAL_SIGMA_BYTES = "\206\163" -- Σ in UTF-8
+local FINAL_SIGMA = [[(?<=[\p{Lu}\p{Ll}\p{Lt}])Σ(?![\p{Lu}\p{Ll}\p{Lt}])]]
+
 --- Every cluster by its distance to the text's point, nearest first (ties to the lower cluster, as
 --- `Classifier.rank`'s stable sort puts them).
 local function rank(text)
   for j = 0, width - 1 do acc[j] = 0 end
   local words
   if find(text, "[\128-\255]") then
+    if find(text, FINAL_SIGMA_BYTES, 1, true) then text = ngx.re.gsub(text, FINAL_SIGMA, "ς", "jou") or text end
     local folded = ngx.re.gsub(lower(text), "[^\\x00-\\x7F]", fold, "jou") or lower(text) -- nil: not UTF-8
     words = ngx.re.gmatch(folded, [[(*UCP)\b\w\w+\b]], "jou")
   else
@@ -364,7 +371,7 @@ function M.done()
   local replica = ngx.var.expert_replica
   if replica ~= "" then
     replicas.let_go()
-    if ngx.status < 500 then replicas.answered(replica) end
+    if ngx.status < 500 and ngx.status ~= 499 then replicas.answered(replica) end -- 499: the client left
   end
   local cluster = ngx.status < 500 and ngx.var.expert_cluster or "" -- an expert's 4xx is its answer
   local endpoint = ngx.var.uri == "/v1/chat/completions" and "chat" or "completions"
