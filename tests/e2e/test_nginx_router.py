@@ -240,6 +240,14 @@ def test_a_replica_named_by_host_name_is_read_at_its_address(tmp_path, classifie
     assert [written[url]["resolved"] for url in urls] == [True, True, False]
 
 
+def get_json(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
 def stats(expert_url: str) -> dict:
     with urllib.request.urlopen(expert_url + "/stats") as response:
         return json.load(response)
@@ -636,6 +644,9 @@ def test_health_checks_take_a_dead_replica_out_and_bring_it_back(tmp_path, class
             log = (router.prefix / "error.log").read_text()
             assert "while connecting to upstream" not in log, log  # no request was sent to the dead replica
             assert log.count("marked down") == 1, log  # once, when it went
+            status, health = get_json(router.url + "/health")  # the gateway's answer, for readiness probes
+            assert status == 200 and health["status"] == "ok"
+            assert health["experts"]["1"] == {"model": "expert-1", "healthy_replicas": 1, "replicas": 2, "inflight": 0}
 
             models = [f"expert-{c}" for c in range(8)]
             back = cli_args("synthetic-expert", "--port", str(port), "--models", *models, "--tokens", "2")
@@ -644,3 +655,9 @@ def test_health_checks_take_a_dead_replica_out_and_bring_it_back(tmp_path, class
                 assert [post(url, body)[0] for _ in range(4)] == [200] * 4
                 assert stats(f"http://127.0.0.1:{port}")["requests"] >= 1  # listed first, idle: picked again
             assert "is back up" in (router.prefix / "error.log").read_text()
+
+    dead = write_deployment(tmp_path / "dead.yaml", classifier, {c: [f"http://127.0.0.1:{port}"] for c in range(8)})
+    with NginxRouter(tmp_path, dead, name="dead") as router:
+        time.sleep(0.6)
+        status, health = get_json(router.url + "/health")
+        assert status == 503 and health["status"] == "unavailable"  # a load balancer passes it over

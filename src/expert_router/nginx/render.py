@@ -358,8 +358,7 @@ http {{
         }}
 
         location = /health {{
-            default_type application/json;
-            return 200 '{{"status":"ok"}}';
+            content_by_lua_block {{ router.health() }}
         }}
 
         location / {{

@@ -50,6 +50,15 @@ local function busy(name)
   return math.max(inflight, report + since)
 end
 
+--- How many of `cluster`'s expert's replicas are live, and how many it has.
+function R.healthy(cluster)
+  local names, count = experts[tostring(cluster)].replicas, 0
+  for _, name in ipairs(names) do
+    if live(name) then count = count + 1 end
+  end
+  return count, #names
+end
+
 --- The replica of `cluster`'s expert to send to: the least busy live one not in `tried`; nil when none.
 function R.pick(cluster, tried)
   local names = experts[tostring(cluster)].replicas

@@ -421,14 +421,35 @@ function M.metrics()
   ngx.print(table.concat(lines, "\n"), "\n")
 end
 
+--- The clusters that have an expert, in order.
+local function clusters()
+  local found = {}
+  for cluster in pairs(experts) do found[#found + 1] = tonumber(cluster) end
+  table.sort(found)
+  return found
+end
+
+--- content_by_lua for GET /health: the gateway's answer (each expert's live replicas and this nginx's
+--- requests in flight on it); 503 when no expert has a live replica, so a load balancer or a readiness
+--- probe passes this router over.
+function M.health()
+  local status, by_cluster = "unavailable", {}
+  for _, cluster in ipairs(clusters()) do
+    local live, all = replicas.healthy(cluster)
+    if live > 0 then status = "ok" end
+    by_cluster[tostring(cluster)] = { model = experts[tostring(cluster)].model, healthy_replicas = live,
+      replicas = all, inflight = slots:get("inflight\t" .. cluster) or 0 }
+  end
+  ngx.status = status == "ok" and 200 or 503
+  ngx.header["Content-Type"] = "application/json"
+  ngx.print(cjson.encode({ status = status, experts = by_cluster }))
+end
+
 --- content_by_lua for GET /v1/models: the router's own name and every expert's model.
 function M.models()
   if ngx.req.get_method() ~= "GET" then return fail(405, "method not allowed; use GET") end
   local data = { { id = model_name, object = "model", created = ngx.time(), owned_by = "expert-router" } }
-  local clusters = {}
-  for cluster in pairs(experts) do clusters[#clusters + 1] = tonumber(cluster) end
-  table.sort(clusters)
-  for _, cluster in ipairs(clusters) do
+  for _, cluster in ipairs(clusters()) do
     data[#data + 1] = { id = experts[tostring(cluster)].model, object = "model", created = ngx.time(),
       owned_by = "expert-router" }
   end
