@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
+import signal
 import socket
 import threading
 import time
@@ -400,6 +402,40 @@ def test_a_client_that_hangs_up_on_a_whole_answer_cancels_it_upstream(tmp_path, 
                 assert time.monotonic() < deadline, "the expert kept answering a client that had left"
                 time.sleep(0.05)
             assert stats(slow.url)["cancelled"] == 1 and stats(slow.url)["completed"] == 0
+
+
+def test_a_worker_that_crashes_does_not_keep_its_slots(tmp_path, classifier):
+    """nginx respawns a worker that crashed, but the counts its requests held in the shared dict had
+    stayed: an expert it had filled answered 429 until nginx restarted. The worker that replaces it
+    takes the dead one's shares off."""
+    with synthetic_expert(tmp_path, "slow", "--tokens", "50", "--interval-ms", "100") as slow:
+        deployment = write_deployment(
+            tmp_path / "deploy.yaml",
+            classifier,
+            {c: [slow.url] for c in range(8)},
+            max_inflight_per_expert=1,
+            queue_timeout_s=0.2,
+        )
+        body = {"model": "expert-4", "prompt": "hello", "stream": True}
+        with NginxRouter(tmp_path, deployment) as router:
+            with socket.create_connection(("127.0.0.1", router.port)) as client:
+                client.sendall(raw_post(body))
+                assert client.recv(4096).startswith(b"HTTP/1.1 200")
+                (worker,) = workers(router)
+                os.kill(worker, signal.SIGKILL)
+                deadline = time.monotonic() + 10
+                while workers(router) in ([], [worker]):
+                    assert time.monotonic() < deadline, "nginx did not start another worker"
+                    time.sleep(0.05)
+            status, _, answer = post(router.url + "/v1/completions", {**body, "stream": False, "max_tokens": 2})
+            assert status == 200, answer
+            assert scrape(router.url)[("expert_router_inflight", (("cluster", "4"),))] == 0
+            assert "taken off" in (router.prefix / "error.log").read_text()
+
+
+def workers(router: NginxRouter) -> list[int]:
+    children = Path(f"/proc/{router.process.pid}/task/{router.process.pid}/children").read_text().split()
+    return [int(pid) for pid in children]
 
 
 def test_fail_over_goes_on_past_a_second_failure_until_max_attempts(tmp_path, classifier, small_corpus):

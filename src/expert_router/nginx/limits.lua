@@ -12,6 +12,7 @@
 
 local cjson = require "cjson.safe"
 local semaphore = require "ngx.semaphore"
+local counts = require "counts"
 
 local find = string.find
 
@@ -39,7 +40,7 @@ end
 function L.give_back(holder, prefix)
   local name = ngx.var[holder]
   if name ~= "" then
-    slots:incr(prefix .. name, -1)
+    counts.add(prefix .. name, -1)
     ngx.var[holder] = ""
   end
 end
@@ -126,9 +127,9 @@ end
 --- A slot of `key`: true when taken, false when all are held, nil and why when the store is out of reach.
 local function take(key, lease)
   if not store then
-    local count = slots:incr(key, 1, 0)
+    local count = counts.add(key, 1)
     if not count or count <= max_inflight then return true end -- no count: the dict is full; admit, uncounted
-    slots:incr(key, -1)
+    counts.add(key, -1)
     return false
   end
   local taken, err = with_store(function(red) return script(red, "take", key, max_inflight, store.lease_s, lease) end)
@@ -145,7 +146,7 @@ end
 --- Give back a slot taken for a request that is gone.
 local function give(key, lease)
   if store then return give_lease_back(key, lease) end
-  slots:incr(key, -1)
+  counts.add(key, -1)
   wake(key)
 end
 
@@ -231,7 +232,7 @@ function L.admit(cluster, wait)
   end
   if not taken then return false end
   if store then
-    slots:incr(count, 1, 0) -- this nginx's own count too, for /metrics
+    counts.add(count, 1) -- this nginx's own count too, for /metrics
     ngx.var.expert_lease = lease
   end
   ngx.var.expert_admitted = cluster

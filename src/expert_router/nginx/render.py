@@ -56,7 +56,7 @@ def write(deployment: Deployment, classifier: Classifier, out: Path, listen: Lis
     store = limit_store(deployment.gateway)
     router = out / "router"
     router.mkdir(parents=True, exist_ok=True)
-    for name in ("route.lua", "limits.lua", "replicas.lua"):
+    for name in ("route.lua", "limits.lua", "replicas.lua", "counts.lua"):
         shutil.copyfile(str(resources.files("expert_router.nginx").joinpath(name)), router / name)
     export_classifier(deployment, classifier, router, store)
     config = out / "nginx.conf"

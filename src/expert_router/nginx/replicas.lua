@@ -14,6 +14,8 @@
 -- the configuration was written is neither checked nor read (cosockets resolve no names without a
 -- `resolver`; nginx itself resolved its upstream): requests alone judge it.
 
+local counts = require "counts"
+
 local find, gmatch = string.find, string.gmatch
 
 local R = {}
@@ -88,7 +90,7 @@ end
 --- request to an expert's one replica pays no count it never reads.
 function R.sent(name)
   if replicas[name].scored then
-    slots:incr("busy\t" .. name, 1, 0)
+    counts.add("busy\t" .. name, 1)
     slots:incr("sent\t" .. name, 1, 0)
   end
 end
@@ -96,7 +98,7 @@ end
 --- Stop counting this request on its replica ($expert_replica).
 function R.let_go()
   local name = ngx.var.expert_replica
-  if name ~= "" and replicas[name].scored then slots:incr("busy\t" .. name, -1) end
+  if name ~= "" and replicas[name].scored then counts.add("busy\t" .. name, -1) end
   ngx.var.expert_replica = ""
 end
 

@@ -12,6 +12,7 @@
 
 local cjson = require "cjson.safe"
 local ffi = require "ffi"
+local counts = require "counts"
 local limits = require "limits"
 local replicas = require "replicas"
 
@@ -36,6 +37,7 @@ function M.load(dir)
   model_name, experts, max_inflight = meta.model_name, meta.experts, meta.max_inflight
   queue_timeout, fallback, max_attempts = meta.queue_timeout_s, meta.fallback == "nearest", meta.max_attempts
   slots = ngx.shared.expert_router
+  counts.load(slots)
   limits.load(meta, slots)
   replicas.load(meta, slots)
   by_model = {}
@@ -384,6 +386,7 @@ end
 --- init_worker_by_lua: the replicas' load reads and health checks (worker 0), and every worker's renewal of
 --- its leases.
 function M.start_worker()
+  counts.start_worker()
   replicas.start_worker()
   limits.start_worker()
 end
