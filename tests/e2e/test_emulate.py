@@ -96,6 +96,9 @@ def test_streams_like_vllm_and_exports_its_metrics(experts):
     with pytest.raises(urllib.error.HTTPError) as error:
         post(urls[3] + "/v1/completions", {**body, "model": "expert-4"})
     assert error.value.code == 404 and json.loads(error.value.read())["error"]["code"] == "model_not_found"
+    continuous = {**body, "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+    running = [c["usage"]["completion_tokens"] for c in events(post(urls[3] + "/v1/completions", continuous))]
+    assert running == list(range(1, ANSWER + 1)) + [ANSWER]  # vLLM's running count on every chunk, then the total
 
 
 BAD_REQUESTS = [

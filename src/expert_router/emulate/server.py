@@ -182,7 +182,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
         return error_response(400, str(exc))
     try:
         if fields.stream:
-            return await _stream(request, body, chat, stream, fields.include_usage)
+            return await _stream(request, body, chat, stream, fields.include_usage, fields.continuous_usage)
         return await _whole(body, chat, stream)
     finally:
         driver.cancel(stream)  # a no-op when it finished; frees its KV blocks when the client left
@@ -197,17 +197,22 @@ def _head(body: dict[str, Any], chat: bool) -> dict[str, Any]:
     }
 
 
-def _usage(stream: Stream) -> dict[str, int]:
+def _usage(stream: Stream, tokens: int | None = None) -> dict[str, int]:
+    """The answer's usage; `tokens`: those generated so far (a running count), else all of them."""
+    completion = stream.tokens if tokens is None else tokens
     return {
         "prompt_tokens": stream.prompt_tokens,
-        "completion_tokens": stream.tokens,
-        "total_tokens": stream.prompt_tokens + stream.tokens,
+        "completion_tokens": completion,
+        "total_tokens": stream.prompt_tokens + completion,
     }
 
 
 async def _stream(
-    request: web.Request, body: dict[str, Any], chat: bool, stream: Stream, include_usage: bool
+    request: web.Request, body: dict[str, Any], chat: bool, stream: Stream, include_usage: bool, continuous: bool
 ) -> web.StreamResponse:
+    """vLLM's stream: the role first (chat), a chunk a token, the usage last when `include_usage` asks,
+    and a running usage on every chunk when `continuous_usage_stats` asks too (as vLLM gives it only then)."""
+    running = include_usage and continuous
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -219,6 +224,8 @@ async def _stream(
     head = _head(body, chat)
     if chat:  # vLLM's first chat chunk carries the role and no token
         role = {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+        if running:
+            role["usage"] = _usage(stream, 0)
         await response.write(b"data: " + orjson.dumps(role) + b"\n\n")
     async for event, at in stream.events():
         text = FILLER[event.position % len(FILLER)]
@@ -228,7 +235,10 @@ async def _stream(
             choice = {"index": 0, "text": text, "finish_reason": event.finish_reason, "logprobs": None}
         # "t": when the emulated GPU produced the token (time.monotonic, shared by every process here), as
         # the synthetic expert stamps its chunks: the user simulator keeps it, so timing error is measurable
-        await response.write(b"data: " + orjson.dumps({**head, "choices": [choice], "t": at}) + b"\n\n")
+        chunk = {**head, "choices": [choice], "t": at}
+        if running:
+            chunk["usage"] = _usage(stream, event.position + 1)
+        await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
     if include_usage:
         await response.write(b"data: " + orjson.dumps({**head, "choices": [], "usage": _usage(stream)}) + b"\n\n")
     await response.write(b"data: [DONE]\n\n")
