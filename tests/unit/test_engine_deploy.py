@@ -3,6 +3,7 @@ deploy/ (with stand-ins for what a build makes), LoRA ranks, ports, logs, signal
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -26,7 +27,7 @@ REPO = Path(__file__).parents[2]
 
 def example(tmp_path: Path, name: str) -> Path:
     """deploy/NAME copied into a scratch tree, with a LoRA adapter stand-in where it expects a build's."""
-    (tmp_path / "deploy").mkdir()
+    (tmp_path / "deploy").mkdir(parents=True)
     shutil.copy(REPO / "deploy" / name, tmp_path / "deploy" / name)
     for i in range(8):
         adapter = tmp_path / "artifacts" / "adapters" / f"expert-{i}"
@@ -42,6 +43,20 @@ def test_the_multi_lora_gpu_example_serves_its_base_model_from_the_hub(tmp_path)
     check_engine(deployment, str(path))
     [server] = kind_of(deployment).servers(deployment, tmp_path / "logs")
     assert server.argv[server.argv.index("--model") + 1] == "meta-llama/Llama-2-7b-chat-hf"
+
+
+def test_adapters_in_a_folder_whose_name_holds_a_comma_reach_vllm_whole(tmp_path):
+    """`--lora-modules name=path`: vLLM reads an item that holds a comma as JSON (its LoRAParserAction),
+    so an adapter under a folder like 'runs,2024' stopped vLLM at start. Each is JSON now."""
+    path = example(tmp_path / "runs,2024", "gpu-vllm-lora.yaml")
+    deployment = load_deployment(path)
+    [server] = kind_of(deployment).servers(deployment, tmp_path / "logs")
+    start = server.argv.index("--lora-modules") + 1
+    modules = [json.loads(item) for item in server.argv[start : start + 8]]
+    assert modules[3] == {
+        "name": "expert-3",
+        "path": str(tmp_path / "runs,2024" / "artifacts" / "adapters" / "expert-3"),
+    }
 
 
 def test_the_per_expert_gpu_example_gives_each_server_its_own_gpu(tmp_path):

@@ -7,6 +7,7 @@ plans its server processes. Adding an engine (SGLang, TGI) is one class here and
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -78,8 +79,8 @@ class VllmLora(EngineKind):
             str(len(deployment.experts)),
             "--max-lora-rank",
             str(engine.max_lora_rank),
-            "--lora-modules",
-            *[f"{e.model}={e.adapter}" for e in deployment.experts],
+            "--lora-modules",  # JSON: vLLM reads an item holding a comma as JSON, so name=path broke on one
+            *[json.dumps({"name": e.model, "path": str(e.adapter)}) for e in deployment.experts],
         ]
         return [ServerProcess("vllm-lora", url, [e.model for e in deployment.experts], argv, logs / "vllm-lora.log")]
 
