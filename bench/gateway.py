@@ -222,6 +222,18 @@ router against 68 us through nginx (one stream, 2-token answers), ~18 us of it t
 (lower-casing, tokens, look-ups and the 108-float sums; a byte-scanning tokenizer through LuaJIT's FFI
 saved ~1 us of its ~9 and was not kept) and no measurable part the log phase's counting.
 
+The twelfth pass measured the router with everything the gateway's list asks for in place (limits
+shared through Redis, a first-come queue, health checks, crash-safe counts; the bench runs its default,
+per-nginx limit), on a slower machine than the earlier passes' (nginx ~20.7 us of CPU a token against
+~14): CPU per token 1.05x nginx's with 256-token answers and 1.12x with 32-token ones, met in every
+repetition; 1,110 requests per CPU-second against nginx's 1,330; all four latency checks inside the
+noise. At 1,000 streams this machine is past saturation for every path (nginx adds 15-40 ms at the
+median), so that level's noise is tens of milliseconds. One stream: 0.35 ms against nginx's 0.13. A
+probe that sent requests back to back on one connection (no think time) put the router level with
+nginx (0.21 against 0.20 ms added, three runs): the router's configuration without its Lua added 0.13-
+0.16 ms, less than `deploy/nginx.conf`, and the Lua ~0.07 ms on top; the bench's larger gap at one
+stream, where a request comes every ~1.3 s, is not explained.
+
 The ratios are checked against the goals in the JSON (`overhead_check_*`, `cpu_check*`). Where
 nginx's added time is smaller than the noise (how far the direct path's own percentile, or nginx's added
 time, moves between repetitions, whichever moved more) its ratio divides noise by noise: the check then

@@ -1,14 +1,15 @@
 -- The nginx router's limits: each request's slot of its expert, taken and given back, and the queue a
 -- request past `max_inflight_per_expert` waits in. route.lua calls `admit`, `release` and `abandon`.
 --
--- The slots are counted by this nginx (a count per expert in the shared dict, for all its workers) or, with limit_scope: shared, in the gateway's own store: leases in Redis, with the same
--- scripts, keys and lease term as `gateway.shared_limit`, so routers and gateways in front of one expert
--- share one count. A request holds a lease, named by its $request_id, while it runs; each worker renews
--- the leases it holds every third of `lease_s` (one that dies frees them within `lease_s`) and gives
--- them back from a timer, as cosockets are not allowed in the log phase, in one call per expert for all
--- that ended meanwhile. Either way, requests waiting for a slot queue per worker and expert in arrival
--- order; one poller per queue takes the head's slot, woken when this worker frees one, else backing off
--- from 2 to 50 ms (a slot freed by another worker or instance is found by polling).
+-- The slots are counted by this nginx (a count per expert in the shared dict, for all its workers) or,
+-- with limit_scope: shared, in the gateway's own store: leases in Redis, with the same scripts, keys and
+-- lease term as `gateway.shared_limit`, so routers and gateways in front of one expert share one count.
+-- A request holds a lease, named by its $request_id, while it runs; each worker renews the leases it
+-- holds every third of `lease_s` (one that dies frees them within `lease_s`) and gives them back from a
+-- timer, as cosockets are not allowed in the log phase, in one call per expert for all that ended
+-- meanwhile. Either way, requests waiting for a slot queue per worker and expert in arrival order; one
+-- poller per queue takes the head's slot, woken when this worker frees one, else backing off from 2 to
+-- 50 ms (a slot freed by another worker or instance is found by polling).
 
 local cjson = require "cjson.safe"
 local semaphore = require "ngx.semaphore"
@@ -64,7 +65,11 @@ local function with_store(command)
   local red = redis:new()
   red:set_timeout(math.max(1000, store.lease_s / 3 * 1000)) -- the gateway's socket timeout
   local ok, err
-  if store.port == cjson.null then ok, err = red:connect(store.host) else ok, err = red:connect(store.host, store.port) end
+  if store.port == cjson.null then -- a Unix socket: "unix:/path"
+    ok, err = red:connect(store.host)
+  else
+    ok, err = red:connect(store.host, store.port)
+  end
   if ok and red:get_reused_times() == 0 then
     if store.password ~= cjson.null then
       if store.username ~= cjson.null then ok, err = red:auth(store.username, store.password)
@@ -127,8 +132,12 @@ end
 --- A slot of `key`: true when taken, false when all are held, nil and why when the store is out of reach.
 local function take(key, lease)
   if not store then
-    local count = counts.add(key, 1)
-    if not count or count <= max_inflight then return true end -- no count: the dict is full; admit, uncounted
+    local count, err = counts.add(key, 1)
+    if not count then -- the dict is full (it evicts before it fails): admitted uncounted, its end would
+      ngx.log(ngx.ERR, "cannot count ", key, ": ", err) -- take back another request's slot
+      return false
+    end
+    if count <= max_inflight then return true end
     counts.add(key, -1)
     return false
   end
@@ -283,7 +292,6 @@ local function renew_while_held()
     ngx.sleep(store.lease_s / 3)
   end
 end
-
 
 --- init_worker_by_lua: every worker renews the leases it holds.
 function L.start_worker()
