@@ -368,7 +368,10 @@ end
 --- log_by_lua of the routing locations: give the slot back, count the answer (a client that hung up
 --- is 499, as in the gateway's metrics).
 function M.done()
-  limits.abandon()
+  -- A slot is left pending only by a request ended while it waited or asked the store: its client left
+  -- (499) or the Lua failed (500). Only those read ngx.ctx, which makes a table for every request that reads it.
+  local status = ngx.status
+  if status == 499 or status >= 500 then limits.abandon() end
   limits.release()
   local replica = ngx.var.expert_replica
   if replica ~= "" then
