@@ -13,6 +13,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -269,6 +270,19 @@ def scrape(router_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], flo
     }
 
 
+Counts = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape_when(router_url: str, shows: Callable[[Counts], bool]) -> Counts:
+    """/metrics once it `shows` what the test expects, or after 5 s (the test's own assert then fails): nginx
+    counts a request in its log phase, which runs after the client has had the last byte, so a scrape right
+    after an answer can come before its count."""
+    deadline = time.monotonic() + 5
+    while not shows(counts := scrape(router_url)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return counts
+
+
 def stream_in_background(url: str, body: dict) -> tuple[threading.Thread, list[tuple[int, dict, bytes]]]:
     answers: list[tuple[int, dict, bytes]] = []
     thread = threading.Thread(target=lambda: answers.append(post(url, body)))
@@ -330,11 +344,13 @@ def test_an_expert_at_its_limit_queues_its_requests_then_answers_429(tmp_path, c
                 streaming.join(timeout=10)
             assert first[0][0] == 200
             assert post(url, body)[0] == 200  # free again
-            counts = scrape(router.url)
+            labels_2 = (("cluster", "2"), ("endpoint", "completions"), ("status", "200"))
+            answered_2 = ("expert_router_requests_total", labels_2)
+            counts = scrape_when(router.url, lambda c: c.get(answered_2) == 2)
             assert counts[("expert_router_inflight", (("cluster", "2"),))] == 0
             answered = {key[1]: value for key, value in counts.items() if key[0] == "expert_router_requests_total"}
             assert answered[(("cluster", ""), ("endpoint", "completions"), ("status", "429"))] == 1
-            assert answered[(("cluster", "2"), ("endpoint", "completions"), ("status", "200"))] == 2
+            assert answered[answered_2[1]] == 2
 
     with synthetic_expert(tmp_path, "patient", "--tokens", "8", "--interval-ms", "150") as experts:
         endpoints = {c: [experts.url] for c in range(8)}
@@ -360,13 +376,8 @@ def test_an_expert_at_its_limit_queues_its_requests_then_answers_429(tmp_path, c
             hang_up_while_queued(router, body, experts.url)
             assert post(url, {**body, "model": "expert-5"})[0] == 200  # a request after it, to another expert
             assert stats(experts.url)["requests"] == sent + 2  # the stream that held the slot, and this
-            waited = scrape(router.url)
-            assert (
-                waited[
-                    ("expert_router_requests_total", (("cluster", ""), ("endpoint", "completions"), ("status", "499")))
-                ]
-                == 1
-            )
+            left = ("expert_router_requests_total", (("cluster", ""), ("endpoint", "completions"), ("status", "499")))
+            assert scrape_when(router.url, lambda c: c.get(left) == 1)[left] == 1
 
 
 def test_a_client_that_hangs_up_gives_its_slot_back(tmp_path, classifier):
@@ -429,7 +440,8 @@ def test_a_worker_that_crashes_does_not_keep_its_slots(tmp_path, classifier):
                     time.sleep(0.05)
             status, _, answer = post(router.url + "/v1/completions", {**body, "stream": False, "max_tokens": 2})
             assert status == 200, answer
-            assert scrape(router.url)[("expert_router_inflight", (("cluster", "4"),))] == 0
+            free = ("expert_router_inflight", (("cluster", "4"),))
+            assert scrape_when(router.url, lambda c: c.get(free) == 0)[free] == 0
             assert "taken off" in (router.prefix / "error.log").read_text()
 
 
@@ -523,19 +535,21 @@ def test_an_expert_that_fails_passes_the_request_to_the_next_nearest(tmp_path, c
                     "max_tokens": 3,
                     "model": f"expert-{expected}",
                 }
-                key = (("from_cluster", str(down)), ("to_cluster", str(expected)))
-                assert scrape(router.url)[("expert_router_fallbacks_total", key)] >= 1
+                fell = ("expert_router_fallbacks_total", (("from_cluster", str(down)), ("to_cluster", str(expected))))
+                assert scrape_when(router.url, lambda c, fell=fell: c.get(fell, 0) >= 1)[fell] >= 1
             status, headers, answer = post(router.url + "/v1/completions", {"model": "expert-1", "prompt": "hi"})
             assert status == 503 and headers["Retry-After"] == "1"
             error = json.loads(answer)["error"]
             assert error["type"] == "service_unavailable"
             assert "cluster 1 failed" in error["message"] or "cluster 1 has no live replica" in error["message"]
-            assert scrape(router.url)[("expert_router_inflight", (("cluster", "1"),))] == 0
+            free = ("expert_router_inflight", (("cluster", "1"),))
+            assert scrape_when(router.url, lambda c: c.get(free) == 0)[free] == 0
             status, headers, answer = post(router.url + "/v1/completions", {"model": "expert-3", "prompt": "hi"})
             assert status == 400 and headers["X-Expert-Cluster"] == "3", answer
             assert "error" in json.loads(answer)
             counted = (("cluster", "3"), ("endpoint", "completions"), ("status", "400"))
-            assert scrape(router.url)[("expert_router_requests_total", counted)] == 1  # the expert's answer
+            counted_key = ("expert_router_requests_total", counted)
+            assert scrape_when(router.url, lambda c: c.get(counted_key) == 1)[counted_key] == 1  # the expert's answer
 
         strict = write_deployment(tmp_path / "strict.yaml", classifier, endpoints, fallback="none")
         with NginxRouter(tmp_path / "strict", strict) as router:
