@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,16 @@ def make_corpus(n_per_topic: int = 60, seed: int = 0) -> list[tuple[str, str]]:
             text = " ".join(rng.choice(words) if rng.random() < 0.8 else rng.choice(filler) for _ in range(n))
             corpus.append((f"{text} {rng.randint(1, 999)}", label))
     return corpus
+
+
+@pytest.fixture(scope="session", autouse=True)
+def corpus_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Named corpora cached in the session's own folder (the CLI processes the tests start inherit it): the
+    demo corpus is built once per run, not once per process, and never from or into the user's cache."""
+    folder = tmp_path_factory.mktemp("corpus-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EXPERT_ROUTER_CACHE_DIR", str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="session")
