@@ -688,6 +688,33 @@ def test_a_shared_limit_store_out_of_reach_is_a_503_not_an_unlimited_expert(tmp_
         assert stats(expert.url)["requests"] == 0
 
 
+def test_a_health_path_that_fails_takes_out_only_the_experts_it_checks(tmp_path, classifier):
+    """One server for every expert, as a Triton serving several models is, each expert checked on its own
+    path (`/v2/models/NAME/ready` there): expert 2's path failing takes the server out for expert 2 alone,
+    as the gateway judges it. (The router had one count for the server: every expert lost it.)"""
+    import yaml
+
+    with synthetic_expert(tmp_path, "shared", "--tokens", "2") as server:
+        endpoints = {c: [server.url] for c in range(8)}
+        path = write_deployment(tmp_path / "deploy.yaml", classifier, endpoints, fallback="none", failures_to_down=1)
+        document = yaml.safe_load(path.read_text())
+        for expert in document["experts"]:
+            expert["health_path"] = "/no-such-path" if expert["cluster"] == 2 else "/v1/models"
+        path.write_text(yaml.safe_dump(document))
+        with NginxRouter(tmp_path, path) as router:
+            url = router.url + "/v1/completions"
+            time.sleep(0.6)  # a few checks
+            status, health = get_json(router.url + "/health")
+            assert status == 200 and health["status"] == "ok"
+            assert health["experts"]["2"]["healthy_replicas"] == 0
+            assert all(health["experts"][str(c)]["healthy_replicas"] == 1 for c in range(8) if c != 2)
+            assert post(url, {"model": "expert-1", "prompt": "hello", "max_tokens": 2})[0] == 200
+            status, _, answer = post(url, {"model": "expert-2", "prompt": "hello", "max_tokens": 2})
+            assert status == 503 and "cluster 2" in json.loads(answer)["error"]["message"]
+            log = (router.prefix / "error.log").read_text()
+            assert log.count("marked down") == 1 and "checked on /no-such-path" in log, log
+
+
 def test_health_checks_take_a_dead_replica_out_and_bring_it_back(tmp_path, classifier):
     """Worker 0 checks each replica's health path every `health_interval_s` (0.2 s here): a dead replica
     is out before any request is sent to it, and once it answers its checks it takes requests again at

@@ -100,7 +100,11 @@ def export_classifier(
         "health_interval_s": settings.health_interval_s,
         "limit_store": store,
         "experts": {
-            str(e.cluster): {"model": e.model, "replicas": [names[url] for url in e.base_urls()]}
+            str(e.cluster): {
+                "model": e.model,
+                "replicas": [names[url] for url in e.base_urls()],
+                "health_path": e.health_path,
+            }
             for e in deployment.experts
         },
         "replicas": {name: {**_replica(url), "health": health[url]} for url, name in names.items()},

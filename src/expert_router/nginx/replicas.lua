@@ -9,8 +9,10 @@
 -- `load_interval_s`, as `gateway.load` reads it) plus what this nginx sent it since that read began,
 -- never less than this nginx's requests in flight on it. Worker 0 reads the reports and runs the health
 -- checks (every `health_interval_s`, each replica's `health_path`s), and the shared dict shares them.
--- A replica is one server for every expert on it: one of its health paths failing takes it out for all
--- of them (the gateway judges each expert's path apart). A replica whose host name did not resolve when
+-- A replica is one server for every expert on it, with one count of failures in a row, except where its
+-- experts name different health paths (a Triton serving several models: `/v2/models/NAME/ready`): each
+-- path then has a count of its own, and a path that fails takes the replica out for its experts only, as
+-- the gateway judges each expert's path apart. A replica whose host name did not resolve when
 -- the configuration was written is neither checked nor read (cosockets resolve no names without a
 -- `resolver`; nginx itself resolved its upstream): requests alone judge it.
 
@@ -40,8 +42,17 @@ function R.url(name)
   return replicas[name].url
 end
 
-local function live(name)
-  return (slots:get("fails\t" .. name) or 0) < failures_to_down
+--- The key of the failures in a row of replica `name` on `path`: the replica's own where it has one
+--- health path (the usual case: no second count to read), the path's where its experts name several.
+local function path_key(name, path)
+  if #replicas[name].health == 1 then return "fails\t" .. name end
+  return "fails\t" .. name .. "\t" .. path
+end
+
+--- Whether replica `name` takes requests for an expert whose health path is `path`.
+local function live(name, path)
+  if (slots:get("fails\t" .. name) or 0) >= failures_to_down then return false end
+  return #replicas[name].health == 1 or (slots:get(path_key(name, path)) or 0) < failures_to_down
 end
 
 local function busy(name)
@@ -54,22 +65,24 @@ end
 
 --- How many of `cluster`'s expert's replicas are live, and how many it has.
 function R.healthy(cluster)
-  local names, count = experts[tostring(cluster)].replicas, 0
+  local expert = experts[tostring(cluster)]
+  local names, count = expert.replicas, 0
   for _, name in ipairs(names) do
-    if live(name) then count = count + 1 end
+    if live(name, expert.health_path) then count = count + 1 end
   end
   return count, #names
 end
 
 --- The replica of `cluster`'s expert to send to: the least busy live one not in `tried`; nil when none.
 function R.pick(cluster, tried)
-  local names = experts[tostring(cluster)].replicas
+  local expert = experts[tostring(cluster)]
+  local names, path = expert.replicas, expert.health_path
   if #names == 1 then
-    return (not tried[names[1]] and live(names[1])) and names[1] or nil
+    return (not tried[names[1]] and live(names[1], path)) and names[1] or nil
   end
   local best, least
   for _, name in ipairs(names) do
-    if not tried[name] and live(name) then
+    if not tried[name] and live(name, path) then
       local load = busy(name)
       if not best or load < least then best, least = name, load end
     end
@@ -102,22 +115,37 @@ function R.let_go()
   ngx.var.expert_replica = ""
 end
 
---- A failure (a request's before its first byte, or a health check's): `failures_to_down` in a row take
---- the replica out; logged once, when it goes.
-function R.failed(name, why)
-  local key = "fails\t" .. name
-  local fails = slots:incr(key, 1, 0)
-  slots:expire(key, fail_ttl) -- from the latest failure: in a row, however far apart the checks are
-  if fails == failures_to_down then ngx.log(ngx.WARN, "replica ", replicas[name].url, " marked down: ", why) end
+--- What a count of failures is of: the replica, or the replica for the experts of one health path.
+local function what(name, key)
+  local url = replicas[name].url
+  return key == "fails\t" .. name and url or (url .. " (its experts checked on " .. key:match("[^\t]*$") .. ")")
 end
 
---- A success (an answer below 500, or a passed health check): the failures in a row start again.
-function R.answered(name)
-  local fails = slots:get("fails\t" .. name)
+--- A failure of `key` (`path_key`'s; the replica's own by default): `failures_to_down` in a row take it
+--- out; logged once, when it goes.
+local function fail(name, why, key)
+  local fails = slots:incr(key, 1, 0)
+  slots:expire(key, fail_ttl) -- from the latest failure: in a row, however far apart the checks are
+  if fails == failures_to_down then ngx.log(ngx.WARN, "replica ", what(name, key), " marked down: ", why) end
+end
+
+--- A success of `key`: its failures in a row start again.
+local function pass(name, key)
+  local fails = slots:get(key)
   if fails then
-    slots:delete("fails\t" .. name)
-    if fails >= failures_to_down then ngx.log(ngx.WARN, "replica ", replicas[name].url, " is back up") end
+    slots:delete(key)
+    if fails >= failures_to_down then ngx.log(ngx.WARN, "replica ", what(name, key), " is back up") end
   end
+end
+
+--- A request's failure before its first byte: the replica's, whichever expert it was for.
+function R.failed(name, why)
+  fail(name, why, "fails\t" .. name)
+end
+
+--- An answer below 500: the replica's failures in a row start again.
+function R.answered(name)
+  pass(name, "fails\t" .. name)
 end
 
 --- GET `path` from a replica: the answer's text when it is a 200, else nil and why.
@@ -166,21 +194,24 @@ local function read_load(name)
   slots:delete("reading\t" .. name)
 end
 
---- Check one replica's health paths (every expert's on it): a failure on any is the replica's failure,
---- all passing its success.
+--- Check one replica's health paths (every expert's on it), each counted under its `path_key`. Where they
+--- are several, one that answers 200 shows the server up: the replica's own failures in a row (requests')
+--- start again, and a path that fails takes out only its experts.
 local function check(name)
   local timeout = math.max(1, health_interval)
   if not slots:add("checking\t" .. name, true, timeout + 1) then return end -- the last check still runs
   local replica = replicas[name]
-  local why
+  local up = false
   for _, path in ipairs(replica.health) do
     local text, err = get(replica, path, timeout)
-    if not text then
-      why = ("health check of %s failed: %s"):format(path, err)
-      break
+    if text then
+      up = true
+      pass(name, path_key(name, path))
+    else
+      fail(name, ("health check of %s failed: %s"):format(path, err), path_key(name, path))
     end
   end
-  if why then R.failed(name, why) else R.answered(name) end
+  if up then pass(name, "fails\t" .. name) end
   slots:delete("checking\t" .. name)
 end
 
