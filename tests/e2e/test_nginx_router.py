@@ -13,15 +13,19 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import brotli
 import pytest
 import redis
+import zstandard
 
 from expert_router.classifier import Classifier, ClassifierSettings
-from expert_router.errors import UserError
+from expert_router.encoding import decode_body
+from expert_router.errors import BadRequest, UserError
 from expert_router.gateway.shared_limit import KEY_PREFIX
 from expert_router.testing import (
     NginxRouter,
@@ -163,7 +167,7 @@ def test_experts_on_the_same_replicas_share_one_upstream_and_its_idle_connection
         ("/v1/completions", b'{"prompt": "x", "stream": "yes"}', {}, 400, "'stream' must be a boolean"),
         ("/v1/chat/completions", b'{"messages": []}', {}, 400, "non-empty list"),
         ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": 5}]}', {}, 400, "content"),
-        ("/v1/completions", gzip.compress(b'{"prompt": "x"}'), {"Content-Encoding": "gzip"}, 415, "plain"),
+        ("/v1/completions", gzip.compress(b'{"prompt": "x"}'), {"Content-Encoding": "compress"}, 415, "not supported"),
         ("/v1/embeddings", b'{"input": "x"}', {}, 404, "no route"),
     ],
 )
@@ -173,6 +177,55 @@ def test_what_the_router_refuses_gets_an_openai_style_json_error(stack, path, ra
     assert got == status
     assert response_headers["Content-Type"] == "application/json"
     assert words in json.loads(answer)["error"]["message"]
+
+
+def test_encoded_bodies_are_decoded_or_refused_as_the_gateway_does(stack):
+    """Every Content-Encoding the gateway decodes (`expert_router.encoding`), decoded inside nginx up to the
+    same limit; what the gateway refuses is refused with its status. The expert gets the plain body."""
+    router, experts = stack
+    limit = json.loads((router.prefix / "router" / "router.json").read_text())["max_body_bytes"]
+    body = json.dumps({"prompt": "the rocket and the telescope", "max_tokens": 2, "seed": 7}).encode()
+    raw_deflate = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    zstd = zstandard.ZstdCompressor()
+    halves = (body[:9], body[9:])
+    cases = [
+        (gzip.compress(body), "gzip"),
+        (gzip.compress(body), "x-gzip"),
+        (zlib.compress(body), "deflate"),
+        (raw_deflate.compress(body) + raw_deflate.flush(), "Deflate"),
+        (brotli.compress(body), "br"),
+        (zstd.compress(body), "zstd"),
+        (b"".join(gzip.compress(h) for h in halves), "gzip"),  # members one after another: all of them
+        (b"".join(zstd.compress(h) for h in halves), "zstd"),  # frames likewise
+        (zstd.compress(brotli.compress(gzip.compress(body))), "gzip, br, zstd"),  # undone last first
+        (gzip.compress(body), "identity, gzip"),
+        (body, "gzip"),  # not gzip at all: 400
+        (gzip.compress(body)[:-6], "gzip"),  # truncated
+        (zstd.compress(body)[:-3], "zstd"),
+        (body, "br"),
+        (brotli.compress(body) + b"x", "br"),
+        (gzip.compress(b" " * 10 * limit), "gzip"),  # small on the wire, past the limit decoded: 413
+        (gzip.compress(b" " * limit) + gzip.compress(b" " * 10), "gzip"),  # the limit holds across members
+        (brotli.compress(b" " * 10 * limit), "br"),
+        (zstd.compress(b" " * 10 * limit), "zstd"),
+        (body, "compress"),  # 415
+        (body, "identity, " * 6),  # more codings than are decoded: 400
+    ]
+    for payload, header in cases:
+        try:
+            want, expected = 200, json.loads(decode_body(payload, header.encode(), limit))
+        except BadRequest as exc:
+            want, expected = exc.status, None
+        except ValueError:  # decoded to bytes that are not JSON (a cut zstd frame gives what was whole): 400
+            want, expected = 400, None
+        status, headers, answer = post(router.url + "/v1/completions", raw=payload, **{"Content-Encoding": header})
+        assert status == want, (header, answer[:300])
+        if expected is None:
+            assert json.loads(answer)["error"]["code"] == want, header
+            continue
+        with urllib.request.urlopen(experts.url + "/stats") as response:
+            seen = json.load(response)["last_body"]
+        assert seen == {**expected, "model": headers["X-Expert-Model"]}, header
 
 
 def test_get_on_a_completion_endpoint_is_405_and_models_are_listed(stack):

@@ -21,8 +21,8 @@ least busy by its /metrics load report and this nginx's requests in flight, amon
 their health checks; on a failure before the first byte another replica, then the next-nearest
 expert), queues a request past max_inflight_per_expert for queue_timeout_s before its 429 (with
 limit_scope: shared, one count in Redis with every router and gateway in front of the same experts),
-and serves Prometheus counts at /metrics. It does not decode gzip bodies or time requests
-(Server-Timing): the Python gateway (`expert-router serve`) does. Needs nginx with
+decodes compressed bodies (gzip, deflate, br, zstd), and serves Prometheus counts at /metrics. It does
+not time requests (Server-Timing): the Python gateway (`expert-router serve`) does. Needs nginx with
 libnginx-mod-http-lua and lua-cjson, and lua-nginx-redis for shared limits.
 """
 

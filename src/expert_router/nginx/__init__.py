@@ -15,9 +15,10 @@ shared dict by every worker of one nginx, or with `limit_scope: shared` as the g
 lease scripts on its keys in Redis, through lua-resty-redis), so routers and gateways share one limit,
 with a request past it waiting `queue_timeout_s` for a slot (in arrival order, per worker) before its
 429, Prometheus counts at /metrics with the gateway's names, and health checks of every replica
-(worker 0, each `health_interval_s`). What it does not do: Server-Timing and latency histograms, gzip
-request bodies (415), and a limit store over TLS. Use the Python gateway (`expert-router serve`) where
-those matter; this is for the many-streams, small-machine end.
+(worker 0, each `health_interval_s`), and compressed request bodies decoded as the gateway decodes them
+(`decode.lua`). What it does not do: Server-Timing and latency histograms, and a limit store over TLS.
+Use the Python gateway (`expert-router serve`) where those matter; this is for the many-streams,
+small-machine end.
 
 `render` writes what nginx needs from a deployment: its configuration and the classifier's arrays.
 """

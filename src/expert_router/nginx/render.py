@@ -56,7 +56,7 @@ def write(deployment: Deployment, classifier: Classifier, out: Path, listen: Lis
     store = limit_store(deployment.gateway)
     router = out / "router"
     router.mkdir(parents=True, exist_ok=True)
-    for name in ("route.lua", "limits.lua", "replicas.lua", "counts.lua"):
+    for name in ("route.lua", "limits.lua", "replicas.lua", "counts.lua", "decode.lua"):
         shutil.copyfile(str(resources.files("expert_router.nginx").joinpath(name)), router / name)
     export_classifier(deployment, classifier, router, store)
     config = out / "nginx.conf"
@@ -93,6 +93,7 @@ def export_classifier(
         "queue_timeout_s": deployment.gateway.queue_timeout_s,
         "fallback": deployment.gateway.fallback,
         "max_attempts": deployment.gateway.max_attempts,
+        "max_body_bytes": settings.max_body_bytes,
         "failures_to_down": settings.failures_to_down,
         "fail_timeout_s": FAIL_TIMEOUT_S,
         "load_aware": settings.load_aware,

@@ -13,6 +13,7 @@
 local cjson = require "cjson.safe"
 local ffi = require "ffi"
 local counts = require "counts"
+local decode = require "decode"
 local limits = require "limits"
 local replicas = require "replicas"
 
@@ -20,7 +21,7 @@ local byte, find, sub, lower, gmatch = string.byte, string.find, string.sub, str
 
 local M = {}
 local vocabulary, rows, width, dims, k, centroid_sq, acc
-local model_name, experts, by_model, max_inflight, queue_timeout, fallback, max_attempts
+local model_name, experts, by_model, max_inflight, queue_timeout, fallback, max_attempts, max_body
 local slots -- ngx.shared.expert_router: requests in flight per expert, and the counts /metrics serves
 
 local lower_case -- every non-ASCII character that Python's str.lower changes -> what it makes of it
@@ -36,6 +37,7 @@ function M.load(dir)
   error_types, lower_case = meta.error_types, meta.lower_case
   model_name, experts, max_inflight = meta.model_name, meta.experts, meta.max_inflight
   queue_timeout, fallback, max_attempts = meta.queue_timeout_s, meta.fallback == "nearest", meta.max_attempts
+  max_body = meta.max_body_bytes
   slots = ngx.shared.expert_router
   counts.load(slots)
   limits.load(meta, slots)
@@ -259,15 +261,18 @@ local send -- below M.route, which ends in it
 --- naming an expert's model goes to that expert only.
 function M.route(chat)
   if ngx.req.get_method() ~= "POST" then return fail(405, "method not allowed; use POST") end
-  local encoding = ngx.var.http_content_encoding
-  if encoding and encoding ~= "identity" then
-    return fail(415, "the nginx router reads plain request bodies only (Content-Encoding: " .. encoding .. ")")
-  end
   ngx.req.read_body()
   local raw = ngx.req.get_body_data()
   if not raw then
     if ngx.req.get_body_file() then return fail(413, "request body too large") end
     return fail(400, "the request body is empty: send a JSON object")
+  end
+  local encoding = ngx.var.http_content_encoding
+  if encoding then -- decoded here: the expert gets the plain body, which names its model
+    local decoded, status, why = decode.body(raw, encoding, max_body)
+    if not decoded then return fail(status, why) end
+    raw = decoded
+    ngx.req.clear_header("Content-Encoding")
   end
   local body = cjson.decode(raw)
   if type(body) ~= "table" or byte(raw, find(raw, "%S")) ~= 123 then
