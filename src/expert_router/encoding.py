@@ -59,7 +59,21 @@ def _brotli(body: bytes, limit: int) -> bytes:
 def _zstd(body: bytes, limit: int) -> bytes:
     reader = zstandard.ZstdDecompressor().stream_reader(body, read_across_frames=True)  # every frame, not the first
     out: bytes = reader.read(limit + 1)
+    if len(out) <= limit:
+        _check_whole_frames(body)
     return out
+
+
+def _check_whole_frames(body: bytes) -> None:
+    """Raise where `body`'s last frame is cut short: the reader gives a cut frame's whole blocks, or
+    nothing, without a word. Decoding again is safe here: the reader has shown that the whole body
+    decodes to no more than the limit."""
+    while body:
+        frame = zstandard.ZstdDecompressor().decompressobj()
+        frame.decompress(body)
+        if not frame.eof:
+            raise zstandard.ZstdError("the stream is truncated")
+        body = frame.unused_data
 
 
 DECODERS: dict[str, Decoder] = {

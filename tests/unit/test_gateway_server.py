@@ -213,6 +213,7 @@ def test_content_encodings_decode_or_fail_as_the_clients_mistake():
     for payload, header, status in (
         (body, b"gzip", 400),  # not gzip at all
         (gzip.compress(body)[:-6], b"gzip", 400),  # truncated
+        (zstandard.ZstdCompressor().compress(body)[:-3], b"zstd", 400),  # a cut frame: it had decoded to b""
         (gzip.compress(b" " * 10 * LIMIT), b"gzip", 413),  # small on the wire, past the limit decoded
         (brotli.compress(b" " * 10 * LIMIT), b"br", 413),
         (zstandard.ZstdCompressor().compress(b" " * 10 * LIMIT), b"zstd", 413),
