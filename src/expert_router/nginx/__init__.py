@@ -1,7 +1,7 @@
 """The gateway's routing decision inside nginx: nginx carries every stream, Lua classifies.
 
 Why: the Python gateway pays an event-loop pass per hop and its HTTP exchange per request, which at
-1,000 streams on a shared machine is most of what it adds over nginx (`bench/gateway.py`'s docstring,
+1,000 streams on a shared machine is most of what it adds over nginx (`docs/gateway-performance.md`,
 eighth and ninth passes). Here nginx reads the request, `route.lua` (lua-nginx-module, LuaJIT)
 classifies the prompt with the same arrays and arithmetic as `Classifier.rank`'s fast path and names
 the expert's model in the body, and nginx relays the expert's answer itself.
