@@ -72,9 +72,9 @@ local function inflate(input, wbits, members, limit)
   local src = ffi.cast("const unsigned char *", input)
   local length, used, made = #input, 0, 0
   while true do
-    if zlib.inflateInit2_(stream, wbits, zlib.zlibVersion(), ffi.sizeof(stream)) ~= Z_OK then return nil end
-    stream.next_in, stream.avail_in = src + used, length - used
+    stream.next_in, stream.avail_in = src + used, length - used -- set before the init, as zlib.h asks
     stream.next_out, stream.avail_out = dst + made, limit + 1 - made
+    if zlib.inflateInit2_(stream, wbits, zlib.zlibVersion(), ffi.sizeof(stream)) ~= Z_OK then return nil end
     local rc = zlib.inflate(stream, 0)
     while rc == Z_OK and stream.avail_in > 0 and stream.avail_out > 0 do rc = zlib.inflate(stream, 0) end
     made = limit + 1 - tonumber(stream.avail_out)
