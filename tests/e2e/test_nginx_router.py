@@ -720,6 +720,31 @@ def test_requests_waiting_for_a_slot_get_it_in_the_order_they_came(tmp_path, cla
                 assert leases_when(store["limit_store"], KEY_PREFIX + "expert-2", 0) == 0
 
 
+def test_requests_that_find_a_shared_limit_full_together_all_wait_in_one_queue(tmp_path, classifier, redis_url):
+    """Requests that arrive together at a full expert each ask the store for a slot, and each finds its
+    worker's queue empty while it waits for the answer. Each then made a queue of its own, the last one
+    replacing the others, so the waiters in those were served by no poller and got 429 after the whole
+    queue timeout (seen as a flaky 429 in the routers-and-gateways test)."""
+    body = {"model": "expert-2", "prompt": "hello", "stream": True, "max_tokens": 4}
+    with synthetic_expert(tmp_path, "quick", "--tokens", "4", "--interval-ms", "50") as quick:
+        endpoints = {c: [quick.url] for c in range(8)}
+        deployment = write_deployment(
+            tmp_path / "together.yaml",
+            classifier,
+            endpoints,
+            max_inflight_per_expert=1,
+            queue_timeout_s=20,
+            limit_scope="shared",
+            limit_store=redis_url,
+        )
+        with NginxRouter(tmp_path, deployment, name="together") as router:
+            url = router.url + "/v1/completions"
+            with ThreadPoolExecutor(8) as pool:
+                answers = list(pool.map(lambda _: post(url, body, timeout=30), range(8)))
+            assert [status for status, _, _ in answers] == [200] * 8, [a[:200] for _, _, a in answers]
+            assert stats(quick.url)["max_inflight"] == 1
+
+
 def test_a_shared_limit_store_out_of_reach_is_a_503_not_an_unlimited_expert(tmp_path, classifier):
     """Admitting without the store would break the limit it exists for: 503 with Retry-After, as the
     gateway answers (the router had ignored `limit_scope: shared` and admitted everything)."""

@@ -197,9 +197,12 @@ local function queued(key, lease, wait)
   local queue = queues[key]
   if not queue or queue.first > queue.last then
     if store then ngx.ctx.pending = { key = key, lease = lease } end
-    local taken, err = take(key, lease)
+    local taken, err = take(key, lease) -- with a store this waits for its answer, and other requests run
     ngx.ctx.pending = nil
     if taken ~= false or not wait or queue_timeout == 0 then return taken, err end
+    -- Read again: a request that found the expert full meanwhile may have made the queue. Made a second
+    -- time, it replaced the first, whose waiters no poller served (429 after the whole queue timeout).
+    queue = queues[key]
   elseif not wait then
     return false -- requests of this worker wait for it: full
   end
