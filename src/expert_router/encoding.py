@@ -68,8 +68,9 @@ def _check_whole_frames(body: bytes) -> None:
     """Raise where `body`'s last frame is cut short: the reader gives a cut frame's whole blocks, or
     nothing, without a word. Decoding again is safe here: the reader has shown that the whole body
     decodes to no more than the limit."""
+    decompressor = zstandard.ZstdDecompressor()
     while body:
-        frame = zstandard.ZstdDecompressor().decompressobj()
+        frame = decompressor.decompressobj()
         frame.decompress(body)
         if not frame.eof:
             raise zstandard.ZstdError("the stream is truncated")
