@@ -159,6 +159,12 @@ class Deployment(Strict):
             raise ValueError(f"clusters {duplicates} have more than one expert; list replicas under endpoints")
         if any(e.model == self.gateway.model_name for e in self.experts):  # it would be routed, never reached
             raise ValueError(f"an expert's model is named {self.gateway.model_name!r}, the gateway's own model_name")
+        # A client that names a model gets that model's expert, and a shared limit is keyed by model: two
+        # experts of one name were one expert to both, the other unreachable by name.
+        models = [e.model for e in self.experts]
+        shared = sorted({m for m in models if models.count(m) > 1})
+        if shared:
+            raise ValueError(f"experts of different clusters share the model name(s) {shared}; give each its own")
         return self
 
     def to_yaml(self) -> str:
