@@ -77,6 +77,7 @@ def test_every_prompt_goes_where_the_python_gateway_sends_it(stack, classifier, 
     router, _ = stack
     python = Classifier.load(classifier)
     texts = [text for text, _ in small_corpus][:120] + ["Crème brûlée: caramel, vanille et œufs", "Ünïcode çafé"]
+    texts += [_reworded(text, seed) for seed, (text, _) in enumerate(small_corpus[120:160])]
     for i, text in enumerate(texts):
         chat = i % 2 == 1
         path = "/v1/chat/completions" if chat else "/v1/completions"
@@ -85,6 +86,20 @@ def test_every_prompt_goes_where_the_python_gateway_sends_it(stack, classifier, 
         assert status == 200, answer
         assert int(headers["X-Expert-Cluster"]) == python.rank(text)[0], text
         assert answer.rstrip().endswith(b"data: [DONE]") and b" t3" in answer  # every token relayed
+
+
+def _reworded(text: str, seed: int) -> str:
+    """`text` with what an ASCII tokenizer must get right: capitals, words joined by '_' (one word) or
+    split by punctuation, digits within and after words, a one-letter word, a word that ends the text."""
+    rng = random.Random(seed)
+    words = text.split()
+    out = []
+    for i, word in enumerate(words):
+        pick = rng.randrange(6)
+        word = word.upper() if pick == 0 else word.title() if pick == 1 else word
+        word = f"({word})," if pick == 2 else f"{word}{i}" if pick == 3 else word
+        out.append(word + ("_" if pick == 4 else " "))
+    return "a " + "".join(out).rstrip(" ") + " " + rng.choice(words).upper()
 
 
 def test_capitals_outside_ascii_are_lower_cased_as_python_does(tmp_path, small_corpus):
