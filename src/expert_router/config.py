@@ -159,12 +159,17 @@ class Deployment(Strict):
             raise ValueError(f"clusters {duplicates} have more than one expert; list replicas under endpoints")
         if any(e.model == self.gateway.model_name for e in self.experts):  # it would be routed, never reached
             raise ValueError(f"an expert's model is named {self.gateway.model_name!r}, the gateway's own model_name")
-        # A client that names a model gets that model's expert, and a shared limit is keyed by model: two
-        # experts of one name were one expert to both, the other unreachable by name.
-        models = [e.model for e in self.experts]
-        shared = sorted({m for m in models if models.count(m) > 1})
-        if shared:
-            raise ValueError(f"experts of different clusters share the model name(s) {shared}; give each its own")
+        # One model may serve several clusters (same name, same endpoints). One name on different endpoints
+        # is two models to the clusters but one to everything keyed by name: a client naming it reached one
+        # of them only, and a shared limit counted both as one.
+        endpoints: dict[str, set[str]] = {}
+        for expert in self.experts:
+            endpoints.setdefault(expert.model, set(expert.base_urls()))
+            if endpoints[expert.model] != set(expert.base_urls()):
+                raise ValueError(
+                    f"experts named {expert.model!r} have different endpoints: give each model its own name "
+                    "(the same name is for one model serving several clusters, at the same endpoints)"
+                )
         return self
 
     def to_yaml(self) -> str:

@@ -44,7 +44,7 @@ def test_a_good_deployment_resolves_the_classifier_next_to_the_file(tmp_path):
         (lambda d: d["experts"][0].update(health_path="health"), "experts.0.health_path"),
         (lambda d: d["experts"][0].update(model="expert-router"), "the gateway's own model_name"),
         # Accepted, a client naming the model reached one of the two, and both shared one limit.
-        (lambda d: d["experts"][1].update(model=d["experts"][0]["model"]), "share the model name(s)"),
+        (lambda d: d["experts"][1].update(model=d["experts"][0]["model"]), "have different endpoints"),
     ],
 )
 def test_bad_keys_are_named(change, named):
@@ -55,6 +55,15 @@ def test_bad_keys_are_named(change, named):
     with pytest.raises(UserError) as error:
         parse_deployment(document, "deploy.yaml")
     assert named in str(error.value) and "deploy.yaml" in str(error.value)
+
+
+def test_one_model_may_serve_several_clusters():
+    """Same name, same endpoints: one model for two clusters (a client naming it reaches it either way)."""
+    import copy
+
+    document = copy.deepcopy(GOOD)
+    document["experts"][1].update(model="expert-0", endpoints=["http://127.0.0.1:8100"])
+    assert [e.model for e in parse_deployment(document).experts] == ["expert-0", "expert-0"]
 
 
 def test_not_yaml_or_missing(tmp_path):
