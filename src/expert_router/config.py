@@ -197,7 +197,9 @@ def describe_validation_error(exc: ValidationError, source: str, what: str = "de
 def describe_flag_error(exc: ValidationError) -> str:
     """A settings error raised from command-line flags, named as the flag: `--max-tokens: ...`."""
     return "\n".join(
-        f"--{str(error['loc'][0]).replace('_', '-')}: {error['msg']}" if error["loc"] else error["msg"]
+        f"--{str(error['loc'][0]).replace('_', '-')}: {error['msg']}"
+        if error["loc"]
+        else error["msg"].removeprefix("Value error, ")  # a check of several flags: its own words
         for error in exc.errors()
     )
 

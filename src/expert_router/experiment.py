@@ -131,8 +131,8 @@ def load_experiment(path: Path) -> tuple[Experiment, Path]:
     if not path.is_file():
         raise UserError(f"experiment file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path} is not a valid experiment: expected a mapping")

@@ -447,6 +447,23 @@ def test_workers_share_one_port_and_stop_together(tmp_path, classifier, stack):
     assert alive == []
 
 
+def test_workers_that_cannot_listen_make_a_failed_exit(tmp_path, classifier, stack):
+    """Each worker said its port was taken and exited 2; `serve --workers 2` then exited 0."""
+    _, experts = stack
+    deployment = write_deployment(tmp_path / "deploy.yaml", classifier, {c: [experts.url] for c in range(8)})
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        served = subprocess.run(
+            cli_args("serve", str(deployment), "--port", str(port), "--workers", "2"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert served.returncode == 2 and "cannot listen" in served.stderr, served.stderr
+
+
 def test_port_0_announces_the_port_it_got(tmp_path, classifier, stack):
     """`serve --port 0` said "ready on http://127.0.0.1:0/v1": a URL nobody can reach."""
     _, experts = stack

@@ -121,6 +121,23 @@ def test_experts_build_says_a_bad_out_folder_before_it_trains(tmp_path: Path, ca
     assert not trained
 
 
+@pytest.mark.parametrize("problem", ["missing corpus", "--heads 3"])
+def test_a_refused_experts_build_leaves_the_last_build_whole(problem: str, tmp_path: Path, capsys):
+    """The last build's base model, adapters and deployment files were deleted first, and the input
+    checked after: a typo in the corpus path, or a head count vLLM cannot run, cost the whole build."""
+    fit_classifier(tmp_path, tmp_path / "c", capsys)
+    out = tmp_path / "build"
+    (out / "base").mkdir(parents=True)
+    (out / "base" / "config.json").write_text("{}")
+    (out / "deployment.yaml").write_text("experts: []")
+    missing = problem == "missing corpus"
+    source, flags = (tmp_path / "missing.jsonl", []) if missing else (corpus(tmp_path), ["--heads", "3"])
+    code = main(["experts", "build", str(source), "--classifier", str(tmp_path / "c"), "--out", str(out), *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and ("not found" in err if missing else "heads" in err), err
+    assert (out / "base" / "config.json").is_file() and (out / "deployment.yaml").is_file()
+
+
 def test_a_demo_folder_made_with_another_k_is_not_reused_silently(tmp_path: Path, capsys):
     """A second demo with another --k reused the first one's classifier (and its experts) without a word."""
     out = tmp_path / "demo-out"
@@ -185,3 +202,35 @@ def test_the_demo_runs_the_papers_eight_expert_study_only_on_eight_clusters(tmp_
     for k in (4, 12):
         assert paper_in_virtual_time(tmp_path, argparse.Namespace(no_paper=False), k) is None
     assert not (tmp_path / "paper").exists()
+
+
+NOT_UTF8 = b"\xff\xfe\x00bad\n"
+
+
+@pytest.mark.parametrize("command", [["experiment", "run"], ["simulate"]])
+def test_an_experiment_file_that_is_not_text_is_a_clear_error(command: list[str], tmp_path: Path, capsys):
+    """A UnicodeDecodeError traceback."""
+    path = tmp_path / "experiment.yaml"
+    path.write_bytes(NOT_UTF8)
+    assert main([*command, str(path), "--results", str(tmp_path / "results")]) == 2
+    assert "experiment.yaml" in capsys.readouterr().err
+
+
+def test_length_settings_that_cannot_be_run_are_refused(tmp_path: Path):
+    """A lengths file that is not text was a traceback; a mean of 1e9 words hung the run building its
+    prompts; `fixed:nan` output lengths started an emulator whose every answer was a 500."""
+    from expert_router.emulate.outputs import parse_output_lengths
+    from expert_router.loadgen.lengths import parse_lengths
+
+    not_text = tmp_path / "lengths.txt"
+    not_text.write_bytes(NOT_UTF8)
+    with pytest.raises(UserError, match="not a text file"):
+        parse_lengths(f"file:{not_text}")
+    with pytest.raises(UserError, match="not a text file"):
+        parse_output_lengths(f"file:{not_text}")
+    for mean, std in ((1e9, 30.0), (335.0, 1e9), (float("nan"), 30.0)):
+        with pytest.raises(UserError, match="--input-mean"):
+            parse_lengths("fixed", mean, std)
+    for spec in ("fixed:nan", "normal:5,nan", "exponential:inf", "lognormal:nan,1"):
+        with pytest.raises(UserError, match="finite positive"):
+            parse_output_lengths(spec)

@@ -96,7 +96,6 @@ def run_build(args: argparse.Namespace) -> int:
         raise UserError(describe_flag_error(exc)) from None
     classifier = Classifier.load(args.classifier)
     args.out.mkdir(parents=True, exist_ok=True)  # before training: a bad --out is said at once, not minutes later
-    clear_previous_build(args.out)
     documents = load_corpus(args.corpus, corpus_options(args), args.limit, show_progress=True)
     texts = [d.text for d in documents]
     by_cluster, held_out = split_documents(
@@ -105,6 +104,7 @@ def run_build(args: argparse.Namespace) -> int:
     empty = [c for c, t in by_cluster.items() if not t]
     if empty:
         raise UserError(f"clusters {empty} hold no documents of {args.corpus!r}: use a larger corpus")
+    clear_previous_build(args.out)  # only once every input has been read: a refused build leaves the last one whole
     started = time.perf_counter()
     info = _build_with_progress(by_cluster, args, settings)
     paths = write_deployments(args.out, args.classifier, sorted(by_cluster), args.port, args.merge, settings.lora_rank)

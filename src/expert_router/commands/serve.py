@@ -127,9 +127,11 @@ def run(args: argparse.Namespace) -> int:
         stop()  # the workers got SIGINT too; make sure they are gone
         for worker in workers:
             worker.join(5)
+        return 0
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
-    return 0
+    # A worker that could not listen said why and exited 2; stopped by a signal they exit 0 (or by it).
+    return 2 if any(worker.exitcode not in (0, -signal.SIGTERM) for worker in workers) else 0
 
 
 def _serve(deployment: Deployment, host: str, port: int, reuse_port: bool) -> None:

@@ -9,6 +9,7 @@ results, TOKENS_PER_SAMPLE). `max_tokens` still caps it, and `ignore_eos` skips 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +58,7 @@ def parse_output_lengths(spec: str) -> OutputLengths:
     except ValueError:
         raise UserError(f"--output-lengths {spec!r}: {rest!r} is not a number list") from None
     wanted = 2 if kind in ("normal", "lognormal") else 1
-    if len(numbers) != wanted or numbers[0] <= 0 or (wanted == 2 and numbers[1] < 0):
-        raise UserError(f"--output-lengths {spec!r}: {kind} takes {wanted} positive number(s)")
+    if len(numbers) != wanted or not all(map(math.isfinite, numbers)) or numbers[0] <= 0 or min(numbers) < 0:
+        # nan passed `<= 0` and made every request a 500 (cannot convert float NaN to integer)
+        raise UserError(f"--output-lengths {spec!r}: {kind} takes {wanted} finite positive number(s)")
     return OutputLengths(kind, numbers[0], numbers[1] if wanted == 2 else 0.0)

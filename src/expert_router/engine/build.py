@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from expert_router.config import LORA_RANKS, Deployment
 
@@ -53,6 +53,12 @@ class BuildSettings(BaseModel):
         "`expert-router evaluate` (written to OUT/held-out.json)",
     )
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _head_size_vllm_runs(self) -> BuildSettings:
+        if self.hidden_size % self.heads or self.hidden_size // self.heads not in HEAD_SIZES:
+            raise ValueError(f"hidden_size / heads must be a head size vLLM's CPU attention supports {HEAD_SIZES}")
+        return self
 
 
 Progress = Callable[[str, int, int], None]
@@ -126,8 +132,6 @@ def build_experts(
     """Write out/base (model + tokenizer), out/adapters/expert-C and, with `merge`, out/experts/expert-C."""
     import torch
 
-    if settings.hidden_size % settings.heads or settings.hidden_size // settings.heads not in HEAD_SIZES:
-        raise ValueError(f"hidden_size / heads must be a head size vLLM's CPU attention supports {HEAD_SIZES}")
     torch.manual_seed(settings.seed)
     all_texts = [t for texts in texts_by_cluster.values() for t in texts]
     progress("tokenizer", 0, 1)

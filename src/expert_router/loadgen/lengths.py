@@ -20,6 +20,9 @@ from expert_router.errors import UserError
 MLPERF_MEDIAN = 380
 MLPERF_SIGMA = 0.75
 MLPERF_MIN, MLPERF_MAX = 16, 1024
+MAX_LENGTH = 131_072
+"""The longest prompt asked for: a 128k-token context window. Longer is a typo (`--input-mean 1e9`
+built a prompt of a billion words for each request, and the run hung)."""
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,7 @@ class LengthDistribution:
             lengths = rng.lognormal(np.log(MLPERF_MEDIAN), MLPERF_SIGMA, n)
             return np.clip(np.rint(lengths), MLPERF_MIN, MLPERF_MAX).astype(int)
         if self.kind == "fixed":
-            return np.maximum(np.rint(rng.normal(self.mean, self.std, n)), 1).astype(int)
+            return np.clip(np.rint(rng.normal(self.mean, self.std, n)), 1, MAX_LENGTH).astype(int)
         return rng.choice(np.asarray(self.values), size=n)
 
 
@@ -43,19 +46,22 @@ def parse_lengths(spec: str, mean: float = 335.0, std: float = 30.0) -> LengthDi
     if spec == "mlperf":
         return LengthDistribution("mlperf")
     if spec == "fixed":
-        if mean < 1 or std < 0:
-            raise UserError("--input-mean must be at least 1 and --input-std not negative")
+        if not 1 <= mean <= MAX_LENGTH or not 0 <= std <= MAX_LENGTH:
+            raise UserError(f"--input-mean must be 1 to {MAX_LENGTH:,} and --input-std 0 to {MAX_LENGTH:,}")
         return LengthDistribution("fixed", mean, std)
     if spec.startswith("file:"):
         path = Path(spec[5:])
         if not path.is_file():
             raise UserError(f"length file not found: {path}")
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{path}: not a text file of lengths ({exc})") from None
         try:
             values = json.loads(text) if text.lstrip().startswith("[") else [int(line) for line in text.split()]
         except ValueError as exc:
             raise UserError(f"{path}: expected a JSON list of lengths or one integer per line ({exc})") from None
-        if not values or not all(isinstance(v, int) and v > 0 for v in values):
-            raise UserError(f"{path}: lengths must be positive integers")
+        if not values or not all(isinstance(v, int) and 0 < v <= MAX_LENGTH for v in values):
+            raise UserError(f"{path}: lengths must be integers from 1 to {MAX_LENGTH:,}")
         return LengthDistribution("file", values=tuple(values))
     raise UserError(f"unknown input-length distribution {spec!r}: use mlperf, fixed or file:PATH")
