@@ -234,3 +234,18 @@ def test_length_settings_that_cannot_be_run_are_refused(tmp_path: Path):
     for spec in ("fixed:nan", "normal:5,nan", "exponential:inf", "lognormal:nan,1"):
         with pytest.raises(UserError, match="finite positive"):
             parse_output_lengths(spec)
+
+
+@pytest.mark.parametrize("template", [b"a: [unclosed", NOT_UTF8, b"", b"- a list"])
+def test_an_envoy_template_that_is_not_one_is_a_clear_error(template: bytes, tmp_path: Path, capsys):
+    """YAML's ParserError and a UnicodeDecodeError were tracebacks; an empty file, a TypeError in the message."""
+    fit_classifier(tmp_path, tmp_path / "c", capsys)
+    deployment = tmp_path / "deploy.yaml"
+    deployment.write_text(
+        "classifier: c\nexperts:\n"
+        + "".join(f"  - {{cluster: {c}, model: e{c}, endpoints: [http://127.0.0.1:{8100 + c}]}}\n" for c in range(2))
+    )
+    (tmp_path / "envoy.yaml").write_bytes(template)
+    assert main(["extproc", str(deployment), "--envoy-config", str(tmp_path / "envoy.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "--envoy-config" in err and "Traceback" not in err and "TypeError" not in err

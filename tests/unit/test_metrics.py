@@ -3,6 +3,7 @@ import pytest
 
 from expert_router.analysis import metrics
 from expert_router.analysis.digest import digest, pooled, summarize
+from expert_router.errors import UserError
 from expert_router.loadgen.records import RequestRecord
 
 
@@ -223,3 +224,41 @@ def test_a_report_asked_for_fig7_panels_at_unmeasured_user_counts_says_so(tmp_pa
     with pytest.raises(UserError, match=r"--fig7-users \[1000\]: no cells at those user counts; measured: \[2\]"):
         write_report(tmp_path / "results", fig7_users=[2, 1000])
     assert write_report(tmp_path / "results", fig7_users=[2]).figures
+
+
+@pytest.mark.parametrize(
+    "name, content, said",
+    [
+        ("summary.json", b"{bad", "summary.json is damaged"),
+        ("summary.json", b"\xff\xfe", "summary.json is damaged"),
+        ("cell.json", b"{bad", "cell.json is damaged"),
+        ("cell.json", b'{"configuration": "A", "mix": "uniform", "users": "x"}', "cell.json is damaged"),
+        ("cell.json", b'{"configuration": "A"}', "cell.json is damaged"),
+        ("../../../../../settings.json", b"{bad", "settings.json is damaged"),
+    ],
+)
+def test_a_damaged_results_file_is_named_not_a_traceback(tmp_path, capsys, name, content, said):
+    """Each was a JSONDecodeError, UnicodeDecodeError or ValueError traceback from `expert-router report`."""
+    from expert_router.cli import main
+
+    records = [rec(0.0, [0.5, 1.0, 1.5], user=0), rec(0.2, [0.7, 1.2], user=1)]
+    write_cell(tmp_path / "results", records)
+    run = tmp_path / "results" / "runs" / "A" / "uniform" / "u2" / "r0"
+    (run / name).write_bytes(content)
+    assert main(["report", str(tmp_path / "results")]) == 2
+    assert said in capsys.readouterr().err.replace("\n", "")  # the console wraps long lines
+
+
+def test_a_damaged_digest_is_made_again_from_the_records(tmp_path):
+    """numpy's ValueError traceback; the digest is only a summary of the records beside it."""
+    from expert_router.analysis.report import write_report
+
+    records = [rec(0.0, [0.5, 1.0, 1.5], user=0), rec(0.2, [0.7, 1.2], user=1)]
+    write_cell(tmp_path / "results", records)
+    run = tmp_path / "results" / "runs" / "A" / "uniform" / "u2" / "r0"
+    (run / "digest.npz").write_bytes(b"junk that is not a digest")
+    assert "A" in write_report(tmp_path / "results").markdown.read_text()
+    (run / "records.jsonl").unlink()  # as `simulate` leaves a cell: its digest and summary only
+    (run / "summary.json").write_text('{"meta": {"settings": {"mode": "closed"}}}')
+    with pytest.raises(UserError, match="digest.npz is damaged"):
+        write_report(tmp_path / "results")

@@ -16,7 +16,7 @@ import numpy as np
 from expert_router.analysis import digest, plots
 from expert_router.analysis.findings import findings_sections
 from expert_router.analysis.overhead import overhead_note, overhead_rows
-from expert_router.analysis.results import RESUME_FILE, Cell, CellKey, load_cells, prompt_lengths
+from expert_router.analysis.results import RESUME_FILE, Cell, CellKey, load_cells, prompt_lengths, read_json
 from expert_router.analysis.sections import Section
 from expert_router.errors import UserError
 
@@ -225,9 +225,9 @@ def _direct_pairs(results: Path) -> dict[str, str]:
     resume was measured and never shown)."""
     settings, manifest = results / RESUME_FILE, results / "manifest.json"
     if settings.is_file():
-        configurations = list(json.loads(settings.read_text()).get("configurations", {}).values())
+        configurations = list(read_json(settings).get("configurations", {}).values())
     elif manifest.is_file():
-        configurations = json.loads(manifest.read_text()).get("experiment", {}).get("configurations", [])
+        configurations = read_json(manifest).get("experiment", {}).get("configurations", [])
     else:
         return {}
     return {c["name"]: c["direct_of"] for c in configurations if c.get("direct_of")}

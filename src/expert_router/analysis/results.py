@@ -9,6 +9,7 @@ and its throughput windows, so a sweep of hundreds of millions of token times fi
 from __future__ import annotations
 
 import json
+import zipfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,14 @@ class Cell:
         return len(self.runs)
 
 
+def read_json(path: Path) -> Any:
+    """A results file's JSON; a damaged one (cut short by a crash, edited by hand) is named, not a traceback."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"{path} is damaged ({exc})") from None
+
+
 def cell_folder(root: Path, configuration: str, mix: str, users: int, repetition: int) -> Path:
     return root / "runs" / configuration / mix / f"u{users}" / f"r{repetition}"
 
@@ -83,13 +92,17 @@ def load_cells(root: Path) -> dict[CellKey, Cell]:
         folder = marker.parent
         if not (folder / "summary.json").is_file():
             continue  # unfinished: the runner redoes it
-        labels = json.loads(marker.read_text())
-        grouped[CellKey(labels["configuration"], labels["mix"], int(labels["users"]))].append(folder)
+        labels = read_json(marker)
+        try:
+            key = CellKey(str(labels["configuration"]), str(labels["mix"]), int(labels["users"]))
+        except (TypeError, KeyError, ValueError) as exc:
+            raise UserError(f"{marker} is damaged (no {exc} among its labels): delete its cell folder") from None
+        grouped[key].append(folder)
     if not grouped:
         raise UserError(f"{root} holds no finished runs (expected runs/*/*/u*/r*/{CELL_FILE} with a summary.json)")
     cells = {}
     for key, folders in sorted(grouped.items()):
-        summaries = [json.loads((f / "summary.json").read_text()) for f in folders]
+        summaries = [read_json(f / "summary.json") for f in folders]
         reasons = [reason for s in summaries for reason in s.get("reasons", [])]
         mode = run_mode(folders[0], summaries[0])
         runs = [read_digest(f, mode) for f in folders]
@@ -108,9 +121,14 @@ def run_mode(folder: Path, summary: dict[str, Any]) -> str:
 def read_digest(folder: Path, mode: str) -> RunDigest:
     """A run's digest: the one `expert-router simulate` wrote, else made from its records (one run's
     records in memory at a time)."""
-    path = folder / DIGEST_FILE
-    saved = digest.load(path) if path.is_file() else None
-    return saved if saved is not None else digest.digest(read_records(folder / "records.jsonl"), mode)
+    path, records = folder / DIGEST_FILE, folder / "records.jsonl"
+    try:
+        saved = digest.load(path) if path.is_file() else None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # numpy's words for a damaged file
+        if not records.is_file():
+            raise UserError(f"{path} is damaged ({exc}) and its cell has no records: run the cell again") from None
+        saved = None  # a digest is made from the records: make it again
+    return saved if saved is not None else digest.digest(read_records(records), mode)
 
 
 def prompt_lengths(cells: dict[CellKey, Cell]) -> tuple[dict[str, list[int]], str]:

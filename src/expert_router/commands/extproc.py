@@ -104,7 +104,12 @@ def _print_envoy_config(args: argparse.Namespace, deployment: Deployment) -> int
 
     if not args.envoy_config.is_file():
         raise UserError(f"--envoy-config: {args.envoy_config} not found (the template is deploy/envoy/envoy.yaml)")
-    template = yaml.safe_load(args.envoy_config.read_text())
+    try:
+        template = yaml.safe_load(args.envoy_config.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(f"--envoy-config: {args.envoy_config} is not valid YAML: {exc}") from None
+    if not isinstance(template, dict):
+        raise UserError(f"--envoy-config: {args.envoy_config} is not an Envoy configuration (expected a mapping)")
     addresses = Addresses(args.host, args.envoy_port, args.host, args.port, args.envoy_admin_port)
     try:
         config = render_config(template, deployment, addresses)
