@@ -40,7 +40,7 @@ import numpy as np
 
 from expert_router.analysis import cell_table, findings, metrics
 from expert_router.analysis.results import load_cells
-from expert_router.experiment import load_experiment
+from expert_router.experiment_file import load_experiment
 from expert_router.loadgen.records import RequestRecord
 from expert_router.loadgen.workload import WorkItem
 from expert_router.simulate.run import simulate_experiment

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from expert_router.emulate import scale_times
-from expert_router.experiment import Configuration, Service
+from expert_router.experiment_file import Configuration, Service
 from expert_router.loadgen.records import RequestRecord, read_records
 from expert_router.loadgen.workload import WorkItem, save_workload
 from expert_router.processes import http_ok, stop_groups, wait_until

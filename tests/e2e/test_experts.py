@@ -196,3 +196,31 @@ def test_missing_adapter_is_named(built, tmp_path):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(document))
     result = run("experts", "serve", str(tmp_path / "bad.yaml"))
     assert result.returncode == 2 and "experts.1.adapter" in result.stderr and "expert-1" in result.stderr
+
+
+def test_a_serve_stopped_before_its_servers_answer_is_no_success(tmp_path):
+    """With endpoints that never answer it waited in silence (the spinner shows only in a terminal), and
+    stopped, it exited 0 as if it had served."""
+    deployment = tmp_path / "deploy.yaml"
+    deployment.write_text(
+        "classifier: c\nengine: {kind: external, ready_timeout_s: 120}\n"
+        f"experts: [{{cluster: 0, model: e, endpoints: ['http://127.0.0.1:{free_port()}']}}]\n"
+    )
+    process = subprocess.Popen(
+        cli_args("experts", "serve", str(deployment)), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
+    try:
+        assert process.stderr is not None
+        said = ""
+        while "to answer" not in said:  # the console wraps its line
+            line = process.stderr.readline()
+            assert line, said
+            said += line
+        assert "waiting up to 120 s" in " ".join(said.split()), said
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 130
+        assert "before the expert servers were ready" in process.stderr.read()
+    finally:
+        process.kill()
+        process.wait()
+        process.stderr.close()  # type: ignore[union-attr]

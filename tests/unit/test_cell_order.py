@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from expert_router.experiment import Configuration, Experiment, cell_order
+from expert_router.experiment import cell_order
+from expert_router.experiment_file import Configuration, Experiment
 
 
 def experiment(*configurations: Configuration) -> Experiment:

@@ -160,6 +160,13 @@ def test_an_experiment_is_checked_before_its_services_start(tmp_path: Path, caps
     path.write_text(json.dumps({"classifier": "classifier", "configurations": [configuration], "users": [1]}))
     assert main(["experiment", "run", str(path), "--results", str(tmp_path / "results")]) == 2
     assert "not a saved classifier" in " ".join(capsys.readouterr().err.split())  # the console wraps lines
+    # A length setting or corpus that cannot be drawn from: said once the services had started.
+    fit_classifier(tmp_path, tmp_path / "classifier", capsys)
+    for problem, said in (({"input_lengths": "nope"}, "nope"), ({"corpus": str(tmp_path / "none.jsonl")}, "none")):
+        document = {"classifier": "classifier", "configurations": [configuration], "users": [1], **problem}
+        path.write_text(json.dumps(document))
+        assert main(["experiment", "run", str(path), "--results", str(tmp_path / "results")]) == 2
+        assert said in capsys.readouterr().err
     assert not started.exists()
 
 

@@ -12,7 +12,7 @@ from expert_router.emulate import build_config, profiles
 from expert_router.emulate.engine import Engine
 from expert_router.emulate.outputs import parse_output_lengths
 from expert_router.errors import UserError
-from expert_router.experiment import load_experiment
+from expert_router.experiment_file import load_experiment
 
 PAPER = Path(__file__).resolve().parents[2] / "deploy" / "paper"
 

@@ -19,7 +19,7 @@ from expert_router.engine.build import clear_previous_build, served_rank, write_
 from expert_router.engine.kinds import check_engine, kind_of
 from expert_router.engine.serve import ServerProcess, start
 from expert_router.errors import UserError
-from expert_router.experiment import load_experiment
+from expert_router.experiment_file import load_experiment
 from expert_router.processes import wait_until
 
 REPO = Path(__file__).parents[2]

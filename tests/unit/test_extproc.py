@@ -144,4 +144,9 @@ def test_a_port_in_use_is_a_clear_error(classifier, tmp_path: Path, capsys):
         taken.listen()
         busy = str(taken.getsockname()[1])
         assert main(["extproc", str(path), "--port", busy, "--metrics-port", "-1"]) == 2
-    assert "cannot listen" in capsys.readouterr().err
+        assert "cannot listen" in capsys.readouterr().err
+        # The metrics port taken: "cannot listen: [Errno 98] Address already in use", no port or flag
+        # named, and a RuntimeError from the gRPC server left behind as the interpreter ended.
+        assert main(["extproc", str(path), "--port", "0", "--metrics-port", busy]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert "--metrics-port" in err and busy in err

@@ -26,7 +26,7 @@ def test_a_direct_path_added_on_resume_gets_its_overhead_rows(tmp_path):
     from pathlib import Path
 
     from expert_router.analysis.report import _direct_pairs
-    from expert_router.experiment import Configuration, Experiment, check_resume
+    from expert_router.experiment_file import Configuration, Experiment, check_resume
 
     router = Configuration(name="router", url="http://r")
     direct = Configuration(name="direct", url="http://d", direct_of="router")

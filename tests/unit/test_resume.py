@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from expert_router.errors import UserError
-from expert_router.experiment import Experiment, check_resume
+from expert_router.experiment_file import Experiment, check_resume
 
 
 def experiment(**changes: object) -> Experiment:

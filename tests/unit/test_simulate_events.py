@@ -12,7 +12,7 @@ from expert_router.emulate import build_config
 from expert_router.emulate.engine import Engine
 from expert_router.emulate.scheduler import Batch, Sequence
 from expert_router.errors import UserError
-from expert_router.experiment import Configuration, Service
+from expert_router.experiment_file import Configuration, Service
 from expert_router.loadgen.workload import WorkItem
 from expert_router.simulate import EventQueue, VirtualEngine
 from expert_router.simulate.run import Cell, simulate_cell
@@ -195,3 +195,31 @@ def test_grouped_and_token_by_token_engines_give_the_same_times():
         results.append(times)
     grouped, one_by_one = results
     assert grouped == one_by_one and all(grouped.values())
+
+
+@pytest.mark.parametrize(
+    "command, routed",
+    [
+        ("expert-router serve --port 8000 deploy.yaml", True),  # "--port" was read as the deployment file
+        ("expert-router serve deploy.yaml --workers 2 --fallback none", True),
+        ("python -m expert_router serve --host 127.0.0.1 deploy.yaml", True),
+        ("vllm serve deploy.yaml --port 8000", False),  # another program's serve: no gateway to simulate
+    ],
+)
+def test_a_gateway_service_is_read_with_serves_own_options(tmp_path, command, routed):
+    configuration = two_expert_router(tmp_path)
+    configuration.services[1] = Service(name="gateway", command=command)
+    assert System(configuration, tmp_path, EventQueue()).routed is routed
+
+
+def test_experiment_services_are_checked_when_the_file_is_read():
+    """An unclosed quote was shlex's ValueError traceback once the services before it had started, and a
+    ready_url that is no URL, urllib's."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="not a command line"):
+        Service(name="s", command="expert-router emulate 'unterminated")
+    with pytest.raises(ValidationError, match="http"):
+        Service(name="s", command="true", ready_url="not a url")
+    with pytest.raises(ValidationError, match="http"):
+        Service(name="s", command="true", ready_url=["http://127.0.0.1:8000/health", "localhost:1"])

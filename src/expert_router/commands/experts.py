@@ -166,10 +166,18 @@ def run_serve(args: argparse.Namespace) -> int:
     logs = args.logs or args.deployment.parent / "logs"
     servers = kind_of(deployment).servers(deployment, logs)
     signals = StopSignals()
+    ready = False
     try:
         serve.start(servers, deployment.engine.nice)
-        with console.status(f"starting {len(servers)} server(s) for {len(deployment.experts)} experts; logs in {logs}"):
+        # A line, not only the spinner, which a log or a pipe never shows: a wait of minutes said nothing.
+        console.print(
+            f"starting {len(servers)} server(s) for {len(deployment.experts)} experts; logs in {logs}; "
+            f"waiting up to {deployment.engine.ready_timeout_s:g} s for them to answer",
+            highlight=False,
+        )
+        with console.status("waiting for the expert servers"):
             serve.wait_ready(servers, deployment.engine.ready_timeout_s)
+        ready = True
         table = Table(title="experts ready")
         for column in ("expert", "cluster", "endpoint"):
             table.add_column(column)
@@ -183,8 +191,8 @@ def run_serve(args: argparse.Namespace) -> int:
                     raise UserError(f"{server.name} exited with code {server.process.returncode}; see {server.log}")
             time.sleep(1)
     except KeyboardInterrupt:
-        console.print("stopping expert servers")
-        return 0
+        console.print("stopping expert servers" if ready else "stopped before the expert servers were ready")
+        return 0 if ready else 130  # never served: a script waiting on it must not read success
     finally:
         signals.stopping = True
         serve.stop(servers)

@@ -10,12 +10,11 @@ import shutil
 import signal
 import sys
 import tempfile
-from pathlib import Path
 
-from expert_router.arguments import finite_float
 from expert_router.commands import HelpFormatter
 from expert_router.config import Deployment, check_against_classifier, describe_flag_error, load_deployment
 from expert_router.errors import UserError
+from expert_router.gateway.options import OVERRIDES, add_arguments
 from expert_router.progress import console
 
 EXAMPLES = """examples:
@@ -33,15 +32,6 @@ probes fail and nginx or a Kubernetes Service move on), answers 503 to requests 
 open, lets streams in flight finish for up to --drain-timeout-s, then exits. A second signal ends it.
 """
 
-OVERRIDES = (
-    "max_inflight_per_expert",
-    "queue_timeout_s",
-    "first_token_timeout_s",
-    "idle_timeout_s",
-    "fallback",
-    "drain_timeout_s",
-)
-
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
@@ -52,21 +42,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("deployment", metavar="DEPLOYMENT", type=Path, help="deployment YAML file")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=8000, help="port to listen on")
-    parser.add_argument("--workers", type=int, default=1, help="gateway processes sharing the port (SO_REUSEPORT)")
-    parser.add_argument("--max-inflight-per-expert", type=int, help="override gateway.max_inflight_per_expert")
-    parser.add_argument("--queue-timeout-s", type=finite_float, help="override gateway.queue_timeout_s")
-    parser.add_argument("--first-token-timeout-s", type=finite_float, help="override gateway.first_token_timeout_s")
-    parser.add_argument("--idle-timeout-s", type=finite_float, help="override gateway.idle_timeout_s")
-    parser.add_argument("--fallback", choices=("nearest", "none"), help="override gateway.fallback")
-    parser.add_argument(
-        "--drain-timeout-s",
-        type=finite_float,
-        help="override gateway.drain_timeout_s (SIGTERM: streams "
-        "in flight run on this long; new connections are refused at once)",
-    )
+    add_arguments(parser)
     parser.set_defaults(handler=run)
 
 

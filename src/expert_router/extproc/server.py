@@ -62,7 +62,12 @@ async def _serve(router: Router, options: ServeOptions, on_started: Callable[[in
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     if options.metrics_port is not None:  # last: its answering tells a waiting test that gRPC is up too
-        start_http_server(options.metrics_port, addr=options.host, registry=metrics.registry)
+        try:
+            start_http_server(options.metrics_port, addr=options.host, registry=metrics.registry)
+        except OSError as exc:  # said as the flag (it said only "Address already in use"), gRPC stopped cleanly
+            await server.stop(None)
+            where = f"{options.host}:{options.metrics_port}"
+            raise OSError(f"--metrics-port: cannot listen on {where}: {exc.strerror}") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

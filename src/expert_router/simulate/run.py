@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from expert_router.analysis import digest
 from expert_router.analysis.results import CELL_FILE, DIGEST_FILE, cell_folder
-from expert_router.experiment import Configuration, Experiment, check_resume, load_experiment
+from expert_router.experiment_file import Configuration, Experiment, check_resume, check_workload, load_experiment
 from expert_router.loadgen.records import write_records
 from expert_router.loadgen.workload import WorkItem, clustered_corpus, load_workload
 from expert_router.simulate.events import EventQueue
@@ -173,6 +173,8 @@ def plan(
     """Every cell of the experiment file not yet in `results` (resume), the largest loads first so that
     parallel workers finish together."""
     experiment, base = load_experiment(path)
+    if workloads is None:
+        check_workload(experiment)
     check_resume(
         results,
         experiment,

@@ -19,7 +19,8 @@ import numpy as np
 from expert_router.config import load_deployment
 from expert_router.emulate.options import parse_command
 from expert_router.errors import UserError
-from expert_router.experiment import Configuration
+from expert_router.experiment_file import Configuration
+from expert_router.gateway.options import serve_arguments
 from expert_router.loadgen.records import RequestRecord
 from expert_router.simulate.engines import VirtualEngine
 from expert_router.simulate.events import EventQueue
@@ -65,8 +66,8 @@ class System:
             argv = service.argv()
             if "emulate" in argv:
                 self._add_engines(argv, events, seed)
-            elif "serve" in argv:
-                self._routes = self._read_deployment(base / argv[argv.index("serve") + 1])
+            elif (serve := serve_arguments(argv)) is not None:
+                self._routes = self._read_deployment(base / serve.deployment)
         if not self.engines:
             raise UserError(f"configuration {self.name}: no `expert-router emulate` service to simulate")
         self._round_robin = itertools.cycle(sorted(self.engines))
