@@ -62,6 +62,8 @@ class ExpertConfig(Strict):
     def _a_path(cls, path: str) -> str:
         if not path.startswith("/"):  # `health` made http://host:8100health: never up, every request a 503
             raise ValueError("must start with /, e.g. /health")
+        if any(c.isspace() or not c.isprintable() for c in path):  # no request line carries it as written
+            raise ValueError("must not hold spaces or control characters (percent-encode them)")
         return path
 
     @field_serializer("endpoints")

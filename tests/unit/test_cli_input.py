@@ -256,3 +256,27 @@ def test_an_envoy_template_that_is_not_one_is_a_clear_error(template: bytes, tmp
     assert main(["extproc", str(deployment), "--envoy-config", str(tmp_path / "envoy.yaml")]) == 2
     err = capsys.readouterr().err
     assert "--envoy-config" in err and "Traceback" not in err and "TypeError" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        # The demo's own experiment file refused these, after minutes of fitting and building.
+        ["demo", "--users", "0"],
+        ["demo", "--duration", "0"],
+        ["demo", "--max-tokens", "0"],
+        # Each ran: 42 closed every connection unanswered, 200 sent the "error" as a success.
+        ["synthetic-expert", "--fail-status", "42"],
+        ["synthetic-expert", "--fail-status", "200"],
+        ["synthetic-expert", "--die-after-tokens", "-1"],
+        ["synthetic-expert", "--end-after-tokens", "-1"],
+        ["synthetic-expert", "--reported-waiting", "-1"],
+        # Written into nginx.conf as given: `listen 127.0.0.1:0;` and `listen bad host;:8080;`.
+        ["nginx-router", "d.yaml", "--out", "o", "--port", "0"],
+        ["nginx-router", "d.yaml", "--out", "o", "--host", "bad host;"],
+    ],
+)
+def test_flags_that_cannot_work_are_refused_by_the_parser(argv: list[str], capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2 and argv[-2] in capsys.readouterr().err

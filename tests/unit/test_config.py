@@ -42,6 +42,7 @@ def test_a_good_deployment_resolves_the_classifier_next_to_the_file(tmp_path):
         # Each was accepted and broke routing without a word (every replica down, or an expert unreachable).
         (lambda d: d["experts"][0].update(endpoints=["http://127.0.0.1:8100/v1"]), "without a path"),
         (lambda d: d["experts"][0].update(health_path="health"), "experts.0.health_path"),
+        (lambda d: d["experts"][0].update(health_path="/h x"), "experts.0.health_path"),
         (lambda d: d["experts"][0].update(model="expert-router"), "the gateway's own model_name"),
         # Accepted, a client naming the model reached one of the two, and both shared one limit.
         (lambda d: d["experts"][1].update(model=d["experts"][0]["model"]), "have different endpoints"),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from expert_router.arguments import finite_float, positive_int
+from expert_router.arguments import positive_float, positive_int
 from expert_router.classifier import Classifier, ClassifierSettings
 from expert_router.commands import HelpFormatter
 from expert_router.config import Deployment
@@ -40,9 +40,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("demo-out"), help="folder for everything the demo writes")
     parser.add_argument("--k", type=positive_int, default=8, help="number of clusters (experts)")
-    parser.add_argument("--users", type=int, nargs="+", default=[1, 8, 32], help="concurrency levels of the sweep")
-    parser.add_argument("--duration", type=finite_float, default=15.0, help="seconds per measured cell")
-    parser.add_argument("--max-tokens", type=int, default=128, help="answer cap (experts also stop at EOS)")
+    # Checked here, not minutes later by the experiment file the demo writes after fitting and building.
+    parser.add_argument(
+        "--users", type=positive_int, nargs="+", default=[1, 8, 32], help="concurrency levels of the sweep"
+    )
+    parser.add_argument("--duration", type=positive_float, default=15.0, help="seconds per measured cell")
+    parser.add_argument("--max-tokens", type=positive_int, default=128, help="answer cap (experts also stop at EOS)")
     parser.add_argument("--classifier-only", action="store_true", help="stop after fitting and routing samples")
     parser.add_argument("--no-paper", action="store_true", help="skip the paper's A-E study in virtual time")
     parser.set_defaults(handler=run)

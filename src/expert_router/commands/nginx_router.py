@@ -6,7 +6,7 @@ import argparse
 import re
 from pathlib import Path
 
-from expert_router.arguments import port
+from expert_router.arguments import host, listen_port
 from expert_router.commands import HelpFormatter
 from expert_router.errors import UserError
 
@@ -39,8 +39,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("deployment", metavar="DEPLOYMENT", type=Path, help="deployment YAML file")
     parser.add_argument("--out", type=Path, required=True, help="folder to write nginx.conf and router/ into")
-    parser.add_argument("--host", default="127.0.0.1", help="address nginx listens on")
-    parser.add_argument("--port", type=port, default=8080, help="port nginx listens on")
+    parser.add_argument("--host", type=host, default="127.0.0.1", help="address nginx listens on")
+    parser.add_argument("--port", type=listen_port, default=8080, help="port nginx listens on")
     parser.add_argument("--workers", type=_workers, default="auto", help="nginx worker processes: a number or auto")
     parser.set_defaults(handler=run)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from expert_router.arguments import finite_float, port
+from expert_router.arguments import error_status, finite_float, non_negative_int, port, positive_int
 from expert_router.commands import HelpFormatter
 from expert_router.errors import UserError
 
@@ -31,11 +31,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=port, default=8100)
     parser.add_argument("--models", nargs="+", default=["synthetic"], help="model names to serve")
-    parser.add_argument("--tokens", type=int, default=16, help="tokens per answer (fewer if max_tokens asks)")
+    parser.add_argument("--tokens", type=positive_int, default=16, help="tokens per answer (fewer if max_tokens asks)")
     parser.add_argument("--interval-ms", type=finite_float, default=10.0, help="gap between tokens")
     parser.add_argument(
         "--tokens-per-chunk",
-        type=int,
+        type=positive_int,
         default=1,
         help="tokens packed into one SSE chunk (as TensorRT-LLM or vLLM --stream-interval send)",
     )
@@ -46,17 +46,17 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="usage in streams: as the request asks (vLLM), only at the end, or never",
     )
     parser.add_argument("--first-token-ms", type=finite_float, default=0.0, help="delay before the first token")
-    parser.add_argument("--fail-status", type=int, help="answer every request with this HTTP status")
-    parser.add_argument("--die-after-tokens", type=int, help="drop the connection after this many tokens")
+    parser.add_argument("--fail-status", type=error_status, help="answer every request with this HTTP status")
+    parser.add_argument("--die-after-tokens", type=non_negative_int, help="drop the connection after this many tokens")
     parser.add_argument("--no-done", action="store_true", help="close streams without `data: [DONE]`")
     parser.add_argument(
         "--end-after-tokens",
-        type=int,
+        type=non_negative_int,
         help="end the stream cleanly after this many tokens, without a finish_reason or [DONE] (cut short)",
     )
     parser.add_argument(
         "--reported-waiting",
-        type=int,
+        type=non_negative_int,
         default=0,
         help="requests this server claims to queue in /metrics (vllm:num_requests_waiting)",
     )
