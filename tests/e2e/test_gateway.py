@@ -204,6 +204,8 @@ def test_naming_an_expert_skips_routing(stack):
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": ""}]}, 400),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": 3}]}, 400),
         ("/v1/completions", {"prompt": "x" * 100_000}, 413),
+        # orjson reads 1,024 levels of nesting and writes ~254: forwarding it was a 500 and a traceback
+        ("/v1/completions", b'{"prompt": "hi there", "x": ' + b"[" * 300 + b"]" * 300 + b"}", 400),
     ],
 )
 def test_bad_input_gets_an_openai_style_4xx(stack, path, body, status):

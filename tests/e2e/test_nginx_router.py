@@ -24,7 +24,7 @@ import redis
 import zstandard
 
 from expert_router.classifier import Classifier, ClassifierSettings
-from expert_router.encoding import decode_body
+from expert_router.encoding import MAX_MEMBERS, decode_body
 from expert_router.errors import BadRequest, UserError
 from expert_router.gateway.shared_limit import KEY_PREFIX
 from expert_router.testing import (
@@ -203,6 +203,10 @@ def test_encoded_bodies_are_decoded_or_refused_as_the_gateway_does(stack):
     raw_deflate = zlib.compressobj(wbits=-zlib.MAX_WBITS)
     zstd = zstandard.ZstdCompressor()
     halves = (body[:9], body[9:])
+
+    def parts(n: int) -> list[bytes]:
+        return [body[i * len(body) // n : (i + 1) * len(body) // n] for i in range(n)]
+
     cases = [
         (gzip.compress(body), "gzip"),
         (gzip.compress(body), "x-gzip"),
@@ -225,6 +229,10 @@ def test_encoded_bodies_are_decoded_or_refused_as_the_gateway_does(stack):
         (zstd.compress(b" " * 10 * limit), "zstd"),
         (body, "compress"),  # 415
         (body, "identity, " * 6),  # more codings than are decoded: 400
+        (b"".join(gzip.compress(p) for p in parts(MAX_MEMBERS)), "gzip"),  # as many members as are decoded
+        (b"".join(gzip.compress(p) for p in parts(MAX_MEMBERS + 1)), "gzip"),  # one more: 400
+        (b"".join(zstd.compress(p) for p in parts(MAX_MEMBERS)), "zstd"),
+        (b"".join(zstd.compress(p) for p in parts(MAX_MEMBERS + 1)), "zstd"),
     ]
     for payload, header in cases:
         try:

@@ -54,10 +54,12 @@ def test_a_compressed_body_is_decoded_and_held_to_the_body_limit_as_serve_does(r
         "/v1/completions", gzip.compress(json.dumps({"model": "expert-2", "prompt": "x"}).encode()), "gzip"
     )
     assert isinstance(named, Route) and named.decoded and json.loads(named.body)["model"] == "expert-2"
+    deep = b'{"prompt": "hi there", "x": ' + b"[" * 300 + b"]" * 300 + b"}"  # read by orjson, not written
     for body, encoding, status in (
         (raw, "compress", 415),
         (raw, "gzip", 400),
         (b" " * (4 * 1024 * 1024 + 1), None, 413),
+        (deep, None, 400),  # was the router's own failure: 503, and a trace in the log
     ):
         reply = router.decide("/v1/completions", body, encoding)
         assert isinstance(reply, Reply) and reply.status == status, (encoding, reply)

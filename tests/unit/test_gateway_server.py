@@ -221,6 +221,9 @@ def test_content_encodings_decode_or_fail_as_the_clients_mistake():
         (body, b"zstd", 400),
         (body, b"compress", 415),
         (body, b"identity, " * 6, 400),  # more codings than are decoded: each is a pass over the body
+        # Each member's end is found by copying what follows it: 200,000 empty members held the loop 6.7 s.
+        (gzip.compress(b"") * 200_000, b"gzip", 400),
+        (zstandard.ZstdCompressor().compress(b"") * 180_000, b"zstd", 400),
     ):
         with pytest.raises(BadRequest) as caught:
             decode_body(payload, header, LIMIT)

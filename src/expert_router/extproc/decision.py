@@ -22,7 +22,7 @@ from expert_router.classifier import Classifier
 from expert_router.config import Deployment
 from expert_router.encoding import decode_body
 from expert_router.errors import BadRequest
-from expert_router.gateway.requests import parse_request
+from expert_router.gateway.requests import body_naming, parse_request
 from expert_router.http import error_body
 
 log = logging.getLogger("expert_router.extproc")
@@ -155,8 +155,7 @@ class Router:
         classify_s = time.perf_counter() - started
         cluster = next(c for c in ranked if c in self.by_cluster)
         model = self.by_cluster[cluster].model
-        client.body["model"] = model
-        return Route(cluster, model, orjson.dumps(client.body), "classifier", classify_s)
+        return Route(cluster, model, body_naming(client, model), "classifier", classify_s)
 
 
 def _error(status: int, message: str, code: str | None, param: str | None) -> bytes:

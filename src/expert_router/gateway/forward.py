@@ -13,15 +13,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-import orjson
-
 from expert_router.config import GatewaySettings
 from expert_router.errors import ConnectionFailed, ReplicaFailed, Saturated, Unavailable
 from expert_router.gateway.messages import Request, Response
 from expert_router.gateway.metrics import GatewayMetrics
 from expert_router.gateway.relay import Relay
 from expert_router.gateway.replicas import Expert, Experts, Replica
-from expert_router.gateway.requests import ClientRequest
+from expert_router.gateway.requests import ClientRequest, body_naming
 from expert_router.gateway.routing import Plan
 from expert_router.http import format_server_timing
 from expert_router.wire import ConnectionPool, HttpConnection, clock
@@ -101,7 +99,7 @@ class Forwarder:
             if not expert.any_healthy():
                 notes.append(f"cluster {cluster} has no healthy replica")
                 continue
-            payload = orjson.dumps({**client.body, "model": expert.model})
+            payload = body_naming(client, expert.model)
             try:
                 async with expert.slot():
                     timing.admitted = clock()

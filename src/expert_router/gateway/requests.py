@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from expert_router.api_request import common_fields, json_object
 from expert_router.errors import BadRequest
 
@@ -31,6 +33,14 @@ def parse_request(raw: bytes, chat: bool) -> ClientRequest:
     fields = common_fields(body, chat)
     text = _chat_text(body) if chat else _prompt_text(body)
     return ClientRequest(body=body, chat=chat, stream=fields.stream, model=fields.model, text=text)
+
+
+def body_naming(client: ClientRequest, model: str) -> bytes:
+    """The client's body naming `model` (the expert's), as it goes upstream."""
+    try:
+        return orjson.dumps({**client.body, "model": model})
+    except orjson.JSONEncodeError as exc:  # orjson reads JSON nested 1,024 deep but writes only ~254
+        raise BadRequest(f"the request body cannot be forwarded: {exc}") from None
 
 
 def _prompt_text(body: dict[str, Any]) -> str:

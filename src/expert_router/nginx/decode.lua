@@ -64,6 +64,8 @@ local function buffer(limit)
   return out
 end
 
+local MAX_MEMBERS = 64 -- gzip members or zstd frames a body may hold: `encoding.MAX_MEMBERS`, which says why
+
 --- zlib's inflate over `input`: one stream, or with `members` as many as follow one another (gzip's).
 --- Returns the decoded bytes (at most limit + 1 of them), or nil where the bytes do not decode.
 local function inflate(input, wbits, members, limit)
@@ -71,7 +73,7 @@ local function inflate(input, wbits, members, limit)
   local stream = ffi.new("expert_router_z_stream")
   local src = ffi.cast("const unsigned char *", input)
   local length, used, made = #input, 0, 0
-  while true do
+  for _ = 1, MAX_MEMBERS do
     stream.next_in, stream.avail_in = src + used, length - used -- set before the init, as zlib.h asks
     stream.next_out, stream.avail_out = dst + made, limit + 1 - made
     if zlib.inflateInit2_(stream, wbits, zlib.zlibVersion(), ffi.sizeof(stream)) ~= Z_OK then return nil end
@@ -84,6 +86,7 @@ local function inflate(input, wbits, members, limit)
     if rc ~= Z_STREAM_END then return nil end -- corrupt or truncated
     if not members or used >= length then return ffi.string(dst, made) end
   end
+  return nil
 end
 
 local function gzip(input, limit)
@@ -115,11 +118,13 @@ local function zstd_frames(input, limit)
   if context == nil then return nil end
   local from = ffi.new("expert_router_zstd_in", ffi.cast("const char *", input), #input, 0)
   local into = ffi.new("expert_router_zstd_out", dst, limit + 1, 0)
-  local rc = 0
+  local rc, frames = 0, 0
   while from.pos < from.size and into.pos < into.size do -- every frame, one after another
     local pos_in, pos_out = tonumber(from.pos), tonumber(into.pos)
     rc = zstd.ZSTD_decompressStream(context, into, from)
-    if zstd.ZSTD_isError(rc) ~= 0 or (tonumber(from.pos) == pos_in and tonumber(into.pos) == pos_out) then
+    if rc == 0 then frames = frames + 1 end -- a frame ended
+    if zstd.ZSTD_isError(rc) ~= 0 or (tonumber(from.pos) == pos_in and tonumber(into.pos) == pos_out)
+      or frames > MAX_MEMBERS then
       zstd.ZSTD_freeDCtx(context)
       return nil
     end
