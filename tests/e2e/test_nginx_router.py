@@ -147,6 +147,13 @@ def test_the_body_reaches_the_expert_as_sent_but_for_its_model(stack):
     with urllib.request.urlopen(experts.url + "/stats") as response:
         seen = json.load(response)["last_body"]
     assert seen == {**tricky, "max_tokens": 2, "model": headers["X-Expert-Model"]}
+    # A repeated "model": routed on the last, as cjson reads it, and the last rewritten, which is what the
+    # expert reads (the first was: the expert got the router's own name and answered 404).
+    raw = b'{"model": "expert-0", "prompt": "the rocket", "max_tokens": 2, "model": "expert-router"}'
+    status, headers, answer = post(router.url + "/v1/completions", raw=raw)
+    assert status == 200, answer
+    with urllib.request.urlopen(experts.url + "/stats") as response:
+        assert json.load(response)["last_body"]["model"] == headers["X-Expert-Model"]
 
 
 def test_a_request_naming_an_expert_goes_to_it_and_a_dead_replica_is_passed_over(stack):
@@ -182,6 +189,13 @@ def test_experts_on_the_same_replicas_share_one_upstream_and_its_idle_connection
         ("/v1/completions", b'{"prompt": "x", "stream": "yes"}', {}, 400, "'stream' must be a boolean"),
         ("/v1/chat/completions", b'{"messages": []}', {}, 400, "non-empty list"),
         ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": 5}]}', {}, 400, "content"),
+        # Each was routed, where the gateway refuses it (`requests.CHAT_ROLES`).
+        ("/v1/chat/completions", b'{"messages": [{"content": "hi"}]}', {}, 400, "role must be one of"),
+        ("/v1/chat/completions", b'{"messages": [{"role": 5, "content": "hi"}]}', {}, 400, "role must be one of"),
+        ("/v1/chat/completions", b'{"messages": [{"role": "wizard", "content": "hi"}]}', {}, 400, "'user'"),
+        ("/v1/completions", b"x" * (1024 * 1024 * 5), {}, 413, "too large"),  # nginx's own page was HTML
+        ("/v1/completions?" + "q" * 20_000, b"{}", {}, 414, "too long"),
+        ("/v1/completions", b"{}", {"X-Big": "b" * 20_000}, 431, "too large"),
         ("/v1/completions", gzip.compress(b'{"prompt": "x"}'), {"Content-Encoding": "compress"}, 415, "not supported"),
         ("/v1/embeddings", b'{"input": "x"}', {}, 404, "no route"),
     ],

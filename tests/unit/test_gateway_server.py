@@ -448,3 +448,16 @@ def test_a_request_asking_to_upgrade_is_answered_in_http_1_1_with_its_body():
         assert status in (404, 405)
 
     served(scenario)
+
+
+def test_a_head_over_the_limit_is_refused_when_it_comes_in_one_read():
+    """Counted only across reads: a 70,000-byte header that arrived whole was answered 200."""
+    big = b"GET /echo HTTP/1.1\r\nX-Big: " + b"b" * (MAX_HEAD_BYTES + 10) + b"\r\nConnection: close\r\n\r\n"
+    [(status, _, body)] = responses(asyncio.run(fed(big)))
+    assert status == 431 and json.loads(body)["error"]["code"] == 431
+    many = b"GET /echo HTTP/1.1\r\n" + b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 100) for i in range(700)) + b"\r\n"
+    [(status, _, _)] = responses(asyncio.run(fed(many)))
+    assert status == 431
+    fine = b"POST /echo HTTP/1.1\r\nX-Big: " + b"b" * (MAX_HEAD_BYTES - 100) + b"\r\nContent-Length: 0\r\n\r\n"
+    [(status, _, _)] = responses(asyncio.run(fed(fine)))
+    assert status == 200

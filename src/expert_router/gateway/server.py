@@ -126,6 +126,8 @@ class Connection(asyncio.Protocol):
         self._size = 0
         self._in_head = False
         self._head_bytes = 0
+        self._header_bytes = 0
+        """The head's header names and values, as parsed (a head in one read reaches `data_received` whole)."""
         self._quiet = 0
         """Bytes read outside a head since the parser's last callback: an unterminated trailer line
         makes none (httptools keeps the partial line until its end), and nothing else would count it."""
@@ -199,7 +201,7 @@ class Connection(asyncio.Protocol):
     # -- httptools callbacks -------------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._url, self._headers, self._body, self._size = b"", {}, [], 0
-        self._in_head, self._head_bytes, self._quiet = True, 0, 0
+        self._in_head, self._head_bytes, self._header_bytes, self._quiet = True, 0, 0, 0
         self._begun += 1
 
     def on_url(self, url: bytes) -> None:
@@ -209,6 +211,7 @@ class Connection(asyncio.Protocol):
         self._quiet = 0
         if self._in_head:
             self._headers[name.lower()] = value
+            self._header_bytes += len(name) + len(value)
             return
         # A chunked body's trailer: not kept (nothing here reads one), but counted, since every line
         # also keeps the connection from looking idle.
@@ -222,7 +225,9 @@ class Connection(asyncio.Protocol):
         self._in_head = False
         limit = self.server.app.max_body_bytes
         declared = self._headers.get(b"content-length", b"0")
-        if declared.isdigit() and int(declared) > limit:
+        if len(self._url) + self._header_bytes > MAX_HEAD_BYTES:  # a head that came in one read: never counted
+            self.refuse(error_response(431, f"the request line and headers are longer than {MAX_HEAD_BYTES} bytes"))
+        elif declared.isdigit() and int(declared) > limit:
             self.refuse(error_response(413, f"the request body is larger than {limit} bytes"))
         elif (
             self._headers.get(b"expect", b"").lower() == b"100-continue"

@@ -22,8 +22,9 @@ from urllib.parse import urlsplit
 from expert_router.classifier import Classifier
 from expert_router.config import Deployment, GatewaySettings, check_against_classifier
 from expert_router.errors import UserError
+from expert_router.gateway.requests import CHAT_ROLES
 from expert_router.gateway.shared_limit import KEY_PREFIX, RENEW, TAKE
-from expert_router.http import ERROR_TYPES
+from expert_router.http import ERROR_TYPES, error_body
 
 MODULE_DIRS = ("/usr/lib/nginx/modules", "/usr/share/nginx/modules", "/etc/nginx/modules")
 """Where distributions put nginx's dynamic modules (Debian's libnginx-mod-http-lua: the first)."""
@@ -87,6 +88,7 @@ def export_classifier(
         "k": classifier.k,
         "centroid_sq": centroid_sq,
         "error_types": {str(status): kind for status, kind in ERROR_TYPES.items()},
+        "chat_roles": sorted(CHAT_ROLES),
         "lower_case": lower_case(),
         "model_name": deployment.gateway.model_name,
         "max_inflight": deployment.gateway.max_inflight_per_expert,
@@ -210,6 +212,39 @@ def replica_names(deployment: Deployment) -> dict[str, str]:
     return names
 
 
+NGINX_ERRORS = {
+    400: (400, "malformed HTTP request"),
+    413: (413, "request body too large"),
+    414: (414, "the request line is too long"),
+    494: (431, "the request headers are too large"),
+    501: (501, "Transfer-Encoding not implemented"),
+    505: (505, "HTTP version not supported"),
+}
+"""What nginx answers itself before the Lua runs (nginx's status: the status and message sent). Its own
+pages are HTML; these are JSON errors, as the gateway's server answers the same mistakes (494, nginx's
+own code for headers too large, goes out as the gateway's 431)."""
+
+
+def _nginx_errors(indent: str, pages: bool, codes: tuple[int, ...] = tuple(NGINX_ERRORS)) -> str:
+    """error_page lines sending each of `codes` to its location, or (`pages`) those locations."""
+    if not pages:  # a URI, not a named location: an error in the request line leaves no URI to redirect
+        return "".join(f"{indent}error_page {code} = /_errors/{code};\n" for code in codes)
+    return "".join(
+        f"{indent}location = /_errors/{code} {{\n"
+        f"{indent}    internal;\n"
+        f"{indent}    default_type application/json;\n"
+        f"{indent}    return {status} '{_json_error(status, message)}';\n"
+        f"{indent}}}\n"
+        for code, (status, message) in NGINX_ERRORS.items()
+    )
+
+
+def _json_error(status: int, message: str) -> str:
+    """An error body for nginx's single-quoted `return` text (which reads a backslash as an escape)."""
+    kind = "invalid_request_error" if status < 500 else None
+    return json.dumps(error_body(status, message, kind)).replace("\\", "\\\\").replace("'", "\\'")
+
+
 def render_config(deployment: Deployment, lua_dirs: list[Path], modules: Path, cjson: Path, listen: Listen) -> str:
     """`lua_dirs`: the router's own folder first (route.lua's), then any other module's (the Redis client)."""
     settings = deployment.gateway
@@ -230,7 +265,13 @@ def render_config(deployment: Deployment, lua_dirs: list[Path], modules: Path, c
         proxy=PROXY.format(
             connect=f"{settings.connect_timeout_s:g}s",
             read=f"{read_timeout:g}s",
+            # A location's error_page hides the server's. Only 413 (a body past the limit) arises here: the
+            # rest come with the head, before a location is chosen. With proxy_intercept_errors an expert's
+            # own 4xx would be replaced too: its 400s must pass (an expert's 413, rare, becomes this one).
+            client_errors=_nginx_errors(" " * 12, pages=False, codes=(413,)),
         ),
+        client_errors=_nginx_errors(" " * 8, pages=False),
+        error_pages=_nginx_errors(" " * 8, pages=True),
     )
 
 
@@ -286,7 +327,7 @@ PROXY = """\
             proxy_next_upstream off;                 # one server an upstream: the Lua picks the next replica
             proxy_intercept_errors on;               # a replica's 5xx goes to @fallback, as its failure does
             error_page 500 502 503 504 = @fallback;  # another replica, then the next expert, before any byte
-            add_header X-Expert-Cluster $expert_cluster always;
+{client_errors}            add_header X-Expert-Cluster $expert_cluster always;
             add_header X-Expert-Model $expert_model always;
             add_header X-Expert-Routed-Cluster $expert_routed always;
             log_by_lua_block {{ router.done() }}
@@ -341,7 +382,7 @@ http {{
         listen {host}:{port};
         recursive_error_pages on;                    # @fallback's own failure falls back again (nginx counts
                                                      # the error_page from the first location's setting)
-
+{client_errors}
         location = /v1/completions {{
 {route}            rewrite_by_lua_block {{ router.route(false) }}
 {proxy}        }}
@@ -369,6 +410,7 @@ http {{
         location / {{
             content_by_lua_block {{ router.not_found() }}
         }}
-    }}
+
+{error_pages}    }}
 }}
 """

@@ -28,6 +28,7 @@ local slots -- ngx.shared.expert_router: requests in flight per expert, and the 
 
 local lower_case -- every non-ASCII character that Python's str.lower changes -> what it makes of it
 local error_types -- status (a string) -> OpenAI error type: the gateway's own table (`http.ERROR_TYPES`)
+local chat_roles, roles_said -- role -> true: the gateway's `requests.CHAT_ROLES`; and as its message lists them
 
 -- ASCII prompts (most) are tokenized and looked up without making a Lua string per word: the bytes
 -- are read through the FFI, each word hashed as it is read, and found in an open-addressing table of
@@ -123,6 +124,8 @@ function M.load(dir)
   dims, k, centroid_sq = meta.dims, meta.k, meta.centroid_sq
   width = dims + k
   error_types, lower_case = meta.error_types, meta.lower_case
+  chat_roles, roles_said = {}, "['" .. table.concat(meta.chat_roles, "', '") .. "']"
+  for _, role in ipairs(meta.chat_roles) do chat_roles[role] = true end
   model_name, experts, max_inflight = meta.model_name, meta.experts, meta.max_inflight
   queue_timeout, fallback, max_attempts = meta.queue_timeout_s, meta.fallback == "nearest", meta.max_attempts
   max_body = meta.max_body_bytes
@@ -232,6 +235,9 @@ local function routed_text(body, chat)
     local users, all = {}, {}
     for i, message in ipairs(messages) do
       if type(message) ~= "table" then return nil, ("messages[%d] must be an object"):format(i - 1), "messages" end
+      if not chat_roles[message.role] then
+        return nil, ("messages[%d].role must be one of %s"):format(i - 1, roles_said), "messages"
+      end
       local text = content_text(message.content)
       if text == nil then
         return nil, ("messages[%d].content must be a string or a list of parts"):format(i - 1), "messages"
@@ -288,17 +294,19 @@ local function value_end(raw, i)
 end
 
 --- Where the value of the object's top-level "model" member starts and ends (nil when it has none).
+--- The last one, where a body repeats the key: cjson routed on the last, and the expert reads the last,
+--- so a rewrite of the first went upstream unseen (404 for the router's own name).
 local function model_value(raw)
-  local i = find(raw, "{", 1, true) + 1
+  local i, start, stop = find(raw, "{", 1, true) + 1, nil, nil
   while true do
     i = find(raw, "%S", i)
-    if not i or byte(raw, i) ~= 34 then return nil end -- "}" (the end) or not a key
+    if not i or byte(raw, i) ~= 34 then return start, stop end -- "}" (the end) or not a key
     local key_end = string_end(raw, i)
     local value = find(raw, "%S", find(raw, ":", key_end + 1, true) + 1)
-    local stop = value_end(raw, value)
-    if sub(raw, i, key_end) == '"model"' then return value, stop end
-    i = find(raw, "%S", stop + 1)
-    if not i or byte(raw, i) ~= 44 then return nil end -- no "," : the object's end
+    local value_stop = value_end(raw, value)
+    if sub(raw, i, key_end) == '"model"' then start, stop = value, value_stop end
+    i = find(raw, "%S", value_stop + 1)
+    if not i or byte(raw, i) ~= 44 then return start, stop end -- no "," : the object's end
     i = i + 1
   end
 end
