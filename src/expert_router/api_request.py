@@ -51,6 +51,8 @@ def common_fields(body: dict[str, Any], chat: bool) -> CommonFields:
         options = {}
     if not isinstance(options, dict):
         raise BadRequest("'stream_options' must be an object", param="stream_options")
+    if options and not stream:  # vLLM's own check: accepted here, it went to an engine that refused it
+        raise BadRequest("Stream options can only be defined when `stream=True`.", param="stream_options")
     name = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = body.get(name)
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):

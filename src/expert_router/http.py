@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
@@ -15,6 +16,8 @@ from aiohttp import web
 
 from expert_router.encoding import decode_body
 from expert_router.errors import ClientError
+
+log = logging.getLogger("expert_router.http")
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 """The largest request body the project's aiohttp servers (the emulated engine, the synthetic expert)
@@ -114,6 +117,16 @@ class Drain:
         self.idle.set()
 
 
+def event_stream(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
+    """An SSE answer (not yet prepared). To an HTTP/1.0 client it goes unframed, so the connection's close
+    is its end: one that asked for keep-alive was left open after [DONE], and its client waited for more
+    until aiohttp's keep-alive timeout (75 s)."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **headers})
+    if request.version < (1, 1):
+        response.force_close()
+    return response
+
+
 @web.middleware
 async def json_errors(
     request: web.Request,
@@ -133,6 +146,13 @@ async def json_errors(
         return error_response(exc.status, message, headers=allow)
     except web.RequestPayloadError as exc:
         return error_response(400, f"the request body cannot be decoded: {exc.__cause__ or exc}")
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise  # the client went away: nothing to answer
+    except Exception:  # a bug: aiohttp's own answer is a plain-text 500, "Server got itself in trouble"
+        if request.writer.output_size > 0:
+            raise  # an answer has begun (a stream): no second head; aiohttp closes the connection
+        log.exception("unexpected error while answering %s %s", request.method, request.path)
+        return error_response(500, "internal error; see the server's log", "server_error")
 
 
 DRAIN_KEY = web.AppKey("drain", Drain)

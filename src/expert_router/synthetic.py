@@ -23,7 +23,14 @@ from aiohttp import web
 
 from expert_router.api_request import CommonFields, UnknownModel, common_fields, json_object, one_choice
 from expert_router.errors import BadRequest
-from expert_router.http import MAX_BODY_BYTES, client_error_response, error_response, json_errors, request_body
+from expert_router.http import (
+    MAX_BODY_BYTES,
+    client_error_response,
+    error_response,
+    event_stream,
+    json_errors,
+    request_body,
+)
 
 
 @dataclass
@@ -182,7 +189,7 @@ def _whole_answer(model: str, chat: bool, n_tokens: int) -> dict:
 async def _stream(
     request: web.Request, settings: SyntheticSettings, fields: CommonFields, chat: bool, n_tokens: int
 ) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    response = event_stream(request, {})
     await response.prepare(request)
     head = _chunk_head(fields.model, chat)
     final_usage = settings.usage != "none" and fields.include_usage

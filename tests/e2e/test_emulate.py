@@ -105,6 +105,7 @@ BAD_REQUESTS = [
     # (path, body or raw bytes, status, param): each was a 500, a traceback, a silent default or data lost
     ("/v1/completions", {"prompt": "x", "stream": True, "stream_options": [1]}, 400, "stream_options"),
     ("/v1/completions", {"prompt": "x", "stream": "false"}, 400, "stream"),
+    ("/v1/completions", {"prompt": "x", "stream_options": {"include_usage": True}}, 400, "stream_options"),  # vLLM's
     ("/v1/completions", {"prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
     ("/v1/completions", {"prompt": "x", "max_tokens": True}, 400, "max_tokens"),
     ("/v1/completions", {"prompt": "x", "max_tokens": "5"}, 400, "max_tokens"),
@@ -269,3 +270,34 @@ def test_a_client_that_leaves_frees_its_place(experts):
     # Counted as vLLM counts it: finished, for reason "abort".
     text = urllib.request.urlopen(urls[5] + "/metrics", timeout=10).read().decode()
     assert 'vllm:request_success_total{finished_reason="abort",model_name="expert-5"} 1.0' in text
+
+
+def test_an_http_1_0_stream_ends_with_the_connection(experts, synthetic):
+    """Asked for keep-alive, the connection stayed open after [DONE]: an HTTP/1.0 client, whose stream
+    has no framing, waited for more until aiohttp's keep-alive timeout."""
+    import socket
+    from urllib.parse import urlsplit
+
+    urls, _ = experts
+    body = json.dumps({"model": "expert-0", "prompt": "hello", "max_tokens": 2, "stream": True}).encode()
+    for url in (urls[0], synthetic.url):
+        parts = urlsplit(url)
+        with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+            head = b"POST /v1/completions HTTP/1.0\r\nConnection: keep-alive\r\nContent-Type: application/json\r\n"
+            sock.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            answer = b""
+            while chunk := sock.recv(65536):  # a socket timeout here: the stream never ended
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.") and answer.rstrip().endswith(b"data: [DONE]"), (url, answer[-200:])
+
+
+def test_a_bug_in_a_handler_is_a_json_500(synthetic):
+    """aiohttp's own answer was a plain-text 500: /stats failed to write a body nested 1,000 deep."""
+    raw = b'{"model": "expert-0", "prompt": "hi", "max_tokens": 1, "x": ' + b"[" * 1000 + b"]" * 1000 + b"}"
+    request = urllib.request.Request(synthetic.url + "/v1/completions", raw, {"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=10).read()
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(synthetic.url + "/stats", timeout=10)
+    assert error.value.code == 500 and error.value.headers["Content-Type"].startswith("application/json")
+    assert json.loads(error.value.read())["error"]["type"] == "server_error"
+    post(synthetic.url + "/v1/completions", {"model": "expert-0", "prompt": "hi", "max_tokens": 1})  # leave it whole

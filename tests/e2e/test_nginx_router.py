@@ -319,7 +319,8 @@ def test_a_replica_named_by_host_name_is_read_at_its_address(tmp_path, classifie
     resolve there is marked so: health checks that could not reach it would have taken it out for good,
     though nginx, resolving it where it runs, proxies to it."""
     from expert_router.config import load_deployment
-    from expert_router.nginx.render import Listen, write
+    from expert_router.nginx.conf import Listen
+    from expert_router.nginx.render import write
 
     urls = ["http://localhost:9100", "http://127.0.0.1:9101", "http://no-such-host.invalid:9102"]
     deployment = write_deployment(tmp_path / "deploy.yaml", classifier, {c: urls for c in range(8)})

@@ -54,7 +54,8 @@ def _workers(text: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from expert_router.classifier import Classifier
     from expert_router.config import load_deployment
-    from expert_router.nginx.render import Listen, write
+    from expert_router.nginx.conf import Listen
+    from expert_router.nginx.render import write
 
     deployment = load_deployment(args.deployment)
     if args.out.exists() and not args.out.is_dir():

@@ -22,7 +22,14 @@ from expert_router.emulate.metrics import EngineMetrics
 from expert_router.emulate.profiles import Model
 from expert_router.emulate.realtime import Lateness, RealtimeDriver, Stream
 from expert_router.errors import BadRequest, UserError
-from expert_router.http import MAX_BODY_BYTES, client_error_response, error_response, json_errors, request_body
+from expert_router.http import (
+    MAX_BODY_BYTES,
+    client_error_response,
+    error_response,
+    event_stream,
+    json_errors,
+    request_body,
+)
 
 DRIVER_KEY = web.AppKey("driver", RealtimeDriver)
 METRICS_KEY = web.AppKey("metrics", EngineMetrics)
@@ -213,13 +220,7 @@ async def _stream(
     """vLLM's stream: the role first (chat), a chunk a token, the usage last when `include_usage` asks,
     and a running usage on every chunk when `continuous_usage_stats` asks too (as vLLM gives it only then)."""
     running = include_usage and continuous
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Emulator-Time-Dilation": str(request.app[DRIVER_KEY].dilation),
-        }
-    )
+    response = event_stream(request, {"X-Emulator-Time-Dilation": str(request.app[DRIVER_KEY].dilation)})
     await response.prepare(request)
     head = _head(body, chat)
     if chat:  # vLLM's first chat chunk carries the role and no token
