@@ -40,6 +40,16 @@ def json_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
+CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+"""The chat roles the API knows: a message of another role (or none) is refused, as vLLM refuses it."""
+
+
+def check_role(message: dict[str, Any], i: int) -> None:
+    role = message.get("role")
+    if not isinstance(role, str) or role not in CHAT_ROLES:  # a list or an object is no role (nor hashable)
+        raise BadRequest(f"messages[{i}].role must be one of {sorted(CHAT_ROLES)}", param="messages")
+
+
 def common_fields(body: dict[str, Any], chat: bool) -> CommonFields:
     """`model`, `stream`, `stream_options` and the token cap of `body`, each of the type the API gives it."""
     model = body.get("model")

@@ -101,6 +101,7 @@ def test_streams_like_vllm_and_exports_its_metrics(experts):
     assert running == list(range(1, ANSWER + 1)) + [ANSWER]  # vLLM's running count on every chunk, then the total
 
 
+PROMPTS_REFUSED = [b"5", b"{}", b"true", b'""', b"[]", b"[[]]", b"[null]", b"[-1]"]
 BAD_REQUESTS = [
     # (path, body or raw bytes, status, param): each was a 500, a traceback, a silent default or data lost
     ("/v1/completions", {"prompt": "x", "stream": True, "stream_options": [1]}, 400, "stream_options"),
@@ -118,6 +119,15 @@ BAD_REQUESTS = [
         "max_completion_tokens",
     ),  # fmt: skip
     ("/v1/completions", b'{"model": "expert-0"}', 400, "prompt"),
+    # Served as prompts of no words, where vLLM answers 400 (bytes: the synthetic expert reads no prompt).
+    *[("/v1/completions", b'{"model": "expert-0", "prompt": %s}' % p, 400, "prompt") for p in PROMPTS_REFUSED],
+    (
+        "/v1/chat/completions",
+        b'{"model": "expert-0", "messages": [{"role": "wizard", "content": "x"}]}',
+        400,
+        "messages",
+    ),
+    ("/v1/chat/completions", b'{"model": "expert-0", "messages": [{"role": "user", "content": 5}]}', 400, "messages"),
 ]
 
 

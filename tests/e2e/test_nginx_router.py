@@ -189,7 +189,7 @@ def test_experts_on_the_same_replicas_share_one_upstream_and_its_idle_connection
         ("/v1/completions", b'{"prompt": "x", "stream": "yes"}', {}, 400, "'stream' must be a boolean"),
         ("/v1/chat/completions", b'{"messages": []}', {}, 400, "non-empty list"),
         ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": 5}]}', {}, 400, "content"),
-        # Each was routed, where the gateway refuses it (`requests.CHAT_ROLES`).
+        # Each was routed, where the gateway refuses it (`api_request.CHAT_ROLES`).
         ("/v1/chat/completions", b'{"messages": [{"content": "hi"}]}', {}, 400, "role must be one of"),
         ("/v1/chat/completions", b'{"messages": [{"role": 5, "content": "hi"}]}', {}, 400, "role must be one of"),
         ("/v1/chat/completions", b'{"messages": [{"role": "wizard", "content": "hi"}]}', {}, 400, "'user'"),
@@ -272,6 +272,11 @@ def test_get_on_a_completion_endpoint_is_405_and_models_are_listed(stack):
     with urllib.request.urlopen(router.url + "/v1/models") as response:
         names = [m["id"] for m in json.load(response)["data"]]
     assert names == ["expert-router"] + [f"expert-{c}" for c in range(8)]
+    for method, path in (("PUT", "/health"), ("DELETE", "/metrics"), ("POST", "/v1/models")):  # /health's was 200
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(router.url + path, data=b"{}", method=method))
+        assert refused.value.code == 405 and refused.value.headers["Allow"] == "GET, HEAD", (method, path)
+        assert json.loads(refused.value.read())["error"]["code"] == 405
 
 
 def test_the_command_refuses_what_nginx_could_not_route(tmp_path, classifier, small_corpus):

@@ -17,7 +17,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from expert_router.api_request import CommonFields, UnknownModel, common_fields, json_object, one_choice
+from expert_router.api_request import (
+    CommonFields,
+    UnknownModel,
+    check_role,
+    common_fields,
+    json_object,
+    one_choice,
+)
 from expert_router.emulate.metrics import EngineMetrics
 from expert_router.emulate.profiles import Model
 from expert_router.emulate.realtime import Lateness, RealtimeDriver, Stream
@@ -122,15 +129,28 @@ def prompt_tokens(body: dict[str, Any], chat: bool) -> int:
         if not isinstance(messages, list) or not messages:
             raise BadRequest("'messages' must be a non-empty list", param="messages")
         for i, message in enumerate(messages):
-            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            if not isinstance(message, dict):
                 raise BadRequest(f"messages[{i}] must be an object with a 'role'", param="messages")
+            check_role(message, i)
         return sum(_count(m.get("content")) for m in messages) or 1
     prompt = body.get("prompt")
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]  # a batch of one prompt (`one_choice` refuses more)
     if prompt is None:
         raise BadRequest("'prompt' is required", param="prompt")
+    if not _a_prompt(prompt):  # 5, {}, true, "" and [] were served, where vLLM answers 400
+        raise BadRequest("'prompt' must be a non-empty string or a non-empty list of token ids", param="prompt")
     return _count(prompt) or 1
+
+
+def _a_prompt(prompt: object) -> bool:
+    if isinstance(prompt, str):
+        return prompt != ""
+    return (
+        isinstance(prompt, list)
+        and bool(prompt)
+        and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in prompt)
+    )
 
 
 def _count(content: Any) -> int:
@@ -146,9 +166,11 @@ def _count(content: Any) -> int:
             text = part.get("text") if isinstance(part, dict) else part
             if isinstance(text, str):
                 words += len(text.split())
-            elif text is not None:
-                raise BadRequest("content must be a string, token ids, or a list of text parts")
+            elif text is not None or not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise BadRequest("content must be a string, token ids, or a list of parts with a 'type'")
         return words
+    if content is not None:  # 5 or {} was counted as no words and served
+        raise BadRequest("content must be a string or a list of parts", param="messages")
     return 0
 
 

@@ -12,10 +12,8 @@ from typing import Any
 
 import orjson
 
-from expert_router.api_request import common_fields, json_object
+from expert_router.api_request import check_role, common_fields, json_object
 from expert_router.errors import BadRequest
-
-CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
 @dataclass
@@ -74,9 +72,8 @@ def _chat_text(body: dict[str, Any]) -> str:
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise BadRequest(f"messages[{i}] must be an object", param="messages")
-        role = message.get("role")
-        if not isinstance(role, str) or role not in CHAT_ROLES:  # a list or an object is no role (nor hashable)
-            raise BadRequest(f"messages[{i}].role must be one of {sorted(CHAT_ROLES)}", param="messages")
+        check_role(message, i)
+        role = message["role"]
         text = _content_text(message.get("content"), i)
         all_parts.append(text)
         if role == "user":

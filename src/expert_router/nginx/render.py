@@ -18,10 +18,10 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from expert_router.api_request import CHAT_ROLES
 from expert_router.classifier import Classifier
 from expert_router.config import Deployment, GatewaySettings, check_against_classifier
 from expert_router.errors import UserError
-from expert_router.gateway.requests import CHAT_ROLES
 from expert_router.gateway.shared_limit import KEY_PREFIX, RENEW, TAKE
 from expert_router.http import ERROR_TYPES
 from expert_router.nginx.conf import Listen, address, render_config

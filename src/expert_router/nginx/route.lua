@@ -28,7 +28,7 @@ local slots -- ngx.shared.expert_router: requests in flight per expert, and the 
 
 local lower_case -- every non-ASCII character that Python's str.lower changes -> what it makes of it
 local error_types -- status (a string) -> OpenAI error type: the gateway's own table (`http.ERROR_TYPES`)
-local chat_roles, roles_said -- role -> true: the gateway's `requests.CHAT_ROLES`; and as its message lists them
+local chat_roles, roles_said -- role -> true: the gateway's `api_request.CHAT_ROLES`; and as its message lists them
 
 -- ASCII prompts (most) are tokenized and looked up without making a Lua string per word: the bytes
 -- are read through the FFI, each word hashed as it is read, and found in an open-addressing table of
@@ -155,7 +155,7 @@ end
 local function fail(status, message, param, code, kind)
   ngx.status = status
   ngx.header["Content-Type"] = "application/json"
-  if status == 405 then ngx.header["Allow"] = "POST" end
+  if status == 405 then ngx.header["Allow"] = message:find("use GET", 1, true) and "GET, HEAD" or "POST" end
   ngx.print(cjson.encode({ error = { message = message, type = kind or error_types[tostring(status)] or "server_error",
     param = param or cjson.null, code = code or status } }))
   return ngx.exit(ngx.HTTP_OK)
@@ -490,6 +490,12 @@ function M.start_worker()
   limits.start_worker()
 end
 
+--- GET or HEAD: what the read-only endpoints answer (a PUT or DELETE on /health was answered 200).
+local function read_only()
+  local method = ngx.req.get_method()
+  return method == "GET" or method == "HEAD"
+end
+
 local METRICS = {
   requests = { "expert_router_requests_total", "counter", "Requests answered, by endpoint, the cluster "
     .. "whose expert answered (empty when none did) and HTTP status", { "endpoint", "cluster", "status" } },
@@ -501,6 +507,7 @@ local METRICS = {
 --- content_by_lua for GET /metrics: the counts of every worker, in Prometheus' text format (the
 --- gateway's names and labels).
 function M.metrics()
+  if not read_only() then return fail(405, "method not allowed; use GET") end
   local lines, seen = {}, {}
   local keys = slots:get_keys(0)
   table.sort(keys)
@@ -535,6 +542,7 @@ end
 --- requests in flight on it); 503 when no expert has a live replica, so a load balancer or a readiness
 --- probe passes this router over.
 function M.health()
+  if not read_only() then return fail(405, "method not allowed; use GET") end
   local status, by_cluster = "unavailable", {}
   for _, cluster in ipairs(clusters()) do
     local live, all = replicas.healthy(cluster)
@@ -549,7 +557,7 @@ end
 
 --- content_by_lua for GET /v1/models: the router's own name and every expert's model.
 function M.models()
-  if ngx.req.get_method() ~= "GET" then return fail(405, "method not allowed; use GET") end
+  if not read_only() then return fail(405, "method not allowed; use GET") end
   local data = { { id = model_name, object = "model", created = ngx.time(), owned_by = "expert-router" } }
   for _, cluster in ipairs(clusters()) do
     data[#data + 1] = { id = experts[tostring(cluster)].model, object = "model", created = ngx.time(),
