@@ -155,10 +155,15 @@ end
 local function fail(status, message, param, code, kind)
   ngx.status = status
   ngx.header["Content-Type"] = "application/json"
-  if status == 405 then ngx.header["Allow"] = message:find("use GET", 1, true) and "GET, HEAD" or "POST" end
   ngx.print(cjson.encode({ error = { message = message, type = kind or error_types[tostring(status)] or "server_error",
     param = param or cjson.null, code = code or status } }))
   return ngx.exit(ngx.HTTP_OK)
+end
+
+--- A 405 naming the methods `allow` lists ("POST", "GET, HEAD"), the first in the message.
+local function not_allowed(allow)
+  ngx.header["Allow"] = allow
+  return fail(405, "method not allowed; use " .. allow:match("^%u+"))
 end
 
 --- A non-ASCII character lower-cased as Python's str.lower does it (LuaJIT's string.lower knows ASCII only).
@@ -351,7 +356,7 @@ local send -- below M.route, which ends in it
 --- and the other experts by distance are its fail-over order (none with `fallback: none`); a request
 --- naming an expert's model goes to that expert only.
 function M.route(chat)
-  if ngx.req.get_method() ~= "POST" then return fail(405, "method not allowed; use POST") end
+  if ngx.req.get_method() ~= "POST" then return not_allowed("POST") end
   ngx.req.read_body()
   local raw = ngx.req.get_body_data()
   if not raw then
@@ -507,7 +512,7 @@ local METRICS = {
 --- content_by_lua for GET /metrics: the counts of every worker, in Prometheus' text format (the
 --- gateway's names and labels).
 function M.metrics()
-  if not read_only() then return fail(405, "method not allowed; use GET") end
+  if not read_only() then return not_allowed("GET, HEAD") end
   local lines, seen = {}, {}
   local keys = slots:get_keys(0)
   table.sort(keys)
@@ -542,7 +547,7 @@ end
 --- requests in flight on it); 503 when no expert has a live replica, so a load balancer or a readiness
 --- probe passes this router over.
 function M.health()
-  if not read_only() then return fail(405, "method not allowed; use GET") end
+  if not read_only() then return not_allowed("GET, HEAD") end
   local status, by_cluster = "unavailable", {}
   for _, cluster in ipairs(clusters()) do
     local live, all = replicas.healthy(cluster)
@@ -557,7 +562,7 @@ end
 
 --- content_by_lua for GET /v1/models: the router's own name and every expert's model.
 function M.models()
-  if not read_only() then return fail(405, "method not allowed; use GET") end
+  if not read_only() then return not_allowed("GET, HEAD") end
   local data = { { id = model_name, object = "model", created = ngx.time(), owned_by = "expert-router" } }
   for _, cluster in ipairs(clusters()) do
     data[#data + 1] = { id = experts[tostring(cluster)].model, object = "model", created = ngx.time(),
