@@ -63,10 +63,12 @@ def common_fields(body: dict[str, Any], chat: bool) -> CommonFields:
         raise BadRequest("'stream_options' must be an object", param="stream_options")
     if options and not stream:  # vLLM's own check: accepted here, it went to an engine that refused it
         raise BadRequest("Stream options can only be defined when `stream=True`.", param="stream_options")
+    for cap in ("max_tokens", "max_completion_tokens") if chat else ("max_tokens",):  # each checked, one used
+        value = body.get(cap)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise BadRequest(f"'{cap}' must be a positive integer", param=cap)
     name = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = body.get(name)
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
-        raise BadRequest(f"'{name}' must be a positive integer", param=name)
     return CommonFields(
         model=model,
         stream=stream,

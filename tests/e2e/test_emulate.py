@@ -110,6 +110,12 @@ BAD_REQUESTS = [
     ("/v1/completions", {"prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
     ("/v1/completions", {"prompt": "x", "max_tokens": True}, 400, "max_tokens"),
     ("/v1/completions", {"prompt": "x", "max_tokens": "5"}, 400, "max_tokens"),
+    (  # the one not used was not checked
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 5, "max_tokens": "x"},
+        400,
+        "max_tokens",
+    ),
     ("/v1/completions", {"prompt": "x", "n": 2}, 400, "n"),
     ("/v1/completions", {"prompt": ["a b", "c d e"]}, 400, "prompt"),
     (
