@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -131,13 +131,14 @@ async def generate(request: web.Request) -> web.StreamResponse:
         body = json_object(await request_body(request))
         stats.requests += 1
         stats.last_body = body
-        model = body.get("model")
-        stats.models[str(model)] = stats.models.get(str(model), 0) + 1
+        fields = common_fields(body, chat)  # first: a model that is not a string is a 400, not an unknown one
+        model = fields.model or settings.models[0]  # none named: vLLM's server answers with its base model
+        fields = replace(fields, model=model)
+        stats.models[model] = stats.models.get(model, 0) + 1
         if settings.fail_status is not None:
             return error_response(settings.fail_status, "synthetic failure", "server_error")
         if model not in settings.models:
             raise UnknownModel(model)
-        fields = common_fields(body, chat)
         one_choice(body)
     except BadRequest as exc:
         return client_error_response(exc)
@@ -149,7 +150,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
             return await _stream(request, settings, fields, chat, n_tokens)
         await asyncio.sleep((settings.first_token_ms + settings.interval_ms * max(n_tokens - 1, 0)) / 1000)
         stats.completed += 1
-        return web.json_response(_whole_answer(str(model), chat, n_tokens))
+        return web.json_response(_whole_answer(model, chat, n_tokens))
     except (asyncio.CancelledError, ConnectionResetError):
         stats.cancelled += 1
         raise

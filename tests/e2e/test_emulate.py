@@ -317,3 +317,17 @@ def test_a_bug_in_a_handler_is_a_json_500(synthetic):
     assert error.value.code == 500 and error.value.headers["Content-Type"].startswith("application/json")
     assert json.loads(error.value.read())["error"]["type"] == "server_error"
     post(synthetic.url + "/v1/completions", {"model": "expert-0", "prompt": "hi", "max_tokens": 1})  # leave it whole
+
+
+def test_a_request_naming_no_model_is_answered_by_the_served_one(experts, synthetic):
+    """vLLM's server answers it with its base model; these answered 404 "The model `None` does not exist"."""
+    urls, _ = experts
+    for url in (urls[0], synthetic.url):
+        for body in ({"prompt": "hello", "max_tokens": 2}, {"prompt": "hello", "max_tokens": 2, "stream": True}):
+            answer = post(url + "/v1/completions", body)
+            model = json.loads(answer)["model"] if not body.get("stream") else events(answer)[0]["model"]
+            assert model == "expert-0", (url, answer[:200])
+    with pytest.raises(urllib.error.HTTPError) as error:  # a model that is no string: 400, not an unknown one
+        post(synthetic.url + "/v1/completions", {"prompt": "hello", "model": 5})
+    assert error.value.code == 400 and json.loads(error.value.read())["error"]["param"] == "model"
+    error.value.close()

@@ -181,7 +181,9 @@ def _parse(
     server refuses."""
     body = json_object(raw)
     fields = common_fields(body, chat)
-    if fields.model not in names:
+    if fields.model is None:  # none named: vLLM's server answers with its base model
+        body["model"] = names[0]
+    elif fields.model not in names:
         raise UnknownModel(fields.model)
     one_choice(body)
     n_prompt = prompt_tokens(body, chat)
