@@ -43,7 +43,7 @@ local function add_row(row)
   for j = 0, width - 1 do acc[j] = acc[j] + rows[base + j] end
 end
 
---- A word's hash, one byte at a time (the rank loop inlines the same steps).
+--- A word's hash, one byte at a time (LuaJIT inlines it, and `slot_of`, into the compiled rank loop).
 local function hash_step(h, b)
   return tobit(h * 31 + b)
 end
@@ -93,11 +93,11 @@ local function sum_ascii_words(text)
     if b ~= 0 then
       local start, h = i, 0
       repeat -- a Lua string ends with a 0 byte, which is no word byte: p[n] stops the run
-        h = tobit(h * 31 + b)
+        h = hash_step(h, b)
         i = i + 1
         b = word_byte[p[i]]
       until b == 0
-      local length, slot = i - start, band(bxor(h, rshift(h, 15)), slot_mask)
+      local length, slot = i - start, slot_of(h)
       while true do
         local row = term_slots[slot] - 1
         if row < 0 then break end
